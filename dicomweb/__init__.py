@@ -1,0 +1,1 @@
+"""The gateway's HTTP face: health, metrics and (coming) the DICOMweb API (PS3.18)."""

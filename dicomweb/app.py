@@ -1,0 +1,35 @@
+"""The gateway's HTTP application (FastAPI). ``drimbox serve`` runs it on uvicorn.
+
+Routes today: ``GET /healthz`` (liveness and index reachability, no patient data) and
+``GET /metrics`` (Prometheus text format). DICOMweb (``/dicom-web``) comes with issue #3.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from gateway import __version__
+from gateway.runtime import Runtime
+
+
+def create_app(runtime: Runtime) -> FastAPI:
+    app = FastAPI(title="DRIMbox gateway", version=__version__)
+
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> Response:
+        """200 when the index answers, 503 otherwise. Reveals no patient data."""
+        try:
+            with runtime.index.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception:
+            return Response('{"status":"index unreachable"}', 503, media_type="application/json")
+        return Response('{"status":"ok"}', 200, media_type="application/json")
+
+    @app.get("/metrics", tags=["operations"])
+    def metrics() -> Response:
+        """Prometheus metrics: instances and bytes received, failures by status, associations."""
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,190 @@
+"""The DIMSE face of the gateway: a pynetdicom Storage and Verification SCP.
+
+Conformance (what a modality or PACS vendor needs to know):
+
+* Verification SCP (C-ECHO).
+* Storage SCP (C-STORE) for every storage SOP class pynetdicom knows (PS3.4 Annex B), and,
+  with ``accept_unknown_sop_classes``, for private/unknown ones too.
+* Transfer syntaxes: implicit and explicit VR little endian, explicit big endian (retired),
+  deflated, RLE, JPEG baseline/extended/lossless (14, 14 SV1), JPEG-LS, JPEG 2000, HTJ2K,
+  MPEG-2/MPEG-4/HEVC video and the other non-private syntaxes pydicom lists. The dataset is
+  kept exactly as received: it is never decoded past its header nor re-encoded.
+* Association policy: the called AE title must be ours (``check_called_ae``); with
+  ``restrict_callers`` only calling AE titles listed in ``peers`` are accepted.
+
+C-STORE statuses (PS3.4 B.2.3, PS3.7 C): 0x0000 success, also for an identical re-send;
+0xA700 out of resources (disk full); 0xA900 dataset SOP Class differs from the request;
+0xC000 dataset cannot be parsed; 0xC001 a required attribute (SOP Class/Instance, Study,
+Series UID) is missing; 0xC002 a UID is malformed; 0xC003 dataset SOP Instance UID differs
+from the request; 0x0111 same SOP Instance UID with other content under ``duplicate_policy =
+refuse``; 0x0122 the request's SOP Class is not the presentation context's; 0x0110 any other
+processing failure. Every failure carries an Error Comment (0000,0902). Success is sent only
+after the instance is on disk (fsync) and committed to the index.
+"""
+
+from __future__ import annotations
+
+import logging
+import socketserver
+import time
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import AllTransferSyntaxes, PrivateTransferSyntaxes
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from gateway import metrics
+from gateway.config import Settings
+from gateway.ingest import Incoming, IngestRejected, Ingestor, Rejection
+
+log = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted for storage: every public one pydicom knows.
+STORAGE_TRANSFER_SYNTAXES: list[str] = [
+    ts for ts in AllTransferSyntaxes if ts not in PrivateTransferSyntaxes
+]
+
+STATUS_FOR_REJECTION: dict[Rejection, int] = {
+    Rejection.UNPARSEABLE: 0xC000,
+    Rejection.MISSING_ATTRIBUTE: 0xC001,
+    Rejection.INVALID_UID: 0xC002,
+    Rejection.SOP_INSTANCE_MISMATCH: 0xC003,
+    Rejection.SOP_CLASS_MISMATCH: 0xA900,
+    Rejection.DUPLICATE_CONFLICT: 0x0111,
+    Rejection.OUT_OF_RESOURCES: 0xA700,
+    Rejection.PROCESSING_FAILURE: 0x0110,
+}
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+def _status(code: int, comment: str = "") -> Dataset:
+    ds = Dataset()
+    ds.Status = code
+    if comment:
+        # Error Comment is LO: at most 64 characters, no backslash or control characters.
+        ds.ErrorComment = "".join(c for c in comment if c.isprintable() and c != "\\")[:64]
+    return ds
+
+
+class DicomService:
+    """Runs the SCP in background threads; :meth:`stop` drains in-flight associations."""
+
+    def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self.server: Any = None
+        ae = AE(ae_title=settings.ae_title)
+        ae.maximum_pdu_size = settings.max_pdu_size
+        ae.maximum_associations = settings.max_associations
+        ae.network_timeout = settings.network_timeout
+        ae.acse_timeout = settings.network_timeout
+        ae.dimse_timeout = settings.network_timeout
+        ae.require_called_aet = settings.check_called_ae
+        if settings.restrict_callers:
+            ae.require_calling_aet = [p.ae_title for p in settings.peers]
+        ae.add_supported_context(Verification)
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+        # A module-level switch of pynetdicom: when on, unknown abstract syntaxes are storage.
+        _config.UNRESTRICTED_STORAGE_SERVICE = settings.accept_unknown_sop_classes
+        self.ae = ae
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
+        ]
+        self.server = self.ae.start_server(
+            (self.settings.host, self.settings.dicom_port), block=False, evt_handlers=handlers
+        )
+        log.info(
+            "DICOM SCP %s listening on %s:%d",
+            self.settings.ae_title,
+            self.settings.host,
+            self.port,
+        )
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight associations finish (up to ``grace`` s), then abort."""
+        if self.server is None:
+            return
+        grace = self.settings.shutdown_grace if grace is None else grace
+        server = self.server
+        socketserver.BaseServer.shutdown(server)  # stop the accept loop
+        server.socket.close()  # refuse new connections at once
+        deadline = time.monotonic() + grace
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = server.active_associations
+        if left:
+            log.warning("aborting %d association(s) still open after %.0f s", len(left), grace)
+            for assoc in left:
+                assoc.abort()
+        self.ae.shutdown()
+        self.server = None
+
+    # -- event handlers -----------------------------------------------------------------
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return 0x0000
+
+    def _on_accepted(self, event: evt.Event) -> None:
+        metrics.ASSOCIATIONS.inc()
+        metrics.ASSOCIATIONS_ACTIVE.inc()
+        event.assoc.__dict__["_drimbox_counted"] = True
+        req = event.assoc.requestor
+        log.info("association from %s (%s)", req.ae_title, req.address)
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        metrics.ASSOCIATIONS_REJECTED.inc()
+        req = event.assoc.requestor
+        log.warning("association from %r (%s) rejected", req.ae_title, req.address)
+
+    def _on_closed(self, event: evt.Event) -> None:
+        if event.assoc.__dict__.pop("_drimbox_counted", False):
+            metrics.ASSOCIATIONS_ACTIVE.dec()
+
+    def _on_store(self, event: evt.Event) -> Dataset | int:
+        req = event.request
+        context = event.context
+        sop_class = str(req.AffectedSOPClassUID or "")
+        if sop_class != context.abstract_syntax:
+            return self._fail(
+                SOP_CLASS_NOT_SUPPORTED,
+                f"SOP Class {sop_class[:64]} is not this presentation context's",
+            )
+        calling = event.assoc.requestor.ae_title
+        data = req.DataSet.getbuffer()  # the received bytes, no copy
+        try:
+            result = self.ingestor.ingest(
+                Incoming(
+                    dataset=data,
+                    transfer_syntax_uid=str(context.transfer_syntax),
+                    source=calling,
+                    expected_sop_class_uid=sop_class,
+                    expected_sop_instance_uid=str(req.AffectedSOPInstanceUID or "") or None,
+                )
+            )
+        except IngestRejected as exc:
+            log.warning("C-STORE from %s refused: %s", calling, exc)
+            return self._fail(STATUS_FOR_REJECTION[exc.reason], exc.detail)
+        except Exception:
+            log.exception("C-STORE from %s failed", calling)
+            return self._fail(0x0110, "processing failure")
+        metrics.INSTANCES_RECEIVED.labels("dimse").inc()
+        metrics.BYTES_RECEIVED.labels("dimse").inc(result.size)
+        return 0x0000
+
+    @staticmethod
+    def _fail(code: int, comment: str) -> Dataset:
+        metrics.STORE_FAILURES.labels(f"0x{code:04X}").inc()
+        return _status(code, comment)

@@ -1,0 +1,130 @@
+"""Read the attributes the index needs from the encoded bytes of a dataset, without decoding
+pixel data and without re-encoding anything.
+
+:func:`read_header` takes a dataset exactly as it travelled (the C-STORE Data Set, the part of
+a Part 10 file after its meta information) and its transfer syntax, and returns an
+:class:`InstanceHeader` of plain strings. Anything it cannot read raises
+:class:`HeaderError` with a reason a person can act on.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+from pydicom.filereader import read_dataset
+from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+
+
+class HeaderError(ValueError):
+    """The dataset could not be parsed."""
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceHeader:
+    """What the index keeps of one instance (strings as received, '' when absent)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str = ""
+    issuer_of_patient_id: str = ""
+    patient_name: str = ""
+    patient_birth_date: str = ""
+    patient_sex: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    accession_number: str = ""
+    accession_number_issuer: str = ""
+    referring_physician_name: str = ""
+    study_description: str = ""
+    study_id: str = ""
+    modality: str = ""
+    series_number: int | None = None
+    series_description: str = ""
+    body_part_examined: str = ""
+    instance_number: int | None = None
+
+
+# The elements read, in tag order: pydicom stops parsing after the last one we need.
+_LAST_TAG = 0x0020_0013  # InstanceNumber
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    value = ds.get(keyword)
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip()
+    return str(value).strip()
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _issuer_of_accession(ds: Dataset) -> str:
+    seq = ds.get("IssuerOfAccessionNumberSequence")
+    if not seq:
+        return ""
+    item = seq[0]
+    return _text(item, "LocalNamespaceEntityID") or _text(item, "UniversalEntityID")
+
+
+def read_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHeader:
+    """Parse the header of an encoded dataset. Raises :class:`HeaderError`."""
+    ts = UID(transfer_syntax)
+    raw = bytes(dataset)
+    if ts == DeflatedExplicitVRLittleEndian:
+        try:
+            raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(raw)
+        except zlib.error as exc:
+            raise HeaderError(f"deflated dataset does not inflate: {exc}") from None
+    if not ts.is_transfer_syntax:
+        raise HeaderError(f"unknown transfer syntax {transfer_syntax}")
+    try:
+        ds = read_dataset(
+            io.BytesIO(raw),
+            is_implicit_VR=ts.is_implicit_VR,
+            is_little_endian=ts.is_little_endian,
+            stop_when=lambda tag, vr, length: tag > _LAST_TAG,
+        )
+        if len(ds) == 0:
+            raise HeaderError("empty dataset")
+        header = InstanceHeader(
+            sop_class_uid=_text(ds, "SOPClassUID"),
+            sop_instance_uid=_text(ds, "SOPInstanceUID"),
+            study_instance_uid=_text(ds, "StudyInstanceUID"),
+            series_instance_uid=_text(ds, "SeriesInstanceUID"),
+            patient_id=_text(ds, "PatientID"),
+            issuer_of_patient_id=_text(ds, "IssuerOfPatientID"),
+            patient_name=_text(ds, "PatientName"),
+            patient_birth_date=_text(ds, "PatientBirthDate"),
+            patient_sex=_text(ds, "PatientSex"),
+            study_date=_text(ds, "StudyDate"),
+            study_time=_text(ds, "StudyTime"),
+            accession_number=_text(ds, "AccessionNumber"),
+            accession_number_issuer=_issuer_of_accession(ds),
+            referring_physician_name=_text(ds, "ReferringPhysicianName"),
+            study_description=_text(ds, "StudyDescription"),
+            study_id=_text(ds, "StudyID"),
+            modality=_text(ds, "Modality"),
+            series_number=_int(ds, "SeriesNumber"),
+            series_description=_text(ds, "SeriesDescription"),
+            body_part_examined=_text(ds, "BodyPartExamined"),
+            instance_number=_int(ds, "InstanceNumber"),
+        )
+    except HeaderError:
+        raise
+    except Exception as exc:  # pydicom raises many types on corrupt input
+        raise HeaderError(f"dataset cannot be parsed: {type(exc).__name__}: {exc}") from None
+    return header

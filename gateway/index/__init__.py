@@ -1,0 +1,1 @@
+"""The SQL index of stored instances (SQLAlchemy 2, migrations with Alembic)."""

@@ -1,0 +1,259 @@
+"""Reading and writing the index in domain terms (headers, stored-instance facts).
+
+:class:`InstanceIndex` is the only place that writes index rows. Concurrent associations
+may create the same patient, study or series at the same moment: rows are created with
+``INSERT ... ON CONFLICT DO NOTHING`` and read back, so the race has one winner and no error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, delete, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from gateway.header import InstanceHeader
+from gateway.index.models import Instance, Patient, Series, Study
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """What the index knows of one stored instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    sha256: str
+    size: int
+    storage_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """The facts about a file just written for an instance."""
+
+    transfer_syntax_uid: str
+    sha256: str
+    size: int
+    storage_key: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class IndexCounts:
+    patients: int
+    studies: int
+    series: int
+    instances: int
+
+
+class InstanceIndex:
+    """The patient / study / series / instance index over one SQLAlchemy engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._writer = engine.execution_options(writer=True)
+        self._dialect = engine.dialect.name
+
+    @contextmanager
+    def _write(self) -> Iterator[Session]:
+        with Session(self._writer, expire_on_commit=False) as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with Session(self.engine) as session:
+            yield session
+
+    # -- queries -------------------------------------------------------------------------
+
+    def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
+        with self.read() as s:
+            row = s.execute(
+                select(
+                    Instance.sop_instance_uid,
+                    Instance.sop_class_uid,
+                    Study.study_instance_uid,
+                    Series.series_instance_uid,
+                    Instance.transfer_syntax_uid,
+                    Instance.sha256,
+                    Instance.size,
+                    Instance.storage_key,
+                )
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .where(Instance.sop_instance_uid == sop_instance_uid)
+            ).one_or_none()
+        return StoredInstance(*row) if row else None
+
+    def counts(self) -> IndexCounts:
+        with self.read() as s:
+            return IndexCounts(
+                patients=s.scalar(select(func.count()).select_from(Patient)) or 0,
+                studies=s.scalar(select(func.count()).select_from(Study)) or 0,
+                series=s.scalar(select(func.count()).select_from(Series)) or 0,
+                instances=s.scalar(select(func.count()).select_from(Instance)) or 0,
+            )
+
+    def all_instances(self) -> list[StoredInstance]:
+        with self.read() as s:
+            rows = s.execute(
+                select(
+                    Instance.sop_instance_uid,
+                    Instance.sop_class_uid,
+                    Study.study_instance_uid,
+                    Series.series_instance_uid,
+                    Instance.transfer_syntax_uid,
+                    Instance.sha256,
+                    Instance.size,
+                    Instance.storage_key,
+                )
+                .join(Series, Instance.series_pk == Series.id)
+                .join(Study, Series.study_pk == Study.id)
+                .order_by(Instance.id)
+            ).all()
+        return [StoredInstance(*r) for r in rows]
+
+    # -- writes --------------------------------------------------------------------------
+
+    def record(self, header: InstanceHeader, stored: StoredFile) -> StoredInstance | None:
+        """Index a newly stored instance, or switch an existing one to the new file.
+
+        Returns the previous :class:`StoredInstance` when one was replaced (its file is now
+        unreferenced and the caller removes it), else ``None``. Commits before returning.
+        """
+        now = datetime.now(UTC)
+        with self._write() as s:
+            patient_pk = self._ensure_patient(s, header)
+            study_pk = self._ensure_study(s, header, patient_pk, now)
+            series_pk = self._ensure_series(s, header, study_pk, now)
+            previous = s.execute(
+                select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
+            ).scalar_one_or_none()
+            values = {
+                "series_pk": series_pk,
+                "sop_class_uid": header.sop_class_uid,
+                "instance_number": header.instance_number,
+                "transfer_syntax_uid": stored.transfer_syntax_uid,
+                "size": stored.size,
+                "sha256": stored.sha256,
+                "storage_key": stored.storage_key,
+                "received_at": now,
+                "source": stored.source,
+            }
+            s.execute(update(Study).where(Study.id == study_pk).values(updated_at=now))
+            if previous is None:
+                s.add(Instance(sop_instance_uid=header.sop_instance_uid, **values))
+                return None
+            replaced = self.find_in_session(s, previous)
+            old_series_pk = previous.series_pk
+            s.execute(update(Instance).where(Instance.id == previous.id).values(**values))
+            if old_series_pk != series_pk:
+                self._drop_if_empty(s, old_series_pk)
+            return replaced
+
+    @staticmethod
+    def find_in_session(s: Session, inst: Instance) -> StoredInstance:
+        series = s.get(Series, inst.series_pk)
+        assert series is not None
+        study = s.get(Study, series.study_pk)
+        assert study is not None
+        return StoredInstance(
+            inst.sop_instance_uid,
+            inst.sop_class_uid,
+            study.study_instance_uid,
+            series.series_instance_uid,
+            inst.transfer_syntax_uid,
+            inst.sha256,
+            inst.size,
+            inst.storage_key,
+        )
+
+    def _insert_ignore(self, s: Session, model: type, values: dict) -> None:
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        s.execute(dialect_insert(model).values(**values).on_conflict_do_nothing())
+
+    def _ensure_patient(self, s: Session, h: InstanceHeader) -> int:
+        key = (Patient.patient_id == h.patient_id) & (
+            Patient.issuer_of_patient_id == h.issuer_of_patient_id
+        )
+        pk = s.scalar(select(Patient.id).where(key))
+        if pk is None:
+            self._insert_ignore(
+                s,
+                Patient,
+                {
+                    "patient_id": h.patient_id,
+                    "issuer_of_patient_id": h.issuer_of_patient_id,
+                    "patient_name": h.patient_name,
+                    "patient_birth_date": h.patient_birth_date,
+                    "patient_sex": h.patient_sex,
+                },
+            )
+            pk = s.scalar(select(Patient.id).where(key))
+        assert pk is not None
+        return pk
+
+    def _ensure_study(self, s: Session, h: InstanceHeader, patient_pk: int, now: datetime) -> int:
+        key = Study.study_instance_uid == h.study_instance_uid
+        pk = s.scalar(select(Study.id).where(key))
+        if pk is None:
+            self._insert_ignore(
+                s,
+                Study,
+                {
+                    "study_instance_uid": h.study_instance_uid,
+                    "patient_pk": patient_pk,
+                    "study_date": h.study_date,
+                    "study_time": h.study_time,
+                    "accession_number": h.accession_number,
+                    "accession_number_issuer": h.accession_number_issuer,
+                    "referring_physician_name": h.referring_physician_name,
+                    "study_description": h.study_description,
+                    "study_id": h.study_id,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+            pk = s.scalar(select(Study.id).where(key))
+        assert pk is not None
+        return pk
+
+    def _ensure_series(self, s: Session, h: InstanceHeader, study_pk: int, now: datetime) -> int:
+        key = Series.series_instance_uid == h.series_instance_uid
+        pk = s.scalar(select(Series.id).where(key))
+        if pk is None:
+            self._insert_ignore(
+                s,
+                Series,
+                {
+                    "series_instance_uid": h.series_instance_uid,
+                    "study_pk": study_pk,
+                    "modality": h.modality,
+                    "series_number": h.series_number,
+                    "series_description": h.series_description,
+                    "body_part_examined": h.body_part_examined,
+                    "created_at": now,
+                },
+            )
+            pk = s.scalar(select(Series.id).where(key))
+        assert pk is not None
+        return pk
+
+    @staticmethod
+    def _drop_if_empty(s: Session, series_pk: int) -> None:
+        s.flush()
+        if s.scalar(select(func.count()).where(Instance.series_pk == series_pk)):
+            return
+        study_pk = s.scalar(select(Series.study_pk).where(Series.id == series_pk))
+        s.execute(delete(Series).where(Series.id == series_pk))
+        if study_pk is not None and not s.scalar(
+            select(func.count()).select_from(Series).where(Series.study_pk == study_pk)
+        ):
+            s.execute(delete(Study).where(Study.id == study_pk))

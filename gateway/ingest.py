@@ -1,0 +1,238 @@
+"""The one path by which an instance enters the gateway (C-STORE, ``drimbox import``, STOW-RS).
+
+:meth:`Ingestor.ingest` takes the encoded dataset exactly as received and either keeps it or
+refuses it with an :class:`IngestRejected` naming a :class:`Rejection`. Keeping means, in this
+order: header read and checked, file written and fsync'ed under ``storage/`` (atomic rename),
+index row committed. Only then does it return, so a caller that acknowledges after
+:meth:`ingest` returns never acknowledges an instance that a crash could lose.
+
+Re-sent instances: identical bytes are :attr:`Outcome.ALREADY_PRESENT` (no second copy);
+different bytes follow ``duplicate_policy`` (``replace`` swaps file and index row in one
+commit, then removes the old file; ``refuse`` raises :attr:`Rejection.DUPLICATE_CONFLICT`).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from gateway import __version__
+from gateway.header import HeaderError, InstanceHeader, read_header
+from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
+from gateway.storage import FileStore, StorageFullError, storage_key
+from gateway.uids import is_safe_uid
+
+log = logging.getLogger(__name__)
+
+#: Our Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID (PS3.5 B.2).
+IMPLEMENTATION_CLASS_UID = "2.25.247598373340412357393349934546006375712"
+IMPLEMENTATION_VERSION_NAME = f"DRIMBOX_{__version__}"[:16]
+
+
+class Outcome(enum.Enum):
+    STORED = "stored"
+    ALREADY_PRESENT = "already present"
+    REPLACED = "replaced"
+
+
+class Rejection(enum.Enum):
+    """Why an instance was not kept. Each face maps these to its own status codes."""
+
+    UNPARSEABLE = "dataset cannot be parsed"
+    MISSING_ATTRIBUTE = "a required attribute is missing"
+    INVALID_UID = "a UID is malformed"
+    SOP_CLASS_MISMATCH = "SOP Class UID does not match the request"
+    SOP_INSTANCE_MISMATCH = "SOP Instance UID does not match the request"
+    DUPLICATE_CONFLICT = "an instance with this SOP Instance UID and other content is stored"
+    OUT_OF_RESOURCES = "out of resources"
+    PROCESSING_FAILURE = "processing failure"
+
+
+class IngestRejected(Exception):
+    def __init__(self, reason: Rejection, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """An encoded dataset and what its transport says about it."""
+
+    dataset: bytes | memoryview
+    transfer_syntax_uid: str
+    source: str
+    """Calling AE title, ``import``, ``stow``..."""
+    expected_sop_class_uid: str | None = None
+    """From the C-STORE command (Affected SOP Class UID) or the file meta information."""
+    expected_sop_instance_uid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    outcome: Outcome
+    header: InstanceHeader
+    size: int
+
+
+def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, ts_uid: str, source: str) -> bytes:
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1) for our files."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(ts_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source and len(source) <= 16 and source.isprintable():
+        meta.SourceApplicationEntityTitle = source
+    buf = io.BytesIO()
+    buf.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return buf.getvalue()
+
+
+def _check_header(h: InstanceHeader, incoming: Incoming) -> None:
+    for keyword, value in (
+        ("SOPClassUID", h.sop_class_uid),
+        ("SOPInstanceUID", h.sop_instance_uid),
+        ("StudyInstanceUID", h.study_instance_uid),
+        ("SeriesInstanceUID", h.series_instance_uid),
+    ):
+        if not value:
+            raise IngestRejected(Rejection.MISSING_ATTRIBUTE, f"{keyword} is missing or empty")
+        if not is_safe_uid(value):
+            raise IngestRejected(Rejection.INVALID_UID, f"{keyword} {value[:80]!r} is not a UID")
+    if incoming.expected_sop_class_uid and h.sop_class_uid != incoming.expected_sop_class_uid:
+        raise IngestRejected(
+            Rejection.SOP_CLASS_MISMATCH,
+            f"dataset SOPClassUID {h.sop_class_uid} differs from {incoming.expected_sop_class_uid}",
+        )
+    if (
+        incoming.expected_sop_instance_uid
+        and h.sop_instance_uid != incoming.expected_sop_instance_uid
+    ):
+        raise IngestRejected(
+            Rejection.SOP_INSTANCE_MISMATCH,
+            f"dataset SOPInstanceUID {h.sop_instance_uid} differs from "
+            f"{incoming.expected_sop_instance_uid[:64]}",
+        )
+
+
+class Ingestor:
+    """Keeps instances: header check, durable file, index commit, in that order."""
+
+    def __init__(
+        self, store: FileStore, index: InstanceIndex, duplicate_policy: str = "replace"
+    ) -> None:
+        if duplicate_policy not in ("replace", "refuse"):
+            raise ValueError(f"unknown duplicate policy {duplicate_policy!r}")
+        self.store = store
+        self.index = index
+        self.duplicate_policy = duplicate_policy
+
+    def ingest(self, incoming: Incoming) -> IngestResult:
+        try:
+            header = read_header(incoming.dataset, incoming.transfer_syntax_uid)
+        except HeaderError as exc:
+            raise IngestRejected(Rejection.UNPARSEABLE, str(exc)) from None
+        _check_header(header, incoming)
+
+        digest = hashlib.sha256(incoming.dataset).hexdigest()
+        size = len(incoming.dataset)
+        existing = self.index.find_instance(header.sop_instance_uid)
+        if existing is not None and existing.sha256 == digest and self.store.exists(
+            existing.storage_key
+        ):
+            return IngestResult(Outcome.ALREADY_PRESENT, header, size)
+        if (
+            existing is not None
+            and existing.sha256 != digest
+            and self.duplicate_policy == "refuse"
+        ):
+            raise IngestRejected(
+                Rejection.DUPLICATE_CONFLICT,
+                f"SOPInstanceUID {header.sop_instance_uid} is stored with other content",
+            )
+
+        key = storage_key(
+            header.study_instance_uid,
+            header.series_instance_uid,
+            header.sop_instance_uid,
+            digest,
+        )
+        meta = file_meta_bytes(
+            header.sop_class_uid,
+            header.sop_instance_uid,
+            incoming.transfer_syntax_uid,
+            incoming.source,
+        )
+        try:
+            self.store.put(key, (meta, incoming.dataset))
+        except StorageFullError as exc:
+            raise IngestRejected(Rejection.OUT_OF_RESOURCES, str(exc)) from None
+        except OSError as exc:
+            raise IngestRejected(Rejection.PROCESSING_FAILURE, f"storage: {exc}") from None
+
+        stored = StoredFile(incoming.transfer_syntax_uid, digest, size, key, incoming.source)
+        previous = self._record(header, stored, key)
+        if previous is not None and previous.storage_key != key:
+            self.store.delete(previous.storage_key)
+            return IngestResult(Outcome.REPLACED, header, size)
+        if previous is not None:
+            return IngestResult(Outcome.ALREADY_PRESENT, header, size)
+        return IngestResult(Outcome.STORED, header, size)
+
+    def _record(
+        self,
+        header: InstanceHeader,
+        stored: StoredFile,
+        key: str,
+    ) -> StoredInstance | None:
+        attempts = 3
+        for attempt in range(attempts):
+            try:
+                return self.index.record(header, stored)
+            except IntegrityError:
+                # Another association created the same row first: read it again.
+                if attempt == attempts - 1:
+                    self._forget(key, header.sop_instance_uid)
+                    raise IngestRejected(
+                        Rejection.PROCESSING_FAILURE, "index conflict persisted"
+                    ) from None
+            except OperationalError as exc:
+                self._forget(key, header.sop_instance_uid)
+                full = "full" in str(exc).lower()
+                raise IngestRejected(
+                    Rejection.OUT_OF_RESOURCES if full else Rejection.PROCESSING_FAILURE,
+                    f"index: {type(exc.orig).__name__}",
+                ) from None
+            except Exception as exc:
+                self._forget(key, header.sop_instance_uid)
+                log.exception("index write failed")
+                raise IngestRejected(
+                    Rejection.PROCESSING_FAILURE, f"index: {type(exc).__name__}"
+                ) from None
+        raise AssertionError("unreachable")
+
+    def _forget(self, key: str, sop_instance_uid: str) -> None:
+        """Remove a file written for an index commit that failed, unless the index uses it
+        (the same bytes may have been indexed by a concurrent association)."""
+        try:
+            current = self.index.find_instance(sop_instance_uid)
+        except Exception:
+            log.warning("index unreachable; keeping unindexed file %s", key)
+            return
+        if current is not None and current.storage_key == key:
+            return
+        try:
+            self.store.delete(key)
+        except OSError:
+            log.warning("could not remove unindexed file %s", key)

@@ -1,0 +1,52 @@
+"""``drimbox serve``: the DICOM SCP and the HTTP app in one process.
+
+SIGTERM (or SIGINT) stops the HTTP server, then stops accepting associations and lets those
+in flight finish (``shutdown_grace`` seconds at most) before the process exits, so that a
+deployment restart never cuts a study in half.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import uvicorn
+
+from dicomweb.app import create_app
+from gateway.config import Settings
+from gateway.dimse import DicomService
+from gateway.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def serve(settings: Settings) -> None:
+    runtime = Runtime.build(settings)
+    dicom = DicomService(settings, runtime.ingestor)
+    dicom.start()
+    config = uvicorn.Config(
+        create_app(runtime),
+        host=settings.host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="off",
+    )
+    http = uvicorn.Server(config)
+
+    # uvicorn re-raises the signal it caught once it has stopped; these handlers make that
+    # a no-op so that the DICOM side can drain afterwards.
+    def _noted(signum: int, _frame: object) -> None:
+        log.info("signal %d received, shutting down", signum)
+
+    signal.signal(signal.SIGTERM, _noted)
+    signal.signal(signal.SIGINT, _noted)
+    log.info("HTTP on %s:%d, public URL %s", settings.host, settings.http_port,
+             settings.effective_public_url)
+    try:
+        http.run()
+    finally:
+        log.info("draining DICOM associations (up to %.0f s)", settings.shutdown_grace)
+        dicom.stop()
+        runtime.close()
+        log.info("stopped")

@@ -1,0 +1,140 @@
+"""Durable instance storage on the local file system.
+
+Layout under ``<data_dir>``::
+
+    staging/                      files being written (emptied at start-up; never indexed)
+    storage/<study>/<series>/<sop>.<hash12>.dcm
+
+A file is written to ``staging/``, flushed and fsync'ed, renamed atomically into
+``storage/`` and the directory entry fsync'ed: after :meth:`FileStore.put` returns, the file
+survives a crash or power loss. The storage key embeds the first 12 hex digits of the
+content hash, so a replacement never overwrites the file it replaces (the index switches to the
+new key in one transaction, then the old file is removed).
+
+Paths are built only from UIDs that pass :func:`gateway.uids.is_safe_uid` and from our own
+hex digests; anything else raises :class:`ValueError` before touching the disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from gateway.uids import is_safe_uid
+
+
+class StorageFullError(OSError):
+    """The file system has no room (ENOSPC / EDQUOT)."""
+
+
+def storage_key(study_uid: str, series_uid: str, sop_uid: str, sha256_hex: str) -> str:
+    """The relative path of an instance's file, from validated UIDs and its content hash."""
+    for name, uid in (("study", study_uid), ("series", series_uid), ("instance", sop_uid)):
+        if not is_safe_uid(uid):
+            raise ValueError(f"{name} UID {uid!r} is not a valid UID")
+    if len(sha256_hex) != 64 or any(c not in "0123456789abcdef" for c in sha256_hex):
+        raise ValueError("content hash must be a lower-case SHA-256 hex digest")
+    return f"{study_uid}/{series_uid}/{sop_uid}.{sha256_hex[:12]}.dcm"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    """Files of instances under one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir).resolve()
+        self.storage_dir = self.root / "storage"
+        self.staging_dir = self.root / "staging"
+        self._dir_lock = threading.Lock()
+        self._known_dirs: set[Path] = set()
+
+    def prepare(self) -> None:
+        """Create the layout and remove what a crash left in staging (never indexed)."""
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.staging_dir.iterdir():
+            if leftover.is_file():
+                leftover.unlink()
+
+    def path_of(self, key: str) -> Path:
+        """The absolute path of a storage key; refuses keys that would leave the store."""
+        path = (self.storage_dir / key).resolve()
+        if self.storage_dir not in path.parents:
+            raise ValueError(f"storage key {key!r} escapes the store")
+        return path
+
+    def exists(self, key: str) -> bool:
+        return self.path_of(key).is_file()
+
+    def put(self, key: str, chunks: Iterable[bytes | memoryview]) -> int:
+        """Write ``chunks`` durably at ``key``; return the number of bytes written.
+
+        Raises :class:`StorageFullError` when the disk is full; nothing is left behind then.
+        """
+        final = self.path_of(key)
+        tmp = self.staging_dir / f"{uuid.uuid4().hex}.tmp"
+        size = 0
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                        size += n
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._ensure_dir(final.parent)
+            os.replace(tmp, final)
+            _fsync_dir(final.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFullError(exc.errno, "no space left for the instance") from exc
+            raise
+        return size
+
+    def delete(self, key: str) -> None:
+        """Remove a stored file (missing is fine)."""
+        path = self.path_of(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+
+    def open(self, key: str):  # noqa: ANN201 - a binary file object
+        return open(self.path_of(key), "rb")
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        with self._dir_lock:
+            missing = []
+            d = directory
+            while not d.exists():
+                missing.append(d)
+                d = d.parent
+            for d in reversed(missing):
+                try:
+                    d.mkdir()
+                except FileExistsError:
+                    pass
+                _fsync_dir(d.parent)
+            self._known_dirs.add(directory)

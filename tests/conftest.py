@@ -1,0 +1,149 @@
+"""Shared fixtures: index back-ends (SQLite and PostgreSQL) and a real gateway process.
+
+PostgreSQL: every machine here runs it at 127.0.0.1:5432 (database ``test``, user
+``postgres``, trust auth). Each test that asks for it gets a database of its own, created from
+``test`` and dropped afterwards, so runs never collide. ``DRIMBOX_TEST_PG`` overrides the
+administrative URL. Without a reachable server the PostgreSQL cases fail under CI and skip
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from peers import free_port, in_ci
+
+PG_ADMIN = os.environ.get("DRIMBOX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def _pg_database() -> Iterator[str]:
+    name = f"drimbox_t_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        msg = f"PostgreSQL not reachable at {PG_ADMIN}: {exc}"
+        if in_ci():
+            pytest.fail(msg)
+        pytest.skip(msg)
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://")
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty index database URL, once per back-end."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'index.sqlite'}"
+    else:
+        yield from _pg_database()
+
+
+class Gateway:
+    """``drimbox serve`` as a child process on free loopback ports."""
+
+    def __init__(self, data_dir: Path, database_url: str, **env: str) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.dicom_port = free_port()
+        self.http_port = free_port()
+        self.ae_title = "DRIMBOX"
+        self.extra_env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"gateway-{self.dicom_port}.log"
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
+        env.update(
+            DRIMBOX_DATA_DIR=str(self.data_dir),
+            DRIMBOX_DATABASE_URL=self.database_url,
+            DRIMBOX_DICOM_PORT=str(self.dicom_port),
+            DRIMBOX_HTTP_PORT=str(self.http_port),
+            DRIMBOX_AE_TITLE=self.ae_title,
+            DRIMBOX_SHUTDOWN_GRACE="20",
+        )
+        env.update(self.extra_env)
+        return env
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 30) -> Gateway:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited at start-up:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"gateway did not start:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-5000:]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def metrics(self) -> str:
+        return httpx.get(f"{self.url}/metrics", timeout=5).text
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path, database_url: str) -> Iterator:
+    """Make (not start) gateways sharing this test's data dir and index."""
+    made: list[Gateway] = []
+
+    def make(**env: str) -> Gateway:
+        gw = Gateway(tmp_path / "data", database_url, **env)
+        made.append(gw)
+        return gw
+
+    yield make
+    for gw in made:
+        if gw.proc is not None:
+            gw.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def gateway(gateway_factory) -> Gateway:
+    """A running gateway with default settings."""
+    return gateway_factory().start()
