@@ -1,7 +1,8 @@
 """The gateway's HTTP application (FastAPI). ``drimbox serve`` runs it on uvicorn.
 
-Routes today: ``GET /healthz`` (liveness and index reachability, no patient data) and
-``GET /metrics`` (Prometheus text format). DICOMweb (``/dicom-web``) comes with issue #3.
+Routes: ``GET /healthz`` (liveness and index reachability, no patient data), ``GET /metrics``
+(Prometheus text format), DICOMweb under ``/dicom-web`` (``qido``, ``wado``, ``stow``
+modules) and the viewer (``viewer`` module).
 """
 
 from __future__ import annotations
@@ -10,12 +11,18 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from dicomweb import qido, stow, viewer, wado
+from dicomweb.urls import DICOMWEB_PREFIX
 from gateway import __version__
 from gateway.runtime import Runtime
 
 
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="DRIMbox gateway", version=__version__)
+    app.state.runtime = runtime
+    for module in (qido, wado, stow):
+        app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
+    app.include_router(viewer.router, tags=["viewer"])
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> Response:

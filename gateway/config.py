@@ -8,6 +8,7 @@ with a message that names it (see :func:`load_settings`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -34,6 +35,13 @@ def validate_ae_title(value: str) -> str:
             f"{value!r} is not a valid AE title (1-16 printable characters, no backslash)"
         )
     return stripped
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 class PeerAE(BaseModel):
@@ -66,6 +74,9 @@ class Settings(BaseSettings):
 
     ae_title: str = "DRIMBOX"
     host: str = "127.0.0.1"
+    """Address the DICOM listener binds (``0.0.0.0`` to accept modalities on the network)."""
+    http_host: str | None = None
+    """Address the HTTP listener binds. Default: ``host``."""
     dicom_port: int = Field(default=11112, ge=0, le=65535)
     http_port: int = Field(default=8080, ge=0, le=65535)
     public_url: str | None = None
@@ -100,6 +111,10 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    dicomweb_auth: Literal["none"] = "none"
+    """Who may read DICOMweb. ``none`` (anonymous) is accepted only while ``host`` is a
+    loopback address; Pro Santé Connect tokens come with issue #6."""
+
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
@@ -129,6 +144,11 @@ class Settings(BaseSettings):
     def _derived(self) -> Settings:
         if self.dicom_port and self.http_port and self.dicom_port == self.http_port:
             raise ValueError("dicom_port and http_port must differ")
+        if self.dicomweb_auth == "none" and not _is_loopback(self.effective_http_host):
+            raise ValueError(
+                f"HTTP host {self.effective_http_host} is not a loopback address: anonymous DICOMweb "
+                "(dicomweb_auth = none) would expose patient data"
+            )
         if self.restrict_callers and not self.peers:
             raise ValueError("restrict_callers is on but no peers are configured")
         return self
@@ -138,8 +158,12 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
 
     @property
+    def effective_http_host(self) -> str:
+        return self.http_host or self.host
+
+    @property
     def effective_public_url(self) -> str:
-        return self.public_url or f"http://{self.host}:{self.http_port}"
+        return self.public_url or f"http://{self.effective_http_host}:{self.http_port}"
 
     @classmethod
     def settings_customise_sources(

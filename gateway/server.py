@@ -26,7 +26,7 @@ def serve(settings: Settings) -> None:
     dicom.start()
     config = uvicorn.Config(
         create_app(runtime),
-        host=settings.host,
+        host=settings.effective_http_host,
         port=settings.http_port,
         log_level=settings.log_level.lower(),
         access_log=False,
@@ -41,7 +41,7 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _noted)
     signal.signal(signal.SIGINT, _noted)
-    log.info("HTTP on %s:%d, public URL %s", settings.host, settings.http_port,
+    log.info("HTTP on %s:%d, public URL %s", settings.effective_http_host, settings.http_port,
              settings.effective_public_url)
     try:
         http.run()

@@ -1,0 +1,5 @@
+"""DICOMweb viewer routes (issue #3); filled in by the viewer work."""
+
+from fastapi import APIRouter
+
+router = APIRouter()
