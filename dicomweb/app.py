@@ -11,7 +11,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from dicomweb import qido, stow, viewer, wado
+from dicomweb import metadata, qido, rendered, stow, viewer, wado
 from dicomweb.urls import DICOMWEB_PREFIX
 from gateway import __version__
 from gateway.runtime import Runtime
@@ -20,7 +20,7 @@ from gateway.runtime import Runtime
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="DRIMbox gateway", version=__version__)
     app.state.runtime = runtime
-    for module in (qido, wado, stow):
+    for module in (qido, wado, metadata, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
     app.include_router(viewer.router, tags=["viewer"])
 
