@@ -18,7 +18,8 @@ item is a CONTAINER titled (113030, DCM, "Manifest") as the standard and the SPE
 not the PoC's parsed "Examen : ... / Série-..." format; referenced items carry highdicom's
 purpose-of-reference concept (260753009, SCT, "Source"); non-image objects (PDF, SR) are
 COMPOSITE items rather than IMAGE items. The encoding is Implicit VR Little Endian, like the
-samples. Everything is deterministic except the new UIDs and the creation date/time, which can
+samples. RetrieveURL inside ReferencedSeriesSequence makes the object a Standard Extended
+SOP Class (dciodvfy warns so); DRIM-M consumers need it. Everything is deterministic except the new UIDs and the creation date/time, which can
 be passed in.
 """
 
@@ -154,15 +155,12 @@ def build_kos(
 
 
 def _add_retrieve_locations(kos: Dataset, facts: StudyFacts, publisher: Publisher) -> None:
-    numbers = {s.series_instance_uid: s.series_number for s in facts.series}
     for study_item in kos.CurrentRequestedProcedureEvidenceSequence:
         for series_item in study_item.ReferencedSeriesSequence:
             se = str(series_item.SeriesInstanceUID)
             series_item.RetrieveURL = series_url(publisher.public_url, facts.study_instance_uid, se)
             series_item.RetrieveAETitle = publisher.ae_title
             series_item.RetrieveLocationUID = publisher.repository_oid
-            if numbers.get(se) is not None:
-                series_item.SeriesNumber = numbers[se]
 
 
 def referenced_instances(kos: Dataset) -> set[str]:
