@@ -84,5 +84,39 @@ def import_(config_file: Path | None, paths: tuple[Path, ...], quiet: bool) -> N
     sys.exit(run_import(_settings(config_file), list(paths), quiet=quiet))
 
 
+@main.command("psc-sim")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8180, show_default=True, type=int)
+@click.option("--base-url", default=None, help="Public base URL (default http://HOST:PORT).")
+@click.option(
+    "--client",
+    "clients",
+    multiple=True,
+    metavar="ID:SECRET:REDIRECT_URI[,URI...]",
+    help="A relying party; repeat for several. Default: drimbox:secret:<any localhost URI>.",
+)
+@click.option("--userinfo", type=click.Choice(["json", "jwt"]), default="json", show_default=True)
+@click.option("--acr", default="eidas1", show_default=True)
+@click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PEM file keeping the signing key across restarts (created if missing).")
+def psc_sim(host: str, port: int, base_url: str | None, clients: tuple[str, ...],
+            userinfo: str, acr: str, key_file: Path | None) -> None:
+    """Run the Pro Santé Connect simulator (an OpenID provider with test practitioners)."""
+    import uvicorn
+
+    from adapters.psc.simulator import PscSimulator, SimClient, load_or_create_key
+
+    parsed = []
+    for spec in clients or ("drimbox:secret:http://127.0.0.1:8080/auth/callback",):
+        try:
+            client_id, secret, uris = spec.split(":", 2)
+        except ValueError:
+            raise click.BadParameter(f"{spec!r} is not ID:SECRET:REDIRECT_URI") from None
+        parsed.append(SimClient(client_id, secret, uris.split(",")))
+    sim = PscSimulator(base_url or f"http://{host}:{port}", parsed, load_or_create_key(key_file),
+                       userinfo_format=userinfo, acr=acr)
+    uvicorn.run(sim.app, host=host, port=port, log_level="warning")
+
+
 if __name__ == "__main__":
     main()
