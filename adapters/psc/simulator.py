@@ -68,12 +68,16 @@ class _Code:
 def load_or_create_key(path: Path | None) -> RSAKey:
     """An RS256 signing key; kept in ``path`` (PEM) when given, so the JWKS survives restarts."""
     if path and path.is_file():
-        return RSAKey.import_key(path.read_bytes(), {"use": "sig", "alg": "RS256"})
-    key = RSAKey.generate_key(2048, {"use": "sig", "alg": "RS256"})
-    if path:
-        path.write_bytes(key.as_pem(private=True))
-        path.chmod(0o600)
-    return key
+        key = RSAKey.import_key(path.read_bytes())
+    else:
+        key = RSAKey.generate_key(2048)
+        if path:
+            path.write_bytes(key.as_pem(private=True))
+            path.chmod(0o600)
+    # The kid is the key's RFC 7638 thumbprint, so it is stable for a given key file.
+    return RSAKey.import_key(
+        key.as_dict(private=True), {"kid": key.thumbprint(), "use": "sig", "alg": "RS256"}
+    )
 
 
 class PscSimulator:
