@@ -167,6 +167,10 @@ def split_part10(data: bytes | memoryview) -> Part10:
             group_end = pos + int.from_bytes(value, "little")
     if pos == start:
         raise BadFile("File Meta Information is empty")
+    if pos + 8 > end:
+        if group_end == end == pos:
+            raise BadFile("the file holds File Meta Information but no dataset")
+        raise BadFile("File Meta Information is truncated")
 
     def uid(elem: int) -> str | None:
         raw = values.get(elem)
