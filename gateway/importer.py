@@ -16,8 +16,8 @@ What it accepts, for each PATH:
   is left behind). ``*.zip`` files found in a folder are imported as archives.
 * a ``DICOMDIR`` file: only the files it references.
 * a zip archive: members are read in memory, one at a time, never written to a path made
-  from their names; a DICOMDIR inside is used like on a disc. Archives inside archives are
-  reported, not opened.
+  from their names; a DICOMDIR inside is used like on a disc. A ``*.zip`` member is
+  rejected ("extract it and import it"), not opened.
 * a single DICOM file.
 
 A DICOM file is a Part 10 file: 128-byte preamble, ``DICM``, File Meta Information. Files
@@ -778,8 +778,8 @@ def _import_entry(
         try:
             meta = split_part10(data)
         except NotDicom:
-            if data[:4] == b"PK\x03\x04":
-                raise BadFile("an archive inside an archive: extract it and import it") from None
+            if entry.member is not None and _is_zip_name(entry.member.filename):
+                raise BadFile("a zip inside the zip: extract it and import it") from None
             if entry.explicit:
                 raise BadFile("not a DICOM file, a DICOMDIR nor a zip archive") from None
             summary.skipped_not_dicom += 1
@@ -842,6 +842,8 @@ def _entries(sources: list[Source]) -> Iterator[tuple[Entry, zipfile.ZipFile | N
 def import_paths(runtime: Runtime, paths: list[Path], quiet: bool = True) -> Summary:
     """Import ``paths`` with ``runtime``'s ingestor; the whole run's :class:`Summary`."""
     summary = Summary()
+    if not quiet and sys.stderr.isatty():
+        click.echo("Scanning " + ", ".join(show(str(p)) for p in paths) + "...", err=True)
     sources = plan(paths, summary)
     total = sum(len(s.entries) for s in sources)
     progress = _Progress(total, quiet)

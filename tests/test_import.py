@@ -6,6 +6,7 @@ find files on a disc and split Part 10 files.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import subprocess
@@ -117,6 +118,13 @@ def test_folder_import_is_byte_identical_and_idempotent(database_url: str, tmp_p
     files = write_corpus(tmp_path / "backlog" / "a", 18, studies=2)
     files += write_corpus(tmp_path / "backlog" / "b" / "c", 12, studies=1, seed=100)
     (tmp_path / "backlog" / "b" / "notes.txt").write_text("not an image")
+    (tmp_path / "backlog" / "b" / "viewer.jar").write_bytes(b"PK\x03\x04" + bytes(100))
+    # Meta information without preamble nor "DICM": accepted, the meta gives the syntax.
+    bare = to_bytes(make_instance(seed=77))
+    (tmp_path / "backlog" / "NOPREAMBLE").write_bytes(bare[132:])
+    bare_dataset = bare[144 + int.from_bytes(bare[140:144], "little") :]
+    bare_uid = str(dcmread(io.BytesIO(bare), stop_before_pixels=True).SOPInstanceUID)
+    expected = expected_hashes(files) | {bare_uid: hashlib.sha256(bare_dataset).hexdigest()}
     ts = {str(dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID) for f in files}
     assert {"1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2"} <= ts
     # A file in flight for a `drimbox serve` sharing the data dir: import must not touch it.
@@ -127,11 +135,11 @@ def test_folder_import_is_byte_identical_and_idempotent(database_url: str, tmp_p
     proc = drimbox_import(["--json", str(tmp_path / "backlog")], data, database_url)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = summary_of(proc)
-    assert summary["stored"] == 30
+    assert summary["stored"] == 31
     assert summary["already_present"] == summary["replaced"] == 0
-    assert summary["skipped_not_dicom"] == 1
+    assert summary["skipped_not_dicom"] == 2
     assert summary["rejected"] == summary["missing"] == []
-    assert_stored_exactly(data, database_url, expected_hashes(files))
+    assert_stored_exactly(data, database_url, expected)
     assert in_flight.read_bytes() == b"partial"
 
     # Again, text summary: everything already present, nothing stored twice.
@@ -139,10 +147,10 @@ def test_folder_import_is_byte_identical_and_idempotent(database_url: str, tmp_p
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert "stored:               0" in lines
-    assert "already present:      30" in lines
-    assert "skipped (not DICOM):  1" in lines
+    assert "already present:      31" in lines
+    assert "skipped (not DICOM):  2" in lines
     assert "rejected:             0" in lines
-    assert_stored_exactly(data, database_url, expected_hashes(files))
+    assert_stored_exactly(data, database_url, expected)
 
 
 def test_cd_with_dicomdir(database_url: str, tmp_path: Path) -> None:
@@ -296,6 +304,9 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
     proc = drimbox_import([str(tmp_path)], tmp_path / "data", "mysql://x")
     assert proc.returncode == 2
     assert "database_url" in proc.stderr
+    proc = drimbox_import([str(tmp_path)], tmp_path / "data", "postgresql://u@127.0.0.1:1/x")
+    assert proc.returncode == 2
+    assert "cannot open the gateway's storage or index" in proc.stderr
 
 
 # -- helpers (no database) -----------------------------------------------------------------
