@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import zipfile
 from pathlib import Path
 
@@ -269,33 +268,41 @@ def test_corrupt_files_are_rejected_with_reasons(database_url: str, tmp_path: Pa
 
 
 def test_import_while_serve_receives(gateway, tmp_path: Path) -> None:
-    """`drimbox import` next to a running `drimbox serve` on the same data dir and index."""
-    pushed = write_corpus(tmp_path / "modality", 60, studies=2, seed=500)
+    """`drimbox import` next to a running `drimbox serve` on the same data dir and index: a
+    modality keeps pushing (storescu, association after association) for the whole life of
+    the import process."""
+    pushed = write_corpus(tmp_path / "modality", 30, studies=2, seed=500)
     backlog = write_corpus(tmp_path / "backlog", 60, studies=2, seed=600)
-    errors: list[BaseException] = []
-
-    def push() -> None:
-        try:
-            storescu(pushed, gateway.dicom_port)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    sender = threading.Thread(target=push)
-    sender.start()
-    proc = drimbox_import(
-        ["--quiet", "--json", str(tmp_path / "backlog")], gateway.data_dir, gateway.database_url
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
+    env.update(DRIMBOX_DATA_DIR=str(gateway.data_dir), DRIMBOX_DATABASE_URL=gateway.database_url)
+    out_path, err_path = tmp_path / "import.out", tmp_path / "import.err"
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        importer = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "import", "--json", str(tmp_path / "backlog")],
+            env=env,
+            stdout=out,
+            stderr=err,
+        )
+        rounds = 0
+        while rounds == 0 or importer.poll() is None:
+            storescu(pushed, gateway.dicom_port)  # raises unless every C-STORE succeeded
+            rounds += 1
+        importer.wait(timeout=300)
+    proc = subprocess.CompletedProcess(
+        importer.args, importer.returncode, out_path.read_text(), err_path.read_text()
     )
-    sender.join()
-    assert not errors, errors
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert summary_of(proc)["stored"] == 60
     expected = expected_hashes(pushed) | expected_hashes(backlog)
     index = open_index(gateway.database_url)
     try:
-        assert index.counts().instances == 120
+        assert index.counts().instances == 90
         assert {r.sop_instance_uid: r.sha256 for r in index.all_instances()} == expected
     finally:
         index.engine.dispose()
+    assert f'drimbox_instances_received_total{{source="dimse"}} {30.0 * rounds}' in (
+        gateway.metrics()
+    )
 
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
