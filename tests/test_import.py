@@ -164,16 +164,23 @@ def test_cd_with_dicomdir(database_url: str, tmp_path: Path) -> None:
     series_dir = files[2].parent
     renamed_dir = series_dir.with_name(series_dir.name.lower())
     series_dir.rename(renamed_dir)
-    files = sorted(p for p in cd.rglob("*") if p.is_file() and p.parent.name.upper()[:2] == "SE")
-    assert lower in files and versioned in files and len(files) == 12
+    # A name the DICOMDIR does not match at all: found by the walk, so not reported missing.
+    files[3].rename(files[3].with_name(files[3].name + ".DCM"))
+    # A file the DICOMDIR does not list: imported too.
+    (cd / "EXTRA").mkdir()
+    make_instance(seed=99).save_as(cd / "EXTRA" / "IM000000", enforce_file_format=True)
+    files = sorted(
+        p for p in cd.rglob("*") if p.is_file() and p.parent.name.upper()[:2] in ("SE", "EX")
+    )
+    assert lower in files and versioned in files and len(files) == 13
 
     proc = drimbox_import(["--json", str(cd)], data, database_url)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = summary_of(proc)
-    assert summary["stored"] == 12
+    assert summary["stored"] == 13
     assert summary["skipped_not_dicom"] == 4  # AUTORUN.INF, README.TXT, INDEX.HTM, VIEWER.EXE
     assert summary["dicomdirs_used"] == 1
-    assert summary["not_in_dicomdir"] == 0  # every file found through the DICOMDIR
+    assert summary["not_in_dicomdir"] == 2  # the renamed one and EXTRA/IM000000
     assert summary["rejected"] == summary["missing"] == summary["warnings"] == []
     assert_stored_exactly(data, database_url, expected_hashes(files))
 
