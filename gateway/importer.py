@@ -32,7 +32,8 @@ damaged disc is rejected instead of stored.
 How it reports: a progress bar on stderr when stderr is a terminal (``--quiet`` hides it;
 without a terminal a line every 10 seconds, unless ``--quiet``), then a summary on stdout:
 counts of stored, already present, replaced, skipped (not DICOM), DICOMDIRs used and files
-they did not list, then one line per rejected or missing file (path and reason); ``--json``
+they did not list, then one line per rejected or missing file (path and reason) and per
+warning (a DICOMDIR that cannot be read: its folder is then read file by file); ``--json``
 prints the same as one JSON object. Exit status: 0 when every DICOM file was kept, 1 when
 at least one was rejected or missing (or the run stopped: disk full, interrupted: 130),
 2 for usage or configuration errors (including an index that cannot be opened).
@@ -889,6 +890,9 @@ def run_import(
             # pydicom warns about each odd value it meets; the summary gives the reasons.
             warnings.simplefilter("ignore", UserWarning)
             summary = import_paths(runtime, paths, quiet=quiet)
+    except KeyboardInterrupt:  # while scanning, before anything was read
+        click.echo("drimbox import: interrupted while scanning; nothing imported", err=True)
+        return 130
     finally:
         runtime.close()
     if as_json:
