@@ -77,11 +77,15 @@ def db_upgrade(config_file: Path | None) -> None:
 @config_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def import_(config_file: Path | None, paths: tuple[Path, ...], quiet: bool) -> None:
-    """Ingest folders, CDs (DICOMDIR) or zip files through the same path as C-STORE."""
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+def import_(config_file: Path | None, paths: tuple[Path, ...], quiet: bool, as_json: bool) -> None:
+    """Ingest folders, CDs (DICOMDIR) or zip files through the same path as C-STORE.
+
+    Exit status: 0 all DICOM files kept, 1 some rejected or missing, 2 usage or configuration.
+    """
     from gateway.importer import run_import
 
-    sys.exit(run_import(_settings(config_file), list(paths), quiet=quiet))
+    sys.exit(run_import(_settings(config_file), list(paths), quiet=quiet, as_json=as_json))
 
 
 @main.command("psc-sim")

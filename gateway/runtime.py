@@ -19,10 +19,13 @@ class Runtime:
     ingestor: Ingestor
 
     @classmethod
-    def build(cls, settings: Settings, migrate: bool = True) -> Runtime:
-        """Prepare the data directory (clearing staging), upgrade the index, wire ingest."""
+    def build(
+        cls, settings: Settings, migrate: bool = True, clear_staging: bool = True
+    ) -> Runtime:
+        """Prepare the data directory (clearing staging unless told not to: see
+        :meth:`FileStore.prepare`), upgrade the index, wire ingest."""
         store = FileStore(settings.data_dir)
-        store.prepare()
+        store.prepare(clear_staging=clear_staging)
         engine = create_index_engine(settings.effective_database_url)
         if migrate:
             upgrade(engine)

@@ -59,10 +59,16 @@ class FileStore:
         self._dir_lock = threading.Lock()
         self._known_dirs: set[Path] = set()
 
-    def prepare(self) -> None:
-        """Create the layout and remove what a crash left in staging (never indexed)."""
+    def prepare(self, clear_staging: bool = True) -> None:
+        """Create the layout and remove what a crash left in staging (never indexed).
+
+        ``clear_staging=False`` for a process that shares the data directory with a running
+        ``serve`` (``drimbox import``): its staging files are in flight, not leftovers.
+        """
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
+        if not clear_staging:
+            return
         for leftover in self.staging_dir.iterdir():
             if leftover.is_file():
                 leftover.unlink()
