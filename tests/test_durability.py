@@ -100,3 +100,187 @@ def test_disk_full_gives_a700_and_keeps_nothing(tiny_data_dir: Path, gateway_fac
     for row in rows:
         data = dataset_bytes(gw.data_dir / "storage" / row.storage_key)
         assert hashlib.sha256(data).hexdigest() == row.sha256
+
+
+# -- storescu run observed response by response ---------------------------------------------
+
+_SENDING = re.compile(r"^I: Sending file: (.+)$")
+_SUCCESS = "I: Received Store Response (Success)"
+
+
+class StorescuRun:
+    """dcmtk ``storescu -v`` in one association, its log read as it goes: :attr:`acked` holds
+    the files for which the gateway's success response has been received."""
+
+    def __init__(self, files: list[Path], port: int, workdir: Path, aet: str = "STORESCU") -> None:
+        exe = require_tool("storescu")
+        profile = workdir / "storescu-durability.cfg"
+        storescu_profile(files, profile)
+        self.total = len(files)
+        self.acked: list[Path] = []
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self.proc = subprocess.Popen(
+            [exe, "-v", "-xf", str(profile), "Test", "-aet", aet, "-aec", "DRIMBOX",
+             "-to", "30", "-ts", "60", "127.0.0.1", str(port), *map(str, files)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "TCP_NODELAY": "1"},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        current: Path | None = None
+        for line in self.proc.stderr:
+            line = line.rstrip("\n")
+            with self._cond:
+                self.lines.append(line)
+                if m := _SENDING.match(line):
+                    current = Path(m.group(1))
+                elif line.startswith(_SUCCESS):
+                    assert current is not None
+                    self.acked.append(current)
+                    current = None
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_acked(self, n: int, timeout: float = 60) -> int:
+        """Block until at least ``n`` success responses were seen; return how many."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.acked) < n:
+                if self.proc.poll() is not None and not self._reader.is_alive():
+                    break
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.5))
+            got = len(self.acked)
+        assert got >= n, f"only {got} acknowledgements:\n" + "\n".join(self.lines[-20:])
+        return got
+
+    def finish(self, timeout: float = 120) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return rc
+
+    def log(self) -> str:
+        return "\n".join(self.lines[-30:])
+
+
+def _sop_uid(path: Path) -> str:
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _check_index_points_at_complete_files(gw) -> dict[str, str]:
+    """Every indexed row's file exists, is a readable Part 10 file, and holds exactly the
+    bytes (hash and size) the index recorded. Returns SOP Instance UID -> SHA-256."""
+    rows = open_index(gw.database_url).all_instances()
+    for row in rows:
+        path = gw.data_dir / "storage" / row.storage_key
+        assert path.is_file(), f"indexed {row.sop_instance_uid} has no file"
+        data = dataset_bytes(path)
+        assert len(data) == row.size
+        assert hashlib.sha256(data).hexdigest() == row.sha256, f"{path} is not what was indexed"
+        ds = dcmread(path)
+        assert ds.SOPInstanceUID == row.sop_instance_uid
+        ds.get("PixelData") or ds.get("EncapsulatedDocument")  # the whole file parses
+    return {r.sop_instance_uid: r.sha256 for r in rows}
+
+
+def test_sigkill_mid_run_loses_nothing_acknowledged(gateway_factory, tmp_path: Path) -> None:
+    """issue #2 acceptance: ``kill -9`` of the gateway while storescu sends a few hundred
+    instances; after a restart on the same data dir and index, every instance storescu saw
+    acknowledged is indexed, readable and byte-identical; no index row points to a missing or
+    partial file; staging is emptied at start-up; re-sending the lot then completes."""
+    files = write_corpus(tmp_path / "corpus", 300, studies=3)
+    gw = gateway_factory().start()
+    run = StorescuRun(files, gw.dicom_port, tmp_path)
+    acked_at_kill = run.wait_acked(60)
+    gw.kill()
+    rc = run.finish()
+    assert rc != 0, "storescu should have lost its association"
+    assert acked_at_kill <= len(run.acked) < len(files), "the kill was not mid-run"
+
+    # What a crash may leave in staging (plus a half-written file of our own) goes at start-up.
+    staging = gw.data_dir / "staging"
+    (staging / "0123456789abcdef.tmp").write_bytes(b"\x00" * 1000)
+    restarted = gateway_factory().start()
+    assert list(staging.iterdir()) == []
+
+    indexed = _check_index_points_at_complete_files(restarted)
+    for f in run.acked:
+        uid = _sop_uid(f)
+        assert uid in indexed, f"{f.name} was acknowledged but is not indexed"
+        assert indexed[uid] == hashlib.sha256(dataset_bytes(f)).hexdigest()
+
+    # The gateway is usable after the crash: the whole folder goes through.
+    again = StorescuRun(files, restarted.dicom_port, tmp_path)
+    assert again.finish() == 0, again.log()
+    assert len(again.acked) == len(files)
+    indexed = _check_index_points_at_complete_files(restarted)
+    assert len(indexed) == len(files)
+    assert restarted.stop() == 0
+
+
+def test_sigterm_lets_the_running_association_finish(gateway_factory, tmp_path: Path) -> None:
+    """issue #2 acceptance: SIGTERM while storescu is sending: the association in flight runs
+    to its end (storescu exits 0, every instance indexed), then the gateway exits with 0."""
+    files = write_corpus(tmp_path / "corpus", 300, studies=2)
+    gw = gateway_factory().start()
+    assert gw.proc is not None
+    run = StorescuRun(files, gw.dicom_port, tmp_path)
+    acked_at_term = run.wait_acked(30)
+    gw.proc.send_signal(signal.SIGTERM)
+    rc = run.finish()
+    assert rc == 0, run.log()
+    assert acked_at_term < len(files), "the signal came after the association had ended"
+    assert len(run.acked) == len(files)
+    # Wait for the exit the first SIGTERM causes (Gateway.stop would send a second one).
+    assert gw.proc.wait(timeout=60) == 0, gw.log()
+    gw.proc = None
+    indexed = _check_index_points_at_complete_files(gw)
+    assert set(indexed) == {_sop_uid(f) for f in files}
+    assert list((gw.data_dir / "staging").iterdir()) == []
+
+
+# -- association policy ---------------------------------------------------------------------
+
+
+def _echo(port: int, aet: str, aec: str) -> subprocess.CompletedProcess[str]:
+    exe = require_tool("echoscu")
+    return subprocess.run([exe, "-v", "-aet", aet, "-aec", aec, "-to", "10", "127.0.0.1",
+                           str(port)], capture_output=True, text=True, timeout=30)
+
+
+def test_association_policy_calling_and_called_ae(gateway_factory, tmp_path: Path) -> None:
+    """issue #2 acceptance: with DRIMBOX_RESTRICT_CALLERS=true only the calling AE titles in
+    DRIMBOX_PEERS get an association (C-ECHO and C-STORE); a wrong called AE title is rejected
+    (check_called_ae defaults to true)."""
+    gw = gateway_factory(
+        DRIMBOX_RESTRICT_CALLERS="true",
+        DRIMBOX_PEERS='[{"ae_title":"MODALITY","host":"127.0.0.1","port":104}]',
+    ).start()
+    ok = _echo(gw.dicom_port, "MODALITY", "DRIMBOX")
+    assert ok.returncode == 0, ok.stderr
+
+    unknown = _echo(gw.dicom_port, "INTRUDER", "DRIMBOX")
+    assert unknown.returncode != 0
+    assert "Association Rejected" in unknown.stderr, unknown.stderr
+    wrong_called = _echo(gw.dicom_port, "MODALITY", "NOTDRIMBOX")
+    assert wrong_called.returncode != 0
+    assert "Association Rejected" in wrong_called.stderr, wrong_called.stderr
+
+    files = write_corpus(tmp_path / "corpus", 3, studies=1)
+    refused = StorescuRun(files, gw.dicom_port, tmp_path, aet="INTRUDER")
+    assert refused.finish() != 0
+    assert refused.acked == []
+    assert open_index(gw.database_url).counts().instances == 0
+    assert not any((gw.data_dir / "storage").rglob("*.dcm"))
+
+    accepted = StorescuRun(files, gw.dicom_port, tmp_path, aet="MODALITY")
+    assert accepted.finish() == 0, accepted.log()
+    assert open_index(gw.database_url).counts().instances == 3
+    assert "drimbox_associations_rejected_total 3.0" in gw.metrics()
