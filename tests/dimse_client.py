@@ -19,7 +19,7 @@ from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import AE
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
@@ -33,8 +33,6 @@ _message_ids = itertools.count(1)
 
 def encode_dataset(ds: Dataset, transfer_syntax: str = ExplicitVRLittleEndian) -> bytes:
     """The bytes a C-STORE carries for ``ds`` in an uncompressed ``transfer_syntax``."""
-    from pydicom.uid import UID
-
     ts = UID(transfer_syntax)
     data = encode(ds, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated)
     assert data is not None, "pydicom could not encode the dataset"

@@ -9,13 +9,11 @@ back-ends (SQLite and PostgreSQL).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import signal
-from collections.abc import Iterator
-
 from conftest import BACKENDS, Gateway, _pg_database
 from dicom_factory import TEST_ROOT, dataset_bytes, make_instance
 from dimse_client import (

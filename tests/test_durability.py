@@ -25,11 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from dicom_factory import TEST_ROOT, dataset_bytes, make_instance, write_corpus
+from dicom_factory import dataset_bytes, make_instance, write_corpus
 from dimse_client import associate, encode_dataset, open_index, snapshot, store_dataset
 from peers import in_ci, require_tool, storescu_profile
 from pydicom import dcmread
-from pydicom.uid import CTImageStorage, generate_uid
+from pydicom.uid import CTImageStorage
 
 # -- disk full ------------------------------------------------------------------------------
 
@@ -170,6 +170,13 @@ class StorescuRun:
         return "\n".join(self.lines[-30:])
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A few hundred mixed instances (6 SOP class / transfer syntax kinds, 3 studies), written
+    once for the module: the tests only read them."""
+    return write_corpus(tmp_path_factory.mktemp("corpus"), 240, studies=3)
+
+
 def _sop_uid(path: Path) -> str:
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
@@ -190,15 +197,16 @@ def _check_index_points_at_complete_files(gw) -> dict[str, str]:
     return {r.sop_instance_uid: r.sha256 for r in rows}
 
 
-def test_sigkill_mid_run_loses_nothing_acknowledged(gateway_factory, tmp_path: Path) -> None:
+def test_sigkill_mid_run_loses_nothing_acknowledged(gateway_factory, tmp_path: Path,
+                                                   corpus: list[Path]) -> None:
     """issue #2 acceptance: ``kill -9`` of the gateway while storescu sends a few hundred
     instances; after a restart on the same data dir and index, every instance storescu saw
     acknowledged is indexed, readable and byte-identical; no index row points to a missing or
     partial file; staging is emptied at start-up; re-sending the lot then completes."""
-    files = write_corpus(tmp_path / "corpus", 300, studies=3)
+    files = corpus
     gw = gateway_factory().start()
     run = StorescuRun(files, gw.dicom_port, tmp_path)
-    acked_at_kill = run.wait_acked(60)
+    acked_at_kill = run.wait_acked(50)
     gw.kill()
     rc = run.finish()
     assert rc != 0, "storescu should have lost its association"
@@ -225,10 +233,11 @@ def test_sigkill_mid_run_loses_nothing_acknowledged(gateway_factory, tmp_path: P
     assert restarted.stop() == 0
 
 
-def test_sigterm_lets_the_running_association_finish(gateway_factory, tmp_path: Path) -> None:
+def test_sigterm_lets_the_running_association_finish(gateway_factory, tmp_path: Path,
+                                                     corpus: list[Path]) -> None:
     """issue #2 acceptance: SIGTERM while storescu is sending: the association in flight runs
     to its end (storescu exits 0, every instance indexed), then the gateway exits with 0."""
-    files = write_corpus(tmp_path / "corpus", 300, studies=2)
+    files = corpus
     gw = gateway_factory().start()
     assert gw.proc is not None
     run = StorescuRun(files, gw.dicom_port, tmp_path)
