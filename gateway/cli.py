@@ -50,9 +50,10 @@ def main() -> None:
 @config_option
 def serve(config_file: Path | None) -> None:
     """Run the DICOM SCP and the HTTP app (upgrades the index first)."""
+    settings = _settings(config_file)  # before the heavy imports: a wrong setting fails fast
     from gateway.server import serve as run
 
-    run(_settings(config_file))
+    run(settings)
 
 
 @main.group()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -201,5 +202,9 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
         return Settings(**overrides)
     except ValidationError as err:
         raise ConfigError(_describe(err)) from None
-    except ValueError as err:  # e.g. malformed TOML
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(
+            f"config file {os.environ.get('DRIMBOX_CONFIG', '')!r} is not valid TOML: {err}"
+        ) from None
+    except ValueError as err:  # e.g. a DRIMBOX_PEERS value that is not JSON
         raise ConfigError(f"configuration: {err}") from None
