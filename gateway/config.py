@@ -191,8 +191,35 @@ def _describe(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+#: ``DRIMBOX_*`` variables that are not settings: the config file path, and the test suite's.
+_NOT_SETTINGS = ("DRIMBOX_CONFIG", "DRIMBOX_TEST_")
+
+
+def unknown_environment_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """``DRIMBOX_*`` variables that name no setting (a typo would otherwise be ignored)."""
+    environ = dict(os.environ) if environ is None else environ
+    known = {f"DRIMBOX_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        name
+        for name in environ
+        if name.startswith("DRIMBOX_")
+        and name not in known
+        and not name.startswith(_NOT_SETTINGS)
+    )
+
+
 def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
-    """Build the settings, raising :class:`ConfigError` with a readable message on any error."""
+    """Build the settings, raising :class:`ConfigError` with a readable message on any error.
+
+    An unknown ``DRIMBOX_*`` environment variable is an error too, as an unknown key in the
+    TOML file is: a misspelled ``DRIMBOX_RESTRICT_CALLERS`` must not silently open the door.
+    """
+    unknown = unknown_environment_variables()
+    if unknown:
+        raise ConfigError(
+            "unknown environment variable(s) " + ", ".join(unknown)
+            + " (no such setting; see the configuration table in README.md)"
+        )
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():

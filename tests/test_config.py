@@ -189,3 +189,15 @@ def test_serve_uses_toml_file_with_environment_override(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, log.read_text()
+
+
+def test_misspelled_environment_variable_is_refused(tmp_path: Path) -> None:
+    """A typo in a DRIMBOX_* variable stops start-up instead of being ignored (issue #2)."""
+    env = {**os.environ, "DRIMBOX_DATA_DIR": str(tmp_path / "data"), "DRIMBOX_RESTRICT_CALERS": "true"}
+    env = {k: v for k, v in env.items() if not (k.startswith("DRIMBOX_") and k not in (
+        "DRIMBOX_DATA_DIR", "DRIMBOX_RESTRICT_CALERS"))}
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "serve"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "DRIMBOX_RESTRICT_CALERS" in proc.stderr
+    assert not (tmp_path / "data").exists()
