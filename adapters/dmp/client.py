@@ -81,9 +81,14 @@ class DmpClient:
 
     # ------------------------------------------------------------------------- transport
 
-    def _call(self, url: str, action: str, body: etree._Element, vihf: VihfContext,
-              attachments: dict[str, bytes] | None = None, mtom: bool = False):
-        assertion = build_vihf(vihf, self._sign_key, self._sign_cert)
+    def call(self, url: str, action: str, body: etree._Element, vihf: VihfContext | None,
+             attachments: dict[str, bytes] | None = None, mtom: bool = False,
+             assertion: etree._Element | None = None):  # noqa: ANN201
+        """One SOAP transaction (low level): returns (payload element, MTOM attachments) or
+        raises a typed error. ``assertion`` replaces the VIHF built from ``vihf`` (tests and
+        vendors use it to send a deliberately broken one)."""
+        if assertion is None and vihf is not None:
+            assertion = build_vihf(vihf, self._sign_key, self._sign_cert)
         env = envelope(action, url, body, security=assertion)
         if mtom or attachments:
             content_type, data = pack_mtom(env, attachments or {}, action)
@@ -145,7 +150,7 @@ class DmpClient:
         """Publish the KOS with its signature document (R4, R5). Raises on failure."""
         sub = ebrim.provide_and_register(entry, ss, kos_bytes, self._sign_key, self._sign_cert,
                                          signature_unique_id, replaces_entry_uuid)
-        self._call(self.endpoints.repository_url, N.ACTION_ITI41, sub.body, vihf, sub.attachments)
+        self.call(self.endpoints.repository_url, N.ACTION_ITI41, sub.body, vihf, sub.attachments)
 
     def replace(self, old_entry_uuid: str, entry: DocumentEntry, ss: SubmissionSet,
                 kos_bytes: bytes, vihf: VihfContext, signature_unique_id: str) -> None:
@@ -155,7 +160,7 @@ class DmpClient:
     # ---------------------------------------------------------------------------- ITI-18
 
     def _query(self, body: etree._Element, vihf: VihfContext) -> list[PublishedEntry]:
-        payload, _ = self._call(self.endpoints.registry_url, N.ACTION_ITI18, body, vihf)
+        payload, _ = self.call(self.endpoints.registry_url, N.ACTION_ITI18, body, vihf)
         return query.parse_query_response(payload)
 
     def find_documents(self, patient_id: str, vihf: VihfContext,
@@ -181,7 +186,7 @@ class DmpClient:
 
     def retrieve_document(self, repository_unique_id: str, unique_id: str,
                           vihf: VihfContext) -> bytes:
-        payload, attachments = self._call(self.endpoints.repository_url, N.ACTION_ITI43,
+        payload, attachments = self.call(self.endpoints.repository_url, N.ACTION_ITI43,
                                           query.retrieve_request(repository_unique_id, unique_id),
                                           vihf, mtom=True)
         docs = query.parse_retrieve_response(payload, attachments)
@@ -196,7 +201,7 @@ class DmpClient:
                             new_status: str = "Deprecated", original_status: str = "Approved") -> None:
         body = ebrim.update_availability(ss, entry_uuid, query.STATUS_URNS[original_status],
                                          query.STATUS_URNS[new_status])
-        self._call(self.endpoints.registry_url, N.ACTION_ITI57, body, vihf)
+        self.call(self.endpoints.registry_url, N.ACTION_ITI57, body, vihf)
 
     def deprecate(self, entry_uuid: str, ss: SubmissionSet, vihf: VihfContext) -> None:
         """Un-publish (R8): the entry becomes Deprecated (ITI-57 UpdateAvailabilityStatus)."""
@@ -204,5 +209,5 @@ class DmpClient:
 
     def delete(self, entry_uuids: list[str], vihf: VihfContext) -> None:
         """ITI-62 Remove Metadata: the entries disappear from the registry."""
-        self._call(self.endpoints.registry_url, N.ACTION_ITI62, ebrim.remove_objects(entry_uuids),
+        self.call(self.endpoints.registry_url, N.ACTION_ITI62, ebrim.remove_objects(entry_uuids),
                    vihf)
