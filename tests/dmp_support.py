@@ -24,7 +24,13 @@ from test_xds_metadata import CTX
 from adapters.dmp.client import DmpClient, DmpEndpoints, tls_context
 from adapters.dmp.vihf import Role, VihfContext
 from gateway.kos import build_kos
-from gateway.xds_metadata import Code, DocumentEntry, SubmissionSet, kos_document_entry, submission_set
+from gateway.xds_metadata import (
+    Code,
+    DocumentEntry,
+    SubmissionSet,
+    kos_document_entry,
+    submission_set,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CONTENT_TYPE = Code("04", "1.2.250.1.213.2.2", "Hospitalisation de jour")

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from dmp_support
 """DMP messages without the network: MTOM both ways, the ITI-41 ebRIM we write against the ANS
 samples and the strict checks, the VIHF and the Signature01 document (R4, R5, R6)."""
 

@@ -1,3 +1,4 @@
+# ruff: noqa: F811 - pytest fixtures imported from dmp_support
 """DmpClient ↔ ``drimbox dmp-sim`` over real mutual TLS on loopback (R4-R8).
 
 The simulator runs as its own process (``python -m gateway.cli dmp-sim``) with a test PKI; every
