@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import copy
+import datetime as dt
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -280,6 +282,8 @@ def test_vihf_field_names_are_those_of_the_ans_sample(pki) -> None:  # noqa: ANN
         ("wrapped", "wsse:FailedCheck"),
         ("no_attribute", "wsse:FailedCheck"),
         ("untrusted", "wsse:InvalidSecurityToken"),
+        ("expired", "wsse:InvalidSecurityToken"),
+        ("not_ins", "wsse:InvalidSecurityToken"),
     ],
 )
 def test_broken_vihf_is_refused(pki, breakage, subcode) -> None:  # noqa: ANN001
@@ -287,7 +291,11 @@ def test_broken_vihf_is_refused(pki, breakage, subcode) -> None:  # noqa: ANN001
     key, cert = pki.sign_key.read_bytes(), pki.sign_cert.read_bytes()
     if breakage == "untrusted":
         key, cert = pki.rogue_sign_key.read_bytes(), pki.rogue_sign_cert.read_bytes()
-    a = build_vihf(pub.vihf, key, cert)
+    vihf = pub.vihf
+    if breakage == "not_ins":
+        vihf = replace(vihf, patient_id="IPP101^^^&1.2.3&ISO^PI")
+    issued = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2 if breakage == "expired" else 0)
+    a = build_vihf(vihf, key, cert, now=issued)
     if breakage == "unsigned":
         a.remove(a.find(q(DS, "Signature")))
     elif breakage == "tampered":

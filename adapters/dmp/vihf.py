@@ -13,7 +13,9 @@ the mandatory attributes present. It returns the parsed attributes.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -49,6 +51,7 @@ REQUIRED_ATTRIBUTES = (
 )
 AUTHN_TLS_CLIENT = "urn:oasis:names:tc:SAML:2.0:ac:classes:TLSClient"
 X509_SUBJECT_NAME = "urn:oasis:names:tc:SAML:1.1:nameid-format:X509SubjectName"
+CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +177,12 @@ class VerifiedVihf:
     certificate: x509.Certificate
 
 
-def verify_vihf(assertion: etree._Element | None, trusted_cas: list[x509.Certificate]) -> VerifiedVihf:
-    """Check a VIHF as the DMP would (R6); raise :class:`VihfError` naming the fault."""
+def verify_vihf(assertion: etree._Element | None, trusted_cas: list[x509.Certificate],
+                now: dt.datetime | None = None,
+                max_age: dt.timedelta = dt.timedelta(hours=1)) -> VerifiedVihf:
+    """Check a VIHF as the DMP would (R6); raise :class:`VihfError` naming the fault. The signing
+    certificate must be issued directly by one of ``trusted_cas`` and valid now; the assertion
+    must be at most ``max_age`` old (5 minutes of clock skew allowed)."""
     if assertion is None:
         raise VihfError("wsse:InvalidSecurity", "no VIHF (saml2:Assertion) in wsse:Security")
     if assertion.tag != q(SAML2, "Assertion") or assertion.get("Version") != "2.0":
@@ -199,7 +206,6 @@ def verify_vihf(assertion: etree._Element | None, trusted_cas: list[x509.Certifi
         certs = sig.findall(f".//{q(DS, 'X509Certificate')}")
         if not certs:
             raise VihfError("wsse:InvalidSecurityToken", "the VIHF signature carries no certificate")
-        import base64
         cert = x509.load_der_x509_certificate(base64.b64decode("".join(certs[0].text.split())))
         result = XMLVerifier().verify(standalone, x509_cert=cert, id_attribute="ID",
                                       expect_config=config)
@@ -238,13 +244,37 @@ def verify_vihf(assertion: etree._Element | None, trusted_cas: list[x509.Certifi
         raise VihfError("wsse:InvalidSecurityToken", f"VIHF_Version {attrs['VIHF_Version']} is not 3.0")
     if attrs["Ressource_URN"] != ["urn:dmp"]:
         raise VihfError("wsse:InvalidSecurityToken", "Ressource_URN is not urn:dmp")
+    if not re.fullmatch(r"[A-Z0-9]+\^1\.2\.250\.1\.71\.4\.2\.4", attrs["Secteur_Activite"][0]):
+        raise VihfError("wsse:InvalidSecurityToken",
+                        "Secteur_Activite is not <code>^1.2.250.1.71.4.2.4")
+    if attrs["urn:oasis:names:tc:xspa:1.0:subject:purposeofuse"] != ["normal"]:
+        raise VihfError("wsse:InvalidSecurityToken", "PurposeOfUse is not 'normal'")
+    rid = attrs["urn:oasis:names:tc:xacml:2.0:resource:resource-id"][0]
+    if not re.fullmatch(r"[^^&]+\^\^\^&[0-9.]+&ISO\^NH", rid):
+        raise VihfError("wsse:InvalidSecurityToken",
+                        f"resource-id {rid!r} is not <INS>^^^&<OID>&ISO^NH")
+    _check_instant(signed.get("IssueInstant", ""), now or dt.datetime.now(dt.UTC), max_age)
     return VerifiedVihf(issuer, subject, attrs, cert)
+
+
+def _check_instant(value: str, now: dt.datetime, max_age: dt.timedelta) -> None:
+    try:
+        issued = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise VihfError("wsse:InvalidSecurityToken", f"IssueInstant {value!r} is not a dateTime") \
+            from None
+    if issued.tzinfo is None:
+        raise VihfError("wsse:InvalidSecurityToken", "IssueInstant has no time zone")
+    if issued > now + CLOCK_SKEW:
+        raise VihfError("wsse:InvalidSecurityToken", f"IssueInstant {value} is in the future")
+    if now - issued > max_age:
+        raise VihfError("wsse:InvalidSecurityToken", f"the VIHF issued at {value} has expired")
 
 
 def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends
+    except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError
         return False
     now = dt.datetime.now(dt.UTC)
     return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
