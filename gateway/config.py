@@ -168,6 +168,22 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not an absolute http(s) URL")
         return v.rstrip("/")
 
+    @field_validator("dmp_registry_url", "dmp_repository_url")
+    @classmethod
+    def _dmp_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^https://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an https:// URL (every flow is encrypted, R7/R12)")
+        return v
+
+    @model_validator(mode="after")
+    def _dmp_pairs(self) -> Settings:
+        for cert, key in (("dmp_client_cert", "dmp_client_key"), ("dmp_sign_cert", "dmp_sign_key")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{cert} and {key} go together")
+        return self
+
     @field_validator("database_url")
     @classmethod
     def _db_url(cls, v: str | None) -> str | None:

@@ -70,6 +70,21 @@ class DmpClient:
         self._http = httpx.Client(verify=tls_context(ca_bundle, client_cert, client_key),
                                   timeout=timeout, http2=False)
 
+    @classmethod
+    def from_settings(cls, settings) -> DmpClient:  # noqa: ANN001 - gateway.config.Settings
+        """The client the configuration describes; raises ``ValueError`` naming what is missing."""
+        missing = [name for name in ("dmp_registry_url", "dmp_repository_url", "dmp_ca_bundle",
+                                     "dmp_client_cert", "dmp_client_key", "dmp_sign_cert",
+                                     "dmp_sign_key") if getattr(settings, name) is None]
+        if missing:
+            raise ValueError(f"DMP settings missing: {', '.join(missing)}")
+        if settings.dmp_transport != "xds":
+            raise ValueError(f"dmp_transport {settings.dmp_transport!r} is not implemented")
+        return cls(DmpEndpoints(settings.dmp_registry_url, settings.dmp_repository_url),
+                   ca_bundle=settings.dmp_ca_bundle, client_cert=settings.dmp_client_cert,
+                   client_key=settings.dmp_client_key, sign_cert=settings.dmp_sign_cert,
+                   sign_key=settings.dmp_sign_key, timeout=settings.dmp_timeout)
+
     def close(self) -> None:
         self._http.close()
 
