@@ -14,6 +14,7 @@ from dataclasses import replace
 import pytest
 from dmp_support import Sim, client, new_oid, pki, publication, sim, vihf_for  # noqa: F401
 from lxml import etree
+from test_kos import facts
 
 from adapters.dmp import ebrim
 from adapters.dmp import ns as N
@@ -55,9 +56,12 @@ def test_find_by_reference_id_and_filters(client: DmpClient) -> None:
     eventCode and creation time; GetDocuments by entryUUID."""
     pub = publication()
     client.provide_and_register(pub.entry, pub.ss, pub.kos, pub.vihf, pub.signature_uid)
-    acc = next(r.cxi() for r in pub.entry.reference_ids if r.kind.endswith("accession"))
-    by_ref = client.find_documents_by_reference_id(pub.entry.patient_id, [acc], pub.vihf)
+    acc_ref = next(r for r in pub.entry.reference_ids if r.kind.endswith("accession"))
+    acc = acc_ref.cxi()
+    ins = facts().patient.ins
+    by_ref = client.find_documents_by_reference_id(ins, [acc_ref], pub.vihf)
     assert [e.unique_id for e in by_ref] == [pub.entry.unique_id]
+    assert _mine(client.find_documents(ins, pub.vihf), pub)
     other = acc.replace(pub.accession, "NOSUCHACC")
     assert client.find_documents_by_reference_id(pub.entry.patient_id, [other], pub.vihf) == []
     ct = Code("CT", "1.2.250.1.213.1.1.5.618", "")

@@ -42,7 +42,19 @@ from adapters.dmp.soap import (
     unpack_mtom,
 )
 from adapters.dmp.vihf import VihfContext, build_vihf
-from gateway.xds_metadata import Code, DocumentEntry, PublishedEntry, SubmissionSet
+from gateway.ins import Ins
+from gateway.xds_metadata import (
+    Code,
+    DocumentEntry,
+    PublishedEntry,
+    ReferenceId,
+    SubmissionSet,
+    xds_patient_id,
+)
+
+
+def _pid(patient: str | Ins) -> str:
+    return xds_patient_id(patient) if isinstance(patient, Ins) else patient
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,20 +190,25 @@ class DmpClient:
         payload, _ = self.call(self.endpoints.registry_url, N.ACTION_ITI18, body, vihf)
         return query.parse_query_response(payload)
 
-    def find_documents(self, patient_id: str, vihf: VihfContext,
+    def find_documents(self, patient: str | Ins, vihf: VihfContext,
                        statuses: tuple[str, ...] = ("Approved",), creation_from: str = "",
                        creation_to: str = "", service_start_from: str = "",
                        service_stop_to: str = "",
                        event_codes: tuple[Code, ...] = ()) -> list[PublishedEntry]:
-        return self._query(query.find_documents(patient_id, statuses, creation_from, creation_to,
+        """ITI-18 FindDocuments for a patient (an :class:`Ins` or its ``INS^^^&OID&ISO^NH``)."""
+        return self._query(query.find_documents(_pid(patient), statuses, creation_from, creation_to,
                                                 service_start_from, service_stop_to, event_codes),
                            vihf)
 
-    def find_documents_by_reference_id(self, patient_id: str, reference_ids: list[str],
+    def find_documents_by_reference_id(self, patient: str | Ins,
+                                       reference_ids: list[str | ReferenceId],
                                        vihf: VihfContext,
-                                       statuses: tuple[str, ...] = ("Approved",)) -> list[PublishedEntry]:
-        return self._query(query.find_documents_by_reference_id(patient_id, reference_ids,
-                                                                statuses), vihf)
+                                       statuses: tuple[str, ...] = ("Approved",)
+                                       ) -> list[PublishedEntry]:
+        """ITI-18 FindDocumentsByReferenceId (e.g. the accession number, R4)."""
+        refs = [r.cxi() if isinstance(r, ReferenceId) else r for r in reference_ids]
+        return self._query(query.find_documents_by_reference_id(_pid(patient), refs, statuses),
+                           vihf)
 
     def get_documents(self, vihf: VihfContext, entry_uuids: list[str] = (),
                       unique_ids: list[str] = ()) -> list[PublishedEntry]:
