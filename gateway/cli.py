@@ -101,11 +101,13 @@ def import_(config_file: Path | None, paths: tuple[Path, ...], quiet: bool) -> N
               type=click.Choice(["none", "http500", "soap_fault", "timeout", "drop_after_store"]),
               help="Fault injected into the next --fault-count SOAP calls.")
 @click.option("--fault-count", type=int, default=0, show_default=True)
+@click.option("--allow-sha1", is_flag=True,
+              help="Accept RSA-SHA1 VIHF signatures (as in the 2023 DMP samples).")
 @click.option("--fault-seconds", type=float, default=5.0, show_default=True,
               help="Sleep of the timeout fault.")
 def dmp_sim(host: str, port: int, db: str, tls_cert: str | None, tls_key: str | None,
             client_ca: str | None, trust_ca: str | None, repository_id: str, fault_mode: str,
-            fault_count: int, fault_seconds: float) -> None:
+            fault_count: int, allow_sha1: bool, fault_seconds: float) -> None:
     """Run the DMP simulator (XDS.b SOAP endpoints /registry and /repository)."""
     from adapters.dmp.simulator import serve as serve_sim
 
@@ -117,7 +119,7 @@ def dmp_sim(host: str, port: int, db: str, tls_cert: str | None, tls_key: str | 
     if not trust:
         raise click.UsageError("give --trust-ca (or --client-ca): the CAs of VIHF signers")
     serve_sim(host, port, db, trust, tls_cert, tls_key, client_ca, repository_id, fault_mode,
-              fault_count, fault_seconds)
+              fault_count, fault_seconds, allow_sha1=allow_sha1)
 
 
 if __name__ == "__main__":

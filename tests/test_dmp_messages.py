@@ -178,7 +178,8 @@ def test_the_ans_sample_breaks_the_ebrim_order_but_its_values_pass(pki) -> None:
     sample = etree.fromstring(_sample("validateur-xds/XDS.xml"))
     req = body_payload(sample)
     errors, _ = checks.check_structure(req)
-    assert any("breaks the ebRIM order" in e.context for e in errors)
+    assert [e.is_warning for e in errors if "breaks the ebRIM order" in e.context] == [True, True]
+    assert all(e.is_warning for e in errors)
     fixed = copy.deepcopy(req)
     for eo in fixed.iter(q(RIM, "ExtrinsicObject")):
         for s in reversed(eo.findall(q(RIM, "Slot"))):
@@ -347,3 +348,27 @@ def test_stored_query_values_are_quoted() -> None:
     from adapters.dmp.simulator import parse_param
     assert parse_param("('a','it''s', 'c')") == ["a", "it's", "c"]
     assert parse_param("20261123") == ["20261123"]
+
+
+def test_sha1_vihf_is_refused_unless_allowed(pki) -> None:  # noqa: ANN001
+    """The 2023 DMP samples sign the VIHF RSA-SHA1; we refuse it unless told otherwise."""
+    from signxml import CanonicalizationMethod, DigestAlgorithm, SignatureMethod, XMLSigner
+
+    class Sha1Signer(XMLSigner):
+        def check_deprecated_methods(self) -> None:  # the test needs a SHA-1 signature
+            pass
+
+    pub = publication()
+    a = build_vihf(pub.vihf, pki.sign_key.read_bytes(), pki.sign_cert.read_bytes())
+    a.remove(a.find(q(DS, "Signature")))
+    a.find(q(SAML2, "Issuer")).addnext(etree.Element(q(DS, "Signature"), Id="placeholder"))
+    signed = Sha1Signer(signature_algorithm=SignatureMethod.RSA_SHA1,
+                        digest_algorithm=DigestAlgorithm.SHA1,
+                        c14n_algorithm=CanonicalizationMethod.EXCLUSIVE_XML_CANONICALIZATION_1_0
+                        ).sign(a, key=pki.sign_key.read_bytes(),
+                               cert=[x509.load_pem_x509_certificate(pki.sign_cert.read_bytes())],
+                               reference_uri=f"#{a.get('ID')}", id_attribute="ID")
+    with pytest.raises(VihfError) as exc:
+        verify_vihf(signed, _cas(pki))
+    assert exc.value.subcode == "wsse:FailedCheck"
+    assert verify_vihf(signed, _cas(pki), allow_sha1=True).subject_id == pub.vihf.subject_id

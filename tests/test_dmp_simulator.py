@@ -346,3 +346,23 @@ def test_unknown_action_is_a_sender_fault(client: DmpClient) -> None:
         client.call(client.endpoints.registry_url, N.ACTION_ITI41, copy.deepcopy(
             ebrim.remove_objects(["urn:uuid:x"])), pub.vihf)
     assert exc.value.codes == ["wsa:ActionNotSupported"]
+
+
+def test_ans_sample_slot_order_is_accepted_with_a_warning(client: DmpClient) -> None:
+    """The ANS sample's referenceIdList slot after the classifications breaks rim.xsd order: the
+    simulator accepts it (the DMP does) and says so with a Warning."""
+    pub = publication()
+    sub = ebrim.provide_and_register(pub.entry, pub.ss, pub.kos, client._sign_key,
+                                     client._sign_cert, pub.signature_uid)
+    eo = sub.body.find(f".//{q(RIM, 'ExtrinsicObject')}[@id='DocumentKOS']")
+    refs = eo.find(f"{q(RIM, 'Slot')}[@name='urn:ihe:iti:xds:2013:referenceIdList']")
+    eo.remove(refs)
+    eo.find(f"{q(RIM, 'ExternalIdentifier')}").addprevious(refs)
+    payload, _ = client.call(client.endpoints.repository_url, N.ACTION_ITI41, sub.body, pub.vihf,
+                             sub.attachments)
+    from adapters.dmp.query import registry_errors, response_status
+    assert response_status(payload) == N.RESPONSE_SUCCESS
+    warnings = registry_errors(payload)
+    assert [w.is_warning for w in warnings] == [True]
+    assert "breaks the ebRIM order" in warnings[0].context
+    assert client.get_documents(pub.vihf, unique_ids=[pub.entry.unique_id])

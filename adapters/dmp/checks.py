@@ -21,6 +21,9 @@ XDSNonIdenticalHash /           hash / size slot differs from the attached bytes
 XDSNonIdenticalSize             known uniqueId arrives with another hash
 XDSRegistryDuplicateUniqueIdInMessage  two objects with one uniqueId
 ==============================  ===========================================================
+
+Children out of the rim.xsd order are reported with severity *Warning* (the submission is
+accepted): the ANS validator's own sample does it, so the DMP evidently tolerates it.
 """
 
 from __future__ import annotations
@@ -270,8 +273,10 @@ def _check_order(el: etree._Element, oid: str) -> list[XdsError]:
             return [XdsError(META, f"{oid}: unexpected child rim:{name} in {local(el)}")]
         i = order.index(name)
         if i < last:
+            # A warning, not an error: the ANS validator's own sample (XDS.xml) puts its
+            # referenceIdList slot after the classifications, so the DMP tolerates it.
             return [XdsError(META, f"{oid}: rim:{name} after rim:{order[last]} breaks the ebRIM "
-                                   f"order ({', '.join(order)})")]
+                                   f"order ({', '.join(order)})", severity=N.SEVERITY_WARNING)]
         if name in _SINGLE and name in seen:
             return [XdsError(META, f"{oid}: more than one rim:{name}")]
         seen.add(name)
@@ -432,7 +437,7 @@ def check_submission(req: etree._Element, attachments_by_doc: dict[str, bytes],
     bytes. The Signature01 cryptographic check is :mod:`adapters.dmp.dsg`'s (the simulator calls
     it once this passes)."""
     errors, sub = check_structure(req)
-    if any(e.context.startswith("ProvideAndRegister") for e in errors):
+    if any(e.context.startswith("ProvideAndRegister") and not e.is_warning for e in errors):
         return errors, sub
     errors += check_submission_set(sub)
     ids = {e.id for e in sub.entries}

@@ -15,6 +15,7 @@ Transactions: ITI-41 :meth:`provide_and_register` / :meth:`replace` (RPLC), ITI-
 
 from __future__ import annotations
 
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,8 @@ from gateway.xds_metadata import (
     SubmissionSet,
     xds_patient_id,
 )
+
+log = logging.getLogger("drimbox.dmp")
 
 
 def _pid(patient: str | Ins) -> str:
@@ -173,16 +176,22 @@ class DmpClient:
 
     def provide_and_register(self, entry: DocumentEntry, ss: SubmissionSet, kos_bytes: bytes,
                              vihf: VihfContext, signature_unique_id: str,
-                             replaces_entry_uuid: str | None = None) -> None:
-        """Publish the KOS with its signature document (R4, R5). Raises on failure."""
+                             replaces_entry_uuid: str | None = None) -> list[XdsError]:
+        """Publish the KOS with its signature document (R4, R5). Raises on failure; returns the
+        warnings of a successful answer (also logged)."""
         sub = ebrim.provide_and_register(entry, ss, kos_bytes, self._sign_key, self._sign_cert,
                                          signature_unique_id, replaces_entry_uuid)
-        self.call(self.endpoints.repository_url, N.ACTION_ITI41, sub.body, vihf, sub.attachments)
+        payload, _ = self.call(self.endpoints.repository_url, N.ACTION_ITI41, sub.body, vihf,
+                               sub.attachments)
+        warnings = [e for e in query.registry_errors(payload) if e.is_warning]
+        for w in warnings:
+            log.warning("DMP warning on %s: %s %s", entry.unique_id, w.code, w.context)
+        return warnings
 
     def replace(self, old_entry_uuid: str, entry: DocumentEntry, ss: SubmissionSet,
-                kos_bytes: bytes, vihf: VihfContext, signature_unique_id: str) -> None:
+                kos_bytes: bytes, vihf: VihfContext, signature_unique_id: str) -> list[XdsError]:
         """Replace a published KOS (RPLC, R8): the old entry becomes Deprecated."""
-        self.provide_and_register(entry, ss, kos_bytes, vihf, signature_unique_id, old_entry_uuid)
+        return self.provide_and_register(entry, ss, kos_bytes, vihf, signature_unique_id, old_entry_uuid)
 
     # ---------------------------------------------------------------------------- ITI-18
 

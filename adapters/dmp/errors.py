@@ -20,6 +20,10 @@ class XdsError:
     location: str = ""
     severity: str = "urn:oasis:names:tc:ebxml-regrep:ErrorSeverityType:Error"
 
+    @property
+    def is_warning(self) -> bool:
+        return self.severity.endswith(":Warning")
+
 
 class DmpError(Exception):
     """Any failure of a DMP transaction."""

@@ -42,6 +42,10 @@ the next N SOAP calls: ``http500`` (plain HTTP 500, nothing done), ``soap_fault`
 ``Receiver`` fault, nothing done), ``timeout`` (sleep S seconds, then process normally: a
 client that gave up may still find its document stored), ``drop_after_store`` (process and
 commit, then close the connection in the middle of the answer).
+
+Deliberate leniency and strictness: children out of the ebRIM order are accepted with a
+*Warning* (the ANS sample does it); RSA-SHA1 VIHF signatures (the 2023 DMP samples) are refused
+unless ``--allow-sha1``.
 """
 
 from __future__ import annotations
@@ -154,7 +158,8 @@ class Simulator:
 
     def __init__(self, store: SimStore, trusted_cas: list[x509.Certificate],
                  repository_unique_id: str = "1.2.250.1.213.1.1.9.99",
-                 faults: FaultPlan | None = None) -> None:
+                 faults: FaultPlan | None = None, allow_sha1: bool = False) -> None:
+        self.allow_sha1 = allow_sha1
         self.store = store
         self.trusted_cas = trusted_cas
         self.repository_unique_id = repository_unique_id
@@ -240,7 +245,7 @@ class Simulator:
             sec = msg.envelope.find(f"{q(N.SOAP12, 'Header')}/{q(WSSE, 'Security')}")
             assertion = sec.find(q(SAML2, "Assertion")) if sec is not None else None
             try:
-                vihf = verify_vihf(assertion, self.trusted_cas)
+                vihf = verify_vihf(assertion, self.trusted_cas, allow_sha1=self.allow_sha1)
             except VihfError as exc:
                 raise _Fault("Sender", exc.subcode, str(exc), 400) from exc
             handler = {
@@ -289,7 +294,8 @@ class Simulator:
                 raise _Refused([XdsError("XDSMissingDocument", f"xdsb:Document {did}: {exc}")]) \
                     from exc
         errors, sub = checks.check_submission(req, docs)
-        if errors:
+        warnings = [e for e in errors if e.is_warning]
+        if len(warnings) < len(errors):
             raise _Refused(errors)
         self._check_vihf_patient(vihf, sub.ss_patient_id)
         sig = next(e for e in sub.entries if e.is_signature)
@@ -333,7 +339,7 @@ class Simulator:
         if errors:
             raise _Refused(errors)
         self._store_submission(sub, docs, deprecate)
-        return registry_response(), {}
+        return registry_response(warnings, N.RESPONSE_SUCCESS), {}
 
     def _store_submission(self, sub: checks.ParsedSubmission, docs: dict[str, bytes],
                           deprecate: list[str]) -> None:
@@ -535,7 +541,7 @@ class Simulator:
 
     def iti57(self, req, attachments, vihf):  # noqa: ANN001, ANN201, ARG002
         errors, sub = checks.check_structure(req)
-        errors += checks.check_submission_set(sub)
+        errors = [e for e in errors if not e.is_warning] + checks.check_submission_set(sub)
         ups = sub.assoc(N.UPDATE_AVAILABILITY)
         if not ups:
             errors.append(XdsError("XDSMetadataUpdateError", "no UpdateAvailabilityStatus "
@@ -604,7 +610,8 @@ def load_cas(path) -> list[x509.Certificate]:  # noqa: ANN001
 def serve(host: str, port: int, db: str, trust_ca: str, tls_cert: str | None = None,
           tls_key: str | None = None, client_ca: str | None = None,
           repository_unique_id: str = "1.2.250.1.213.1.1.9.99", fault_mode: str = "none",
-          fault_count: int = 0, fault_seconds: float = 5.0, log_level: str = "info") -> None:
+          fault_count: int = 0, fault_seconds: float = 5.0, log_level: str = "info",
+          allow_sha1: bool = False) -> None:
     """Run the simulator with uvicorn (blocking)."""
     import ssl
     from pathlib import Path
@@ -614,7 +621,8 @@ def serve(host: str, port: int, db: str, trust_ca: str, tls_cert: str | None = N
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     faults = FaultPlan()
     faults.set(fault_mode, fault_count, fault_seconds)
-    app = Simulator(SimStore(Path(db)), load_cas(trust_ca), repository_unique_id, faults)
+    app = Simulator(SimStore(Path(db)), load_cas(trust_ca), repository_unique_id, faults,
+                    allow_sha1)
     kw = {}
     if tls_cert:
         kw = {"ssl_certfile": tls_cert, "ssl_keyfile": tls_key}

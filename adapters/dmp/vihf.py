@@ -179,10 +179,12 @@ class VerifiedVihf:
 
 def verify_vihf(assertion: etree._Element | None, trusted_cas: list[x509.Certificate],
                 now: dt.datetime | None = None,
-                max_age: dt.timedelta = dt.timedelta(hours=1)) -> VerifiedVihf:
+                max_age: dt.timedelta = dt.timedelta(hours=1),
+                allow_sha1: bool = False) -> VerifiedVihf:
     """Check a VIHF as the DMP would (R6); raise :class:`VihfError` naming the fault. The signing
     certificate must be issued directly by one of ``trusted_cas`` and valid now; the assertion
-    must be at most ``max_age`` old (5 minutes of clock skew allowed)."""
+    must be at most ``max_age`` old (5 minutes of clock skew allowed). RSA-SHA1 / SHA-1 (what
+    the 2023 DMP samples use) is refused unless ``allow_sha1``."""
     if assertion is None:
         raise VihfError("wsse:InvalidSecurity", "no VIHF (saml2:Assertion) in wsse:Security")
     if assertion.tag != q(SAML2, "Assertion") or assertion.get("Version") != "2.0":
@@ -199,8 +201,10 @@ def verify_vihf(assertion: etree._Element | None, trusted_cas: list[x509.Certifi
         require_x509=True,
         expect_references=1,
         signature_methods=frozenset({SignatureMethod.RSA_SHA256, SignatureMethod.RSA_SHA512,
-                                     SignatureMethod.ECDSA_SHA256}),
-        digest_algorithms=frozenset({DigestAlgorithm.SHA256, DigestAlgorithm.SHA512}),
+                                     SignatureMethod.ECDSA_SHA256}
+                                    | ({SignatureMethod.RSA_SHA1} if allow_sha1 else set())),
+        digest_algorithms=frozenset({DigestAlgorithm.SHA256, DigestAlgorithm.SHA512}
+                                    | ({DigestAlgorithm.SHA1} if allow_sha1 else set())),
     )
     try:
         certs = sig.findall(f".//{q(DS, 'X509Certificate')}")
