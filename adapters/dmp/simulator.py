@@ -233,7 +233,7 @@ class Simulator:
                 msg = unpack_mtom(content_type, body)
                 payload = body_payload(msg.envelope)
             except SoapError as exc:
-                raise _Fault("Sender", "soap:MalformedMessage", str(exc), 400) from exc
+                raise _Fault("Sender", "", f"malformed SOAP/MTOM message: {exc}", 400) from exc
             action = header_value(msg.envelope, "Action")
             relates = header_value(msg.envelope, "MessageID")
             if not action or not relates:

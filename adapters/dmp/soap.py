@@ -211,12 +211,13 @@ def element_bytes(el: etree._Element, attachments: dict[str, bytes]) -> bytes:
 def fault(code: str, subcode: str, reason: str, action: str = "http://www.w3.org/2005/08/addressing/soap/fault",
           relates_to: str | None = None) -> etree._Element:
     """A SOAP 1.2 Fault: ``code`` is ``Sender`` or ``Receiver``; ``subcode`` a QName like
-    ``wsse:FailedCheck``."""
+    ``wsse:FailedCheck`` (empty: no subcode)."""
     f = etree.Element(q(SOAP12, "Fault"), nsmap={"soap": SOAP12, "wsse": WSSE})
     c = etree.SubElement(f, q(SOAP12, "Code"))
     etree.SubElement(c, q(SOAP12, "Value")).text = f"soap:{code}"
-    sc = etree.SubElement(c, q(SOAP12, "Subcode"))
-    etree.SubElement(sc, q(SOAP12, "Value")).text = subcode
+    if subcode:
+        sc = etree.SubElement(c, q(SOAP12, "Subcode"))
+        etree.SubElement(sc, q(SOAP12, "Value")).text = subcode
     r = etree.SubElement(f, q(SOAP12, "Reason"))
     t = etree.SubElement(r, q(SOAP12, "Text"))
     t.set("{http://www.w3.org/XML/1998/namespace}lang", "en")
