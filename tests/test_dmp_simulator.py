@@ -368,3 +368,21 @@ def test_ans_sample_slot_order_is_accepted_with_a_warning(client: DmpClient) -> 
     assert [w.is_warning for w in warnings] == [True]
     assert "breaks the ebRIM order" in warnings[0].context
     assert client.get_documents(pub.vihf, unique_ids=[pub.entry.unique_id])
+
+
+def test_malformed_messages_get_sender_faults(sim: Sim) -> None:
+    """Not SOAP, or MTOM whose xop:Include points at no part: HTTP 400 + SOAP Sender fault."""
+    from adapters.dmp.soap import parse_envelope, parse_fault
+
+    with sim.admin() as http:
+        r = http.post("/repository", content=b"<notsoap/>",
+                      headers={"Content-Type": "application/soap+xml"})
+        assert r.status_code == 400
+        f = parse_fault(parse_envelope(r.content))
+        assert f.code == "Sender" and "not a SOAP 1.2 Envelope" in f.reason
+        r = http.post("/repository", content=b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--",
+                      headers={"Content-Type": 'multipart/related; type="application/xop+xml"; '
+                                               'boundary="b"'})
+        assert r.status_code == 400 and b"xop+xml" in r.content
+        assert http.get("/registry").status_code == 405
+        assert http.post("/nowhere").status_code == 404
