@@ -10,6 +10,9 @@ query.py       ITI-18 stored queries, ITI-43 / ITI-57 requests, and their respon
 errors.py      typed errors: transient (retry) vs refusal (do not retry)
 client.py      DmpClient over httpx with mutual TLS (R7)
 checks.py      the strict structural / R4 checks the simulator applies
-simulator.py   the DMP simulator (``drimbox dmp-sim``)
+simulator.py   the DMP simulator (``drimbox dmp-sim``): endpoints, validation, faults
+sim_store.py   the simulator's SQLite registry and repository
 =============  ==========================================================================
+
+FHIR transport (PDSm / IHE MHD ITI-65, ``dmp_transport = "mhd"``) is not implemented.
 """
