@@ -1,4 +1,4 @@
-"""The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``.
+"""The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``dmp-sim``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -121,6 +121,44 @@ def psc_sim(host: str, port: int, base_url: str | None, clients: tuple[str, ...]
     sim = PscSimulator(base_url or f"http://{host}:{port}", parsed, load_or_create_key(key_file),
                        userinfo_format=userinfo, acr=acr)
     uvicorn.run(sim.app, host=host, port=port, log_level="warning")
+
+
+@main.command("dmp-sim")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=int, required=True, help="TCP port.")
+@click.option("--db", type=click.Path(dir_okay=False), default="dmp-sim.sqlite", show_default=True,
+              help="The simulator's own SQLite file.")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), help="Server certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), help="Server key (PEM).")
+@click.option("--client-ca", type=click.Path(exists=True, dir_okay=False),
+              help="Require a client certificate issued by these CAs (mutual TLS, R7).")
+@click.option("--trust-ca", type=click.Path(exists=True, dir_okay=False),
+              help="CAs trusted for the VIHF and Signature01 certificates (default: --client-ca).")
+@click.option("--repository-id", default="1.2.250.1.213.1.1.9.99", show_default=True,
+              help="repositoryUniqueId the simulator answers with.")
+@click.option("--fault", "fault_mode", default="none", show_default=True,
+              type=click.Choice(["none", "http500", "soap_fault", "timeout", "drop_after_store"]),
+              help="Fault injected into the next --fault-count SOAP calls.")
+@click.option("--fault-count", type=int, default=0, show_default=True)
+@click.option("--allow-sha1", is_flag=True,
+              help="Accept RSA-SHA1 VIHF signatures (as in the 2023 DMP samples).")
+@click.option("--fault-seconds", type=float, default=5.0, show_default=True,
+              help="Sleep of the timeout fault.")
+def dmp_sim(host: str, port: int, db: str, tls_cert: str | None, tls_key: str | None,
+            client_ca: str | None, trust_ca: str | None, repository_id: str, fault_mode: str,
+            fault_count: int, allow_sha1: bool, fault_seconds: float) -> None:
+    """Run the DMP simulator (XDS.b SOAP endpoints /registry and /repository)."""
+    from adapters.dmp.simulator import serve as serve_sim
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if client_ca and not tls_cert:
+        raise click.UsageError("--client-ca needs --tls-cert/--tls-key")
+    trust = trust_ca or client_ca
+    if not trust:
+        raise click.UsageError("give --trust-ca (or --client-ca): the CAs of VIHF signers")
+    serve_sim(host, port, db, trust, tls_cert, tls_key, client_ca, repository_id, fault_mode,
+              fault_count, fault_seconds, allow_sha1=allow_sha1)
 
 
 if __name__ == "__main__":

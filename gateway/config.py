@@ -116,6 +116,45 @@ class Settings(BaseSettings):
     """Who may read DICOMweb. ``none`` (anonymous) is accepted only while ``host`` is a
     loopback address; Pro Santé Connect tokens come with issue #6."""
 
+    # --- DMP publication (issue #5; R4-R8). Unused until the outbox publishes. ---
+    dmp_transport: Literal["xds", "mhd"] = "xds"
+    """How we talk to the DMP: ``xds`` (IHE XDS.b SOAP, the DMP today) or ``mhd`` (FHIR PDSm /
+    IHE MHD ITI-65, not implemented yet)."""
+    dmp_registry_url: str | None = None
+    """DMP registry endpoint (ITI-18, ITI-57), e.g.
+    ``https://lps.dev9.dmp.gouv.fr/si-dmp-server/v2/services/registry``."""
+    dmp_repository_url: str | None = None
+    """DMP repository endpoint (ITI-41, ITI-43), e.g. ``.../si-dmp-server/v2/services/repository``."""
+    dmp_client_cert: Path | None = None
+    """PEM certificate (chain) of the structure's IGC-Santé ORG *authentication* certificate:
+    the TLS client certificate (R7). PS certificates are refused by the DMP."""
+    dmp_client_key: Path | None = None
+    """PEM private key of ``dmp_client_cert``."""
+    dmp_ca_bundle: Path | None = None
+    """PEM bundle of the CAs we trust for the DMP's server certificate (IGC-Santé ACs)."""
+    dmp_sign_cert: Path | None = None
+    """PEM ORG *signature* certificate: signs the VIHF (R6) and Signature01 (R5)."""
+    dmp_sign_key: Path | None = None
+    """PEM private key of ``dmp_sign_cert``."""
+    dmp_timeout: float = Field(default=30.0, gt=0)
+    """Seconds before a DMP call is abandoned (a transient error: the outbox retries)."""
+    dmp_source_id: str | None = None
+    """``XDSSubmissionSet.sourceId``: our OID (default: the repository OID)."""
+    dmp_structure_id: str = ""
+    """VIHF ``Identifiant_Structure`` (FINESS géographique in EG / EJ-EG mode)."""
+    dmp_activity_sector: str = ""
+    """VIHF ``Secteur_Activite`` code (TRE_R02, e.g. ``SA07``)."""
+    dmp_authentication_mode: str = "INDIRECTE"
+    """VIHF ``Authentification_Mode`` (``INDIRECTE`` in the DMP samples)."""
+    dmp_lps_id: str = ""
+    """VIHF ``LPS_ID`` (from the DMP homologation)."""
+    dmp_lps_name: str = "DRIMbox"
+    """VIHF ``LPS_Nom``."""
+    dmp_lps_version: str = "0.1.0"
+    """VIHF ``LPS_Version``."""
+    dmp_lps_homologation_id: str = ""
+    """VIHF ``LPS_ID_HOMOLOGATION_DMP``."""
+
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
@@ -129,6 +168,22 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
             raise ValueError(f"{v!r} is not an absolute http(s) URL")
         return v.rstrip("/")
+
+    @field_validator("dmp_registry_url", "dmp_repository_url")
+    @classmethod
+    def _dmp_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not re.match(r"^https://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an https:// URL (every flow is encrypted, R7/R12)")
+        return v
+
+    @model_validator(mode="after")
+    def _dmp_pairs(self) -> Settings:
+        for cert, key in (("dmp_client_cert", "dmp_client_key"), ("dmp_sign_cert", "dmp_sign_key")):
+            if (getattr(self, cert) is None) != (getattr(self, key) is None):
+                raise ValueError(f"{cert} and {key} go together")
+        return self
 
     @field_validator("database_url")
     @classmethod

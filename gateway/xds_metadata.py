@@ -259,3 +259,25 @@ def submission_set(
         content_type=content_type,
         author=entry.author,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedEntry:
+    """A DocumentEntry as the DMP registry returns it (ITI-18): what the publication outbox
+    keeps to replace or deprecate it later (R8). ``status`` is ``Approved`` or ``Deprecated``."""
+
+    entry_uuid: str
+    unique_id: str
+    patient_id: str
+    status: str
+    mime_type: str
+    repository_unique_id: str = ""
+    hash_sha1: str = ""
+    size: int | None = None
+    creation_time: str = ""
+    title: str = ""
+    class_code: Code | None = None
+    type_code: Code | None = None
+    format_code: Code | None = None
+    event_codes: tuple[Code, ...] = ()
+    reference_ids: tuple[str, ...] = ()
