@@ -239,14 +239,28 @@ def retrieve_frames(
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata")
+def retrieve_pixel_bulkdata(
+    study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
+    reader: ReaderDep,
+) -> StreamingResponse:
+    """Retrieve the Pixel Data of one instance (same as ``.../bulkdata/7FE00010``)."""
+    return _bulkdata(study, series, instance, "7FE00010", request, runtime)
+
+
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}")
 def retrieve_bulkdata(
-    study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
-    reader: ReaderDep, tag_path: str = "7FE00010",
+    study: str, series: str, instance: str, tag_path: str, request: Request,
+    runtime: RuntimeDep, reader: ReaderDep,
 ) -> StreamingResponse:
     """Retrieve bulk data of one instance by tag path (see the module docstring)."""
+    return _bulkdata(study, series, instance, tag_path, request, runtime)
+
+
+def _bulkdata(
+    study: str, series: str, instance: str, tag_path: str, request: Request, runtime: Runtime
+) -> StreamingResponse:
     try:
-        path_tags = pixels.parse_tag_path([s for s in tag_path.split("/") if s != ""])
+        path_tags = pixels.parse_tag_path(tag_path.strip("/").split("/"))
     except ValueError as exc:
         raise HTTPException(400, f"bulk data path {tag_path!r}: {exc}") from exc
     (ref,) = _lookup(runtime, study, series, instance)

@@ -27,6 +27,8 @@ from pydicom.uid import UID
 PIXEL_DATA = 0x7FE00010
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 LITTLE_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+_WHOLE_FILE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
+"""Deflated (offsets are in the inflated stream) and big endian (bytes to swap)."""
 
 
 class NoPixelData(LookupError):
@@ -87,7 +89,11 @@ def read_frame(path: Path, info: FrameInfo, number: int, target: str) -> bytes:
             return get_frame(f, number - 1, number_of_frames=info.number_of_frames)
     if target != EXPLICIT_LE:
         raise ValueError(f"frames are offered as stored or native, not {target}")
-    arr = pixel_array(str(path), index=number - 1)
+    if stored in _WHOLE_FILE:  # no file offset to seek to: read the dataset, then slice
+        arr = dcmread(path).pixel_array
+        arr = arr[number - 1] if info.number_of_frames > 1 else arr
+    else:
+        arr = pixel_array(str(path), index=number - 1)
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
@@ -96,7 +102,8 @@ def can_produce_frame(source: str, target: str) -> bool:
         return True
     from gateway.transcode import DECODABLE
 
-    return target == EXPLICIT_LE and source in DECODABLE and UID(source).is_compressed
+    return target == EXPLICIT_LE and (
+        source in _WHOLE_FILE or (source in DECODABLE and UID(source).is_compressed))
 
 
 def parse_tag_path(segments: Sequence[str]) -> list[int]:

@@ -15,6 +15,9 @@ unchanged; PS3.4 / PS3.5 8.2 only require a new UID after lossy compression). A 
 without Pixel Data can be labelled with any of these syntaxes: only its encoding changes (a
 compressed syntax encodes everything except Pixel Data as Explicit VR Little Endian).
 
+Explicit VR Big Endian (retired) is converted with its pixel data byte-swapped; other OW
+values of such a file are written as read (rare: no modality we know of still sends it).
+
 Decoded colour images come out as RGB (pydicom's default conversion from YBR), with
 Photometric Interpretation updated accordingly.
 """
@@ -25,6 +28,7 @@ import io
 from pathlib import Path
 
 from pydicom import dcmread
+from pydicom.filewriter import dcmwrite
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
 from pydicom.pixels.encoders.base import _PIXEL_DATA_ENCODERS
 from pydicom.uid import (
@@ -37,6 +41,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 
 
@@ -86,11 +91,16 @@ def transcode(path: Path, target: str) -> bytes:
         if "PixelData" in ds and source != target:
             if UID(source).is_compressed:
                 ds.decompress(generate_instance_uid=False)
+            elif source == _BIG_ENDIAN:  # retired; pixel bytes must be swapped
+                arr = ds.pixel_array
+                ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
             if target in _ENCODE_AS:
                 ds.compress(_ENCODE_AS[target], generate_instance_uid=False)
         ds.file_meta.TransferSyntaxUID = UID(target)
         buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
+        tsuid = UID(target)
+        dcmwrite(buf, ds, implicit_vr=tsuid.is_implicit_VR,
+                 little_endian=tsuid.is_little_endian, enforce_file_format=True)
         return buf.getvalue()
     except Exception as exc:  # noqa: BLE001 - plugin errors come in many types
         raise TranscodeError(f"cannot transcode to {target}: {exc}") from exc

@@ -30,6 +30,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
+    DeflatedExplicitVRLittleEndian,
     EncapsulatedPDFStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
@@ -41,6 +42,7 @@ from pydicom.uid import (
 )
 
 EXPLICIT = str(ExplicitVRLittleEndian)
+DEFLATED = str(DeflatedExplicitVRLittleEndian)
 JLS = str(JPEGLSLossless)
 RLE = str(RLELossless)
 J2K = "1.2.840.10008.1.2.4.91"
@@ -89,7 +91,7 @@ def load_study(folder: Path, port: int) -> Loaded:
     loaded = Loaded(generate_uid(TEST_ROOT))
     datasets: list[tuple[str, Dataset]] = []
     plan = [("explicit", EXPLICIT, 3), ("implicit", str(ImplicitVRLittleEndian), 1),
-            ("rle", RLE, 2), ("jls", JLS, 2)]
+            ("rle", RLE, 2), ("jls", JLS, 2), ("deflated", DEFLATED, 1)]
     for number, (kind, ts, count) in enumerate(plan, start=1):
         se = loaded.series[kind] = generate_uid(TEST_ROOT)
         for i in range(count):
@@ -235,7 +237,7 @@ def test_dicomweb_client_retrieves_study_series_instance_as_stored(gateway_ro, s
     # stable order: series number, then instance number
     order = [study.kind_of(str(d.SOPInstanceUID)) for d in got]
     assert order == ["explicit"] * 3 + ["implicit"] + ["rle"] * 2 + ["jls"] * 2 + [
-        "pdf", "multiframe"]
+        "deflated", "pdf", "multiframe"]
 
     series = dw.retrieve_series(study.study, study.series["rle"],
                                 media_types=(("application/dicom", "*"),))
@@ -312,7 +314,7 @@ def test_q_values_pick_as_stored_then_best_producible(gateway_ro, study) -> None
     # RLE accepted (q=0.3): as stored; JPEG-LS accepted: as stored; the rest → JPEG-LS (0.8),
     # since JPEG lossless SV1 (q=0.9) cannot be encoded here.
     assert by_kind == {"explicit": {JLS}, "implicit": {JLS}, "rle": {RLE}, "jls": {JLS},
-                       "pdf": {JLS}, "multiframe": {JLS}}
+                       "deflated": {JLS}, "pdf": {JLS}, "multiframe": {JLS}}
 
 
 def test_not_acceptable(gateway_ro, study) -> None:
@@ -367,9 +369,10 @@ def test_frames_with_dicomweb_client(gateway_ro, study) -> None:
                                       media_types=(("application/octet-stream", EXPLICIT),))
     assert np.array_equal(np.frombuffer(raw[0], "<u2").reshape(64, 64), ref[1])
     # a native single-frame instance
-    sop2 = study.instances["explicit"][1]
-    raw = dw.retrieve_instance_frames(study.study, study.series["explicit"], sop2, [1])
-    assert np.array_equal(np.frombuffer(raw[0], "<u2").reshape(64, 64), study.pixels[sop2])
+    for kind in ("explicit", "implicit", "deflated", "rle"):
+        sop2 = study.instances[kind][-1]
+        raw = dw.retrieve_instance_frames(study.study, study.series[kind], sop2, [1])
+        assert np.array_equal(np.frombuffer(raw[0], "<u2").reshape(64, 64), study.pixels[sop2])
 
 
 def test_frames_content_types_and_errors(gateway_ro, study) -> None:
@@ -449,7 +452,7 @@ def _expected(sample: str, kind: str) -> str:
         return EXPLICIT  # 1.2.840.10008.1.2.1 is listed with q > 0 in every sample
     if kind in ("jls", "multiframe"):
         return JLS  # likewise JPEG-LS lossless
-    # RLE is in no sample: transcode. Lossy .50/.51 are never made, .70 has no encoder here.
+    # RLE and Deflate are in no sample: transcode. Lossy .50/.51 are never made, .70 has no encoder here.
     return {
         "QParameterMinMax": EXPLICIT if "Validateur" in sample else JLS,  # q=1.0 / q=1.0
         "SwitchHeaders": J2K, "Instances_v1": J2K, "Instances_v2": J2K,  # .91 first at q=0.5
@@ -469,7 +472,7 @@ def test_ans_validator_samples(gateway_ro, study, sample: Path) -> None:
     targets: list[tuple[str, str]] = []  # (path, kind)
     if level == "study":
         targets.append((f"/studies/{study.study}", "*"))
-    for kind in ("explicit", "implicit", "rle", "jls", "multiframe"):
+    for kind in ("explicit", "implicit", "rle", "jls", "deflated", "multiframe"):
         se = study.series[kind]
         sop = study.instances[kind][0]
         if level == "series":
