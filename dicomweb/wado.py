@@ -30,13 +30,16 @@ only). Errors: a malformed UID → 400 naming it; unknown study, series (in that
 instance (in that series) → 404; nothing acceptable → 406 naming what can be produced.
 Paths are only built from index storage keys (:meth:`FileStore.path_of`), never from the
 request. If an instance's file is replaced while a response is being streamed (a corrected
-instance re-sent by the PACS), the current file is sent. A transcoding failure in the middle
-of a multi-instance response ends the stream without its closing boundary (the client sees
-an incomplete body) and is logged.
+instance re-sent by the PACS), the current file is sent. The first part is prepared before
+the response starts, so a single instance that cannot be decoded gets a 500; a transcoding
+failure later in a multi-instance response can no longer change the status: the stream is
+cut (no closing boundary, no final chunk), so the client sees an incomplete body, never a
+silently short one, and the failure is logged.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Iterator
@@ -151,7 +154,12 @@ def _retrieve(
         plan.append((ref, ts))
     syntaxes = {ts for _, ts in plan}
     params = {"transfer_syntax": syntaxes.pop()} if len(syntaxes) == 1 else {}
-    return _multipart(_instance_parts(runtime, plan), "application/dicom", **params)
+    parts = _instance_parts(runtime, plan)
+    try:  # the first part is made before the status line: its failure gets a real status
+        first = next(parts)
+    except TranscodeError as exc:
+        raise HTTPException(500, f"instance {plan[0][0].sop_instance_uid}: {exc}") from exc
+    return _multipart(itertools.chain([first], parts), "application/dicom", **params)
 
 
 @router.get("/studies/{study}")

@@ -25,6 +25,7 @@ Photometric Interpretation updated accordingly.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 from pydicom import dcmread
@@ -32,16 +33,17 @@ from pydicom.filewriter import dcmwrite
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
 from pydicom.pixels.encoders.base import _PIXEL_DATA_ENCODERS
 from pydicom.uid import (
+    JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGLSLossless,
     RLELossless,
 )
 
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
+log = logging.getLogger("drimbox.transcode")
 NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 
 
@@ -56,8 +58,8 @@ def _available(registry: dict) -> frozenset[str]:
         try:
             if coder.is_available:
                 out.add(str(uid))
-        except Exception:  # noqa: BLE001 - a broken plugin only removes a capability
-            continue
+        except Exception:  # a broken plugin only removes a capability
+            log.warning("pixel plugin for %s unusable", uid, exc_info=True)
     return frozenset(out)
 
 
@@ -102,5 +104,5 @@ def transcode(path: Path, target: str) -> bytes:
         dcmwrite(buf, ds, implicit_vr=tsuid.is_implicit_VR,
                  little_endian=tsuid.is_little_endian, enforce_file_format=True)
         return buf.getvalue()
-    except Exception as exc:  # noqa: BLE001 - plugin errors come in many types
+    except Exception as exc:
         raise TranscodeError(f"cannot transcode to {target}: {exc}") from exc

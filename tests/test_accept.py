@@ -34,11 +34,12 @@ def lossless_encoders(source: str, target: str) -> bool:
 
 
 def test_q_ordering_is_stable_and_boundary_ignored() -> None:
-    ranges = parse_accept([
+    header = (
         f"{MR};transfer-syntax={JPEG_BASELINE};q=0.5;boundary=**,"
         f"{MR};transfer-syntax={JPEG_SV1};q=0.9;boundary=**,"
         f"{MR};transfer-syntax={JLS};q=0.5,"
-    ])
+    )
+    ranges = parse_accept([header])
     assert [r.transfer_syntax for r in ranges] == [JPEG_SV1, JPEG_BASELINE, JLS]
     assert [r.q for r in ranges] == [0.9, 0.5, 0.5]
     assert all("boundary" not in r.params for r in ranges)
@@ -101,8 +102,8 @@ def test_instance_offers_default_and_wildcards() -> None:
         # as stored when accepted, even below a higher-q syntax (no decode, no re-encode)
         (JLS, f"{MR};transfer-syntax={JPEG_SV1};q=0.9,{MR};transfer-syntax={JLS};q=0.8", JLS),
         # otherwise the highest q the server can produce
-        (RLE, f"{MR};transfer-syntax={JPEG_SV1};q=0.9,{MR};transfer-syntax={JLS};q=0.8,"
-              f"{MR};transfer-syntax={EXPLICIT_LE};q=0.4", JLS),
+        (RLE, (f"{MR};transfer-syntax={JPEG_SV1};q=0.9,{MR};transfer-syntax={JLS};q=0.8,"
+               f"{MR};transfer-syntax={EXPLICIT_LE};q=0.4"), JLS),
         # transfer-syntax=* : as stored
         (RLE, f"{MR};transfer-syntax=*", RLE),
         # ...but never Implicit VR Little Endian on the web

@@ -10,12 +10,12 @@ import pytest
 from dicom_factory import make_instance
 from pydicom import dcmread
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     EncapsulatedPDFStorage,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,

@@ -282,7 +282,7 @@ def test_default_transfer_syntax_is_explicit_vr_little_endian(gateway_ro, study)
         parts = split(r)
         assert len(parts) == len(study.files)
         for part in parts:
-            sop, ts = check_instance_part(study, part)
+            _, ts = check_instance_part(study, part)
             assert ts == EXPLICIT
 
 
@@ -480,8 +480,8 @@ def test_ans_validator_samples(gateway_ro, study, sample: Path) -> None:
         elif level == "instance":
             targets.append((f"/studies/{study.study}/series/{se}/instances/{sop}", kind))
         elif level == "frames" and kind == "multiframe":
-            targets.append((f"/studies/{study.study}/series/{se}/instances/{sop}/frames/"
-                            f"{m.group(4)}", kind))
+            frames = f"/studies/{study.study}/series/{se}/instances/{sop}/frames/{m.group(4)}"
+            targets.append((frames, kind))
     for path, kind in targets:
         r = get(gateway_ro, path, accept)
         assert r.status_code == 200, (path, r.status_code, r.text)
@@ -569,3 +569,36 @@ def test_whole_study_retrieve_streams_in_constant_memory(gateway, big_study) -> 
     growth_mib = (peak - before) / 1024
     assert growth_mib < 50, f"server RSS grew by {growth_mib:.1f} MiB while streaming " \
                             f"{received / 2**20:.0f} MiB"
+
+
+# -- a stored instance that cannot be decoded ------------------------------------------------
+
+
+def test_transcoding_failure_is_never_a_silent_short_answer(gateway, tmp_path: Path) -> None:
+    """The gateway stores what it receives without decoding it; an instance whose pixel data
+    is truncated can only fail when a consumer asks for another transfer syntax."""
+    study_uid, series_uid = generate_uid(TEST_ROOT), generate_uid(TEST_ROOT)
+    good = make_instance(study_uid=study_uid, series_uid=series_uid, instance_number=1)
+    bad = make_instance(study_uid=study_uid, series_uid=series_uid, instance_number=2)
+    bad.PixelData = b"\x00" * 10  # 64 x 64 x 16 bits announced
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    files = []
+    for name, ds in (("good", good), ("bad", bad)):
+        files.append(folder / f"{name}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    storescu(files, gateway.dicom_port)
+    jls = f"{MR}; transfer-syntax={JLS}"
+    series = f"/studies/{study_uid}/series/{series_uid}"
+
+    # as stored: fine
+    assert len(split(get(gateway, series, f"{MR}; transfer-syntax=*"))) == 2
+    # one instance: a real error status before any body
+    r = get(gateway, f"{series}/instances/{bad.SOPInstanceUID}", jls)
+    assert r.status_code == 500
+    assert str(bad.SOPInstanceUID) in r.json()["detail"]
+    # the series: the first part went out with 200, so the stream is cut, not closed
+    with pytest.raises(httpx.RemoteProtocolError):
+        get(gateway, series, jls)
+    assert gateway.proc.poll() is None  # and the server carries on
+    assert get(gateway, f"{series}/instances/{good.SOPInstanceUID}", jls).status_code == 200
