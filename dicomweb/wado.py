@@ -122,9 +122,9 @@ def _instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> It
             size = os.fstat(f.fileno()).st_size
             yield Part(part_type, _chunks(f), {"Content-Length": str(size)})
             continue
-        f.close()
         try:
-            data = transcode(runtime.store.path_of(current.storage_key), ts)
+            with f:  # the file already open: a replacement meanwhile cannot pull it away
+                data = transcode(f, ts)
         except TranscodeError:
             log.exception("transcoding %s to %s failed", current.sop_instance_uid, ts)
             raise

@@ -27,6 +27,7 @@ from __future__ import annotations
 import io
 import logging
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
@@ -85,10 +86,11 @@ def can_produce(source: str, target: str) -> bool:
     return target in PRODUCIBLE and (source in DECODABLE or source == str(DeflatedExplicitVRLittleEndian))
 
 
-def transcode(path: Path, target: str) -> bytes:
-    """The Part 10 file of the instance at ``path`` re-encoded in ``target``."""
+def transcode(source_file: Path | BinaryIO, target: str) -> bytes:
+    """The Part 10 file of an instance (a path or an open binary file) re-encoded in
+    ``target``."""
     try:
-        ds = dcmread(path)
+        ds = dcmread(source_file)
         source = str(ds.file_meta.TransferSyntaxUID)
         if "PixelData" in ds and source != target:
             if UID(source).is_compressed:
