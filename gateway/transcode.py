@@ -1,0 +1,110 @@
+"""Re-encoding stored instances in another transfer syntax (pydicom and its pixel plugins).
+
+The gateway stores what it receives; a WADO-RS consumer may want something else. This module
+says what can be produced (:func:`can_produce`) and produces it (:func:`transcode`), one
+instance at a time, in memory (an instance, not a study).
+
+Decoding uses whatever pydicom finds installed: its own RLE and native decoders, pylibjpeg
+with pylibjpeg-libjpeg (JPEG baseline/extended/lossless), pylibjpeg-openjpeg (JPEG 2000 and
+HTJ2K), pyjpegls (JPEG-LS). Encoding is **lossless only**: Explicit VR Little Endian,
+Deflated Explicit VR Little Endian, RLE Lossless, JPEG-LS Lossless, JPEG 2000 Lossless, and
+JPEG 2000 (1.2.840.10008.1.2.4.91, which also allows a reversible code stream: we write one).
+The server never makes a lossy copy of an image: a lossy target is served only to an instance
+already stored in it. Transcoding never changes the SOP Instance UID (the pixel values are
+unchanged; PS3.4 / PS3.5 8.2 only require a new UID after lossy compression). A dataset
+without Pixel Data can be labelled with any of these syntaxes: only its encoding changes (a
+compressed syntax encodes everything except Pixel Data as Explicit VR Little Endian).
+
+Explicit VR Big Endian (retired) is converted with its pixel data byte-swapped; other OW
+values of such a file are written as read (rare: no modality we know of still sends it).
+
+Decoded colour images come out as RGB (pydicom's default conversion from YBR), with
+Photometric Interpretation updated accordingly.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import BinaryIO
+
+from pydicom import dcmread
+from pydicom.filewriter import dcmwrite
+from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
+from pydicom.pixels.encoders.base import _PIXEL_DATA_ENCODERS
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+log = logging.getLogger("drimbox.transcode")
+NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+
+
+class TranscodeError(RuntimeError):
+    """The instance could not be decoded or encoded in the requested syntax."""
+
+
+def _available(registry: dict) -> frozenset[str]:
+    out = set()
+    for uid, entry in registry.items():
+        coder = entry[0]
+        try:
+            if coder.is_available:
+                out.add(str(uid))
+        except Exception:  # a broken plugin only removes a capability
+            log.warning("pixel plugin for %s unusable", uid, exc_info=True)
+    return frozenset(out)
+
+
+DECODABLE: frozenset[str] = _available(_PIXEL_DATA_DECODERS) | NATIVE
+"""Stored transfer syntaxes whose pixel data we can decode here."""
+
+_LOSSLESS_ENCODERS = {str(RLELossless), str(JPEGLSLossless), str(JPEG2000Lossless)}
+_ENCODABLE = _available(_PIXEL_DATA_ENCODERS) & _LOSSLESS_ENCODERS
+_ENCODE_AS = {ts: ts for ts in _ENCODABLE}
+if str(JPEG2000Lossless) in _ENCODABLE:
+    _ENCODE_AS[str(JPEG2000)] = str(JPEG2000Lossless)  # reversible code stream in .91
+
+PRODUCIBLE: frozenset[str] = frozenset(
+    {str(ExplicitVRLittleEndian), str(DeflatedExplicitVRLittleEndian), *_ENCODE_AS}
+)
+"""Transfer syntaxes we can write (from anything we can decode)."""
+
+
+def can_produce(source: str, target: str) -> bool:
+    """Whether an instance stored in ``source`` can be sent in ``target``."""
+    if source == target:
+        return True
+    return target in PRODUCIBLE and (source in DECODABLE or source == str(DeflatedExplicitVRLittleEndian))
+
+
+def transcode(source_file: Path | BinaryIO, target: str) -> bytes:
+    """The Part 10 file of an instance (a path or an open binary file) re-encoded in
+    ``target``."""
+    try:
+        ds = dcmread(source_file)
+        source = str(ds.file_meta.TransferSyntaxUID)
+        if "PixelData" in ds and source != target:
+            if UID(source).is_compressed:
+                ds.decompress(generate_instance_uid=False)
+            elif source == _BIG_ENDIAN:  # retired; pixel bytes must be swapped
+                arr = ds.pixel_array
+                ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+            if target in _ENCODE_AS:
+                ds.compress(_ENCODE_AS[target], generate_instance_uid=False)
+        ds.file_meta.TransferSyntaxUID = UID(target)
+        buf = io.BytesIO()
+        tsuid = UID(target)
+        dcmwrite(buf, ds, implicit_vr=tsuid.is_implicit_VR,
+                 little_endian=tsuid.is_little_endian, enforce_file_format=True)
+        return buf.getvalue()
+    except Exception as exc:
+        raise TranscodeError(f"cannot transcode to {target}: {exc}") from exc
