@@ -7,8 +7,22 @@ from dataclasses import dataclass
 from gateway.config import Settings
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
-from gateway.ingest import Ingestor
+from gateway.ingest import Incoming, IngestResult, Ingestor
+from gateway.metadata import MetadataCache, MetadataWarmer
 from gateway.storage import FileStore
+
+
+class _WarmingIngestor(Ingestor):
+    """The ingest path, plus a note to the metadata warmer once an instance is kept."""
+
+    def __init__(self, *args, warmer: MetadataWarmer, **kwargs) -> None:  # noqa: ANN002,ANN003
+        super().__init__(*args, **kwargs)
+        self.warmer = warmer
+
+    def ingest(self, incoming: Incoming) -> IngestResult:
+        result = super().ingest(incoming)
+        self.warmer.touched(result.header.study_instance_uid, result.header.series_instance_uid)
+        return result
 
 
 @dataclass
@@ -17,6 +31,9 @@ class Runtime:
     store: FileStore
     index: InstanceIndex
     ingestor: Ingestor
+    metadata: MetadataCache
+    """WADO-RS metadata, precomputed per series (see :mod:`gateway.metadata`)."""
+    warmer: MetadataWarmer
 
     @classmethod
     def build(cls, settings: Settings, migrate: bool = True) -> Runtime:
@@ -27,7 +44,13 @@ class Runtime:
         if migrate:
             upgrade(engine)
         index = InstanceIndex(engine)
-        return cls(settings, store, index, Ingestor(store, index, settings.duplicate_policy))
+        metadata = MetadataCache(
+            store, index, settings.data_dir / "metadata", settings.effective_public_url
+        )
+        warmer = MetadataWarmer(metadata.warm)
+        ingestor = _WarmingIngestor(store, index, settings.duplicate_policy, warmer=warmer)
+        return cls(settings, store, index, ingestor, metadata, warmer)
 
     def close(self) -> None:
+        self.warmer.stop()
         self.index.engine.dispose()

@@ -1,0 +1,333 @@
+"""Instance metadata in the DICOM JSON model (PS3.18 F.2), precomputed per series.
+
+What is served: each instance's full dataset as pydicom's ``to_json_dict`` encodes it, except
+that every non-empty value of a binary VR (OB, OD, OF, OL, OV, OW, UN; Pixel Data among them)
+becomes a ``BulkDataURI``::
+
+    <public URL>/dicom-web/studies/<st>/series/<se>/instances/<sop>/bulkdata/<tag>
+    .../instances/<sop>/bulkdata/<sequence tag>/<item index>/<tag>      (inside sequences)
+
+tags as 8 upper-case hex digits, item indexes from 0, nested as deep as the sequences go. The
+File Meta Information (group 0002) is not part of the dataset and is not served.
+
+Caching. A series' metadata (a JSON array of its instances, ordered by Instance Number) is
+computed once, gzip-compressed and written atomically to
+``<data_dir>/metadata/<study>/<series>_<digest>.json.gz``. The digest covers the series'
+*version* from the index (:class:`gateway.index.lookup.SeriesVersion`: count, highest row id,
+latest arrival, total size), the public URL (the URIs embed it) and :data:`FORMAT_VERSION`, so
+a request checks freshness with one grouped SQL query and a ``stat``: an added, replaced or
+removed instance changes the version, the next request (or the warmer) recomputes, and older
+files of the series are removed. A study's metadata is the concatenation of its series'
+arrays, kept the same way as ``study_<digest>.json.gz`` (digest of its series' digests). The
+digests are the HTTP entity tags. Files are only ever named from index UIDs (validated at
+ingest) and hex digests.
+
+:class:`MetadataWarmer` recomputes a series in the background once no instance of it arrived
+for ``quiet`` seconds (the series is "stable"), so that the first viewer request finds the
+files ready; a request never depends on it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from gateway.index.lookup import (
+    InstanceRef,
+    SeriesVersion,
+    find_instance,
+    series_instances,
+    series_versions,
+)
+from gateway.index.store import InstanceIndex
+from gateway.storage import FileStore
+from gateway.uids import is_safe_uid
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever the JSON we produce changes, so that older cache files are not served.
+FORMAT_VERSION = "1"
+
+#: Binary VRs whose values are always sent as BulkDataURIs (never InlineBinary).
+BULK_THRESHOLD = 0
+
+_SUFFIX = ".json.gz"
+
+
+def _url_join(base: str, *segments: str) -> str:
+    return "/".join((base, *segments))
+
+
+def dataset_json(ds: Dataset, instance_url: str) -> dict[str, Any]:
+    """The DICOM JSON object of ``ds``, binary values as BulkDataURIs under ``instance_url``."""
+    return _elements_json(ds, f"{instance_url}/bulkdata")
+
+
+def _elements_json(ds: Dataset, bulk_base: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tag in ds.keys():
+        key = f"{tag:08X}"
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                out[key] = {
+                    "vr": "SQ",
+                    "Value": [
+                        _elements_json(item, _url_join(bulk_base, key, str(i)))
+                        for i, item in enumerate(elem.value)
+                    ],
+                }
+            else:
+                uri = _url_join(bulk_base, key)
+                out[key] = elem.to_json_dict(lambda _e, uri=uri: uri, BULK_THRESHOLD)
+        except Exception as exc:  # noqa: BLE001 - one bad element must not hide the rest
+            log.warning("metadata: element %s not encodable (%s); left out", key, exc)
+    return out
+
+
+def read_instance_json(path: Path, instance_url: str) -> dict[str, Any]:
+    ds = dcmread(path)
+    return dataset_json(ds, instance_url)
+
+
+@dataclass(frozen=True, slots=True)
+class CachedJson:
+    """A metadata representation: gzip bytes of a JSON array and its entity tag."""
+
+    etag: str
+    gzipped: bytes
+
+    def plain(self) -> bytes:
+        return gzip.decompress(self.gzipped)
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{uuid.uuid4().hex}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, compresslevel=6, mtime=0)
+
+
+def _array_body(gzipped: bytes) -> bytes:
+    """The elements of a cached JSON array, without its brackets ('' for an empty array)."""
+    plain = zlib.decompress(gzipped, wbits=31)
+    return plain[1:-1]
+
+
+class MetadataCache:
+    """Series and study metadata, computed on demand and kept under ``cache_dir``."""
+
+    def __init__(
+        self, store: FileStore, index: InstanceIndex, cache_dir: Path, public_url: str
+    ) -> None:
+        self.store = store
+        self.index = index
+        self.cache_dir = Path(cache_dir).resolve()
+        self.base = public_url.rstrip("/") + "/dicom-web"
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self.builds = 0
+        """Series arrays computed since start (for tests and logs)."""
+
+    # -- URLs --------------------------------------------------------------------------------
+
+    def instance_url(self, ref: InstanceRef) -> str:
+        return (
+            f"{self.base}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
+            f"/instances/{ref.sop_instance_uid}"
+        )
+
+    # -- public ----------------------------------------------------------------------------
+
+    def series(self, study_uid: str, series_uid: str) -> CachedJson | None:
+        """The series' metadata, or ``None`` when the study holds no such series."""
+        versions = series_versions(self.index, study_uid, series_uid)
+        if not versions:
+            return None
+        return self._series(versions[0])
+
+    def study(self, study_uid: str) -> CachedJson | None:
+        """The study's metadata (all its series), or ``None`` when the study is unknown."""
+        versions = series_versions(self.index, study_uid)
+        if not versions:
+            return None
+        digests = [self._series_digest(v) for v in versions]
+        etag = _digest(FORMAT_VERSION, "study", study_uid, *digests)
+        path = self._dir(study_uid) / f"study_{etag}{_SUFFIX}"
+        cached = self._read(path, etag)
+        if cached is not None:
+            return cached
+        with self._lock(f"study:{study_uid}"):
+            cached = self._read(path, etag)
+            if cached is not None:
+                return cached
+            bodies = [_array_body(self._series(v).gzipped) for v in versions]
+            data = _gzip(b"[" + b",".join(b for b in bodies if b) + b"]")
+            _write_atomically(path, data)
+            self._remove_others(path.parent, "study_", path.name)
+            return CachedJson(etag, data)
+
+    def instance(self, study_uid: str, series_uid: str, sop_uid: str) -> CachedJson | None:
+        """One instance's metadata (a one-element array), computed from its file."""
+        ref = find_instance(self.index, study_uid, series_uid, sop_uid)
+        if ref is None:
+            return None
+        etag = _digest(FORMAT_VERSION, self.base, ref.sop_instance_uid, ref.sha256)
+        doc = read_instance_json(self.store.path_of(ref.storage_key), self.instance_url(ref))
+        data = json.dumps([doc], ensure_ascii=False, separators=(",", ":")).encode()
+        return CachedJson(etag, gzip.compress(data, compresslevel=1, mtime=0))
+
+    def warm(self, study_uid: str, series_uid: str) -> None:
+        """Bring the series' and its study's files up to date (background warming)."""
+        if self.series(study_uid, series_uid) is not None:
+            self.study(study_uid)
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _series_digest(self, v: SeriesVersion) -> str:
+        return _digest(FORMAT_VERSION, self.base, v.study_instance_uid, v.series_instance_uid,
+                       v.token())
+
+    def _dir(self, study_uid: str) -> Path:
+        if not is_safe_uid(study_uid):
+            raise ValueError(f"{study_uid!r} is not a UID")
+        return self.cache_dir / study_uid
+
+    def _series(self, v: SeriesVersion) -> CachedJson:
+        if not is_safe_uid(v.series_instance_uid):
+            raise ValueError(f"{v.series_instance_uid!r} is not a UID")
+        etag = self._series_digest(v)
+        path = self._dir(v.study_instance_uid) / f"{v.series_instance_uid}_{etag}{_SUFFIX}"
+        cached = self._read(path, etag)
+        if cached is not None:
+            return cached
+        with self._lock(f"series:{v.series_instance_uid}"):
+            cached = self._read(path, etag)
+            if cached is not None:
+                return cached
+            started = time.perf_counter()
+            data = _gzip(self._build_series(v.study_instance_uid, v.series_instance_uid))
+            _write_atomically(path, data)
+            self._remove_others(path.parent, f"{v.series_instance_uid}_", path.name)
+            self.builds += 1
+            log.info(
+                "metadata of series %s computed: %d instances, %d bytes gzip, %.3f s",
+                v.series_instance_uid, v.instances, len(data), time.perf_counter() - started,
+            )
+            return CachedJson(etag, data)
+
+    def _build_series(self, study_uid: str, series_uid: str) -> bytes:
+        for attempt in range(3):
+            parts = []
+            try:
+                for ref in series_instances(self.index, study_uid, series_uid):
+                    doc = read_instance_json(
+                        self.store.path_of(ref.storage_key), self.instance_url(ref)
+                    )
+                    parts.append(json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
+            except FileNotFoundError:
+                # An instance was replaced while we read: list the series again.
+                if attempt == 2:
+                    raise
+                continue
+            return ("[" + ",".join(parts) + "]").encode()
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _read(path: Path, etag: str) -> CachedJson | None:
+        try:
+            return CachedJson(etag, path.read_bytes())
+        except FileNotFoundError:
+            return None
+
+    @staticmethod
+    def _remove_others(directory: Path, prefix: str, keep: str) -> None:
+        for old in directory.glob(f"{prefix}*{_SUFFIX}"):
+            if old.name != keep:
+                old.unlink(missing_ok=True)
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+
+class MetadataWarmer:
+    """Recomputes a series' metadata once it has been quiet for ``quiet`` seconds."""
+
+    def __init__(self, warm: Callable[[str, str], None], quiet: float = 0.5) -> None:
+        self._warm = warm
+        self.quiet = quiet
+        self._pending: dict[tuple[str, str], float] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+
+    def touched(self, study_uid: str, series_uid: str) -> None:
+        """An instance of the series was stored (called from the ingest path; never blocks)."""
+        with self._cond:
+            if self._stopped:
+                return
+            self._pending[(study_uid, series_uid)] = time.monotonic()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="metadata-warmer", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._pending.clear()
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped:
+                    now = time.monotonic()
+                    due = [k for k, t in self._pending.items() if now - t >= self.quiet]
+                    if due:
+                        break
+                    wait = min((self.quiet - (now - t) for t in self._pending.values()),
+                               default=None)
+                    self._cond.wait(wait)
+                if self._stopped:
+                    return
+                for k in due:
+                    del self._pending[k]
+            for study_uid, series_uid in due:
+                try:
+                    self._warm(study_uid, series_uid)
+                except Exception:  # noqa: BLE001 - the next request computes it anyway
+                    log.exception("metadata warming of series %s failed", series_uid)
