@@ -93,7 +93,7 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
     x = values.astype(np.float64, copy=False)
     c, w = window.center, window.width
     if window.function == "sigmoid":
-        y = 255.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+        y = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (x - c) / w, -700.0, 700.0)))
     elif window.function == "linear-exact":
         y = np.clip(((x - c) / w + 0.5) * 255.0, 0.0, 255.0)
         y = np.where(x <= c - w / 2, 0.0, np.where(x > c + w / 2, 255.0, y))
