@@ -21,7 +21,8 @@ class _WarmingIngestor(Ingestor):
 
     def ingest(self, incoming: Incoming) -> IngestResult:
         result = super().ingest(incoming)
-        self.warmer.touched(result.header.study_instance_uid, result.header.series_instance_uid)
+        h = result.header
+        self.warmer.touched(h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid)
         return result
 
 
@@ -47,7 +48,7 @@ class Runtime:
         metadata = MetadataCache(
             store, index, settings.data_dir / "metadata", settings.effective_public_url
         )
-        warmer = MetadataWarmer(metadata.warm)
+        warmer = MetadataWarmer(metadata.warm, metadata.prepare_instance)
         ingestor = _WarmingIngestor(store, index, settings.duplicate_policy, warmer=warmer)
         return cls(settings, store, index, ingestor, metadata, warmer)
 
