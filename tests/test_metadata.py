@@ -169,6 +169,25 @@ def test_gzip_etag_304_and_invalidation(loaded, tmp_path: Path) -> None:
     assert len(list((gw.data_dir / "metadata" / st).glob(se + "_*.json.gz"))) == 1
 
 
+def test_warmer_prepares_files_before_any_request(loaded) -> None:
+    """After ingest, the series and study files appear without any HTTP request."""
+    gw, data = loaded
+    folder = gw.data_dir / "metadata" / data.study_uid
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        names = [p.name for p in folder.glob("*.json.gz")] if folder.is_dir() else []
+        if len(names) == 5:  # four series and the study
+            break
+        time.sleep(0.1)
+    assert sorted(n.split("_")[0] for n in names) == sorted(
+        [data.ct_series, data.mr_series, data.cr_series, data.pdf_series, "study"])
+    # And the request serves exactly that file.
+    study_file = next(folder.glob("study_*.json.gz"))
+    r, raw = _raw(gw, f"/studies/{data.study_uid}/metadata", **{"Accept-Encoding": "gzip"})
+    assert raw == study_file.read_bytes()
+    assert r.headers["etag"] == f'W/"{study_file.name[6:-8]}"'
+
+
 def test_dicomweb_client_reads_metadata(loaded) -> None:
     from dicomweb_client.api import DICOMwebClient
 
