@@ -152,12 +152,20 @@ class MetadataCache:
     """Series and study metadata, computed on demand and kept under ``cache_dir``."""
 
     def __init__(
-        self, store: FileStore, index: InstanceIndex, cache_dir: Path, public_url: str
+        self,
+        store: FileStore,
+        index: InstanceIndex,
+        cache_dir: Path,
+        instance_url: Callable[[str, str, str], str],
     ) -> None:
+        """``instance_url(study, series, sop)`` is the public URL of an instance (the HTTP
+        face's URL builder); BulkDataURIs hang below it."""
         self.store = store
         self.index = index
         self.cache_dir = Path(cache_dir).resolve()
-        self.base = public_url.rstrip("/") + "/dicom-web"
+        self._instance_url = instance_url
+        # Part of every digest: a change of public URL must not serve URIs of the old one.
+        self.base = instance_url("1", "2", "3")
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._fragments: OrderedDict[str, bytes] = OrderedDict()
@@ -169,9 +177,8 @@ class MetadataCache:
     # -- URLs --------------------------------------------------------------------------------
 
     def instance_url(self, ref: InstanceRef) -> str:
-        return (
-            f"{self.base}/studies/{ref.study_instance_uid}/series/{ref.series_instance_uid}"
-            f"/instances/{ref.sop_instance_uid}"
+        return self._instance_url(
+            ref.study_instance_uid, ref.series_instance_uid, ref.sop_instance_uid
         )
 
     # -- public ----------------------------------------------------------------------------
@@ -210,8 +217,7 @@ class MetadataCache:
         if ref is None:
             return None
         etag = _digest(FORMAT_VERSION, self.base, ref.sop_instance_uid, ref.sha256)
-        doc = read_instance_json(self.store.path_of(ref.storage_key), self.instance_url(ref))
-        data = json.dumps([doc], ensure_ascii=False, separators=(",", ":")).encode()
+        data = b"[" + self._fragment(ref) + b"]"
         return CachedJson(etag, gzip.compress(data, compresslevel=1, mtime=0))
 
     def prepare_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dicomweb.urls import DicomWebURLs
 from gateway.config import Settings
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
@@ -45,9 +46,8 @@ class Runtime:
         if migrate:
             upgrade(engine)
         index = InstanceIndex(engine)
-        metadata = MetadataCache(
-            store, index, settings.data_dir / "metadata", settings.effective_public_url
-        )
+        urls = DicomWebURLs(settings.effective_public_url)
+        metadata = MetadataCache(store, index, settings.data_dir / "metadata", urls.instance)
         warmer = MetadataWarmer(metadata.warm, metadata.prepare_instance)
         ingestor = _WarmingIngestor(store, index, settings.duplicate_policy, warmer=warmer)
         return cls(settings, store, index, ingestor, metadata, warmer)
