@@ -152,3 +152,34 @@ def test_encode_and_viewport() -> None:
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode(exact, PNG)))), exact)
     small = render(ds, 0, RenderOptions(quality=5))
     assert len(small) < len(render(ds, 0, RenderOptions(quality=95)))
+
+
+@pytest.mark.parametrize("syntax", ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80",
+                                    "1.2.840.10008.1.2.5"])
+def test_compressed_syntaxes_render_like_uncompressed(syntax: str) -> None:
+    """JPEG 2000 (pylibjpeg-openjpeg), JPEG-LS (pyjpegls) and RLE decode to the same image."""
+    pixels = np.random.default_rng(3).integers(0, 4096, (32, 48)).astype(np.uint16)
+    plain = ct(pixels, WindowCenter=2000, WindowWidth=4000)
+    packed = ct(pixels, WindowCenter=2000, WindowWidth=4000)
+    packed.compress(syntax, pixels, generate_instance_uid=False)
+    assert packed.file_meta.TransferSyntaxUID == syntax
+    assert np.array_equal(render_frame(packed, 0, RenderOptions()),
+                          render_frame(plain, 0, RenderOptions()))
+
+
+def test_jpeg_baseline_decodes_through_the_plugins() -> None:
+    """JPEG Baseline (pylibjpeg-libjpeg): the rendered pixels are the JPEG's own pixels."""
+    from pydicom.encaps import encapsulate
+
+    source = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (16, 1))  # 64 x 16 ramp
+    buf = io.BytesIO()
+    Image.fromarray(source).save(buf, format="JPEG", quality=90)
+    ds = make_instance(sop_class=SecondaryCaptureImageStorage, rows=16, cols=64)
+    ds.BitsAllocated = ds.BitsStored = 8
+    ds.HighBit = 7
+    ds.PixelData = encapsulate([buf.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    expected = np.asarray(Image.open(io.BytesIO(buf.getvalue()))).astype(int)
+    got = render_frame(ds, 0, RenderOptions(window=Window(127.5, 256, "linear-exact")))
+    assert np.abs(got.astype(int) - expected).max() <= 2
