@@ -95,8 +95,7 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         c = candidate.strip()
         if c == "*":
             return True
-        if c.startswith("W/"):
-            c = c[2:]
+        c = c.removeprefix("W/")
         if c.strip('"') == etag:
             return True
     return False

@@ -274,7 +274,7 @@ def _render_instances(runtime: Runtime, refs: list[InstanceRef], request: Reques
                                 ref.sop_instance_uid)
             try:
                 yield f"{url}/rendered", render(ds, 0, options)
-            except Exception:  # noqa: BLE001 - the stream has started; skip and log
+            except Exception:  # the stream has started: skip the instance, log it
                 log.exception("rendering %s failed", ref.sop_instance_uid)
 
     return _multipart(parts(), options.media_type)

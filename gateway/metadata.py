@@ -85,7 +85,7 @@ def dataset_json(ds: Dataset, instance_url: str) -> dict[str, Any]:
 
 def _elements_json(ds: Dataset, bulk_base: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for tag in ds.keys():
+    for tag in list(ds.keys()):  # iterating a Dataset itself yields elements, not tags
         key = f"{tag:08X}"
         try:
             elem = ds[tag]
@@ -388,12 +388,12 @@ class MetadataWarmer:
                 try:
                     assert self._prepare is not None
                     self._prepare(study_uid, series_uid, sop_uid)
-                except Exception:  # noqa: BLE001 - the series build computes it anyway
+                except Exception:  # the series build computes it anyway
                     log.warning("metadata of instance %s not prepared", sop_uid, exc_info=True)
                 # Yield the interpreter to the ingest threads: at most a third of the time.
                 time.sleep(min(0.05, 2 * (time.perf_counter() - started)))
             for study_uid, series_uid in series:
                 try:
                     self._warm(study_uid, series_uid)
-                except Exception:  # noqa: BLE001 - the next request computes it anyway
+                except Exception:  # the next request computes it anyway
                     log.exception("metadata warming of series %s failed", series_uid)

@@ -8,7 +8,7 @@ from dicomweb.urls import DicomWebURLs
 from gateway.config import Settings
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
-from gateway.ingest import Incoming, IngestResult, Ingestor
+from gateway.ingest import Incoming, Ingestor, IngestResult
 from gateway.metadata import MetadataCache, MetadataWarmer
 from gateway.storage import FileStore
 
@@ -16,7 +16,7 @@ from gateway.storage import FileStore
 class _WarmingIngestor(Ingestor):
     """The ingest path, plus a note to the metadata warmer once an instance is kept."""
 
-    def __init__(self, *args, warmer: MetadataWarmer, **kwargs) -> None:  # noqa: ANN002,ANN003
+    def __init__(self, *args, warmer: MetadataWarmer, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.warmer = warmer
 

@@ -92,7 +92,7 @@ def test_metadata_is_the_stored_datasets_with_public_bulkdata_uris(loaded) -> No
     assert icon["BulkDataURI"].endswith("/bulkdata/00880200/0/7FE00010")
     assert all(d["7FE00010"]["BulkDataURI"].startswith(PUBLIC + "/dicom-web/")
                for d in doc if "7FE00010" in d)
-    pdf = [d for d in doc if d["0020000E"]["Value"][0] == data.pdf_series][0]
+    pdf = next(d for d in doc if d["0020000E"]["Value"][0] == data.pdf_series)
     assert pdf["00420011"]["BulkDataURI"].endswith("/bulkdata/00420011")
     assert "InlineBinary" not in r.text and "attacker" not in r.text
 

@@ -167,8 +167,8 @@ def test_thumbnails(loaded) -> None:
     study = get(gw, f"/studies/{st}/thumbnail", Accept="image/png")
     assert image(study).format == "PNG" and image(study).size == (128, 128)
     # The study's representative is the middle instance of its first image series (CT #3).
-    middle = [p for p in data.series_of(data.ct_series)
-              if dcmread(p).InstanceNumber == 3][0]
+    middle = next(p for p in data.series_of(data.ct_series)
+                  if dcmread(p).InstanceNumber == 3)
     mid_sop = str(dcmread(middle).SOPInstanceUID)
     same = get(gw, f"/studies/{st}/series/{data.ct_series}/instances/{mid_sop}/thumbnail",
                Accept="image/png")

@@ -86,7 +86,7 @@ def series_versions(
     ]
 
 
-def _instance_select():  # noqa: ANN202 - a SQLAlchemy Select
+def _instance_select():
     return (
         select(
             Study.study_instance_uid,
