@@ -1,5 +1,84 @@
-"""DICOMweb metadata routes (issue #3); filled in by the metadata work."""
+"""WADO-RS Retrieve Metadata (PS3.18 10.4): study, series and instance ``/metadata``.
 
-from fastapi import APIRouter
+The answer is ``application/dicom+json``: an array with one DICOM JSON object per instance,
+binary values as ``BulkDataURI`` built from the configured public URL (see
+:mod:`gateway.metadata`). Study and series metadata come precomputed and gzip-compressed:
+a client sending ``Accept-Encoding: gzip`` receives the stored bytes as they are
+(``Content-Encoding: gzip``), others the decompressed array. Every answer carries a weak
+``ETag`` derived from the series versions and honours ``If-None-Match`` with 304; it is
+``Cache-Control: private, no-cache`` (patient data: browsers may keep it but must revalidate,
+shared caches must not).
+
+Errors: a malformed UID is 400 naming it; an unknown study, series or instance (or one
+that exists elsewhere in the hierarchy) is 404; an Accept that excludes JSON is 406 (the XML
+metadata representation is not offered).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, HTTPException, Request, Response
+
+from dicomweb.deps import ReaderDep, RuntimeDep
+from dicomweb.params import accepts_gzip, check_uids, etag_matches, media_matches, parse_accept
+from gateway.metadata import CachedJson
 
 router = APIRouter()
+
+DICOM_JSON = "application/dicom+json"
+_OFFERED = (DICOM_JSON, "application/json")
+
+
+def _negotiate(request: Request) -> None:
+    for r in parse_accept(request.headers.get("accept")):
+        if any(media_matches(r.type, t) for t in _OFFERED):
+            return
+    raise HTTPException(406, "metadata is offered as application/dicom+json only")
+
+
+def _respond(request: Request, doc: CachedJson | None, what: str) -> Response:
+    if doc is None:
+        raise HTTPException(404, f"{what} not found")
+    headers = {
+        "ETag": f'W/"{doc.etag}"',
+        "Cache-Control": "private, no-cache",
+        "Vary": "Accept, Accept-Encoding",
+    }
+    if etag_matches(request.headers.get("if-none-match"), doc.etag):
+        return Response(status_code=304, headers=headers)
+    if accepts_gzip(request.headers.get("accept-encoding")):
+        headers["Content-Encoding"] = "gzip"
+        return Response(doc.gzipped, media_type=DICOM_JSON, headers=headers)
+    return Response(doc.plain(), media_type=DICOM_JSON, headers=headers)
+
+
+@router.get("/studies/{study}/metadata")
+def study_metadata(study: str, request: Request, runtime: RuntimeDep, _reader: ReaderDep):
+    """All instances of the study, series by series (Series Number order)."""
+    check_uids(study=study)
+    _negotiate(request)
+    return _respond(request, runtime.metadata.study(study), "study")
+
+
+@router.get("/studies/{study}/series/{series}/metadata")
+def series_metadata(
+    study: str, series: str, request: Request, runtime: RuntimeDep, _reader: ReaderDep
+):
+    """All instances of the series, in Instance Number order."""
+    check_uids(study=study, series=series)
+    _negotiate(request)
+    return _respond(request, runtime.metadata.series(study, series), "series")
+
+
+@router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
+def instance_metadata(
+    study: str,
+    series: str,
+    instance: str,
+    request: Request,
+    runtime: RuntimeDep,
+    _reader: ReaderDep,
+):
+    """One instance, as a one-element array."""
+    check_uids(study=study, series=series, instance=instance)
+    _negotiate(request)
+    return _respond(request, runtime.metadata.instance(study, series, instance), "instance")

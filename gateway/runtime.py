@@ -4,11 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dicomweb.urls import DicomWebURLs
 from gateway.config import Settings
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
-from gateway.ingest import Ingestor
+from gateway.ingest import Incoming, Ingestor, IngestResult
+from gateway.metadata import MetadataCache, MetadataWarmer
 from gateway.storage import FileStore
+
+
+class _WarmingIngestor(Ingestor):
+    """The ingest path, plus a note to the metadata warmer once an instance is kept."""
+
+    def __init__(self, *args, warmer: MetadataWarmer, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.warmer = warmer
+
+    def ingest(self, incoming: Incoming) -> IngestResult:
+        result = super().ingest(incoming)
+        h = result.header
+        self.warmer.touched(h.study_instance_uid, h.series_instance_uid, h.sop_instance_uid)
+        return result
 
 
 @dataclass
@@ -17,6 +33,9 @@ class Runtime:
     store: FileStore
     index: InstanceIndex
     ingestor: Ingestor
+    metadata: MetadataCache
+    """WADO-RS metadata, precomputed per series (see :mod:`gateway.metadata`)."""
+    warmer: MetadataWarmer
 
     @classmethod
     def build(
@@ -30,7 +49,12 @@ class Runtime:
         if migrate:
             upgrade(engine)
         index = InstanceIndex(engine)
-        return cls(settings, store, index, Ingestor(store, index, settings.duplicate_policy))
+        urls = DicomWebURLs(settings.effective_public_url)
+        metadata = MetadataCache(store, index, settings.data_dir / "metadata", urls.instance)
+        warmer = MetadataWarmer(metadata.warm, metadata.prepare_instance)
+        ingestor = _WarmingIngestor(store, index, settings.duplicate_policy, warmer=warmer)
+        return cls(settings, store, index, ingestor, metadata, warmer)
 
     def close(self) -> None:
+        self.warmer.stop()
         self.index.engine.dispose()

@@ -1,0 +1,231 @@
+"""WADO-RS rendered and thumbnail resources through real HTTP against ``drimbox serve``.
+
+Studies arrive through dcmtk ``storescu``; each test runs on both index back-ends.
+"""
+
+from __future__ import annotations
+
+import email
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from dicom_factory import make_instance
+from dicomweb_data import StudyFiles, write_study
+from peers import storescu
+from PIL import Image
+from pydicom import dcmread
+from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage
+
+PUBLIC = "https://images.chu-exemple.fr/drimbox"
+
+
+@pytest.fixture
+def loaded(gateway_factory, tmp_path: Path):
+    gw = gateway_factory(DRIMBOX_PUBLIC_URL=PUBLIC).start()
+    data = write_study(tmp_path / "study")
+    # A three-frame grayscale image (frames 0, 2000, 4000) in its own series.
+    mf = make_instance(sop_class=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+                       study_uid=data.study_uid, series_number=5, rows=8, cols=10)
+    mf.NumberOfFrames = 3
+    mf.PixelData = np.stack([np.full((8, 10), v, np.uint16) for v in (0, 2000, 4000)]).tobytes()
+    mf.FrameIncrementPointer = 0x00181063
+    mf.FrameTime = 40
+    mf.WindowCenter = 2000
+    mf.WindowWidth = 4000
+    path = tmp_path / "study" / "MF.dcm"
+    mf.save_as(path, enforce_file_format=True)
+    data.files.append(path)
+    data.by_sop[str(mf.SOPInstanceUID)] = path
+    storescu(data.files, gw.dicom_port)
+    return gw, data
+
+
+def one(data: StudyFiles, series: str) -> tuple[str, Path]:
+    path = data.series_of(series)[0]
+    return str(dcmread(path).SOPInstanceUID), path
+
+
+def get(gw, path: str, params: dict | None = None, **headers: str) -> httpx.Response:
+    return httpx.get(f"{gw.url}/dicom-web{path}", params=params, headers=headers, timeout=30)
+
+
+def image(r: httpx.Response) -> Image.Image:
+    assert r.status_code == 200, r.text
+    img = Image.open(io.BytesIO(r.content))
+    img.load()
+    return img
+
+
+def parts(r: httpx.Response) -> list[email.message.Message]:
+    assert r.status_code == 200, r.text
+    raw = f"Content-Type: {r.headers['content-type']}\r\n\r\n".encode() + r.content
+    msg = email.message_from_bytes(raw)
+    assert msg.is_multipart()
+    return list(msg.get_payload())
+
+
+def test_instance_rendered_jpeg_png_and_window(loaded) -> None:
+    gw, data = loaded
+    st, se = data.study_uid, data.ct_series
+    sop, path = one(data, se)
+    base = f"/studies/{st}/series/{se}/instances/{sop}"
+    stored = dcmread(path).pixel_array.astype(float)
+    hu = stored * float(dcmread(path).RescaleSlope) + float(dcmread(path).RescaleIntercept)
+
+    jpeg = get(gw, f"{base}/rendered")
+    assert jpeg.headers["content-type"] == "image/jpeg"
+    assert image(jpeg).format == "JPEG" and image(jpeg).size == (64, 64)
+    png = get(gw, f"{base}/rendered", Accept="image/png")
+    assert png.headers["content-type"] == "image/png" and image(png).size == (64, 64)
+    # The accept query parameter wins over the header (PS3.18 8.3.3.1).
+    assert get(gw, f"{base}/rendered", {"accept": "image/png"},
+               Accept="image/jpeg").headers["content-type"] == "image/png"
+
+    # Dataset window (40/400 HU) by default; our own linear-exact window on request.
+    default = np.asarray(image(png)).astype(int)
+    c, w = 500.0, 1000.0
+    asked = np.asarray(image(get(gw, f"{base}/rendered", {"window": f"{c},{w},linear-exact"},
+                                 Accept="image/png"))).astype(int)
+    expected = np.clip(np.rint(((hu - c) / w + 0.5) * 255), 0, 255)
+    expected[hu <= c - w / 2] = 0
+    expected[hu > c + w / 2] = 255
+    assert np.abs(asked - expected).max() <= 1
+    assert not np.array_equal(asked, default)
+    # The pixels of the dataset's window: everything above 240 HU is white.
+    assert (default[hu > 240] == 255).all() and (default[hu <= -160] == 0).all()
+    # A window far below every value gives white, far above gives black.
+    assert (np.asarray(image(get(gw, f"{base}/rendered", {"window": "-5000,10"},
+                                 Accept="image/png"))) == 255).all()
+    assert (np.asarray(image(get(gw, f"{base}/rendered", {"window": "9000,10"},
+                                 Accept="image/png"))) == 0).all()
+
+    # quality changes the JPEG; viewport scales keeping the aspect ratio.
+    low = get(gw, f"{base}/rendered", {"quality": "5"})
+    assert len(low.content) < len(jpeg.content)
+    assert image(get(gw, f"{base}/rendered", {"viewport": "32,16"})).size == (16, 16)
+
+    # ETag and 304.
+    etag = jpeg.headers["etag"]
+    assert get(gw, f"{base}/rendered", **{"If-None-Match": etag}).status_code == 304
+    assert get(gw, f"{base}/rendered", {"quality": "5"},
+               **{"If-None-Match": etag}).status_code == 200
+
+
+def test_monochrome1_renders_inverted(loaded) -> None:
+    gw, data = loaded
+    sop, _ = one(data, data.cr_series)  # ramp 0..4095 left to right, MONOCHROME1
+    img = np.asarray(image(get(gw, f"/studies/{data.study_uid}/series/{data.cr_series}"
+                                   f"/instances/{sop}/rendered", Accept="image/png"))).astype(int)
+    assert img.shape == (40, 80)
+    assert img[:, 0].min() >= 250 and img[:, -1].max() <= 5
+    assert np.all(np.diff(img[0]) <= 0)
+
+
+def test_frames_and_multipart(loaded) -> None:
+    gw, data = loaded
+    st = data.study_uid
+    mf_path = data.files[-1]
+    ds = dcmread(mf_path)
+    base = f"/studies/{st}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    values = [int(np.asarray(image(get(gw, f"{base}/frames/{n}/rendered",
+                                       Accept="image/png")))[0, 0]) for n in (1, 2, 3)]
+    assert values == [0, 128, 255]  # the dataset's 2000/4000 window
+    r = get(gw, f"{base}/frames/1,3/rendered", Accept="image/png")
+    assert r.headers["content-type"].startswith('multipart/related; type="image/png"')
+    got = parts(r)
+    assert [p["Content-Location"] for p in got] == [
+        f"{PUBLIC}/dicom-web{base}/frames/1/rendered", f"{PUBLIC}/dicom-web{base}/frames/3/rendered"]
+    assert [np.asarray(Image.open(io.BytesIO(p.get_payload(decode=True))))[0, 0]
+            for p in got] == [0, 255]
+    assert get(gw, f"{base}/frames/4/rendered").status_code == 404
+    assert get(gw, f"{base}/frames/1,4/rendered").status_code == 404
+    assert get(gw, f"{base}/frames/0/rendered").status_code == 400
+    assert get(gw, f"{base}/frames/1;2/rendered").status_code == 400
+    assert get(gw, f"{base}/frames/x/thumbnail").status_code == 400
+    assert image(get(gw, f"{base}/frames/2/thumbnail")).size == (128, 102)
+
+    # Series: one part per image instance; study: every image instance, never the PDF.
+    ct = parts(get(gw, f"/studies/{st}/series/{data.ct_series}/rendered"))
+    assert len(ct) == 5 and all(p.get_content_type() == "image/jpeg" for p in ct)
+    assert all(p["Content-Location"].startswith(PUBLIC + "/dicom-web/") for p in ct)
+    assert len(parts(get(gw, f"/studies/{st}/rendered"))) == len(data.files) - 1
+
+
+def test_thumbnails(loaded) -> None:
+    gw, data = loaded
+    st = data.study_uid
+    cr_sop, _ = one(data, data.cr_series)
+    assert image(get(gw, f"/studies/{st}/series/{data.cr_series}/instances/{cr_sop}"
+                         "/thumbnail")).size == (128, 64)
+    assert image(get(gw, f"/studies/{st}/series/{data.cr_series}/instances/{cr_sop}/thumbnail",
+                     {"viewport": "64,64"})).size == (64, 32)
+    series = get(gw, f"/studies/{st}/series/{data.ct_series}/thumbnail")
+    assert image(series).size == (128, 128) and series.headers["content-type"] == "image/jpeg"
+    study = get(gw, f"/studies/{st}/thumbnail", Accept="image/png")
+    assert image(study).format == "PNG" and image(study).size == (128, 128)
+    # The study's representative is the middle instance of its first image series (CT #3).
+    middle = next(p for p in data.series_of(data.ct_series)
+                  if dcmread(p).InstanceNumber == 3)
+    mid_sop = str(dcmread(middle).SOPInstanceUID)
+    same = get(gw, f"/studies/{st}/series/{data.ct_series}/instances/{mid_sop}/thumbnail",
+               Accept="image/png")
+    assert same.content == study.content
+
+
+def test_non_image_instances(loaded) -> None:
+    gw, data = loaded
+    st, pdf_series = data.study_uid, data.pdf_series
+    sop, path = one(data, pdf_series)
+    base = f"/studies/{st}/series/{pdf_series}/instances/{sop}"
+    doc = get(gw, f"{base}/rendered")
+    assert doc.status_code == 200 and doc.headers["content-type"] == "application/pdf"
+    ds = dcmread(path)
+    assert doc.content == bytes(ds.EncapsulatedDocument)[: ds.EncapsulatedDocumentLength]
+    assert get(gw, f"{base}/rendered", Accept="image/jpeg").status_code == 406
+    assert get(gw, f"{base}/thumbnail").status_code == 406
+    assert get(gw, f"{base}/frames/1/rendered").status_code == 406
+    assert get(gw, f"/studies/{st}/series/{pdf_series}/rendered").status_code == 406
+    assert get(gw, f"/studies/{st}/series/{pdf_series}/thumbnail").status_code == 406
+
+
+def test_errors(loaded) -> None:
+    gw, data = loaded
+    st, se = data.study_uid, data.ct_series
+    sop, _ = one(data, se)
+    base = f"/studies/{st}/series/{se}/instances/{sop}"
+    r = get(gw, f"/studies/{st}/series/{se}/instances/1.2.a/rendered")
+    assert r.status_code == 400 and "instance UID '1.2.a'" in r.text
+    r = get(gw, f"/studies/{st}/series/x/thumbnail")
+    assert r.status_code == 400 and "series UID 'x'" in r.text
+    assert get(gw, "/studies/1.2.3/rendered").status_code == 404
+    assert get(gw, "/studies/1.2.3/thumbnail").status_code == 404
+    assert get(gw, f"/studies/{st}/series/1.2.3/thumbnail").status_code == 404
+    assert get(gw, f"/studies/{st}/series/{se}/instances/1.2.3/rendered").status_code == 404
+    assert get(gw, f"/studies/{st}/series/{data.mr_series}/instances/{sop}/rendered"
+               ).status_code == 404
+    for bad in ({"quality": "0"}, {"quality": "high"}, {"window": "a,b"}, {"window": "40"},
+                {"window": "40,0"}, {"window": "40,400,cubic"}, {"viewport": "0,10"},
+                {"viewport": "10"}, {"viewport": "10,10,500,500,10,10"}):
+        r = get(gw, f"{base}/rendered", bad)
+        assert r.status_code == 400, (bad, r.status_code, r.text)
+    assert get(gw, f"{base}/rendered", Accept="image/gif").status_code == 406
+    # Unsupported parameters are ignored, as PS3.18 asks.
+    assert get(gw, f"{base}/rendered", {"annotation": "patient"}).status_code == 200
+
+
+def test_dicomweb_client_reads_rendered(loaded) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    gw, data = loaded
+    client = DICOMwebClient(url=f"{gw.url}/dicom-web")
+    sop, _ = one(data, data.mr_series)  # RLE Lossless: decoded server-side
+    png = client.retrieve_instance_rendered(data.study_uid, data.mr_series, sop,
+                                            media_types=("image/png",))
+    assert Image.open(io.BytesIO(png)).size == (64, 64)
+    jpeg = client.retrieve_instance_frames_rendered(data.study_uid, data.mr_series, sop, [1],
+                                                    media_types=("image/jpeg",),
+                                                    params={"viewport": "16,16"})
+    assert Image.open(io.BytesIO(jpeg)).size == (16, 16)
