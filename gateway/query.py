@@ -234,10 +234,10 @@ def wildcard_to_glob(value: str) -> str:
 
 
 def fuzzy_like_patterns(value: str) -> list[str]:
-    """Lower-case ``LIKE`` patterns for fuzzy PN matching: ``value`` (wildcards allowed) as a
-    prefix of the whole name, or of any component (after ``^`` or ``=``) or word (after a
-    space)."""
-    base = wildcard_to_like(value.lower()) + "%"
+    """``LIKE`` patterns for fuzzy PN matching (case is folded in SQL, on both sides):
+    ``value`` (wildcards allowed) as a prefix of the whole name, or of any component (after
+    ``^`` or ``=``) or word (after a space)."""
+    base = wildcard_to_like(value) + "%"
     return [base, "%^" + base, "% " + base, "%=" + base]
 
 
@@ -358,15 +358,17 @@ def _int_param(parameter: str, value: str, minimum: int) -> int:
     return n
 
 
-def _attribute_key(name: str) -> str:
+def _attribute_key(name: str, parameter: str | None = None) -> str:
+    """The keyword ``name`` stands for; ``''`` for a valid sequence path (never indexed)."""
+    what = "query parameter" if parameter is None else "attribute"
+    parameter = parameter or name
     if "." in name:
-        parts = name.split(".")
-        if all(resolve_keyword(p) for p in parts):
-            return ""  # a sequence path: valid, never indexed
-        raise QueryError(name, f"unknown attribute path {name!r}")
+        if all(resolve_keyword(p) for p in name.split(".")):
+            return ""
+        raise QueryError(parameter, f"unknown attribute path {name!r}")
     keyword = resolve_keyword(name)
     if keyword is None:
-        raise QueryError(name, f"unknown query parameter {name!r}")
+        raise QueryError(parameter, f"unknown {what} {name!r}")
     return keyword
 
 
@@ -398,7 +400,7 @@ def parse_query(
                 if token == "all":
                     include_all = True
                 elif token:
-                    keyword = _attribute_key(token)
+                    keyword = _attribute_key(token, name)
                     if keyword:
                         included.add(keyword)
                 else:
@@ -473,18 +475,20 @@ def _text_condition(col: Any, cond: Condition, dialect: str) -> ColumnElement[bo
         if high:
             parts.append(col <= high)
         return and_(*parts)
+    # PN: both sides are folded by the database's lower(), so a value always matches itself.
     if cond.match is Match.FUZZY:
         lowered = func.lower(col)
-        return or_(*(lowered.like(p, escape="\\") for p in fuzzy_like_patterns(cond.values[0])))
+        return or_(*(lowered.like(func.lower(p), escape="\\")
+                     for p in fuzzy_like_patterns(cond.values[0])))
     value = cond.values[0]
     if cond.match is Match.WILDCARD:
         if pn:
-            return func.lower(col).like(wildcard_to_like(value.lower()), escape="\\")
+            return func.lower(col).like(func.lower(wildcard_to_like(value)), escape="\\")
         if dialect == "sqlite":
             return col.op("GLOB")(wildcard_to_glob(value))
         return col.like(wildcard_to_like(value), escape="\\")
     if pn:
-        return func.lower(col) == value.lower()
+        return func.lower(col) == func.lower(value)
     return col == value
 
 
