@@ -360,15 +360,15 @@ def _int_param(parameter: str, value: str, minimum: int) -> int:
 
 def _attribute_key(name: str, parameter: str | None = None) -> str:
     """The keyword ``name`` stands for; ``''`` for a valid sequence path (never indexed)."""
-    what = "query parameter" if parameter is None else "attribute"
+    what = "unknown query parameter" if parameter is None else f"{parameter}: unknown attribute"
     parameter = parameter or name
     if "." in name:
         if all(resolve_keyword(p) for p in name.split(".")):
             return ""
-        raise QueryError(parameter, f"unknown attribute path {name!r}")
+        raise QueryError(parameter, f"{parameter}: unknown attribute path {name!r}")
     keyword = resolve_keyword(name)
     if keyword is None:
-        raise QueryError(parameter, f"unknown {what} {name!r}")
+        raise QueryError(parameter, f"{what} {name!r}")
     return keyword
 
 
