@@ -43,6 +43,7 @@ ascending (missing numbers last) and insertion order.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -51,7 +52,6 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, select
-from sqlalchemy.orm import aliased
 
 from gateway.index.models import Instance, Patient, Series, Study
 from gateway.index.store import InstanceIndex
@@ -109,40 +109,43 @@ def _a(keyword: str, level: Level | None, column: Any = None, source: Source = S
     return Attribute(keyword, level, source, column)
 
 
+# Core tables (not ORM entities): building a statement from them costs a fraction.
+PATIENTS, STUDIES, SERIES, INSTANCES = (m.__table__ for m in (Patient, Study, Series, Instance))
+
 _S, _SE, _I = Level.STUDY, Level.SERIES, Level.INSTANCE
 _ATTRS = [
     # Patient attributes are study attributes (Study Root model, PS3.18 10.6.1.2.3).
-    _a("PatientName", _S, Patient.patient_name),
-    _a("PatientID", _S, Patient.patient_id),
-    _a("IssuerOfPatientID", _S, Patient.issuer_of_patient_id),
-    _a("PatientBirthDate", _S, Patient.patient_birth_date),
-    _a("PatientSex", _S, Patient.patient_sex),
-    _a("StudyInstanceUID", _S, Study.study_instance_uid),
-    _a("StudyDate", _S, Study.study_date),
-    _a("StudyTime", _S, Study.study_time),
-    _a("AccessionNumber", _S, Study.accession_number),
-    _a("ReferringPhysicianName", _S, Study.referring_physician_name),
-    _a("StudyDescription", _S, Study.study_description),
-    _a("StudyID", _S, Study.study_id),
+    _a("PatientName", _S, PATIENTS.c.patient_name),
+    _a("PatientID", _S, PATIENTS.c.patient_id),
+    _a("IssuerOfPatientID", _S, PATIENTS.c.issuer_of_patient_id),
+    _a("PatientBirthDate", _S, PATIENTS.c.patient_birth_date),
+    _a("PatientSex", _S, PATIENTS.c.patient_sex),
+    _a("StudyInstanceUID", _S, STUDIES.c.study_instance_uid),
+    _a("StudyDate", _S, STUDIES.c.study_date),
+    _a("StudyTime", _S, STUDIES.c.study_time),
+    _a("AccessionNumber", _S, STUDIES.c.accession_number),
+    _a("ReferringPhysicianName", _S, STUDIES.c.referring_physician_name),
+    _a("StudyDescription", _S, STUDIES.c.study_description),
+    _a("StudyID", _S, STUDIES.c.study_id),
     _a("ModalitiesInStudy", _S, source=Source.COMPUTED),
     _a("NumberOfStudyRelatedSeries", _S, source=Source.COMPUTED),
     _a("NumberOfStudyRelatedInstances", _S, source=Source.COMPUTED),
-    _a("SeriesInstanceUID", _SE, Series.series_instance_uid),
-    _a("Modality", _SE, Series.modality),
-    _a("SeriesNumber", _SE, Series.series_number),
-    _a("SeriesDescription", _SE, Series.series_description),
-    _a("BodyPartExamined", _SE, Series.body_part_examined),
-    _a("PerformedProcedureStepStartDate", _SE, Series.performed_procedure_step_start_date),
-    _a("PerformedProcedureStepStartTime", _SE, Series.performed_procedure_step_start_time),
+    _a("SeriesInstanceUID", _SE, SERIES.c.series_instance_uid),
+    _a("Modality", _SE, SERIES.c.modality),
+    _a("SeriesNumber", _SE, SERIES.c.series_number),
+    _a("SeriesDescription", _SE, SERIES.c.series_description),
+    _a("BodyPartExamined", _SE, SERIES.c.body_part_examined),
+    _a("PerformedProcedureStepStartDate", _SE, SERIES.c.performed_procedure_step_start_date),
+    _a("PerformedProcedureStepStartTime", _SE, SERIES.c.performed_procedure_step_start_time),
     _a("NumberOfSeriesRelatedInstances", _SE, source=Source.COMPUTED),
-    _a("SOPInstanceUID", _I, Instance.sop_instance_uid),
-    _a("SOPClassUID", _I, Instance.sop_class_uid),
-    _a("InstanceNumber", _I, Instance.instance_number),
-    _a("Rows", _I, Instance.rows),
-    _a("Columns", _I, Instance.columns),
-    _a("BitsAllocated", _I, Instance.bits_allocated),
-    _a("NumberOfFrames", _I, Instance.number_of_frames),
-    _a("AvailableTransferSyntaxUID", _I, Instance.transfer_syntax_uid),
+    _a("SOPInstanceUID", _I, INSTANCES.c.sop_instance_uid),
+    _a("SOPClassUID", _I, INSTANCES.c.sop_class_uid),
+    _a("InstanceNumber", _I, INSTANCES.c.instance_number),
+    _a("Rows", _I, INSTANCES.c.rows),
+    _a("Columns", _I, INSTANCES.c.columns),
+    _a("BitsAllocated", _I, INSTANCES.c.bits_allocated),
+    _a("NumberOfFrames", _I, INSTANCES.c.number_of_frames),
+    _a("AvailableTransferSyntaxUID", _I, INSTANCES.c.transfer_syntax_uid),
     _a("InstanceAvailability", None, source=Source.CONSTANT),
     _a("RetrieveURL", None, source=Source.URL),
 ]
@@ -493,32 +496,38 @@ def _text_condition(col: Any, cond: Condition, dialect: str) -> ColumnElement[bo
 
 
 def _modality_condition(cond: Condition, dialect: str) -> ColumnElement[bool]:
-    s2 = aliased(Series)
+    s2 = SERIES.alias()
     alternatives = []
     for value in cond.values:
         if "*" in value or "?" in value:
             alternatives.append(_text_condition(
-                s2.modality, Condition(cond.attribute, Match.WILDCARD, (value,)), dialect))
+                s2.c.modality, Condition(cond.attribute, Match.WILDCARD, (value,)), dialect))
         else:
-            alternatives.append(s2.modality == value)
-    return exists().where(s2.study_pk == Study.id, or_(*alternatives))
+            alternatives.append(s2.c.modality == value)
+    return exists().where(s2.c.study_pk == STUDIES.c.id, or_(*alternatives))
+
+
+@functools.cache
+def _computed_column(keyword: str, dialect: str) -> Any:
+    """The labelled correlated subquery for a computed attribute (built once, reused)."""
+    return _computed(keyword, dialect).scalar_subquery().label(keyword)
 
 
 def _computed(keyword: str, dialect: str) -> Any:
-    s2, i2 = aliased(Series), aliased(Instance)
+    s2, i2 = SERIES.alias(), INSTANCES.alias()
     if keyword == "NumberOfStudyRelatedSeries":
-        return select(func.count()).select_from(s2).where(s2.study_pk == Study.id)
+        return select(func.count()).select_from(s2).where(s2.c.study_pk == STUDIES.c.id)
     if keyword == "NumberOfStudyRelatedInstances":
-        return (select(func.count()).select_from(i2).join(s2, i2.series_pk == s2.id)
-                .where(s2.study_pk == Study.id))
+        return (select(func.count()).select_from(i2).join(s2, i2.c.series_pk == s2.c.id)
+                .where(s2.c.study_pk == STUDIES.c.id))
     if keyword == "NumberOfSeriesRelatedInstances":
-        return select(func.count()).select_from(i2).where(i2.series_pk == Series.id)
+        return select(func.count()).select_from(i2).where(i2.c.series_pk == SERIES.c.id)
     if keyword == "ModalitiesInStudy":
         if dialect == "postgresql":
-            agg = func.string_agg(s2.modality.distinct(), literal(","))
+            agg = func.string_agg(s2.c.modality.distinct(), literal(","))
         else:
-            agg = func.group_concat(s2.modality.distinct())
-        return select(agg).where(s2.study_pk == Study.id, s2.modality != "")
+            agg = func.group_concat(s2.c.modality.distinct())
+        return select(agg).where(s2.c.study_pk == STUDIES.c.id, s2.c.modality != "")
     raise AssertionError(keyword)
 
 
@@ -530,33 +539,32 @@ def build_select(query: Query, dialect: str) -> Select:
         if attr.source is Source.COLUMN:
             columns.append(attr.column.label(attr.keyword))
         elif attr.source is Source.COMPUTED:
-            columns.append(_computed(attr.keyword, dialect).scalar_subquery()
-                           .label(attr.keyword))
+            columns.append(_computed_column(attr.keyword, dialect))
     stmt = select(*columns)
     if level is Level.INSTANCE:
-        stmt = (stmt.select_from(Instance).join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id))
+        stmt = (stmt.select_from(INSTANCES).join(SERIES, INSTANCES.c.series_pk == SERIES.c.id)
+                .join(STUDIES, SERIES.c.study_pk == STUDIES.c.id))
     elif level is Level.SERIES:
-        stmt = stmt.select_from(Series).join(Study, Series.study_pk == Study.id)
+        stmt = stmt.select_from(SERIES).join(STUDIES, SERIES.c.study_pk == STUDIES.c.id)
     else:
-        stmt = stmt.select_from(Study)
-    stmt = stmt.join(Patient, Study.patient_pk == Patient.id)
+        stmt = stmt.select_from(STUDIES)
+    stmt = stmt.join(PATIENTS, STUDIES.c.patient_pk == PATIENTS.c.id)
 
     if query.study_uid is not None:
-        stmt = stmt.where(Study.study_instance_uid == query.study_uid)
+        stmt = stmt.where(STUDIES.c.study_instance_uid == query.study_uid)
     if query.series_uid is not None:
-        stmt = stmt.where(Series.series_instance_uid == query.series_uid)
+        stmt = stmt.where(SERIES.c.series_instance_uid == query.series_uid)
     for cond in query.conditions:
         if cond.attribute.keyword == "ModalitiesInStudy":
             stmt = stmt.where(_modality_condition(cond, dialect))
         else:
             stmt = stmt.where(_text_condition(cond.attribute.column, cond, dialect))
 
-    order: list[Any] = [Study.study_date.desc(), Study.study_time.desc(), Study.id.desc()]
+    order: list[Any] = [STUDIES.c.study_date.desc(), STUDIES.c.study_time.desc(), STUDIES.c.id.desc()]
     if level >= Level.SERIES:
-        order += [Series.series_number.is_(None), Series.series_number, Series.id]
+        order += [SERIES.c.series_number.is_(None), SERIES.c.series_number, SERIES.c.id]
     if level >= Level.INSTANCE:
-        order += [Instance.instance_number.is_(None), Instance.instance_number, Instance.id]
+        order += [INSTANCES.c.instance_number.is_(None), INSTANCES.c.instance_number, INSTANCES.c.id]
     page = query.limit + 1 if query.limited_by_server else query.limit
     return stmt.order_by(*order).limit(page).offset(query.offset)
 
