@@ -20,6 +20,7 @@ lists). Output, per PS3.18 F.2:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -48,7 +49,7 @@ def _number(value: Any) -> int | float | None:
             number = float(text)
         except ValueError:
             return None
-        return number if number == number and abs(number) != float("inf") else None
+        return number if math.isfinite(number) else None
 
 
 def _person_name(value: str) -> dict[str, str]:

@@ -22,9 +22,11 @@ Matching rules (PS3.4 C.2.2.2), on values as stored (as received, without paddin
   whole precision (``-11`` includes 11:59:59). Empty stored values never match a range. A
   single TM value is the range of its precision (``10`` = 10:00:00 to 10:59:59.999999).
   StudyDate and StudyTime are matched independently (no combined datetime matching).
+  Stored dates in a non-standard form (``2026.01.15``) match no range.
 * *PN* (PatientName, ReferringPhysicianName): case-insensitive (allowed by PS3.4
-  C.2.2.2.1; Orthanc's default too); ASCII letters are folded on both back-ends, other
-  letters as the database's ``lower()`` does. With ``fuzzymatching=true`` a PN value also
+  C.2.2.2.1; Orthanc's default too): both sides go through the database's ``lower()``, so
+  ASCII letters fold on both back-ends; accented ones fold on PostgreSQL (UTF-8 locale)
+  but not on SQLite. With ``fuzzymatching=true`` a PN value also
   matches when it is a case-insensitive *prefix of any name component or word*
   (``dup`` and ``jea`` both match ``DUPONT^JEAN``). Other VRs ignore ``fuzzymatching``, so
   no ``Warning: 299`` is needed (PS3.18 8.3.4.2 requires it only when fuzzy matching is
@@ -37,7 +39,8 @@ more matches exist than the maximum allows, the first page is returned and ``tru
 set (the HTTP face adds PS3.18's ``Warning: 299``). The order is deterministic, so pages are
 stable: studies newest first (StudyDate, StudyTime descending, then insertion order
 descending); series and instances in their study's order, then SeriesNumber, InstanceNumber
-ascending (missing numbers last) and insertion order.
+ascending (missing numbers last) and insertion order. Offset paging is stable while the
+index does not change; an instance stored between two pages can shift later pages.
 """
 
 from __future__ import annotations
@@ -560,11 +563,12 @@ def build_select(query: Query, dialect: str) -> Select:
         else:
             stmt = stmt.where(_text_condition(cond.attribute.column, cond, dialect))
 
-    order: list[Any] = [STUDIES.c.study_date.desc(), STUDIES.c.study_time.desc(), STUDIES.c.id.desc()]
+    st, se, it = STUDIES.c, SERIES.c, INSTANCES.c
+    order: list[Any] = [st.study_date.desc(), st.study_time.desc(), st.id.desc()]
     if level >= Level.SERIES:
-        order += [SERIES.c.series_number.is_(None), SERIES.c.series_number, SERIES.c.id]
+        order += [se.series_number.is_(None), se.series_number, se.id]
     if level >= Level.INSTANCE:
-        order += [INSTANCES.c.instance_number.is_(None), INSTANCES.c.instance_number, INSTANCES.c.id]
+        order += [it.instance_number.is_(None), it.instance_number, it.id]
     page = query.limit + 1 if query.limited_by_server else query.limit
     return stmt.order_by(*order).limit(page).offset(query.offset)
 
@@ -580,7 +584,8 @@ def search(index: InstanceIndex, query: Query) -> SearchResult:
     for r in raw[: query.limit]:
         row = dict(r)
         if "ModalitiesInStudy" in row:
-            row["ModalitiesInStudy"] = sorted(set((row["ModalitiesInStudy"] or "").split(",")) - {""})
+            modalities = (row["ModalitiesInStudy"] or "").split(",")
+            row["ModalitiesInStudy"] = sorted(set(modalities) - {""})
         for attr in query.returned:
             if attr.source is Source.CONSTANT:
                 row[attr.keyword] = "ONLINE"

@@ -357,7 +357,7 @@ def test_server_maximum_truncates_and_says_so(corpus: InstanceIndex,
 def test_one_sql_statement_per_search(corpus: InstanceIndex) -> None:
     statements: list[str] = []
 
-    def count(conn, cursor, statement, *args) -> None:  # noqa: ANN001
+    def count(conn, cursor, statement, *args) -> None:
         if statement.lstrip().upper().startswith("SELECT"):
             statements.append(statement)
 
