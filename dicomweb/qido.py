@@ -1,5 +1,146 @@
-"""DICOMweb qido routes (issue #3); filled in by the qido work."""
+"""QIDO-RS: search for studies, series and instances (issue #3 item 1; PS3.18 10.6).
 
-from fastapi import APIRouter
+Routes (GET and HEAD, under ``/dicom-web``)::
+
+    /studies    /series    /instances
+    /studies/{study}/series    /studies/{study}/instances
+    /studies/{study}/series/{series}/instances
+
+The search itself (parameters, matching rules, paging, order, server maxima) is
+``gateway.query``; this module translates HTTP to it and its results to DICOM JSON
+(``dicomweb.dicom_json``). Choices, documented here for clients:
+
+* **Empty result: 200 with ``[]``**, as Orthanc and dcm4chee answer (PS3.18 also allows 204;
+  many clients, the DRIM-M consumer included, read the body unconditionally).
+* A UID in the path is a matching key: an unknown study or series gives 200 ``[]`` (as
+  dcm4chee does), not 404, and costs no extra query. A malformed one is 400 naming it.
+* Unknown parameters and malformed values: 400 with a JSON body
+  ``{"error": "...", "parameter": "<name>"}``. A matching key we do not index is refused
+  (400), never silently ignored; an ``includefield`` we do not index is simply absent.
+* More matches than the server maximum (studies 1000, series 1000, instances 10000):
+  the first page and ``Warning: 299 <host>: The number of results exceeded the maximum
+  supported by the server. Additional results can be requested.`` (PS3.18 8.3.4.4 wording).
+* ``fuzzymatching=true`` is supported for person names (see ``gateway.query``), so no
+  ``Warning`` is sent for it.
+* RetrieveURL (0008,1190) is built from the configured public URL
+  (``DRIMBOX_PUBLIC_URL``), never from the request's Host header.
+* Accept: ``application/dicom+json`` (also ``application/json``, ``*/*``); anything else is
+  406. Every route depends on ``ReaderDep``: the results reveal patient data.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from dicomweb import dicom_json
+from dicomweb.deps import ReaderDep, RuntimeDep
+from dicomweb.urls import DicomWebURLs
+from gateway.query import Level, QueryError, parse_query, search, uids_of
+from gateway.uids import is_safe_uid
 
 router = APIRouter()
+
+MEDIA_TYPE = "application/dicom+json"
+_ACCEPTABLE = {MEDIA_TYPE, "application/json", "application/*", "*/*"}
+_TOO_MANY = (
+    '299 {host}: "The number of results exceeded the maximum supported by the server. '
+    'Additional results can be requested."'
+)
+
+
+def _error(status: int, message: str, parameter: str | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if parameter is not None:
+        body["parameter"] = parameter
+    return JSONResponse(body, status_code=status)
+
+
+def _accepts_json(request: Request) -> bool:
+    header = request.headers.get("accept")
+    if not header:
+        return True
+    for item in header.split(","):
+        media = item.split(";")[0].strip().lower()
+        if media in _ACCEPTABLE:
+            return True
+    return False
+
+
+def _search(
+    request: Request,
+    runtime: Any,
+    level: Level,
+    study: str | None = None,
+    series: str | None = None,
+) -> Response:
+    for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)):
+        if uid is not None and not is_safe_uid(uid):
+            return _error(400, f"{name} in the path is not a UID: {uid!r}", name)
+    if not _accepts_json(request):
+        return _error(406, f"QIDO-RS answers {MEDIA_TYPE} only")
+    try:
+        query = parse_query(level, request.query_params.multi_items(), study, series)
+    except QueryError as exc:
+        return _error(400, exc.message, exc.parameter)
+    result = search(runtime.index, query)
+
+    urls = DicomWebURLs(runtime.settings.effective_public_url)
+    build = {Level.STUDY: urls.study, Level.SERIES: urls.series, Level.INSTANCE: urls.instance}
+    wants_url = any(a.keyword == "RetrieveURL" for a in query.returned)
+    if wants_url:
+        for row in result.rows:
+            row["RetrieveURL"] = build[level](*uids_of(row, query))
+    headers = {}
+    if result.truncated:
+        host = urls.base.split("://", 1)[-1].split("/", 1)[0]
+        headers["Warning"] = _TOO_MANY.format(host=host)
+    body = dicom_json.dumps(query.returned, result.rows)
+    return Response(body, 200, headers=headers, media_type=MEDIA_TYPE)
+
+
+_METHODS = ["GET", "HEAD"]
+
+
+@router.api_route("/studies", methods=_METHODS)
+def search_studies(request: Request, runtime: RuntimeDep, reader: ReaderDep) -> Response:
+    """Search for studies (PS3.18 10.6, Table 10.6.3-3 return attributes)."""
+    return _search(request, runtime, Level.STUDY)
+
+
+@router.api_route("/series", methods=_METHODS)
+def search_series(request: Request, runtime: RuntimeDep, reader: ReaderDep) -> Response:
+    """Search for series in all studies (study and series attributes returned)."""
+    return _search(request, runtime, Level.SERIES)
+
+
+@router.api_route("/instances", methods=_METHODS)
+def search_instances(request: Request, runtime: RuntimeDep, reader: ReaderDep) -> Response:
+    """Search for instances in all studies (study, series and instance attributes)."""
+    return _search(request, runtime, Level.INSTANCE)
+
+
+@router.api_route("/studies/{study}/series", methods=_METHODS)
+def search_study_series(
+    study: str, request: Request, runtime: RuntimeDep, reader: ReaderDep
+) -> Response:
+    """Search for the series of one study (series attributes returned)."""
+    return _search(request, runtime, Level.SERIES, study)
+
+
+@router.api_route("/studies/{study}/instances", methods=_METHODS)
+def search_study_instances(
+    study: str, request: Request, runtime: RuntimeDep, reader: ReaderDep
+) -> Response:
+    """Search for the instances of one study (series and instance attributes returned)."""
+    return _search(request, runtime, Level.INSTANCE, study)
+
+
+@router.api_route("/studies/{study}/series/{series}/instances", methods=_METHODS)
+def search_series_instances(
+    study: str, series: str, request: Request, runtime: RuntimeDep, reader: ReaderDep
+) -> Response:
+    """Search for the instances of one series (instance attributes returned)."""
+    return _search(request, runtime, Level.INSTANCE, study, series)

@@ -47,10 +47,19 @@ class InstanceHeader:
     series_description: str = ""
     body_part_examined: str = ""
     instance_number: int | None = None
+    # Added for QIDO-RS default return attributes (issue #3, PS3.18 Table 10.6.3-4/-5).
+    performed_procedure_step_start_date: str = ""
+    performed_procedure_step_start_time: str = ""
+    rows: int | None = None
+    columns: int | None = None
+    bits_allocated: int | None = None
+    number_of_frames: int | None = None
 
 
-# The elements read, in tag order: pydicom stops parsing after the last one we need.
-_LAST_TAG = 0x0020_0013  # InstanceNumber
+# The elements read, in tag order: pydicom stops parsing after the last one we need. Groups
+# 0028 (image pixel description) and 0040 come before Pixel Data (7FE0,0010), which is
+# never reached.
+_LAST_TAG = 0x0040_0245  # PerformedProcedureStepStartTime
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -122,6 +131,12 @@ def read_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHe
             series_description=_text(ds, "SeriesDescription"),
             body_part_examined=_text(ds, "BodyPartExamined"),
             instance_number=_int(ds, "InstanceNumber"),
+            performed_procedure_step_start_date=_text(ds, "PerformedProcedureStepStartDate"),
+            performed_procedure_step_start_time=_text(ds, "PerformedProcedureStepStartTime"),
+            rows=_int(ds, "Rows"),
+            columns=_int(ds, "Columns"),
+            bits_allocated=_int(ds, "BitsAllocated"),
+            number_of_frames=_int(ds, "NumberOfFrames"),
         )
     except HeaderError:
         raise

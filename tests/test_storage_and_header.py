@@ -126,3 +126,25 @@ def test_read_header_refuses_garbage() -> None:
         read_header(b"", ExplicitVRLittleEndian)
     with pytest.raises(HeaderError):
         read_header(b"not deflate", DeflatedExplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless])
+def test_read_header_qido_attributes_without_pixel_data(tmp_path: Path, ts: str) -> None:
+    """Issue #3: Rows, Columns, BitsAllocated, NumberOfFrames and the performed procedure step
+    start are indexed for QIDO-RS; the pixel data itself is never read (a dataset cut right
+    after the Pixel Data tag still parses)."""
+    ds = make_instance(sop_class=MRImageStorage, transfer_syntax=ts, rows=32, cols=48)
+    ds.NumberOfFrames = 1
+    ds.PerformedProcedureStepStartDate = "20261119"
+    ds.PerformedProcedureStepStartTime = "0930"
+    path = tmp_path / "x.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = dataset_bytes(path)
+    h = read_header(raw, ts)
+    assert (h.rows, h.columns, h.bits_allocated, h.number_of_frames) == (32, 48, 16, 1)
+    assert (h.performed_procedure_step_start_date, h.performed_procedure_step_start_time) == (
+        "20261119", "0930")
+    pixel_tag = bytes.fromhex("e07f1000")  # (7FE0,0010) little endian
+    element_header = 8 if ts == ImplicitVRLittleEndian else 12  # tag, (VR,) length
+    cut = raw[: raw.rindex(pixel_tag) + element_header]
+    assert read_header(cut, ts).rows == 32

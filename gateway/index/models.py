@@ -78,6 +78,10 @@ class Study(Base):
 
 class Series(Base):
     __tablename__ = "series"
+    __table_args__ = (
+        # ModalitiesInStudy (aggregate and matching) reads only this index (issue #3, QIDO-RS).
+        Index(None, "study_pk", "modality"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
@@ -87,6 +91,12 @@ class Series(Base):
     series_description: Mapped[str] = mapped_column(Text, default="")
     body_part_examined: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    performed_procedure_step_start_date: Mapped[str] = mapped_column(
+        String(32), default="", server_default=""
+    )
+    performed_procedure_step_start_time: Mapped[str] = mapped_column(
+        String(32), default="", server_default=""
+    )
 
     study: Mapped[Study] = relationship(back_populates="series")
     instances: Mapped[list[Instance]] = relationship(back_populates="series")
@@ -109,5 +119,10 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     source: Mapped[str] = mapped_column(Text, default="")
     """Where it came from: the calling AE title, ``import``, ``stow``."""
+    # QIDO-RS instance default return attributes (PS3.18 Table 10.6.3-5); NULL when absent.
+    rows: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    bits_allocated: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")

@@ -146,6 +146,10 @@ class InstanceIndex:
                 "storage_key": stored.storage_key,
                 "received_at": now,
                 "source": stored.source,
+                "rows": header.rows,
+                "columns": header.columns,
+                "bits_allocated": header.bits_allocated,
+                "number_of_frames": header.number_of_frames,
             }
             s.execute(update(Study).where(Study.id == study_pk).values(updated_at=now))
             if previous is None:
@@ -239,6 +243,8 @@ class InstanceIndex:
                     "series_number": h.series_number,
                     "series_description": h.series_description,
                     "body_part_examined": h.body_part_examined,
+                    "performed_procedure_step_start_date": h.performed_procedure_step_start_date,
+                    "performed_procedure_step_start_time": h.performed_procedure_step_start_time,
                     "created_at": now,
                 },
             )
