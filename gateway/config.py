@@ -82,6 +82,11 @@ class Settings(BaseSettings):
     public_url: str | None = None
     """Base URL the outside world uses to reach our HTTP side (used in every URI we emit).
     Default: ``http://<host>:<http_port>``."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses (or networks, ``10.0.0.0/24``) of reverse proxies whose ``Forwarded`` /
+    ``X-Forwarded-Proto/Host/Prefix`` headers we honour when building URIs. Empty: the headers
+    are ignored and every URI comes from ``public_url``. In the environment: JSON, e.g.
+    ``["127.0.0.1"]``."""
 
     peers: list[PeerAE] = Field(default_factory=list)
     """Known DICOM peers. In the environment: JSON, e.g.
@@ -128,6 +133,17 @@ class Settings(BaseSettings):
         if not re.match(r"^https?://[^/\s]+(/\S*)?$", v):
             raise ValueError(f"{v!r} is not an absolute http(s) URL")
         return v.rstrip("/")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            try:
+                out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return out
 
     @field_validator("database_url")
     @classmethod
