@@ -157,6 +157,8 @@ class MultipartReader:
 def _parse_headers(raw: bytes) -> dict[str, str]:
     headers: dict[str, str] = {}
     last = None
+    if not raw:
+        return headers
     for line in raw.decode("latin-1").split("\r\n"):
         if line[:1] in (" ", "\t") and last is not None:  # obsolete line folding
             headers[last] += " " + line.strip()
