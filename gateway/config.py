@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     are ignored and every URI comes from ``public_url``. In the environment: JSON, e.g.
     ``["127.0.0.1"]``."""
 
+    viewer_dir: Path | None = None
+    """Folder of the OHIF viewer's prebuilt ``dist/`` served at ``/viewer``. Default:
+    ``.cache/ohif/dist`` in the source tree (``make setup`` fetches it)."""
+
     peers: list[PeerAE] = Field(default_factory=list)
     """Known DICOM peers. In the environment: JSON, e.g.
     ``[{"ae_title": "PACS", "host": "10.0.0.5", "port": 104}]``."""
@@ -176,6 +180,12 @@ class Settings(BaseSettings):
     @property
     def effective_http_host(self) -> str:
         return self.http_host or self.host
+
+    @property
+    def effective_viewer_dir(self) -> Path:
+        if self.viewer_dir is not None:
+            return self.viewer_dir
+        return Path(__file__).resolve().parent.parent / ".cache" / "ohif" / "dist"
 
     @property
     def effective_public_url(self) -> str:
