@@ -14,8 +14,9 @@ from dataclasses import dataclass
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _PARAM = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})', re.ASCII)
 _MEDIA_TYPE = re.compile(rf"\s*({_TOKEN}/{_TOKEN})", re.ASCII)
-# RFC 2046: 1-70 characters, the last not a space.
-_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,69}[0-9A-Za-z'()+_,\-./:=?]$")
+# RFC 2046: 1-70 characters, the last not a space. Longer ones are accepted (up to 200):
+# Orthanc's DICOMweb plugin sends 73-character boundaries.
+_BOUNDARY = re.compile(r"^[0-9A-Za-z'()+_,\-./:=? ]{0,199}[0-9A-Za-z'()+_,\-./:=?]$")
 
 
 class MultipartError(ValueError):

@@ -77,6 +77,7 @@ class PartOutcome:
 
 
 def _error(status: int, message: str) -> JSONResponse:
+    log.info("STOW-RS answered %d: %s", status, message)
     return JSONResponse({"error": message}, status_code=status)
 
 
