@@ -12,7 +12,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_PARAM = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|{_TOKEN})', re.ASCII)
+# Unquoted values are read up to the next ';', '/' included: clients send
+# ``type=application/dicom`` although '/' is not a token character.
+_PARAM = re.compile(rf'\s*;\s*({_TOKEN})\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s"]+)', re.ASCII)
 _MEDIA_TYPE = re.compile(rf"\s*({_TOKEN}/{_TOKEN})", re.ASCII)
 # RFC 2046: 1-70 characters, the last not a space. Longer ones are accepted (up to 200):
 # Orthanc's DICOMweb plugin sends 73-character boundaries.

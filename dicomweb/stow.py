@@ -61,6 +61,7 @@ router = APIRouter()
 DICOM_JSON = "application/dicom+json"
 UNPARSEABLE = 0xC000
 STUDY_MISMATCH = 0xA900
+PROCESSING_FAILURE = 0x0110
 _SOURCE = "stow"
 
 
@@ -282,7 +283,11 @@ async def _one_part(ingestor: Ingestor, spool: Path, part_type: str,
     if media != "application/dicom":
         return PartOutcome(failure=UNPARSEABLE,
                            detail=f"part media type {part_type[:60]!r} is not application/dicom")
-    return await run_in_threadpool(store_part, ingestor, spool, study)
+    try:
+        return await run_in_threadpool(store_part, ingestor, spool, study)
+    except Exception:  # a bug or an OS error: fail this part, keep the answer for the others
+        log.exception("STOW-RS: part could not be processed")
+        return PartOutcome(failure=PROCESSING_FAILURE, detail="processing failure")
 
 
 @router.post("/studies", summary="STOW-RS: store instances (PS3.18 10.5)")

@@ -80,6 +80,8 @@ def test_header_size_is_bounded() -> None:
 def test_boundary_and_media_type_parsing() -> None:
     assert parse_media_type('Multipart/Related; type="application/dicom";boundary="a b"') == (
         "multipart/related", {"type": "application/dicom", "boundary": "a b"})
+    assert parse_media_type("multipart/related; type=application/dicom; boundary=x") == (
+        "multipart/related", {"type": "application/dicom", "boundary": "x"})
     with pytest.raises(ValueError):
         parse_media_type("multipart/related; type")
     MultipartReader("x" * 73)  # longer than RFC 2046 allows, as Orthanc sends them
