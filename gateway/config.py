@@ -37,6 +37,10 @@ def validate_ae_title(value: str) -> str:
     return stripped
 
 
+#: Where ``make setup`` puts OHIF's prebuilt viewer (the source tree's ``.cache/``).
+DEFAULT_VIEWER_DIR = Path(__file__).resolve().parent.parent / ".cache" / "ohif" / "dist"
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -183,9 +187,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_viewer_dir(self) -> Path:
-        if self.viewer_dir is not None:
-            return self.viewer_dir
-        return Path(__file__).resolve().parent.parent / ".cache" / "ohif" / "dist"
+        return self.viewer_dir if self.viewer_dir is not None else DEFAULT_VIEWER_DIR
 
     @property
     def effective_public_url(self) -> str:

@@ -98,7 +98,8 @@ def test_orthanc_lists_and_retrieves_from_drimbox(orthanc: Orthanc, gateway) -> 
     # QIDO-RS forwarded by Orthanc: our study is listed.
     r = orthanc.post("/dicom-web/servers/drimbox/qido", json={"Uri": "/studies"})
     assert r.status_code == 200, r.text
-    listed = [s["0020000D"]["Value"][0] for s in r.json()]
+    # Orthanc's /qido answers in its own JSON flavour: each tag with Name, vr and a bare Value.
+    listed = [s["0020000D"]["Value"] for s in r.json()]
     assert study in listed
     r = orthanc.post("/dicom-web/servers/drimbox/get",
                      json={"Uri": f"/studies/{study}/series"})
@@ -109,6 +110,7 @@ def test_orthanc_lists_and_retrieves_from_drimbox(orthanc: Orthanc, gateway) -> 
     r = orthanc.post("/dicom-web/servers/drimbox/retrieve",
                      json={"Resources": [{"Study": study}], "Synchronous": True})
     assert r.status_code == 200, r.text
+    assert int(r.json()["ReceivedInstancesCount"]) == len(files)
     found = orthanc.post("/tools/find", json={"Level": "Instance", "Expand": False,
                                               "Query": {"StudyInstanceUID": study}}).json()
     assert len(found) == len(files)

@@ -21,9 +21,7 @@ from dicom_factory import make_instance, to_bytes
 from peers import in_ci
 from pydicom.uid import generate_uid
 
-from gateway.config import Settings
-
-VIEWER_DIR = Settings().effective_viewer_dir
+from gateway.config import DEFAULT_VIEWER_DIR as VIEWER_DIR
 
 
 @pytest.fixture
@@ -183,4 +181,6 @@ def test_chromium_draws_a_stored_study(viewer_files: Path, gateway_factory,
         browser.screenshot(ARTIFACTS / "viewer-study.png")
     assert lit > 0
     assert browser.evaluate("location.pathname") == "/viewer/viewer"
+    ours = [(u, s) for u, s in browser.responses if u.startswith(f"{gw.url}/dicom-web/studies")]
+    assert ours and all(s == 200 for _, s in ours), ours
     assert [(u, s) for u, s in browser.http_errors() if "/viewer" in u] == []
