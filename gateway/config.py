@@ -38,6 +38,10 @@ def validate_ae_title(value: str) -> str:
     return stripped
 
 
+#: Where ``make setup`` puts OHIF's prebuilt viewer (the source tree's ``.cache/``).
+DEFAULT_VIEWER_DIR = Path(__file__).resolve().parent.parent / ".cache" / "ohif" / "dist"
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -83,6 +87,15 @@ class Settings(BaseSettings):
     public_url: str | None = None
     """Base URL the outside world uses to reach our HTTP side (used in every URI we emit).
     Default: ``http://<host>:<http_port>``."""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses (or networks, ``10.0.0.0/24``) of reverse proxies whose ``Forwarded`` /
+    ``X-Forwarded-Proto/Host/Prefix`` headers we honour when building URIs. Empty: the headers
+    are ignored and every URI comes from ``public_url``. In the environment: JSON, e.g.
+    ``["127.0.0.1"]``."""
+
+    viewer_dir: Path | None = None
+    """Folder of the OHIF viewer's prebuilt ``dist/`` served at ``/viewer``. Default:
+    ``.cache/ohif/dist`` in the source tree (``make setup`` fetches it)."""
 
     peers: list[PeerAE] = Field(default_factory=list)
     """Known DICOM peers. In the environment: JSON, e.g.
@@ -185,6 +198,17 @@ class Settings(BaseSettings):
                 raise ValueError(f"{cert} and {key} go together")
         return self
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, v: list[str]) -> list[str]:
+        out = []
+        for item in v:
+            try:
+                out.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+        return out
+
     @field_validator("database_url")
     @classmethod
     def _db_url(cls, v: str | None) -> str | None:
@@ -216,6 +240,10 @@ class Settings(BaseSettings):
     @property
     def effective_http_host(self) -> str:
         return self.http_host or self.host
+
+    @property
+    def effective_viewer_dir(self) -> Path:
+        return self.viewer_dir if self.viewer_dir is not None else DEFAULT_VIEWER_DIR
 
     @property
     def effective_public_url(self) -> str:

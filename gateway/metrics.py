@@ -20,3 +20,6 @@ ASSOCIATIONS_REJECTED = Counter(
     "drimbox_associations_rejected_total", "DICOM associations rejected or aborted"
 )
 ASSOCIATIONS_ACTIVE = Gauge("drimbox_associations_active", "DICOM associations now open")
+STOW_FAILURES = Counter(
+    "drimbox_stow_failures_total", "STOW-RS instances refused, by DICOM failure reason", ["status"]
+)

@@ -31,6 +31,10 @@ def serve(settings: Settings) -> None:
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="off",
+        # Forwarded headers are ours to judge (``trusted_proxies``, dicomweb/urls.py):
+        # uvicorn's own handling would trust any loopback peer and rewrite the client address.
+        proxy_headers=False,
+        server_header=False,
     )
     http = uvicorn.Server(config)
 
