@@ -56,6 +56,7 @@ class FileStore:
         self.root = Path(data_dir).resolve()
         self.storage_dir = self.root / "storage"
         self.staging_dir = self.root / "staging"
+        self._storage_prefix = str(self.storage_dir) + os.sep
         self._dir_lock = threading.Lock()
         self._known_dirs: set[Path] = set()
 
@@ -68,11 +69,16 @@ class FileStore:
                 leftover.unlink()
 
     def path_of(self, key: str) -> Path:
-        """The absolute path of a storage key; refuses keys that would leave the store."""
-        path = (self.storage_dir / key).resolve()
-        if self.storage_dir not in path.parents:
+        """The absolute path of a storage key; refuses keys that would leave the store.
+
+        A lexical check (no ``resolve()``: its ``lstat`` per path component cost ~0.1 ms per
+        instance on the C-STORE path): keys are built by :func:`storage_key` from validated
+        UIDs, and nothing but the gateway creates entries under ``storage/``.
+        """
+        path = os.path.normpath(os.path.join(self._storage_prefix, key))
+        if not path.startswith(self._storage_prefix) or path == self._storage_prefix:
             raise ValueError(f"storage key {key!r} escapes the store")
-        return path
+        return Path(path)
 
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
