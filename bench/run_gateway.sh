@@ -14,6 +14,8 @@
 #   GW_DATABASE_URL [unset = SQLite in data/]  e.g. postgresql://postgres@127.0.0.1:5432/h3bench
 #                   (the PostgreSQL database is dropped and re-created on reset)
 #   GW_VENV         [the worktree's .venv]
+#   GW_SRC          [the worktree]  source tree to run (e.g. a `git archive` of a commit, so that
+#                   editing the worktree during a benchmark does not change what is measured)
 #   Any DRIMBOX_* variable is passed through (e.g. DRIMBOX_MAX_PDU_SIZE). fsync stays on: the
 #   gateway has no way to turn it off.
 set -euo pipefail
@@ -26,6 +28,7 @@ HTTP_PORT="${GW_HTTP_PORT:-18412}"
 AET="${GW_AET:-DRIMBOX}"
 VENV="${GW_VENV:-$ROOT/.venv}"
 DB_URL="${GW_DATABASE_URL:-}"
+SRC="${GW_SRC:-$ROOT}"
 DATA="$DIR/data"
 PIDFILE="$DIR/gateway.pid"
 LOG="$DIR/gateway.log"
@@ -66,14 +69,14 @@ start() {
   local env=(DRIMBOX_DATA_DIR="$DATA" DRIMBOX_DICOM_PORT="$DICOM_PORT" DRIMBOX_HTTP_PORT="$HTTP_PORT"
              DRIMBOX_AE_TITLE="$AET" DRIMBOX_HOST=127.0.0.1 DRIMBOX_LOG_LEVEL="${DRIMBOX_LOG_LEVEL:-WARNING}")
   [[ -n "$DB_URL" ]] && env+=(DRIMBOX_DATABASE_URL="$DB_URL")
-  env "${env[@]}" nohup "$VENV/bin/drimbox" serve >> "$LOG" 2>&1 < /dev/null &
+  env "${env[@]}" PYTHONPATH="$SRC" nohup "$VENV/bin/python" -m gateway.cli serve >> "$LOG" 2>&1 < /dev/null &
   local pid=$!
   echo "$pid" > "$PIDFILE"
   for _ in $(seq 1 120); do   # at most ~30 s
     kill -0 "$pid" 2>/dev/null || { tail -n 30 "$LOG" >&2; die "gateway exited during start-up"; }
     if curl -sf -m 1 "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 \
        && ss -ltnH "sport = :$DICOM_PORT" | grep -q .; then
-      echo "gateway started: PID $pid, DICOM $AET@127.0.0.1:$DICOM_PORT, data $DATA"
+      echo "gateway started: PID $pid, DICOM $AET@127.0.0.1:$DICOM_PORT, data $DATA, source $SRC"
       return 0
     fi
     sleep 0.25

@@ -70,7 +70,10 @@ def _plain(ds: Dataset, keyword: str) -> str | None:
     (non-ASCII bytes, a character-set escape, several values, an element pydicom has already
     converted) goes through pydicom, whose result is the reference.
     """
-    elem = ds.get_item(_TAGS[keyword], keep_deferred=True)
+    tag = _TAGS.get(keyword) or tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    elem = ds.get_item(tag, keep_deferred=True)
     if elem is None:
         return ""
     raw = elem.value

@@ -3,7 +3,8 @@
 :meth:`Ingestor.ingest` takes the encoded dataset exactly as received and either keeps it or
 refuses it with an :class:`IngestRejected` naming a :class:`Rejection`. Keeping means, in this
 order: header read and checked, file written and fsync'ed under ``storage/`` (atomic rename),
-index row committed. Only then does it return, so a caller that acknowledges after
+directory entry fsync'ed and index row committed (both shared with concurrent ingests by
+:class:`~gateway.index.group_commit.GroupCommitter`). Only then does it return, so a caller that acknowledges after
 :meth:`ingest` returns never acknowledges an instance that a crash could lose.
 
 Re-sent instances: identical bytes are :attr:`Outcome.ALREADY_PRESENT` (no second copy);
@@ -23,6 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway import __version__
 from gateway.header import HeaderError, InstanceHeader, read_header
+from gateway.index.group_commit import GroupCommitter
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
 from gateway.storage import FileStore, StorageFullError, storage_key
 from gateway.uids import is_safe_uid
@@ -155,13 +157,20 @@ class Ingestor:
     """Keeps instances: header check, durable file, index commit, in that order."""
 
     def __init__(
-        self, store: FileStore, index: InstanceIndex, duplicate_policy: str = "replace"
+        self,
+        store: FileStore,
+        index: InstanceIndex,
+        duplicate_policy: str = "replace",
+        commit_batch_max: int = 64,
     ) -> None:
         if duplicate_policy not in ("replace", "refuse"):
             raise ValueError(f"unknown duplicate policy {duplicate_policy!r}")
         self.store = store
         self.index = index
         self.duplicate_policy = duplicate_policy
+        # Directory fsync and index commit of concurrent ingests are shared (group commit);
+        # each ingest still returns only after the commit that holds its row.
+        self.committer = GroupCommitter(index, store.sync_dirs, max_batch=commit_batch_max)
 
     def ingest(self, incoming: Incoming) -> IngestResult:
         try:
@@ -200,7 +209,7 @@ class Ingestor:
             incoming.source,
         )
         try:
-            self.store.put(key, (meta, incoming.dataset))
+            self.store.put(key, (meta, incoming.dataset), sync_dir=False)
         except StorageFullError as exc:
             raise IngestRejected(Rejection.OUT_OF_RESOURCES, str(exc)) from None
         except OSError as exc:
@@ -224,7 +233,8 @@ class Ingestor:
         attempts = 3
         for attempt in range(attempts):
             try:
-                return self.index.record(header, stored)
+                # fsyncs the file's directory, then commits the row (shared with others)
+                return self.committer.record(header, stored, self.store.path_of(key).parent)
             except IntegrityError:
                 # Another association created the same row first: read it again.
                 if attempt == attempts - 1:

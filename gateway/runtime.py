@@ -27,7 +27,10 @@ class Runtime:
         if migrate:
             upgrade(engine)
         index = InstanceIndex(engine)
-        return cls(settings, store, index, Ingestor(store, index, settings.duplicate_policy))
+        ingestor = Ingestor(
+            store, index, settings.duplicate_policy, commit_batch_max=settings.commit_batch_max
+        )
+        return cls(settings, store, index, ingestor)
 
     def close(self) -> None:
         self.index.engine.dispose()

@@ -83,9 +83,14 @@ class FileStore:
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
 
-    def put(self, key: str, chunks: Iterable[bytes | memoryview]) -> int:
+    def put(
+        self, key: str, chunks: Iterable[bytes | memoryview], *, sync_dir: bool = True
+    ) -> int:
         """Write ``chunks`` durably at ``key``; return the number of bytes written.
 
+        With ``sync_dir=False`` the file's content is durable but its directory entry is not
+        yet: the caller must pass the parent directory to :meth:`sync_dirs` before relying on
+        it (the ingest path does this once per directory for a whole group commit).
         Raises :class:`StorageFullError` when the disk is full; nothing is left behind then.
         """
         final = self.path_of(key)
@@ -105,7 +110,8 @@ class FileStore:
                 os.close(fd)
             self._ensure_dir(final.parent)
             os.replace(tmp, final)
-            _fsync_dir(final.parent)
+            if sync_dir:
+                _fsync_dir(final.parent)
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)
@@ -115,6 +121,11 @@ class FileStore:
                 raise StorageFullError(exc.errno, "no space left for the instance") from exc
             raise
         return size
+
+    def sync_dirs(self, directories: Iterable[Path]) -> None:
+        """fsync each directory once: makes the entries renamed into them durable."""
+        for d in set(directories):
+            _fsync_dir(d)
 
     def delete(self, key: str) -> None:
         """Remove a stored file (missing is fine)."""

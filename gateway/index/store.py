@@ -134,8 +134,11 @@ class InstanceIndex:
         self._dialect = engine.dialect.name
         self._parents = _ParentCache()
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        self._insert_instance = dialect_insert(Instance).on_conflict_do_nothing(
-            index_elements=[Instance.sop_instance_uid]
+        # RETURNING tells whether the row went in (rowcount is -1 with psycopg here).
+        self._insert_instance = (
+            dialect_insert(Instance)
+            .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
+            .returning(Instance.id)
         )
 
     @contextmanager
@@ -204,6 +207,56 @@ class InstanceIndex:
                 raise
         return self._record_full(header, stored, now)
 
+    def record_many(
+        self, items: list[tuple[InstanceHeader, StoredFile]]
+    ) -> list[StoredInstance | None | Exception]:
+        """:meth:`record` for several instances, with one commit for the common case.
+
+        New instances of series already in the parent cache are inserted in one transaction;
+        the others (new series, re-sent or replaced instances, or all of them if that
+        transaction fails) go through :meth:`record` one by one. Returns, per item, what
+        :meth:`record` would return or the exception it would raise.
+        """
+        results: list[StoredInstance | None | Exception] = [None] * len(items)
+        fast = []
+        for i, (header, stored) in enumerate(items):
+            parents = self._parents.get(header.series_instance_uid)
+            if parents is None:  # the first of a series creates its parents (and caches them)
+                results[i] = self._record_one(header, stored)
+            else:
+                fast.append((i, header, stored, parents))
+        if not fast:
+            return results
+        now = datetime.now(UTC)
+        leftovers: list[int] = []
+        try:
+            with self._writer.connect() as conn:
+                for i, header, stored, (series_pk, _study_pk) in fast:
+                    inserted = conn.execute(
+                        self._insert_instance,
+                        _instance_values(header, stored, series_pk, now)
+                        | {"sop_instance_uid": header.sop_instance_uid},
+                    ).first() is not None
+                    if not inserted:
+                        leftovers.append(i)  # already indexed: record() decides
+                for study_pk in sorted({parents[1] for *_, parents in fast}):
+                    conn.execute(_TOUCH_STUDY, {"pk": study_pk, "now": now})
+                conn.commit()
+        except IntegrityError:
+            self._parents.clear()
+            leftovers = [i for i, *_ in fast]
+        for i in leftovers:
+            results[i] = self._record_one(*items[i])
+        return results
+
+    def _record_one(
+        self, header: InstanceHeader, stored: StoredFile
+    ) -> StoredInstance | None | Exception:
+        try:
+            return self.record(header, stored)
+        except Exception as exc:  # handed to the caller of this item
+            return exc
+
     def _insert_new(
         self, header: InstanceHeader, stored: StoredFile, parents: tuple[int, int], now: datetime
     ) -> bool:
@@ -217,7 +270,7 @@ class InstanceIndex:
                 self._insert_instance,
                 _instance_values(header, stored, series_pk, now)
                 | {"sop_instance_uid": header.sop_instance_uid},
-            ).rowcount
+            ).first() is not None
             if not inserted:
                 conn.rollback()
                 return False
