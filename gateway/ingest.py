@@ -4,8 +4,9 @@
 refuses it with an :class:`IngestRejected` naming a :class:`Rejection`. Keeping means, in this
 order: header read and checked, file written and fsync'ed under ``storage/`` (atomic rename),
 directory entry fsync'ed and index row committed (both shared with concurrent ingests by
-:class:`~gateway.index.group_commit.GroupCommitter`). Only then does it return, so a caller that acknowledges after
-:meth:`ingest` returns never acknowledges an instance that a crash could lose.
+:class:`~gateway.index.group_commit.GroupCommitter`). Only then does it return, so a caller
+that acknowledges after :meth:`ingest` returns never acknowledges an instance that a crash
+could lose.
 
 Re-sent instances: identical bytes are :attr:`Outcome.ALREADY_PRESENT` (no second copy);
 different bytes follow ``duplicate_policy`` (``replace`` swaps file and index row in one

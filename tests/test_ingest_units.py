@@ -163,7 +163,8 @@ def test_read_header_decodes_latin1_through_pydicom() -> None:
 
 def test_path_of_refuses_escapes(tmp_path: Path) -> None:
     store = FileStore(tmp_path)
-    assert store.path_of("1.2/3.4/5.6.abc.dcm") == tmp_path.resolve() / "storage/1.2/3.4/5.6.abc.dcm"
+    expected = tmp_path.resolve() / "storage/1.2/3.4/5.6.abc.dcm"
+    assert store.path_of("1.2/3.4/5.6.abc.dcm") == expected
     for bad in ("../x", "1.2/../../x", "", ".", "/etc/passwd", "1.2/../.."):
         with pytest.raises(ValueError):
             store.path_of(bad)

@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from gateway.header import InstanceHeader
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
@@ -34,7 +33,6 @@ class _Pending:
     done: bool = False
     result: StoredInstance | None = None
     error: BaseException | None = None
-    batch_size: int = field(default=0)
 
 
 class GroupCommitter:
@@ -89,8 +87,6 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Pending]) -> None:
         self.batches += 1
-        for it in batch:
-            it.batch_size = len(batch)
         try:
             self._sync_dirs({it.directory for it in batch if it.directory is not None})
         except BaseException as exc:  # nothing is committed: every row fails the same way
@@ -106,6 +102,3 @@ class GroupCommitter:
                 it.error = res
             else:
                 it.result = res
-
-    def stats(self) -> dict[str, Any]:
-        return {"batches": self.batches}
