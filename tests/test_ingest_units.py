@@ -322,3 +322,41 @@ def test_group_commit_with_real_index_concurrent(database_url: str) -> None:
         assert gc.batches <= 100
     finally:
         index.engine.dispose()
+
+
+def test_ingest_syncs_directory_before_commit_and_returns_after(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The acknowledgement rule at the Ingestor level, with group commit in the path."""
+    from gateway.ingest import Incoming, Ingestor
+
+    store = FileStore(tmp_path / "data")
+    store.prepare()
+    index = _index(database_url)
+    order: list[str] = []
+    real_sync, real_many = store.sync_dirs, index.record_many
+
+    def sync_dirs(dirs) -> None:  # noqa: ANN001
+        dirs = list(dirs)
+        order.append("sync " + ",".join(sorted(d.name for d in dirs)))
+        real_sync(dirs)
+
+    def record_many(items):  # noqa: ANN001, ANN201
+        order.append("commit")
+        return real_many(items)
+
+    store.sync_dirs = sync_dirs  # type: ignore[method-assign]
+    index.record_many = record_many  # type: ignore[method-assign]
+    try:
+        ingestor = Ingestor(store, index)
+        ds = make_instance()
+        data, ts = _dataset_bytes(ds)
+        result = ingestor.ingest(Incoming(dataset=data, transfer_syntax_uid=ts, source="T"))
+        stored = index.find_instance(str(ds.SOPInstanceUID))
+        assert stored is not None  # committed before ingest() returned
+        path = store.path_of(stored.storage_key)
+        assert path.is_file() and path.read_bytes().endswith(data)
+        assert order == [f"sync {path.parent.name}", "commit"]
+        assert result.outcome.value == "stored"
+    finally:
+        index.engine.dispose()
