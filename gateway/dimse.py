@@ -102,6 +102,7 @@ class DicomService:
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_CLOSE, self._on_closed),
+            (evt.EVT_CONN_OPEN, self._on_open),
         ]
         self.server = self.ae.start_server(
             (self.settings.host, self.settings.dicom_port), block=False, evt_handlers=handlers
@@ -136,6 +137,14 @@ class DicomService:
 
     def _on_echo(self, event: evt.Event) -> int:
         return 0x0000
+
+    def _on_open(self, event: evt.Event) -> None:
+        # Fired before the association's threads start. pynetdicom 3.0 has no public knob
+        # for the network thread's idle sleep (DULServiceProvider._run_loop_delay, 1 ms),
+        # which each C-STORE waits out for the request and again for the response.
+        dul = event.assoc.dul
+        if hasattr(dul, "_run_loop_delay"):
+            dul._run_loop_delay = self.settings.dul_poll_interval
 
     def _on_accepted(self, event: evt.Event) -> None:
         metrics.ASSOCIATIONS.inc()

@@ -13,6 +13,7 @@ import io
 import zlib
 from dataclasses import dataclass
 
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
@@ -61,8 +62,39 @@ class InstanceHeader:
 # never reached.
 _LAST_TAG = 0x0040_0245  # PerformedProcedureStepStartTime
 
+_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID",
+    "IssuerOfPatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyDate",
+    "StudyTime", "AccessionNumber", "ReferringPhysicianName", "StudyDescription", "StudyID",
+    "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined", "InstanceNumber",
+)
+_TAGS: dict[str, int] = {k: int(tag_for_keyword(k)) for k in _KEYWORDS}  # type: ignore[arg-type]
+
+
+def _plain(ds: Dataset, keyword: str) -> str | None:
+    """The value as text straight from the raw bytes when that is unambiguous, else ``None``.
+
+    Converting elements through pydicom is most of the cost of reading a header (it runs on
+    every C-STORE), so plain single-valued ASCII values are decoded here; anything else
+    (non-ASCII bytes, a character-set escape, several values, an element pydicom has already
+    converted) goes through pydicom, whose result is the reference.
+    """
+    tag = _TAGS.get(keyword) or tag_for_keyword(keyword)
+    if tag is None:
+        return None
+    elem = ds.get_item(tag, keep_deferred=True)
+    if elem is None:
+        return ""
+    raw = elem.value
+    if not isinstance(raw, bytes) or not raw.isascii() or b"\\" in raw or b"\x1b" in raw:
+        return None
+    return raw.decode("ascii").strip(" \x00\t\r\n")
+
 
 def _text(ds: Dataset, keyword: str) -> str:
+    plain = _plain(ds, keyword)
+    if plain is not None:
+        return plain.strip()
     value = ds.get(keyword)
     if value is None:
         return ""
@@ -72,6 +104,14 @@ def _text(ds: Dataset, keyword: str) -> str:
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
+    plain = _plain(ds, keyword)
+    if plain is not None:
+        if plain == "":
+            return None
+        try:
+            return int(plain)
+        except ValueError:
+            pass  # e.g. "1.0": pydicom's IS decides
     value = ds.get(keyword)
     if value in (None, ""):
         return None
@@ -87,6 +127,10 @@ def _issuer_of_accession(ds: Dataset) -> str:
         return ""
     item = seq[0]
     return _text(item, "LocalNamespaceEntityID") or _text(item, "UniversalEntityID")
+
+
+def _past_last_tag(tag: int, vr: str | None, length: int) -> bool:
+    return int(tag) > _LAST_TAG  # int(): pydicom's Tag compares slowly
 
 
 def read_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHeader:
@@ -105,7 +149,7 @@ def read_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHe
             io.BytesIO(raw),
             is_implicit_VR=ts.is_implicit_VR,
             is_little_endian=ts.is_little_endian,
-            stop_when=lambda tag, vr, length: tag > _LAST_TAG,
+            stop_when=_past_last_tag,
         )
         if len(ds) == 0:
             raise HeaderError("empty dataset")

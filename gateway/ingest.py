@@ -3,8 +3,10 @@
 :meth:`Ingestor.ingest` takes the encoded dataset exactly as received and either keeps it or
 refuses it with an :class:`IngestRejected` naming a :class:`Rejection`. Keeping means, in this
 order: header read and checked, file written and fsync'ed under ``storage/`` (atomic rename),
-index row committed. Only then does it return, so a caller that acknowledges after
-:meth:`ingest` returns never acknowledges an instance that a crash could lose.
+directory entry fsync'ed and index row committed (both shared with concurrent ingests by
+:class:`~gateway.index.group_commit.GroupCommitter`). Only then does it return, so a caller
+that acknowledges after :meth:`ingest` returns never acknowledges an instance that a crash
+could lose.
 
 Re-sent instances: identical bytes are :attr:`Outcome.ALREADY_PRESENT` (no second copy);
 different bytes follow ``duplicate_policy`` (``replace`` swaps file and index row in one
@@ -15,17 +17,15 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import io
 import logging
+import struct
 from dataclasses import dataclass
 
-from pydicom.dataset import FileMetaDataset
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway import __version__
 from gateway.header import HeaderError, InstanceHeader, read_header
+from gateway.index.group_commit import GroupCommitter
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
 from gateway.storage import FileStore, StorageFullError, storage_key
 from gateway.uids import is_safe_uid
@@ -84,19 +84,47 @@ class IngestResult:
 
 
 def file_meta_bytes(sop_class_uid: str, sop_instance_uid: str, ts_uid: str, source: str) -> bytes:
-    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1) for our files."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(ts_uid)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    if source and len(source) <= 16 and source.isprintable():
-        meta.SourceApplicationEntityTitle = source
-    buf = io.BytesIO()
-    buf.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buf, meta, enforce_standard=True)
-    return buf.getvalue()
+    """Preamble, ``DICM`` and the File Meta Information group (PS3.10 7.1) for our files.
+
+    Encoded by hand (explicit VR little endian, PS3.5 7.1.2) rather than through pydicom's
+    :func:`~pydicom.filewriter.write_file_meta_info`, which costs ~0.5 ms per instance on the
+    C-STORE path; ``tests/test_ingest_units.py`` checks the bytes are the same as pydicom's.
+    """
+    elements = [
+        _meta_element(0x0001, b"OB", b"\x00\x01"),  # FileMetaInformationVersion
+        _meta_element(0x0002, b"UI", _ui(sop_class_uid)),
+        _meta_element(0x0003, b"UI", _ui(sop_instance_uid)),
+        _meta_element(0x0010, b"UI", _ui(ts_uid)),
+        _IMPLEMENTATION_ELEMENTS,
+    ]
+    if source and len(source) <= 16 and source.isprintable() and source.isascii():
+        elements.append(_meta_element(0x0016, b"AE", _padded(source.encode("ascii"), b" ")))
+    group = b"".join(elements)
+    length = _meta_element(0x0000, b"UL", struct.pack("<I", len(group)))
+    return _PREAMBLE + length + group
+
+
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+def _padded(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
+
+
+def _ui(uid: str) -> bytes:
+    return _padded(uid.encode("ascii"), b"\x00")
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    """One group-2 element: 2-byte length for UL/UI/SH/AE, 4-byte for OB (PS3.5 7.1.2)."""
+    if vr == b"OB":
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+_IMPLEMENTATION_ELEMENTS = _meta_element(
+    0x0012, b"UI", _ui(IMPLEMENTATION_CLASS_UID)
+) + _meta_element(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" "))
 
 
 def _check_header(h: InstanceHeader, incoming: Incoming) -> None:
@@ -130,13 +158,20 @@ class Ingestor:
     """Keeps instances: header check, durable file, index commit, in that order."""
 
     def __init__(
-        self, store: FileStore, index: InstanceIndex, duplicate_policy: str = "replace"
+        self,
+        store: FileStore,
+        index: InstanceIndex,
+        duplicate_policy: str = "replace",
+        commit_batch_max: int = 64,
     ) -> None:
         if duplicate_policy not in ("replace", "refuse"):
             raise ValueError(f"unknown duplicate policy {duplicate_policy!r}")
         self.store = store
         self.index = index
         self.duplicate_policy = duplicate_policy
+        # Directory fsync and index commit of concurrent ingests are shared (group commit);
+        # each ingest still returns only after the commit that holds its row.
+        self.committer = GroupCommitter(index, store.sync_dirs, max_batch=commit_batch_max)
 
     def ingest(self, incoming: Incoming) -> IngestResult:
         try:
@@ -175,7 +210,7 @@ class Ingestor:
             incoming.source,
         )
         try:
-            self.store.put(key, (meta, incoming.dataset))
+            self.store.put(key, (meta, incoming.dataset), sync_dir=False)
         except StorageFullError as exc:
             raise IngestRejected(Rejection.OUT_OF_RESOURCES, str(exc)) from None
         except OSError as exc:
@@ -199,7 +234,8 @@ class Ingestor:
         attempts = 3
         for attempt in range(attempts):
             try:
-                return self.index.record(header, stored)
+                # fsyncs the file's directory, then commits the row (shared with others)
+                return self.committer.record(header, stored, self.store.path_of(key).parent)
             except IntegrityError:
                 # Another association created the same row first: read it again.
                 if attempt == attempts - 1:

@@ -52,7 +52,13 @@ class Runtime:
         urls = DicomWebURLs(settings.effective_public_url)
         metadata = MetadataCache(store, index, settings.data_dir / "metadata", urls.instance)
         warmer = MetadataWarmer(metadata.warm, metadata.prepare_instance)
-        ingestor = _WarmingIngestor(store, index, settings.duplicate_policy, warmer=warmer)
+        ingestor = _WarmingIngestor(
+            store,
+            index,
+            settings.duplicate_policy,
+            commit_batch_max=settings.commit_batch_max,
+            warmer=warmer,
+        )
         return cls(settings, store, index, ingestor, metadata, warmer)
 
     def close(self) -> None:

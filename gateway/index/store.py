@@ -3,6 +3,13 @@
 :class:`InstanceIndex` is the only place that writes index rows. Concurrent associations
 may create the same patient, study or series at the same moment: rows are created with
 ``INSERT ... ON CONFLICT DO NOTHING`` and read back, so the race has one winner and no error.
+
+Ingest speed: :meth:`InstanceIndex.record` is on the C-STORE path (one call per instance,
+before the acknowledgement), so its common case costs one transaction of two Core statements
+(``INSERT`` the instance, ``UPDATE`` the study's ``updated_at``): the patient / study / series
+primary keys of recent series are kept in a small in-process cache (:class:`_ParentCache`).
+A stale entry (the series was removed by a replacement in this or another process) makes the
+foreign key fail; the cache is then cleared and the caller's retry takes the full path.
 """
 
 from __future__ import annotations
@@ -12,12 +19,81 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, delete, func, select, update
+import threading
+
+from sqlalchemy import Engine, bindparam, delete, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from gateway.header import InstanceHeader
 from gateway.index.models import Instance, Patient, Series, Study
+
+_FIND_INSTANCE = (
+    select(
+        Instance.sop_instance_uid,
+        Instance.sop_class_uid,
+        Study.study_instance_uid,
+        Series.series_instance_uid,
+        Instance.transfer_syntax_uid,
+        Instance.sha256,
+        Instance.size,
+        Instance.storage_key,
+    )
+    .join(Series, Instance.series_pk == Series.id)
+    .join(Study, Series.study_pk == Study.id)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+)
+_TOUCH_STUDY = update(Study).where(Study.id == bindparam("pk")).values(updated_at=bindparam("now"))
+
+
+def _instance_values(
+    header: InstanceHeader, stored: StoredFile, series_pk: int, now: datetime
+) -> dict:
+    return {
+        "series_pk": series_pk,
+        "sop_class_uid": header.sop_class_uid,
+        "instance_number": header.instance_number,
+        "transfer_syntax_uid": stored.transfer_syntax_uid,
+        "size": stored.size,
+        "sha256": stored.sha256,
+        "storage_key": stored.storage_key,
+        "received_at": now,
+        "source": stored.source,
+        "rows": header.rows,
+        "columns": header.columns,
+        "bits_allocated": header.bits_allocated,
+        "number_of_frames": header.number_of_frames,
+    }
+
+
+class _ParentCache:
+    """Series Instance UID -> (series pk, study pk) of series indexed recently.
+
+    Bounded (cleared when full: a gateway receives a few series at a time) and thread-safe.
+    An entry is only a hint: a wrong one fails on a foreign key, never silently.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._items: dict[str, tuple[int, int]] = {}
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def get(self, series_uid: str) -> tuple[int, int] | None:
+        return self._items.get(series_uid)
+
+    def put(self, series_uid: str, pks: tuple[int, int]) -> None:
+        with self._lock:
+            if len(self._items) >= self._limit:
+                self._items.clear()
+            self._items[series_uid] = pks
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +136,14 @@ class InstanceIndex:
         self.engine = engine
         self._writer = engine.execution_options(writer=True)
         self._dialect = engine.dialect.name
+        self._parents = _ParentCache()
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        # RETURNING tells whether the row went in (rowcount is -1 with psycopg here).
+        self._insert_instance = (
+            dialect_insert(Instance)
+            .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
+            .returning(Instance.id)
+        )
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
@@ -74,22 +158,8 @@ class InstanceIndex:
     # -- queries -------------------------------------------------------------------------
 
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
-        with self.read() as s:
-            row = s.execute(
-                select(
-                    Instance.sop_instance_uid,
-                    Instance.sop_class_uid,
-                    Study.study_instance_uid,
-                    Series.series_instance_uid,
-                    Instance.transfer_syntax_uid,
-                    Instance.sha256,
-                    Instance.size,
-                    Instance.storage_key,
-                )
-                .join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id)
-                .where(Instance.sop_instance_uid == sop_instance_uid)
-            ).one_or_none()
+        with self.engine.connect() as conn:
+            row = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).one_or_none()
         return StoredInstance(*row) if row else None
 
     def counts(self) -> IndexCounts:
@@ -129,28 +199,103 @@ class InstanceIndex:
         unreferenced and the caller removes it), else ``None``. Commits before returning.
         """
         now = datetime.now(UTC)
+        parents = self._parents.get(header.series_instance_uid)
+        if parents is not None:
+            try:
+                if self._insert_new(header, stored, parents, now):
+                    return None
+            except IntegrityError:
+                # A cached parent row is gone (FK) or the instance appeared meanwhile
+                # (unique): forget the cache and let the caller retry on the full path.
+                self._parents.clear()
+                raise
+        return self._record_full(header, stored, now)
+
+    def record_many(
+        self, items: list[tuple[InstanceHeader, StoredFile]]
+    ) -> list[StoredInstance | None | Exception]:
+        """:meth:`record` for several instances, with one commit for the common case.
+
+        New instances of series already in the parent cache are inserted in one transaction;
+        the others (new series, re-sent or replaced instances, or all of them if that
+        transaction fails) go through :meth:`record` one by one. Returns, per item, what
+        :meth:`record` would return or the exception it would raise.
+        """
+        results: list[StoredInstance | None | Exception] = [None] * len(items)
+        fast = []
+        for i, (header, stored) in enumerate(items):
+            parents = self._parents.get(header.series_instance_uid)
+            if parents is None:  # the first of a series creates its parents (and caches them)
+                results[i] = self._record_one(header, stored)
+            else:
+                fast.append((i, header, stored, parents))
+        if not fast:
+            return results
+        now = datetime.now(UTC)
+        leftovers: list[int] = []
+        try:
+            with self._writer.connect() as conn:
+                for i, header, stored, (series_pk, _study_pk) in fast:
+                    inserted = conn.execute(
+                        self._insert_instance,
+                        _instance_values(header, stored, series_pk, now)
+                        | {"sop_instance_uid": header.sop_instance_uid},
+                    ).first() is not None
+                    if not inserted:
+                        leftovers.append(i)  # already indexed: record() decides
+                for study_pk in sorted({parents[1] for *_, parents in fast}):
+                    conn.execute(_TOUCH_STUDY, {"pk": study_pk, "now": now})
+                conn.commit()
+        except IntegrityError:
+            self._parents.clear()
+            leftovers = [i for i, *_ in fast]
+        for i in leftovers:
+            results[i] = self._record_one(*items[i])
+        return results
+
+    def _record_one(
+        self, header: InstanceHeader, stored: StoredFile
+    ) -> StoredInstance | None | Exception:
+        try:
+            return self.record(header, stored)
+        except Exception as exc:  # handed to the caller of this item
+            return exc
+
+    def _insert_new(
+        self, header: InstanceHeader, stored: StoredFile, parents: tuple[int, int], now: datetime
+    ) -> bool:
+        """The common case in one short transaction: a new instance of a known series.
+
+        Returns ``False`` (nothing written) when the SOP Instance UID is already indexed.
+        """
+        series_pk, study_pk = parents
+        with self._writer.connect() as conn:  # BEGIN (IMMEDIATE on SQLite) on first use
+            inserted = conn.execute(
+                self._insert_instance,
+                _instance_values(header, stored, series_pk, now)
+                | {"sop_instance_uid": header.sop_instance_uid},
+            ).first() is not None
+            if not inserted:
+                conn.rollback()
+                return False
+            conn.execute(_TOUCH_STUDY, {"pk": study_pk, "now": now})
+            conn.commit()
+        return True
+
+    def _record_full(
+        self, header: InstanceHeader, stored: StoredFile, now: datetime
+    ) -> StoredInstance | None:
+        """Create the parents as needed, insert or replace the instance row."""
+        now = datetime.now(UTC)
         with self._write() as s:
             patient_pk = self._ensure_patient(s, header)
             study_pk = self._ensure_study(s, header, patient_pk, now)
             series_pk = self._ensure_series(s, header, study_pk, now)
+            self._parents.put(header.series_instance_uid, (series_pk, study_pk))
             previous = s.execute(
                 select(Instance).where(Instance.sop_instance_uid == header.sop_instance_uid)
             ).scalar_one_or_none()
-            values = {
-                "series_pk": series_pk,
-                "sop_class_uid": header.sop_class_uid,
-                "instance_number": header.instance_number,
-                "transfer_syntax_uid": stored.transfer_syntax_uid,
-                "size": stored.size,
-                "sha256": stored.sha256,
-                "storage_key": stored.storage_key,
-                "received_at": now,
-                "source": stored.source,
-                "rows": header.rows,
-                "columns": header.columns,
-                "bits_allocated": header.bits_allocated,
-                "number_of_frames": header.number_of_frames,
-            }
+            values = _instance_values(header, stored, series_pk, now)
             s.execute(update(Study).where(Study.id == study_pk).values(updated_at=now))
             if previous is None:
                 s.add(Instance(sop_instance_uid=header.sop_instance_uid, **values))
@@ -159,6 +304,7 @@ class InstanceIndex:
             old_series_pk = previous.series_pk
             s.execute(update(Instance).where(Instance.id == previous.id).values(**values))
             if old_series_pk != series_pk:
+                self._parents.clear()  # a series or study row may be deleted
                 self._drop_if_empty(s, old_series_pk)
             return replaced
 
