@@ -77,10 +77,11 @@ def _plain(ds: Dataset, keyword: str) -> str | None:
     Converting elements through pydicom is most of the cost of reading a header (it runs on
     every C-STORE), so plain single-valued ASCII values are decoded here; anything else
     (non-ASCII bytes, a character-set escape, several values, an element pydicom has already
-    converted) goes through pydicom, whose result is the reference.
+    converted) goes through pydicom, whose result is the reference. Only the keywords of
+    ``_KEYWORDS`` (all of text VRs) take this path.
     """
-    tag = _TAGS.get(keyword) or tag_for_keyword(keyword)
-    if tag is None:
+    tag = _TAGS.get(keyword)
+    if tag is None:  # only the text attributes above: binary VRs (Rows is US) go to pydicom
         return None
     elem = ds.get_item(tag, keep_deferred=True)
     if elem is None:

@@ -112,6 +112,12 @@ def _reference_header(data: bytes, ts: str) -> InstanceHeader:
         series_description=text("SeriesDescription"),
         body_part_examined=text("BodyPartExamined"),
         instance_number=num("InstanceNumber"),
+        performed_procedure_step_start_date=text("PerformedProcedureStepStartDate"),
+        performed_procedure_step_start_time=text("PerformedProcedureStepStartTime"),
+        rows=num("Rows"),
+        columns=num("Columns"),
+        bits_allocated=num("BitsAllocated"),
+        number_of_frames=num("NumberOfFrames"),
     )
 
 
