@@ -33,6 +33,10 @@ def _settings(config_file: Path | None) -> Settings:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Migrations run by every command would log at INFO; keep alembic quiet unless debugging.
+    logging.getLogger("alembic").setLevel(
+        logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
+    )
     # pynetdicom logs every DIMSE message at INFO; keep its warnings and errors only.
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
@@ -87,6 +91,112 @@ def import_(config_file: Path | None, paths: tuple[Path, ...], quiet: bool, as_j
     from gateway.importer import run_import
 
     sys.exit(run_import(_settings(config_file), list(paths), quiet=quiet, as_json=as_json))
+
+
+def _runtime_index(settings: Settings):  # noqa: ANN202 - InstanceIndex
+    from gateway.index.engine import create_index_engine, upgrade
+    from gateway.index.store import InstanceIndex
+
+    engine = create_index_engine(settings.effective_database_url)
+    upgrade(engine)
+    return InstanceIndex(engine)
+
+
+@main.group()
+def study() -> None:
+    """Look at stored studies."""
+
+
+@study.command("show")
+@config_option
+@click.argument("study_uid")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
+    """A study's state: instances, stability, INS, publishable or why not."""
+    import json as jsonlib
+    from dataclasses import asdict
+
+    from gateway.index.facts import UnknownStudy, study_state
+    from gateway.manifests import policy
+
+    settings = _settings(config_file)
+    try:
+        state = study_state(_runtime_index(settings), study_uid, policy(settings))
+    except UnknownStudy:
+        click.echo(f"drimbox: no study {study_uid} in the index", err=True)
+        sys.exit(1)
+    if as_json:
+        data = asdict(state) | {"stable": state.stable}
+        click.echo(jsonlib.dumps(data, default=str, indent=2))
+        return
+    ins = f"{state.ins_matricule[:10]}***** ({state.ins_oid})" if state.ins_matricule else "none"
+    click.echo(f"study        {state.study_instance_uid}")
+    click.echo(f"content      {state.series_count} series, {state.instance_count} instances")
+    click.echo(f"received     {state.created_at:%Y-%m-%d %H:%M:%S} .. {state.updated_at:%Y-%m-%d %H:%M:%S}")
+    click.echo(f"stable       {'yes, since ' + format(state.stable_at, '%Y-%m-%d %H:%M:%S') if state.stable else 'no (receiving)'}")
+    click.echo(f"INS          {ins}")
+    click.echo(f"publishable  {'yes' if state.publishable else 'no: ' + state.reason}")
+
+
+def _manifest_or_exit(settings: Settings, study_uid: str):  # noqa: ANN202
+    from gateway.index.facts import NotPublishable, UnknownStudy
+    from gateway.manifests import build_study_manifest
+
+    try:
+        return build_study_manifest(_runtime_index(settings), settings, study_uid)
+    except UnknownStudy:
+        click.echo(f"drimbox: no study {study_uid} in the index", err=True)
+    except NotPublishable as exc:
+        click.echo(f"drimbox: study {study_uid} is not publishable: {exc}", err=True)
+    sys.exit(1)
+
+
+@main.command("kos")
+@config_option
+@click.argument("study_uid")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the KOS (DICOM Part 10) there; without it, print it.")
+def kos(config_file: Path | None, study_uid: str, output: Path | None) -> None:
+    """The DRIM-M KOS manifest this DRIMbox would publish for a study (R3)."""
+    settings = _settings(config_file)
+    manifest = _manifest_or_exit(settings, study_uid)
+    if output is None:
+        click.echo(str(manifest.kos))
+        return
+    output.write_bytes(manifest.kos_bytes)
+    click.echo(f"{output}: KOS {manifest.kos.SOPInstanceUID}, "
+               f"{manifest.facts.instance_count} instances in {len(manifest.facts.series)} series")
+
+
+@main.command("manifest")
+@config_option
+@click.argument("study_uid")
+@click.option("--fhir", is_flag=True, help="The FHIR twin (Bundle) instead of the XDS-I.b metadata.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def manifest(config_file: Path | None, study_uid: str, fhir: bool, output: Path | None) -> None:
+    """The publication metadata of a study: XDS-I.b DocumentEntry (R4) or FHIR twin."""
+    import json as jsonlib
+    from dataclasses import asdict
+
+    from gateway.index.facts import NotPublishable
+    from gateway.manifests import document_entry, fhir_bundle
+    from gateway.xds_metadata import MetadataError
+
+    settings = _settings(config_file)
+    built = _manifest_or_exit(settings, study_uid)
+    try:
+        if fhir:
+            text = fhir_bundle(built, settings).model_dump_json(indent=2, exclude_none=True)
+        else:
+            text = jsonlib.dumps(asdict(document_entry(built, settings)), indent=2,
+                                 ensure_ascii=False)
+    except (NotPublishable, MetadataError) as exc:
+        click.echo(f"drimbox: study {study_uid} is not publishable: {exc}", err=True)
+        sys.exit(1)
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
 
 
 @main.command("psc-sim")

@@ -140,6 +140,28 @@ class Settings(BaseSettings):
     """Who may read DICOMweb. ``none`` (anonymous) is accepted only while ``host`` is a
     loopback address; Pro Santé Connect tokens come with issue #6."""
 
+    # --- Manifests and publishability (issue #4; R3, R19). ---
+    repository_oid: str | None = None
+    """This DRIMbox's repository OID: Retrieve Location UID in the KOS and the assigning
+    authority of the studyInstanceUID reference id (XDS-I.b). Required to build a manifest."""
+    institution_name: str = ""
+    """InstitutionName of the KOS (the centre)."""
+    structure_id: str = ""
+    """Identifier of the care structure (FINESS...), appended to InstitutionName as DRIM-M does."""
+    healthcare_facility_type: str = ""
+    """XDS healthcareFacilityTypeCode (TRE_R02-SecteurActivite, e.g. ``SA07`` cabinet, ``SA01``
+    hospital); the report may override it. Required for the XDS-I.b metadata."""
+    practice_setting: str = "AMBULATOIRE"
+    """XDS practiceSettingCode (scheme 1.2.250.1.213.1.1.4.9)."""
+    study_stable_seconds: float = Field(default=60.0, gt=0)
+    """A study is stable after this many seconds without a new instance; a new one reopens it."""
+    dicom_ins_status: Literal["QUAL", "VALI", "unknown"] = "QUAL"
+    """Identity status given to an INS read from the images (DICOM has no status attribute).
+    ``QUAL``: an INS travels in the images only for a qualified identity (RNIV), so it may be
+    published; ``unknown``: only a report (HL7 PID-32) can qualify it."""
+    admit_validated_ins: bool = False
+    """Also publish identities whose status is VALI (test platforms only; R19 says QUAL)."""
+
     # --- DMP publication (issue #5; R4-R8). Unused until the outbox publishes. ---
     dmp_transport: Literal["xds", "mhd"] = "xds"
     """How we talk to the DMP: ``xds`` (IHE XDS.b SOAP, the DMP today) or ``mhd`` (FHIR PDSm /
@@ -183,6 +205,13 @@ class Settings(BaseSettings):
     @classmethod
     def _ae(cls, v: str) -> str:
         return validate_ae_title(v)
+
+    @field_validator("repository_oid")
+    @classmethod
+    def _repository_oid(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[0-2](\.(0|[1-9][0-9]*))+$", v):
+            raise ValueError(f"{v!r} is not an OID")
+        return v
 
     @field_validator("public_url")
     @classmethod

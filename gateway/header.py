@@ -18,6 +18,9 @@ from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
 
+from gateway.ins import INS_ISSUER_NAME
+from gateway.ins_codecs import ins_from_dicom
+
 
 class HeaderError(ValueError):
     """The dataset could not be parsed."""
@@ -55,6 +58,10 @@ class InstanceHeader:
     columns: int | None = None
     bits_allocated: int | None = None
     number_of_frames: int | None = None
+    # The patient's INS as the images carry it (R19, issue #4): set when valid, else the reason.
+    ins_matricule: str = ""
+    ins_oid: str = ""
+    ins_refusal: str = ""
 
 
 # The elements read, in tag order: pydicom stops parsing after the last one we need. Groups
@@ -134,6 +141,20 @@ def _past_last_tag(tag: int, vr: str | None, length: int) -> bool:
     return int(tag) > _LAST_TAG  # int(): pydicom's Tag compares slowly
 
 
+def _ins_fields(ds: Dataset) -> dict[str, str]:
+    """The INS the images carry (PatientID + issuer + qualifiers, or OtherPatientIDsSequence)."""
+    if "IssuerOfPatientIDQualifiersSequence" not in ds and "OtherPatientIDsSequence" not in ds:
+        if _text(ds, "IssuerOfPatientID") != INS_ISSUER_NAME:
+            return {"ins_refusal": "absent: no INS in PatientID or OtherPatientIDsSequence"}
+    try:
+        ids = ins_from_dicom(ds)
+    except Exception as exc:  # a malformed sequence must not refuse the instance itself
+        return {"ins_refusal": f"format: patient identifiers unreadable ({type(exc).__name__})"}
+    if ids.ins is None:
+        return {"ins_refusal": ids.ins_refusal or "absent"}
+    return {"ins_matricule": ids.ins.matricule, "ins_oid": ids.ins.oid}
+
+
 def read_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHeader:
     """Parse the header of an encoded dataset. Raises :class:`HeaderError`."""
     ts = UID(transfer_syntax)
@@ -182,6 +203,7 @@ def read_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHe
             columns=_int(ds, "Columns"),
             bits_allocated=_int(ds, "BitsAllocated"),
             number_of_frames=_int(ds, "NumberOfFrames"),
+            **_ins_fields(ds),
         )
     except HeaderError:
         raise

@@ -16,6 +16,7 @@ from dicomweb.app import create_app
 from gateway.config import Settings
 from gateway.dimse import DicomService
 from gateway.runtime import Runtime
+from gateway.stability import StabilityMonitor
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ def serve(settings: Settings) -> None:
     runtime = Runtime.build(settings)
     dicom = DicomService(settings, runtime.ingestor)
     dicom.start()
+    stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
+    stability.start()
     config = uvicorn.Config(
         create_app(runtime),
         host=settings.effective_http_host,
@@ -52,5 +55,6 @@ def serve(settings: Settings) -> None:
     finally:
         log.info("draining DICOM associations (up to %.0f s)", settings.shutdown_grace)
         dicom.stop()
+        stability.stop()
         runtime.close()
         log.info("stopped")

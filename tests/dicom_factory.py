@@ -52,6 +52,7 @@ def make_instance(
     patient_id: str = "248092700000000",
     patient_name: str = "DUPONT^JEAN",
     issuer: str = "ASIP-SANTE-INS-NIR",
+    ins_oid: str | None = None,
     accession: str = "ACC0001",
     modality: str | None = None,
     instance_number: int = 1,
@@ -90,6 +91,12 @@ def make_instance(
     ds.PatientName = patient_name
     ds.PatientID = patient_id
     ds.IssuerOfPatientID = issuer
+    if ins_oid:
+        # The INS as the DRIM-M samples carry it (R3): issuer qualifiers with the INS OID.
+        qualifier = Dataset()
+        qualifier.UniversalEntityID = ins_oid
+        qualifier.UniversalEntityIDType = "ISO"
+        ds.IssuerOfPatientIDQualifiersSequence = [qualifier]
     ds.PatientBirthDate = "19480101"
     ds.PatientSex = "M"
     ds.StudyInstanceUID = UID(study_uid or generate_uid(TEST_ROOT))

@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from gateway.header import InstanceHeader
-from gateway.index.engine import create_index_engine, current_revision, upgrade
+from gateway.index.engine import create_index_engine, current_revision, head_revision, upgrade
 from gateway.index.models import Base
 from gateway.index.store import InstanceIndex, StoredFile
 
@@ -43,7 +43,7 @@ def stored(n: int, sha: str = "a") -> StoredFile:
 
 def test_migrations_match_the_models(index: InstanceIndex) -> None:
     """`drimbox db upgrade` builds exactly the schema the code uses (no missing migration)."""
-    assert current_revision(index.engine) == "0002"
+    assert current_revision(index.engine) == head_revision() == "0003"
     with index.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
@@ -99,3 +99,26 @@ def test_concurrent_writers_create_one_study(index: InstanceIndex) -> None:
     assert not errors, errors
     c = index.counts()
     assert (c.patients, c.studies, c.series, c.instances) == (1, 1, 1, 80)
+
+
+def test_mark_stable_and_reopen(index: InstanceIndex) -> None:
+    """Issue #4 item 5: quiet studies become stable once; a new instance reopens them."""
+    import time
+
+    from gateway.stability import StabilityMonitor
+
+    index.record(header(1), stored(1))
+    assert index.mark_stable(3600) == []  # not quiet for an hour yet
+    time.sleep(0.02)
+    assert index.mark_stable(0.01) == ["1.2.3"]
+    assert index.mark_stable(0.01) == []  # announced once
+    time.sleep(0.02)
+    index.record(header(2), stored(2))  # a new instance reopens the study
+    assert index.mark_stable(3600) == []
+    seen: list[list[str]] = []
+    monitor = StabilityMonitor(index, quiet_seconds=0.01)
+    monitor.subscribe(lambda uids: 1 / 0)  # a failing listener does not stop the others
+    monitor.subscribe(seen.append)
+    time.sleep(0.02)
+    assert monitor.check_once() == ["1.2.3"]
+    assert seen == [["1.2.3"]]

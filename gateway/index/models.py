@@ -57,6 +57,7 @@ class Study(Base):
     __table_args__ = (
         Index(None, "study_date"),
         Index(None, "accession_number"),
+        Index(None, "ins_matricule"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -71,6 +72,15 @@ class Study(Base):
     study_id: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    """When the last instance of the study arrived (or was replaced)."""
+    stable_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """When the study was last found quiet for ``study_stable_seconds``; the study is stable
+    while ``stable_at >= updated_at`` (a new instance reopens it)."""
+    ins_matricule: Mapped[str] = mapped_column(String(15), default="", server_default="")
+    """The patient's INS as the images carry it, when valid (R19); '' otherwise."""
+    ins_oid: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    ins_refusal: Mapped[str] = mapped_column(Text, default="", server_default="")
+    """Why the images carry no usable INS (the rule that failed), '' when they do."""
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")

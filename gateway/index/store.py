@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import threading
 
@@ -308,6 +308,32 @@ class InstanceIndex:
                 self._drop_if_empty(s, old_series_pk)
             return replaced
 
+    def mark_stable(self, quiet_seconds: float, now: datetime | None = None) -> list[str]:
+        """Mark stable the studies quiet for ``quiet_seconds`` that are not stable yet.
+
+        Returns their Study Instance UIDs (issue #4: "study completeness"). A study is stable
+        while ``stable_at >= updated_at``; an instance arriving later bumps ``updated_at`` and
+        so reopens it, and it is marked again once quiet.
+        """
+        now = now or datetime.now(UTC)
+        cutoff = now - timedelta(seconds=quiet_seconds)
+        with self._write() as s:
+            uids = list(
+                s.scalars(
+                    select(Study.study_instance_uid).where(
+                        (Study.updated_at <= cutoff)
+                        & ((Study.stable_at.is_(None)) | (Study.stable_at < Study.updated_at))
+                    )
+                )
+            )
+            if uids:
+                s.execute(
+                    update(Study)
+                    .where(Study.study_instance_uid.in_(uids))
+                    .values(stable_at=now)
+                )
+        return uids
+
     @staticmethod
     def find_in_session(s: Session, inst: Instance) -> StoredInstance:
         series = s.get(Series, inst.series_pk)
@@ -369,9 +395,19 @@ class InstanceIndex:
                     "study_id": h.study_id,
                     "created_at": now,
                     "updated_at": now,
+                    "ins_matricule": h.ins_matricule,
+                    "ins_oid": h.ins_oid,
+                    "ins_refusal": h.ins_refusal,
                 },
             )
             pk = s.scalar(select(Study.id).where(key))
+        elif h.ins_matricule:
+            # A study first seen without a usable INS gets it from a later instance.
+            s.execute(
+                update(Study)
+                .where((Study.id == pk) & (Study.ins_matricule == ""))
+                .values(ins_matricule=h.ins_matricule, ins_oid=h.ins_oid, ins_refusal="")
+            )
         assert pk is not None
         return pk
 
