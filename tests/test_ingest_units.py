@@ -21,6 +21,7 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from gateway.ins_codecs import ins_from_dicom
 from gateway.header import InstanceHeader, read_header
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.group_commit import GroupCommitter
@@ -118,7 +119,15 @@ def _reference_header(data: bytes, ts: str) -> InstanceHeader:
         columns=num("Columns"),
         bits_allocated=num("BitsAllocated"),
         number_of_frames=num("NumberOfFrames"),
+        **_reference_ins(ds),
     )
+
+
+def _reference_ins(ds: Dataset) -> dict[str, str]:
+    ids = ins_from_dicom(ds)
+    if ids.ins is None:
+        return {"ins_refusal": ids.ins_refusal or ""}
+    return {"ins_matricule": ids.ins.matricule, "ins_oid": ids.ins.oid}
 
 
 def _dataset_bytes(ds: Dataset) -> tuple[bytes, str]:
