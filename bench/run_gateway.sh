@@ -76,6 +76,8 @@ start() {
     kill -0 "$pid" 2>/dev/null || { tail -n 30 "$LOG" >&2; die "gateway exited during start-up"; }
     if curl -sf -m 1 "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 \
        && ss -ltnH "sport = :$DICOM_PORT" | grep -q .; then
+      sleep 0.5  # let the DICOM workers finish starting up before the CPU baseline
+      echo "$(date -u +%FT%TZ) started: cpu_s=$(cpu_seconds "$pid") workers=$(pgrep -P "$pid" -c -f spawn_main || true)" >> "$DIR/counts.log"
       echo "gateway started: PID $pid, DICOM $AET@127.0.0.1:$DICOM_PORT, data $DATA, source $SRC"
       return 0
     fi
@@ -84,9 +86,22 @@ start() {
   die "gateway did not become ready within 30 s (log: $LOG)"
 }
 
+cpu_seconds() {  # user+sys CPU of PID and its children (DICOM workers), children reaped included
+  local tck total=0 p f
+  tck="$(getconf CLK_TCK)"
+  for p in "$1" $(pgrep -P "$1" || true); do
+    f="$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null)" || continue
+    # fields after the command: state=1 ... utime=12 stime=13 cutime=14 cstime=15
+    total=$(( total + $(echo "$f" | awk '{print $12 + $13 + $14 + $15}') ))
+  done
+  awk -v t="$total" -v h="$tck" 'BEGIN {printf "%.1f", t / h}'
+}
+
 stop() {
   local pid
   if ! pid="$(our_pid)"; then rm -f "$PIDFILE"; echo "not running"; return 0; fi
+  mkdir -p "$DIR"
+  echo "$(date -u +%FT%TZ) stopping: cpu_s=$(cpu_seconds "$pid") $(count)" >> "$DIR/counts.log"
   kill -TERM "$pid"
   for _ in $(seq 1 120); do
     kill -0 "$pid" 2>/dev/null || { rm -f "$PIDFILE"; echo "stopped PID $pid"; return 0; }

@@ -8,12 +8,12 @@ modules) and the viewer (``viewer`` module).
 from __future__ import annotations
 
 from fastapi import FastAPI, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from dicomweb import metadata, qido, rendered, stow, viewer, wado
 from dicomweb.urls import DICOMWEB_PREFIX
 from gateway import __version__
+from gateway import metrics as gateway_metrics
 from gateway.runtime import Runtime
 
 
@@ -37,6 +37,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     @app.get("/metrics", tags=["operations"])
     def metrics() -> Response:
         """Prometheus metrics: instances and bytes received, failures by status, associations."""
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = gateway_metrics.exposition()
+        return Response(body, media_type=content_type)
 
     return app

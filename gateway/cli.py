@@ -55,6 +55,11 @@ def main() -> None:
 def serve(config_file: Path | None) -> None:
     """Run the DICOM SCP and the HTTP app (upgrades the index first)."""
     settings = _settings(config_file)  # before the heavy imports: a wrong setting fails fast
+    from gateway.workers import LOG_FORMAT, prepare_multiprocess_metrics
+
+    logging.getLogger().handlers[0].setFormatter(logging.Formatter(LOG_FORMAT))  # with the PID
+    if settings.dicom_workers:
+        prepare_multiprocess_metrics(settings.data_dir)  # before prometheus_client is imported
     from gateway.server import serve as run
 
     run(settings)

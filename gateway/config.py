@@ -124,10 +124,26 @@ class Settings(BaseSettings):
     (to see the request, to send the response), so 1 ms costs ~1 ms per instance with one
     association; 0.2 ms costs ~5 % of a core per idle association."""
 
+    reactor_wait: float = Field(default=0.005, ge=0, le=0.1)
+    """Seconds pynetdicom's association thread waits for the next DIMSE message before
+    going round its loop again (``gateway.dimse._ReactorQueue``). pynetdicom itself polls
+    every 1 ms, which delays each C-STORE by ~0.5 ms; waiting on the queue takes each
+    request at once. Release, abort and timeout checks then run every ``reactor_wait`` +
+    1 ms. ``0``: pynetdicom's own polling."""
+
     commit_batch_max: int = Field(default=64, ge=1, le=10_000)
     """Most index rows one group commit holds (instances arriving together over several
     associations share a directory fsync and an index commit; each is still acknowledged
     only after the commit that holds it)."""
+
+    dicom_workers: int = Field(default=2, ge=0, le=64)
+    """Processes that accept DICOM associations (``drimbox serve``; see
+    :mod:`gateway.workers`). Each runs pynetdicom and the ingest path in its own interpreter,
+    so concurrent associations use more than one core (one Python process tops out near 200
+    CT slices/s under the GIL). ``0`` runs the DICOM SCP inside the main process, next to
+    the HTTP app, as before. The main process keeps the HTTP app and shares one listening
+    socket with the workers. Default 2, measured on a 2-core machine (bench/RESULTS.md);
+    ``max_associations`` applies per worker."""
 
     max_associations: int = Field(default=32, ge=1, le=1000)
     network_timeout: float = Field(default=60.0, gt=0)

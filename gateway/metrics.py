@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+    multiprocess,
+)
 
 INSTANCES_RECEIVED = Counter(
     "drimbox_instances_received_total",
@@ -19,7 +28,22 @@ ASSOCIATIONS = Counter("drimbox_associations_total", "DICOM associations accepte
 ASSOCIATIONS_REJECTED = Counter(
     "drimbox_associations_rejected_total", "DICOM associations rejected or aborted"
 )
-ASSOCIATIONS_ACTIVE = Gauge("drimbox_associations_active", "DICOM associations now open")
+ASSOCIATIONS_ACTIVE = Gauge(
+    "drimbox_associations_active",
+    "DICOM associations now open",
+    multiprocess_mode="livesum",  # with DICOM worker processes: the sum over live ones
+)
 STOW_FAILURES = Counter(
     "drimbox_stow_failures_total", "STOW-RS instances refused, by DICOM failure reason", ["status"]
 )
+
+
+def exposition() -> tuple[bytes, str]:
+    """The ``/metrics`` body and content type. With DICOM worker processes
+    (``PROMETHEUS_MULTIPROC_DIR`` set, see :mod:`gateway.workers`) the values of every
+    process, summed; otherwise this process's registry."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(), CONTENT_TYPE_LATEST

@@ -1,4 +1,5 @@
-"""``drimbox serve``: the DICOM SCP and the HTTP app in one process.
+"""``drimbox serve``: the HTTP app, and the DICOM SCP in ``dicom_workers`` worker processes
+(:mod:`gateway.workers`; with ``dicom_workers = 0``, in this process).
 
 SIGTERM (or SIGINT) stops the HTTP server, then stops accepting associations and lets those
 in flight finish (``shutdown_grace`` seconds at most) before the process exits, so that a
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 
 import uvicorn
 
@@ -17,13 +19,18 @@ from gateway.config import Settings
 from gateway.dimse import DicomService
 from gateway.runtime import Runtime
 from gateway.stability import StabilityMonitor
+from gateway.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings) -> None:
-    runtime = Runtime.build(settings)
-    dicom = DicomService(settings, runtime.ingestor)
+    runtime = Runtime.build(settings)  # clears staging: before any worker exists
+    dicom: DicomService | WorkerPool
+    if settings.dicom_workers:
+        dicom = WorkerPool(settings)
+    else:
+        dicom = DicomService(settings, runtime.ingestor)
     dicom.start()
     stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
     stability.start()
@@ -54,7 +61,9 @@ def serve(settings: Settings) -> None:
         http.run()
     finally:
         log.info("draining DICOM associations (up to %.0f s)", settings.shutdown_grace)
-        dicom.stop()
+        unclean = dicom.stop()  # WorkerPool: workers that did not exit cleanly
         stability.stop()
         runtime.close()
         log.info("stopped")
+    if unclean:
+        sys.exit(1)
