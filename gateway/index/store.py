@@ -355,84 +355,74 @@ class InstanceIndex:
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         s.execute(dialect_insert(model).values(**values).on_conflict_do_nothing())
 
+    def _get_or_create(self, s: Session, model: type, key, values: dict) -> tuple[int, bool]:  # noqa: ANN001
+        """The primary key of the row matching ``key``, inserted from ``values`` when missing
+        (a concurrent insert of the same row is not an error); and whether it was missing."""
+        pk = s.scalar(select(model.id).where(key))
+        if pk is not None:
+            return pk, False
+        self._insert_ignore(s, model, values)
+        pk = s.scalar(select(model.id).where(key))
+        assert pk is not None
+        return pk, True
+
     def _ensure_patient(self, s: Session, h: InstanceHeader) -> int:
         key = (Patient.patient_id == h.patient_id) & (
             Patient.issuer_of_patient_id == h.issuer_of_patient_id
         )
-        pk = s.scalar(select(Patient.id).where(key))
-        if pk is None:
-            self._insert_ignore(
-                s,
-                Patient,
-                {
-                    "patient_id": h.patient_id,
-                    "issuer_of_patient_id": h.issuer_of_patient_id,
-                    "patient_name": h.patient_name,
-                    "patient_birth_date": h.patient_birth_date,
-                    "patient_sex": h.patient_sex,
-                },
-            )
-            pk = s.scalar(select(Patient.id).where(key))
-        assert pk is not None
-        return pk
+        values = {
+            "patient_id": h.patient_id,
+            "issuer_of_patient_id": h.issuer_of_patient_id,
+            "patient_name": h.patient_name,
+            "patient_birth_date": h.patient_birth_date,
+            "patient_sex": h.patient_sex,
+        }
+        return self._get_or_create(s, Patient, key, values)[0]
 
     def _ensure_study(self, s: Session, h: InstanceHeader, patient_pk: int, now: datetime) -> int:
-        key = Study.study_instance_uid == h.study_instance_uid
-        pk = s.scalar(select(Study.id).where(key))
-        if pk is None:
-            self._insert_ignore(
-                s,
-                Study,
-                {
-                    "study_instance_uid": h.study_instance_uid,
-                    "patient_pk": patient_pk,
-                    "study_date": h.study_date,
-                    "study_time": h.study_time,
-                    "accession_number": h.accession_number,
-                    "accession_number_issuer": h.accession_number_issuer,
-                    "referring_physician_name": h.referring_physician_name,
-                    "study_description": h.study_description,
-                    "study_id": h.study_id,
-                    "created_at": now,
-                    "updated_at": now,
-                    "ins_matricule": h.ins_matricule,
-                    "ins_oid": h.ins_oid,
-                    "ins_refusal": h.ins_refusal,
-                },
-            )
-            pk = s.scalar(select(Study.id).where(key))
-        elif h.ins_matricule:
+        values = {
+            "study_instance_uid": h.study_instance_uid,
+            "patient_pk": patient_pk,
+            "study_date": h.study_date,
+            "study_time": h.study_time,
+            "accession_number": h.accession_number,
+            "accession_number_issuer": h.accession_number_issuer,
+            "referring_physician_name": h.referring_physician_name,
+            "study_description": h.study_description,
+            "study_id": h.study_id,
+            "created_at": now,
+            "updated_at": now,
+            "ins_matricule": h.ins_matricule,
+            "ins_oid": h.ins_oid,
+            "ins_refusal": h.ins_refusal,
+        }
+        pk, created = self._get_or_create(
+            s, Study, Study.study_instance_uid == h.study_instance_uid, values
+        )
+        if not created and h.ins_matricule:
             # A study first seen without a usable INS gets it from a later instance.
             s.execute(
                 update(Study)
                 .where((Study.id == pk) & (Study.ins_matricule == ""))
                 .values(ins_matricule=h.ins_matricule, ins_oid=h.ins_oid, ins_refusal="")
             )
-        assert pk is not None
         return pk
 
     def _ensure_series(self, s: Session, h: InstanceHeader, study_pk: int, now: datetime) -> int:
-        key = Series.series_instance_uid == h.series_instance_uid
-        pk = s.scalar(select(Series.id).where(key))
-        if pk is None:
-            self._insert_ignore(
-                s,
-                Series,
-                {
-                    "series_instance_uid": h.series_instance_uid,
-                    "study_pk": study_pk,
-                    "modality": h.modality,
-                    "series_number": h.series_number,
-                    "series_description": h.series_description,
-                    "body_part_examined": h.body_part_examined,
-                    "performed_procedure_step_start_date": h.performed_procedure_step_start_date,
-                    "performed_procedure_step_start_time": h.performed_procedure_step_start_time,
-                    "created_at": now,
-                },
-            )
-            pk = s.scalar(select(Series.id).where(key))
-        assert pk is not None
-        return pk
+        values = {
+            "series_instance_uid": h.series_instance_uid,
+            "study_pk": study_pk,
+            "modality": h.modality,
+            "series_number": h.series_number,
+            "series_description": h.series_description,
+            "body_part_examined": h.body_part_examined,
+            "performed_procedure_step_start_date": h.performed_procedure_step_start_date,
+            "performed_procedure_step_start_time": h.performed_procedure_step_start_time,
+            "created_at": now,
+        }
+        return self._get_or_create(
+            s, Series, Series.series_instance_uid == h.series_instance_uid, values
+        )[0]
 
     @staticmethod
     def _drop_if_empty(s: Session, series_pk: int) -> None:
