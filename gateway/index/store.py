@@ -29,7 +29,8 @@ from sqlalchemy.orm import Session
 from gateway.header import InstanceHeader
 from gateway.index.models import Instance, Patient, Series, Study
 
-_FIND_INSTANCE = (
+#: The columns of a :class:`StoredInstance`, joined up to its study.
+_STORED_INSTANCES = (
     select(
         Instance.sop_instance_uid,
         Instance.sop_class_uid,
@@ -42,8 +43,8 @@ _FIND_INSTANCE = (
     )
     .join(Series, Instance.series_pk == Series.id)
     .join(Study, Series.study_pk == Study.id)
-    .where(Instance.sop_instance_uid == bindparam("uid"))
 )
+_FIND_INSTANCE = _STORED_INSTANCES.where(Instance.sop_instance_uid == bindparam("uid"))
 _TOUCH_STUDY = update(Study).where(Study.id == bindparam("pk")).values(updated_at=bindparam("now"))
 
 
@@ -173,21 +174,7 @@ class InstanceIndex:
 
     def all_instances(self) -> list[StoredInstance]:
         with self.read() as s:
-            rows = s.execute(
-                select(
-                    Instance.sop_instance_uid,
-                    Instance.sop_class_uid,
-                    Study.study_instance_uid,
-                    Series.series_instance_uid,
-                    Instance.transfer_syntax_uid,
-                    Instance.sha256,
-                    Instance.size,
-                    Instance.storage_key,
-                )
-                .join(Series, Instance.series_pk == Series.id)
-                .join(Study, Series.study_pk == Study.id)
-                .order_by(Instance.id)
-            ).all()
+            rows = s.execute(_STORED_INSTANCES.order_by(Instance.id)).all()
         return [StoredInstance(*r) for r in rows]
 
     # -- writes --------------------------------------------------------------------------
