@@ -136,3 +136,39 @@ class Instance(Base):
     number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class Manifest(Base):
+    """A KOS this DRIMbox built to publish (R4, R8): the key of the publication outbox and of
+    the access policy (R10: a consumer names it in ``KOS-SOPInstanceUID`` and sees only the
+    instances it references). ``published_at`` is set when the shared record acknowledged it,
+    ``withdrawn_at`` when it was un-published or replaced; only a published, not withdrawn
+    manifest opens access."""
+
+    __tablename__ = "manifests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kos_uid: Mapped[str] = mapped_column(UID, unique=True)
+    """SOPInstanceUID of the KOS, also the DocumentEntry uniqueId."""
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    replaces_kos_uid: Mapped[str] = mapped_column(UID, default="", server_default="")
+    """The KOS this one replaces (RPLC), '' for a first publication."""
+
+    instances: Mapped[list[ManifestInstance]] = relationship(back_populates="manifest")
+
+
+class ManifestInstance(Base):
+    """One instance a manifest references (the KOS's Evidence Sequence, flattened)."""
+
+    __tablename__ = "manifest_instances"
+    __table_args__ = (UniqueConstraint("manifest_pk", "sop_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    manifest_pk: Mapped[int] = mapped_column(ForeignKey("manifests.id"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+
+    manifest: Mapped[Manifest] = relationship(back_populates="instances")
