@@ -172,3 +172,32 @@ class ManifestInstance(Base):
     sop_instance_uid: Mapped[str] = mapped_column(UID)
 
     manifest: Mapped[Manifest] = relationship(back_populates="instances")
+
+
+class AuditEvent(Base):
+    """One access decision (R15, R22; issue #6): append-only. ``subject`` is a SubjectNameID,
+    local user name or share-link id, never a token or a full identity; ``patient_ins`` is the
+    INS matricule the data belongs to, when known."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index(None, "recorded_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    principal_kind: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(Text, default="")
+    via: Mapped[str] = mapped_column(String(32), default="")
+    activity: Mapped[str] = mapped_column(Text, default="")
+    action: Mapped[str] = mapped_column(String(64))
+    """What was asked: ``qido``, ``wado``, ``metadata``, ``rendered``, ``stow``, ``login``,
+    ``share-open``, ``viewer-source`` ... """
+    outcome: Mapped[str] = mapped_column(String(16))
+    """``allowed`` or ``denied``."""
+    reason: Mapped[str] = mapped_column(Text, default="")
+    study_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    series_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    sop_instance_uids: Mapped[str] = mapped_column(Text, default="")
+    """Space-separated SOP Instance UIDs, '' when the request named none."""
+    patient_ins: Mapped[str] = mapped_column(String(15), default="")
+    kos_uid: Mapped[str] = mapped_column(UID, default="")
+    client_address: Mapped[str] = mapped_column(String(64), default="")

@@ -15,7 +15,7 @@ foreign key fail; the cache is then cleared and the caller's retry takes the ful
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -150,6 +150,10 @@ class InstanceIndex:
     def _write(self) -> Iterator[Session]:
         with Session(self._writer, expire_on_commit=False) as session, session.begin():
             yield session
+
+    def write(self) -> AbstractContextManager[Session]:
+        """A write transaction (committed on exit) for modules that own their own tables."""
+        return self._write()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
