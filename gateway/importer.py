@@ -38,8 +38,9 @@ prints the same as one JSON object. Exit status: 0 when every DICOM file was kep
 at least one was rejected or missing (or the run stopped: disk full, interrupted: 130),
 2 for usage or configuration errors (including an index that cannot be opened).
 
-It may run next to ``drimbox serve`` on the same data directory and index: it does not clear
-the staging area (a running ``serve`` writes there) and every ingest commits on its own.
+It may run next to ``drimbox serve`` on the same data directory and index: staging files carry
+their writer's pid and each process removes only those of dead writers
+(:meth:`gateway.storage.FileStore.prepare`), and every ingest commits on its own.
 """
 
 from __future__ import annotations
@@ -881,7 +882,7 @@ def run_import(
     from gateway.runtime import Runtime  # imports alembic, which logs as it loads
 
     try:
-        runtime = Runtime.build(settings, clear_staging=False)
+        runtime = Runtime.build(settings)  # removes only dead writers' staging files
     except Exception as exc:  # noqa: BLE001 - index unreachable, data dir not writable
         click.echo(f"drimbox import: cannot open the gateway's storage or index: {exc}", err=True)
         return 2

@@ -2,7 +2,8 @@
 
 Layout under ``<data_dir>``::
 
-    staging/                      files being written (emptied at start-up; never indexed)
+    staging/<pid>-<random>.tmp    files being written (never indexed; a dead writer's are
+                                  removed at start-up)
     storage/<study>/<series>/<sop>.<hash12>.dcm
 
 A file is written to ``staging/``, flushed and fsync'ed, renamed atomically into
@@ -49,6 +50,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _writer_alive(staging_name: str) -> bool:
+    """Whether the process that named this staging file still runs (``<pid>-<hex>.tmp``)."""
+    pid_text, sep, _ = staging_name.partition("-")
+    if not sep or not pid_text.isdigit():
+        return False  # an older layout's file: its writer is long gone
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False  # left by an earlier process that had our pid; we have none in flight yet
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class FileStore:
     """Files of instances under one data directory."""
 
@@ -61,18 +79,19 @@ class FileStore:
         self._known_dirs: set[Path] = set()
 
     def prepare(self, clear_staging: bool = True) -> None:
-        """Create the layout and remove what a crash left in staging (never indexed).
+        """Create the layout and remove what a crashed writer left in staging (never indexed).
 
-        ``clear_staging=False`` for a process that shares the data directory with a running
-        ``serve`` (``drimbox import``): its staging files are in flight, not leftovers.
+        Staging files carry their writer's process id: only those of processes that no longer
+        run are removed, so a ``serve`` starting while ``drimbox import`` (or another worker)
+        writes never deletes a file in flight. ``clear_staging=False`` skips the sweep.
         """
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.staging_dir.mkdir(parents=True, exist_ok=True)
         if not clear_staging:
             return
         for leftover in self.staging_dir.iterdir():
-            if leftover.is_file():
-                leftover.unlink()
+            if leftover.is_file() and not _writer_alive(leftover.name):
+                leftover.unlink(missing_ok=True)
 
     def path_of(self, key: str) -> Path:
         """The absolute path of a storage key; refuses keys that would leave the store.
@@ -100,7 +119,7 @@ class FileStore:
         Raises :class:`StorageFullError` when the disk is full; nothing is left behind then.
         """
         final = self.path_of(key)
-        tmp = self.staging_dir / f"{uuid.uuid4().hex}.tmp"
+        tmp = self.staging_dir / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
         size = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)

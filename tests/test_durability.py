@@ -215,8 +215,21 @@ def test_sigkill_mid_run_loses_nothing_acknowledged(gateway_factory, tmp_path: P
     # What a crash may leave in staging (plus a half-written file of our own) goes at start-up.
     staging = gw.data_dir / "staging"
     (staging / "0123456789abcdef.tmp").write_bytes(b"\x00" * 1000)
-    restarted = gateway_factory().start()
-    assert list(staging.iterdir()) == []
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (staging / f"{dead.pid}-0123456789abcdef.tmp").write_bytes(b"\x00" * 1000)
+    # A file in flight for another live writer (`drimbox import` sharing the data directory)
+    # is not a leftover: start-up keeps it.
+    writer = subprocess.Popen(["sleep", "600"])
+    in_flight = staging / f"{writer.pid}-fedcba9876543210.tmp"
+    in_flight.write_bytes(b"\x01" * 10)
+    try:
+        restarted = gateway_factory().start()
+        assert list(staging.iterdir()) == [in_flight]
+    finally:
+        writer.kill()
+        writer.wait()
+    in_flight.unlink()
 
     indexed = _check_index_points_at_complete_files(restarted)
     for f in run.acked:

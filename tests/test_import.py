@@ -126,12 +126,22 @@ def test_folder_import_is_byte_identical_and_idempotent(database_url: str, tmp_p
     expected = expected_hashes(files) | {bare_uid: hashlib.sha256(bare_dataset).hexdigest()}
     ts = {str(dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID) for f in files}
     assert {"1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2"} <= ts
-    # A file in flight for a `drimbox serve` sharing the data dir: import must not touch it.
+    # A file in flight for a `drimbox serve` sharing the data dir (a live writer, named by its
+    # pid): import must not touch it; a dead writer's leftover goes.
     (data / "staging").mkdir(parents=True)
-    in_flight = data / "staging" / "in-flight.tmp"
+    writer = subprocess.Popen(["sleep", "600"])
+    in_flight = data / "staging" / f"{writer.pid}-0123abcd.tmp"
     in_flight.write_bytes(b"partial")
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    leftover = data / "staging" / f"{dead.pid}-0123abcd.tmp"
+    leftover.write_bytes(b"crash")
 
-    proc = drimbox_import(["--json", str(tmp_path / "backlog")], data, database_url)
+    try:
+        proc = drimbox_import(["--json", str(tmp_path / "backlog")], data, database_url)
+    finally:
+        writer.kill()
+        writer.wait()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = summary_of(proc)
     assert summary["stored"] == 31
@@ -140,6 +150,7 @@ def test_folder_import_is_byte_identical_and_idempotent(database_url: str, tmp_p
     assert summary["rejected"] == summary["missing"] == []
     assert_stored_exactly(data, database_url, expected)
     assert in_flight.read_bytes() == b"partial"
+    assert not leftover.exists()
 
     # Again, text summary: everything already present, nothing stored twice.
     proc = drimbox_import([str(tmp_path / "backlog")], data, database_url)
