@@ -88,14 +88,20 @@ def db_upgrade(config_file: Path | None) -> None:
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-def import_(config_file: Path | None, paths: tuple[Path, ...], quiet: bool, as_json: bool) -> None:
+@click.option("--on-conflict", type=click.Choice(["keep", "replace", "refuse"]), default="keep",
+              show_default=True,
+              help="A SOP Instance UID already stored with other bytes: keep the stored copy, "
+                   "replace it, or reject the file.")
+def import_(config_file: Path | None, paths: tuple[Path, ...], quiet: bool, as_json: bool,
+            on_conflict: str) -> None:
     """Ingest folders, CDs (DICOMDIR) or zip files through the same path as C-STORE.
 
     Exit status: 0 all DICOM files kept, 1 some rejected or missing, 2 usage or configuration.
     """
     from gateway.importer import run_import
 
-    sys.exit(run_import(_settings(config_file), list(paths), quiet=quiet, as_json=as_json))
+    settings = _settings(config_file).model_copy(update={"duplicate_policy": on_conflict})
+    sys.exit(run_import(settings, list(paths), quiet=quiet, as_json=as_json))
 
 
 def _runtime_index(settings: Settings):  # noqa: ANN202 - InstanceIndex

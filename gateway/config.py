@@ -110,10 +110,12 @@ class Settings(BaseSettings):
     accept_unknown_sop_classes: bool = False
     """Accept C-STORE of private or unknown SOP classes (like Orthanc's UnknownSopClassAccepted)."""
 
-    duplicate_policy: Literal["replace", "refuse"] = "replace"
+    duplicate_policy: Literal["replace", "refuse", "keep"] = "replace"
     """What a re-sent SOP Instance UID with *different* content does: ``replace`` the stored
-    instance (the PACS corrected it) or ``refuse`` it with status 0x0111. Identical content
-    always succeeds without a second copy."""
+    instance (the PACS corrected it), ``refuse`` it with status 0x0111, or ``keep`` the stored
+    copy and answer success (Orthanc's ``OverwriteInstances = false``). Identical content
+    always succeeds without a second copy. ``drimbox import`` has its own ``--on-conflict``
+    (default ``keep``: an old CD never replaces a corrected copy)."""
 
     max_pdu_size: int = Field(default=1_048_576, ge=0)
     """Largest P-DATA PDU we accept (0 = unlimited). Large PDUs cut per-fragment overhead."""

@@ -446,6 +446,8 @@ class Summary:
     stored: int = 0
     already_present: int = 0
     replaced: int = 0
+    kept_existing: int = 0
+    """Already stored with other bytes; the stored copy kept (``--on-conflict keep``)."""
     skipped_not_dicom: int = 0
     dicomdirs_used: int = 0
     not_in_dicomdir: int = 0
@@ -469,6 +471,7 @@ class Summary:
             "stored": self.stored,
             "already_present": self.already_present,
             "replaced": self.replaced,
+            "kept_existing": self.kept_existing,
             "skipped_not_dicom": self.skipped_not_dicom,
             "dicomdirs_used": self.dicomdirs_used,
             "not_in_dicomdir": self.not_in_dicomdir,
@@ -486,6 +489,7 @@ class Summary:
             f"stored:               {self.stored}",
             f"already present:      {self.already_present}",
             f"replaced:             {self.replaced}",
+            f"kept existing:        {self.kept_existing}",
             f"skipped (not DICOM):  {self.skipped_not_dicom}",
             f"rejected:             {len(self.rejected)}",
         ]
@@ -821,6 +825,8 @@ def _import_entry(
         summary.stored += 1
     elif result.outcome is Outcome.REPLACED:
         summary.replaced += 1
+    elif result.outcome is Outcome.KEPT_EXISTING:
+        summary.kept_existing += 1
     else:
         summary.already_present += 1
 

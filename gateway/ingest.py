@@ -41,6 +41,8 @@ class Outcome(enum.Enum):
     STORED = "stored"
     ALREADY_PRESENT = "already present"
     REPLACED = "replaced"
+    KEPT_EXISTING = "kept existing"
+    """Same SOP Instance UID, other content, policy ``keep``: the stored copy stays."""
 
 
 class Rejection(enum.Enum):
@@ -164,7 +166,7 @@ class Ingestor:
         duplicate_policy: str = "replace",
         commit_batch_max: int = 64,
     ) -> None:
-        if duplicate_policy not in ("replace", "refuse"):
+        if duplicate_policy not in ("replace", "refuse", "keep"):
             raise ValueError(f"unknown duplicate policy {duplicate_policy!r}")
         self.store = store
         self.index = index
@@ -187,6 +189,8 @@ class Ingestor:
             existing.storage_key
         ):
             return IngestResult(Outcome.ALREADY_PRESENT, header, size)
+        if existing is not None and existing.sha256 != digest and self.duplicate_policy == "keep":
+            return IngestResult(Outcome.KEPT_EXISTING, header, size)
         if (
             existing is not None
             and existing.sha256 != digest

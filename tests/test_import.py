@@ -401,3 +401,42 @@ def test_split_part10_refuses_what_is_not_part10() -> None:
         split_part10(b"MZ" + bytes(300))
     with pytest.raises(BadFile, match="truncated"):
         split_part10(to_bytes(make_instance())[:150])
+
+
+def test_on_conflict_keeps_replaces_or_refuses(tmp_path: Path, database_url: str) -> None:
+    """An old CD holding a SOP Instance UID already stored with other bytes (the PACS sent a
+    corrected copy since): ``--on-conflict keep`` (default) leaves the stored copy, ``replace``
+    swaps it, ``refuse`` rejects the file (exit 1); the store never holds two copies."""
+    data = tmp_path / "data"
+    uids = {"study_uid": "2.25.71001", "series_uid": "2.25.71002", "sop_uid": "2.25.71003"}
+    corrected = make_instance(patient_name="DUPONT^JEAN^CORRIGE", **uids)
+    old = make_instance(patient_name="DUPONT^JEAN", **uids)
+    (tmp_path / "pacs").mkdir()
+    (tmp_path / "cd").mkdir()
+    corrected.save_as(tmp_path / "pacs" / "IM1.dcm", enforce_file_format=True)
+    old.save_as(tmp_path / "cd" / "IM1.dcm", enforce_file_format=True)
+    new_hashes = expected_hashes([tmp_path / "pacs" / "IM1.dcm"])
+    old_hashes = expected_hashes([tmp_path / "cd" / "IM1.dcm"])
+    assert new_hashes != old_hashes
+
+    assert drimbox_import(["--quiet", str(tmp_path / "pacs")], data, database_url).returncode == 0
+
+    proc = drimbox_import(["--json", str(tmp_path / "cd")], data, database_url)
+    summary = summary_of(proc)
+    assert proc.returncode == 0
+    assert (summary["kept_existing"], summary["stored"], summary["replaced"]) == (1, 0, 0)
+    assert_stored_exactly(data, database_url, new_hashes)
+
+    proc = drimbox_import(["--json", "--on-conflict", "refuse", str(tmp_path / "cd")], data,
+                          database_url)
+    summary = summary_of(proc)
+    assert proc.returncode == 1
+    assert len(summary["rejected"]) == 1 and "other content" in summary["rejected"][0]["reason"]
+    assert_stored_exactly(data, database_url, new_hashes)
+
+    proc = drimbox_import(["--json", "--on-conflict", "replace", str(tmp_path / "cd")], data,
+                          database_url)
+    summary = summary_of(proc)
+    assert proc.returncode == 0
+    assert summary["replaced"] == 1
+    assert_stored_exactly(data, database_url, old_hashes)
