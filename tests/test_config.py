@@ -55,7 +55,7 @@ ENV_ERRORS: dict[str, tuple[dict[str, str], list[str]]] = {
     "ae-title-backslash": ({"DRIMBOX_AE_TITLE": "DRIM\\BOX"}, ["ae_title"]),
     "database-mysql": ({"DRIMBOX_DATABASE_URL": "mysql://x"}, ["database_url",
                                                                "DRIMBOX_DATABASE_URL"]),
-    "duplicate-policy": ({"DRIMBOX_DUPLICATE_POLICY": "keep"}, ["duplicate_policy"]),
+    "duplicate-policy": ({"DRIMBOX_DUPLICATE_POLICY": "overwrite"}, ["duplicate_policy"]),
     "boolean": ({"DRIMBOX_RESTRICT_CALLERS": "maybe"}, ["restrict_callers"]),
     "peers-not-json": ({"DRIMBOX_PEERS": "PACS@10.0.0.5:104"}, ["peers"]),
     "peer-bad-port": (
