@@ -114,6 +114,46 @@ def _runtime_index(settings: Settings):  # noqa: ANN202 - InstanceIndex
 
 
 @main.group()
+def store() -> None:
+    """Look after the file store."""
+
+
+@store.command("check")
+@config_option
+@click.option("--repair", is_flag=True, help="Delete orphan files (never acknowledged).")
+@click.option("--verify", is_flag=True, help="Hash every file against the index (slow).")
+@click.option("--min-age", type=float, default=300.0, show_default=True,
+              help="Seconds: younger unindexed files may be a commit in flight; skipped.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def store_check(config_file: Path | None, repair: bool, verify: bool, min_age: float,
+                as_json: bool) -> None:
+    """Compare the file store with the index: orphans, missing and damaged files.
+
+    Exit status: 0 clean (or repaired), 1 problems remain.
+    """
+    import json as jsonlib
+
+    from gateway.storage import FileStore
+    from gateway.store_check import check_store
+
+    settings = _settings(config_file)
+    report = check_store(FileStore(settings.data_dir), _runtime_index(settings), repair=repair,
+                         verify=verify, min_age=min_age)
+    if as_json:
+        click.echo(jsonlib.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(f"files {report.files}, index rows {report.rows}")
+        for key in report.orphans:
+            click.echo(f"orphan   {key}" + (" (removed)" if repair else ""))
+        for item in report.missing:
+            click.echo(f"missing  {item}")
+        for item in report.damaged:
+            click.echo(f"damaged  {item}")
+        click.echo("clean" if report.clean else "problems found")
+    sys.exit(0 if report.clean else 1)
+
+
+@main.group()
 def study() -> None:
     """Look at stored studies."""
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -440,3 +441,46 @@ def test_on_conflict_keeps_replaces_or_refuses(tmp_path: Path, database_url: str
     assert proc.returncode == 0
     assert summary["replaced"] == 1
     assert_stored_exactly(data, database_url, old_hashes)
+
+
+def test_store_check_finds_orphans_missing_and_damaged_files(tmp_path: Path,
+                                                             database_url: str) -> None:
+    """``drimbox store check``: after an import, the store is clean; a file no row names (what
+    a crash between durable write and index commit leaves) is an orphan that ``--repair``
+    deletes; a file gone or altered is reported and never repaired by dropping its row."""
+    data = tmp_path / "data"
+    files = write_corpus(tmp_path / "in", 4, studies=1, seed=11)
+    assert drimbox_import(["--quiet", str(tmp_path / "in")], data, database_url).returncode == 0
+
+    def check(*args: str) -> tuple[int, dict]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
+        env.update(DRIMBOX_DATA_DIR=str(data), DRIMBOX_DATABASE_URL=database_url)
+        proc = subprocess.run([sys.executable, "-m", "gateway.cli", "store", "check", "--json",
+                               *args], env=env, capture_output=True, text=True, timeout=120)
+        return proc.returncode, json.loads(proc.stdout)
+
+    rc, report = check()
+    assert rc == 0 and report["clean"] and report["files"] == report["rows"] == 4
+
+    stored = sorted((data / "storage").rglob("*.dcm"))
+    orphan = stored[0].with_name("2.25.999.0123456789ab.dcm")
+    orphan.write_bytes(stored[0].read_bytes())
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    stored[1].unlink()
+    damaged = bytearray(stored[2].read_bytes())
+    damaged[-1] ^= 0xFF
+    stored[2].write_bytes(bytes(damaged))
+
+    rc, report = check("--verify")
+    assert rc == 1
+    assert report["orphans"] == [orphan.relative_to(data / "storage").as_posix()]
+    assert len(report["missing"]) == 1 and stored[1].name in report["missing"][0]
+    assert len(report["damaged"]) == 1 and stored[2].name in report["damaged"][0]
+
+    rc, report = check("--repair")
+    assert rc == 1 and report["orphans_removed"] == 1 and not orphan.exists()
+    rc, report = check()
+    assert report["orphans"] == [] and len(report["missing"]) == 1
+    assert len(list((data / "storage").rglob("*.dcm"))) == 3
+    assert len(files) == 4
