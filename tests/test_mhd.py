@@ -321,6 +321,9 @@ def test_malformed_bundles_get_400(sim: Sim) -> None:
 
         r = post(b"<Bundle/>")
         assert r.status_code == 400 and r.json()["issue"][0]["code"] == "structure"
+        r = http.post("", content=b"<Bundle xmlns='http://hl7.org/fhir'/>",
+                      headers={"Content-Type": "application/fhir+xml"})
+        assert r.status_code == 415 and r.json()["resourceType"] == "OperationOutcome"
         r = post({"resourceType": "Bundle", "type": "transaction", "entry": "x"})
         assert r.status_code == 400 and "valid FHIR R4 Bundle" in r.json()["issue"][0]["diagnostics"]
         r = post({**bundle_json(pub), "type": "batch"})
@@ -417,3 +420,37 @@ def test_transport_from_settings(sim: Sim, pki, monkeypatch: pytest.MonkeyPatch)
         MhdTransport.from_settings(settings.model_copy(update={"dmp_content_type": ""}))
     with pytest.raises(ConfigError, match="dmp_fhir_url.*https"):
         load_settings(dmp_fhir_url="http://dmp.example/fhir")
+
+
+def test_search_and_patch_answers(sim: Sim, mhd: MhdTransport) -> None:
+    """ITI-67 without patient.identifier or with an unknown parameter is 400; the status PATCH
+    (PDSm flux 03) answers 415 / 405 / 404 / 422 as the guide lists, and 200 when it applies."""
+    pub = publication()
+    mhd.submit(outgoing(pub))
+    ins = facts().patient.ins
+    who = f"urn:oid:{ins.oid}|{ins.matricule}"
+    ident = {"identifier": f"urn:ietf:rfc:3986|urn:oid:{pub.entry.unique_id}"}
+    with fhir_http(sim) as http:
+        assert http.get("DocumentReference").status_code == 400
+        r = http.get("DocumentReference", params={"patient.identifier": who, "author": "x"})
+        assert r.status_code == 400 and "'author'" in r.json()["issue"][0]["diagnostics"]
+        patch = {"resourceType": "Parameters", "parameter": [{"name": "operation", "part": [
+            {"name": "type", "valueCode": "replace"},
+            {"name": "path", "valueString": "DocumentReference.securityLabel"},
+            {"name": "value", "valueCode": "R"}]}]}
+        fhir = {"Content-Type": "application/fhir+json"}
+        assert http.patch("DocumentReference", params=ident, json=patch).status_code == 415
+        assert http.request("PATCH", "DocumentReference", params=ident, json=patch,
+                            headers=fhir).status_code == 405
+        patch["parameter"][0]["part"][1]["valueString"] = "DocumentReference.status"
+        patch["parameter"][0]["part"][2]["valueCode"] = "superseded"
+        r = http.request("PATCH", "DocumentReference", json=patch, headers=fhir,
+                         params={"identifier": "urn:oid:1.2.3.4.5.6.7"})
+        assert r.status_code == 404
+        r = http.request("PATCH", "DocumentReference", params=ident, json=patch, headers=fhir)
+        assert r.status_code == 200 and r.json()["status"] == "superseded"
+        r = http.request("PATCH", "DocumentReference", params=ident, json=patch, headers=fhir)
+        assert r.status_code == 422
+        current = http.get("DocumentReference", params={"patient.identifier": who,
+                                                        "status": "current", **ident}).json()
+        assert current["total"] == 0

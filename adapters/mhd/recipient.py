@@ -180,8 +180,9 @@ class FhirFace:
         try:
             status, ctype, out = self._route(method, path, query, headers, body, base)
         except Refusal as r:
+            # Codes and elements only: diagnostics may quote an INS (never logged).
             log.info("FHIR refusal %d: %s", r.status, "; ".join(
-                f"{i.xds_code or i.code}: {i.diagnostics}" for i in r.issues))
+                f"{i.xds_code or i.code} {i.expression}" for i in r.issues))
             status, ctype = r.status, FHIR_JSON
             out = json.dumps(operation_outcome(r.issues)).encode()
         return status, ctype, out
@@ -192,6 +193,10 @@ class FhirFace:
         if not parts:
             if method != "POST":
                 raise _refuse(405, "not-supported", "the base URL takes POST (ITI-65) only")
+            ctype = headers.get("content-type", "")
+            if "xml" in ctype:
+                raise _refuse(415, "not-supported", "this simulator reads FHIR JSON only "
+                              f"({FHIR_JSON}); MHD recipients also take XML")
             return self._json(200, self.transaction(body, base))
         if parts[0] == "DocumentReference":
             if method == "GET" and len(parts) == 1:

@@ -141,7 +141,7 @@ class MhdTransport:
             raise TransportUnavailable("the ITI-65 answer is not a transaction-response Bundle")
         warnings = [Refusal(*r) for r in _issues(answer)]
         for w in warnings:
-            log.warning("MHD warning on %s: %s %s", doc.entry.unique_id, w.code, w.text)
+            log.warning("MHD warning on %s: %s %s", doc.entry.unique_id, w.code, w.location)
         return SubmitReceipt(pb.document_entry_uuid, warnings)
 
     # ---------------------------------------------------------------------------- ITI-67
