@@ -259,6 +259,14 @@ def _bad_size(b: dict) -> None:
     _resource(b, "DocumentReference")["content"][0]["attachment"]["size"] += 1
 
 
+def _no_custodian(b: dict) -> None:
+    del _resource(b, "DocumentReference")["custodian"]
+
+
+def _no_confidentiality(b: dict) -> None:
+    _resource(b, "DocumentReference")["securityLabel"] = []
+
+
 BROKEN = [
     pytest.param(_drop_category, 422, "XDSRegistryMetadataError", "DocumentReference.category",
                  "classCode", id="missing-category"),
@@ -268,6 +276,10 @@ BROKEN = [
                  "SHA-1", id="hash-mismatch"),
     pytest.param(_bad_size, 422, "XDSNonIdenticalSize", "DocumentReference.content.attachment.size",
                  "bytes", id="size-mismatch"),
+    pytest.param(_no_custodian, 422, "XDSRegistryMetadataError", "DocumentReference.custodian",
+                 "PDSm", id="pdsm-custodian"),
+    pytest.param(_no_confidentiality, 422, "XDSRegistryMetadataError",
+                 "DocumentReference.securityLabel", "confidentiality", id="no-confidentiality"),
 ]
 
 
@@ -325,7 +337,8 @@ def test_malformed_bundles_get_400(sim: Sim) -> None:
                       headers={"Content-Type": "application/fhir+xml"})
         assert r.status_code == 415 and r.json()["resourceType"] == "OperationOutcome"
         r = post({"resourceType": "Bundle", "type": "transaction", "entry": "x"})
-        assert r.status_code == 400 and "valid FHIR R4 Bundle" in r.json()["issue"][0]["diagnostics"]
+        assert r.status_code == 400
+        assert "valid FHIR R4 Bundle" in r.json()["issue"][0]["diagnostics"]
         r = post({**bundle_json(pub), "type": "batch"})
         assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.type"]
         no_list = bundle_json(pub)

@@ -50,7 +50,8 @@ def conditional_url(unique_id: str) -> str:
 
 
 def status_patch(status: str) -> dict[str, Any]:
-    """FHIRPath Patch replacing ``DocumentReference.status`` (MHD Patch.Parameters; PDSm flux 03)."""
+    """FHIRPath Patch replacing ``DocumentReference.status`` (MHD Patch.Parameters; PDSm
+    flux 03)."""
     return {"resourceType": "Parameters", "meta": {"profile": [PATCH_PROFILE]},
             "parameter": [{"name": "operation", "part": [
                 {"name": "type", "valueCode": "replace"},

@@ -23,7 +23,9 @@ DocumentReference, Binary and the replacement's ``PATCH`` → **400**. The List 
 DocumentReference are then read back into the domain types (:mod:`adapters.mhd.resources`),
 written as the ebRIM submission they stand for, and run through
 :func:`adapters.dmp.checks.check_submission` (R4 codes, INS key, hash and size of the Binary,
-submission set, associations) and the registry rules of ITI-41 (duplicate uniqueId, the
+submission set, associations), plus what the PDSm DocumentReference profile adds
+(:func:`pdsm_issues`: custodian, date, title, act start, one v3-Confidentiality label), and the
+registry rules of ITI-41 (duplicate uniqueId, the
 replaced entry must exist, be Approved and be the same patient's). A refusal is **422** (404
 when the replaced document is unknown) with an ``OperationOutcome``: one issue per XDS error,
 ``details.text`` = the XDS error code (as eHealth Suisse's MHD OperationOutcomes do),
@@ -136,7 +138,8 @@ class Refusal(Exception):  # noqa: N818 - an answer, not a bug
 def operation_outcome(issues: list[Issue]) -> dict[str, Any]:
     out = []
     for i in issues:
-        item: dict[str, Any] = {"severity": i.severity, "code": i.code, "diagnostics": i.diagnostics}
+        item: dict[str, Any] = {"severity": i.severity, "code": i.code,
+                                "diagnostics": i.diagnostics}
         if i.xds_code:
             item["details"] = {"text": i.xds_code}
         if i.expression:
@@ -152,6 +155,32 @@ def _issue(err: XdsError, ss_id: str) -> Issue:
     kind = _ISSUE_TYPE.get(err.code, "required" if "missing" in ctx else "value")
     return Issue(kind, ctx, err.code, expression,
                  "warning" if err.is_warning else "error")
+
+
+V3_CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+
+
+def pdsm_issues(eid: str, dr: dict[str, Any]) -> list[Issue]:
+    """What PDSm_ComprehensiveDocumentReference requires beyond the XDS metadata: a custodian,
+    ``date``, ``content.attachment.title``, ``context.period.start``, and exactly one
+    ``securityLabel`` in v3-Confidentiality (its *confidentiality* slice, 1..1)."""
+    att = ((dr.get("content") or [{}])[0]).get("attachment") or {}
+    period = (dr.get("context") or {}).get("period") or {}
+    out = [Issue("required", f"{eid}: {what} is required by PDSm", checks.META, path)
+           for present, what, path in (
+               (dr.get("custodian"), "custodian", "DocumentReference.custodian"),
+               (dr.get("date"), "date", "DocumentReference.date"),
+               (att.get("title"), "the document title",
+                "DocumentReference.content.attachment.title"),
+               (period.get("start"), "the act's start", "DocumentReference.context.period.start"),
+           ) if not present]
+    hl7 = [c for label in dr.get("securityLabel") or [] for c in label.get("coding") or []
+           if c.get("system") == V3_CONFIDENTIALITY]
+    if len(hl7) != 1:
+        out.append(Issue("value", f"{eid}: securityLabel needs exactly one {V3_CONFIDENTIALITY} "
+                                  f"code (PDSm confidentiality slice), has {len(hl7)}",
+                         checks.META, "DocumentReference.securityLabel"))
+    return out
 
 
 def _refuse(status: int, code: str, text: str, xds_code: str = "", expression: str = "") -> Refusal:
@@ -278,6 +307,8 @@ class FhirFace:
         errors, sub = checks.check_submission(req, {p.eid: p.data for p in parsed if p.data},
                                               require_signature=False)
         issues += [_issue(e, ebrim.SS_ID) for e in errors if not e.is_warning]
+        for p in parsed:
+            issues += pdsm_issues(p.eid, p.resource)
         if issues:
             raise Refusal(422, issues)
         self._registry_rules(ss.unique_id, parsed)
@@ -550,7 +581,8 @@ class FhirFace:
                 raise _refuse(400, "required", "a conditional PATCH needs identifier=")
             matches = self._by_token(q_["identifier"].split("|", 1)[-1])
         if not matches:
-            raise _refuse(404, "not-found", "no DocumentReference matches", "XDSMetadataUpdateError")
+            raise _refuse(404, "not-found", "no DocumentReference matches",
+                          "XDSMetadataUpdateError")
         if len(matches) > 1:
             raise _refuse(412, "multiple-matches", f"{len(matches)} DocumentReference match")
         target = matches[0]
