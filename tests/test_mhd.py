@@ -31,7 +31,7 @@ from fhir.resources.R4B.bundle import Bundle
 from peers import storescu
 from pydantic import ValidationError
 from test_kos import facts
-from test_manifest_e2e import INS, INS_TEST_OID, publishing_gateway, write_study
+from test_manifest_e2e import INS, INS_TEST_OID, cli, publishing_gateway, write_study
 
 from adapters.dmp.client import DmpClient, tls_context
 from adapters.mhd.bundle import provide_bundle
@@ -218,6 +218,19 @@ def test_stored_study_published_over_mhd_is_seen_by_xds(publishing_gateway, tmp_
     with pytest.raises(TransportRefused) as exc:
         mhd.withdraw(ins, e2.unique_id)
     assert exc.value.code == "XDSMetadataUpdateError"
+
+    # What a vendor does by hand (README): `drimbox mhd-bundle` output POSTed to /fhir.
+    gw.extra_env["DRIMBOX_DMP_CONTENT_TYPE"] = "04"
+    out = tmp_path / "bundle.json"
+    proc = cli(gw, "mhd-bundle", study, "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    posted = json.loads(out.read_text())
+    uid = _resource(posted, "DocumentReference")["masterIdentifier"]["value"][len("urn:oid:"):]
+    with fhir_http(sim) as http:
+        r = http.post("", content=out.read_bytes(), headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 200, r.text
+    assert [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created"] * 3
+    assert _ids(client.find_documents(e1.patient_id, vihf), uid)
 
 
 def test_xds_published_document_is_found_over_mhd(client: DmpClient, mhd: MhdTransport,
