@@ -227,7 +227,8 @@ def test_stored_study_published_over_mhd_is_seen_by_xds(publishing_gateway, tmp_
     posted = json.loads(out.read_text())
     uid = _resource(posted, "DocumentReference")["masterIdentifier"]["value"][len("urn:oid:"):]
     with fhir_http(sim) as http:
-        r = http.post("", content=out.read_bytes(), headers={"Content-Type": "application/fhir+json"})
+        r = http.post("", content=out.read_bytes(),
+                      headers={"Content-Type": "application/fhir+json"})
     assert r.status_code == 200, r.text
     assert [e["response"]["status"] for e in r.json()["entry"]] == ["201 Created"] * 3
     assert _ids(client.find_documents(e1.patient_id, vihf), uid)
@@ -387,6 +388,12 @@ def test_replacement_rules(mhd: MhdTransport, sim: Sim) -> None:
     with pytest.raises(TransportRefused) as exc:
         mhd.submit(outgoing(again, replaces=old.entry.unique_id))
     assert exc.value.code == "XDSRegistryDeprecatedDocumentError"
+    # The replaced document may also be named by its entryUUID only.
+    current = mhd.find(facts().patient.ins, new.entry.unique_id)
+    third = publication(accession=old.accession)
+    mhd.submit(OutgoingDocument(facts().patient.ins, third.entry, third.kos,
+                                replaces_entry_uuid=current.entry_uuid))
+    assert mhd.find(facts().patient.ins, new.entry.unique_id).status == "Deprecated"
     with pytest.raises(TransportRefused) as exc:  # the same uniqueId twice
         mhd.submit(outgoing(new))
     assert exc.value.code == "XDSDuplicateUniqueIdInRegistry"

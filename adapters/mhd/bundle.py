@@ -41,8 +41,10 @@ PATCH_PROFILE = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Pa
 
 
 def identifier_query(unique_id: str) -> str:
-    """``identifier=`` token of a document's uniqueId (its masterIdentifier)."""
-    return f"{RFC3986}|urn:oid:{unique_id}"
+    """``identifier=`` token of a document: its uniqueId (masterIdentifier), or its entryUUID
+    when given as ``urn:uuid:...``."""
+    value = unique_id if unique_id.startswith("urn:uuid:") else f"urn:oid:{unique_id}"
+    return f"{RFC3986}|{value}"
 
 
 def conditional_url(unique_id: str) -> str:
@@ -73,7 +75,8 @@ class ProvideBundle:
 def provide_bundle(entry: DocumentEntry, ss: SubmissionSet, patient: Ins, kos_bytes: bytes,
                    replaces_unique_id: str | None = None) -> ProvideBundle:
     """The validated ITI-65 Bundle publishing ``kos_bytes`` described by ``entry`` (R4), or
-    replacing the document ``replaces_unique_id`` (R8)."""
+    replacing the document ``replaces_unique_id`` (R8; an entryUUID ``urn:uuid:...`` is
+    accepted too)."""
     if entry.patient_id != ss.patient_id:
         raise ValueError("the submission set and the document are for different patients")
     ss_url, dr_url, bin_url = (f"urn:uuid:{uuid.uuid4()}" for _ in range(3))
@@ -90,7 +93,8 @@ def provide_bundle(entry: DocumentEntry, ss: SubmissionSet, patient: Ins, kos_by
                         "request": {"method": "PATCH", "url": conditional_url(replaces_unique_id)}})
         dr["relatesTo"] = [{"code": "replaces", "target": {
             "reference": conditional_url(replaces_unique_id),
-            "identifier": {"system": RFC3986, "value": f"urn:oid:{replaces_unique_id}"}}}]
+            "identifier": {"system": RFC3986,
+                           "value": identifier_query(replaces_unique_id).split("|", 1)[1]}}}]
     entries.append({"fullUrl": dr_url, "resource": dr,
                     "request": {"method": "POST", "url": "DocumentReference"}})
     entries.append({"fullUrl": bin_url,

@@ -134,7 +134,8 @@ class MhdTransport:
     def submit(self, doc: OutgoingDocument) -> SubmitReceipt:
         ss = submission_set(doc.entry, new_oid(), self.source_id, dt.datetime.now(dt.UTC),
                             self.content_type)
-        pb = provide_bundle(doc.entry, ss, doc.patient, doc.kos_bytes, doc.replaces_unique_id)
+        replaced = doc.replaces_unique_id or doc.replaces_entry_uuid
+        pb = provide_bundle(doc.entry, ss, doc.patient, doc.kos_bytes, replaced)
         resp = self.request("POST", "", json=pb.json())
         answer = self._body(resp)
         if answer.get("resourceType") != "Bundle" or answer.get("type") != "transaction-response":
