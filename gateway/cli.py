@@ -262,7 +262,7 @@ def psc_sim(host: str, port: int, base_url: str | None, clients: tuple[str, ...]
 def dmp_sim(host: str, port: int, db: str, tls_cert: str | None, tls_key: str | None,
             client_ca: str | None, trust_ca: str | None, repository_id: str, fault_mode: str,
             fault_count: int, allow_sha1: bool, fault_seconds: float) -> None:
-    """Run the DMP simulator (XDS.b SOAP endpoints /registry and /repository)."""
+    """Run the DMP simulator (XDS.b SOAP endpoints /registry and /repository, FHIR /fhir)."""
     from adapters.dmp.simulator import serve as serve_sim
 
     if bool(tls_cert) != bool(tls_key):

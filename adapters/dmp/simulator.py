@@ -14,6 +14,8 @@ POST /repository       ITI-41 Provide and Register Document Set-b, ITI-43 Retrie
 POST /registry         ITI-18 Registry Stored Query (FindDocuments,
                        FindDocumentsByReferenceId, GetDocuments), ITI-57 Update Document
                        Set (UpdateAvailabilityStatus), ITI-62 Delete Document Set
+/fhir                  IHE MHD / PDSm: ITI-65, ITI-67, Binary (ITI-68), status PATCH, over the
+                       same store (:mod:`adapters.mhd.recipient`; mutual TLS, no VIHF)
 POST /admin/faults     fault injection, JSON ``{"mode": M, "count": N, "seconds": S}``
 GET  /admin/status     JSON: row counts and the pending fault
 =====================  =====================================================================
