@@ -281,6 +281,10 @@ def _no_confidentiality(b: dict) -> None:
     _resource(b, "DocumentReference")["securityLabel"] = []
 
 
+def _superseded(b: dict) -> None:
+    _resource(b, "DocumentReference")["status"] = "superseded"
+
+
 BROKEN = [
     pytest.param(_drop_category, 422, "XDSRegistryMetadataError", "DocumentReference.category",
                  "classCode", id="missing-category"),
@@ -294,6 +298,8 @@ BROKEN = [
                  "PDSm", id="pdsm-custodian"),
     pytest.param(_no_confidentiality, 422, "XDSRegistryMetadataError",
                  "DocumentReference.securityLabel", "confidentiality", id="no-confidentiality"),
+    pytest.param(_superseded, 422, "XDSRegistryMetadataError", "DocumentReference.status",
+                 "superseded", id="not-current"),
 ]
 
 

@@ -162,8 +162,9 @@ V3_CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 
 def pdsm_issues(eid: str, dr: dict[str, Any]) -> list[Issue]:
     """What PDSm_ComprehensiveDocumentReference requires beyond the XDS metadata: a custodian,
-    ``date``, ``content.attachment.title``, ``context.period.start``, and exactly one
-    ``securityLabel`` in v3-Confidentiality (its *confidentiality* slice, 1..1)."""
+    ``date``, ``content.attachment.title``, ``context.period.start``, exactly one
+    ``securityLabel`` in v3-Confidentiality (its *confidentiality* slice, 1..1); and, MHD, a
+    submitted DocumentReference is ``current``."""
     att = ((dr.get("content") or [{}])[0]).get("attachment") or {}
     period = (dr.get("context") or {}).get("period") or {}
     out = [Issue("required", f"{eid}: {what} is required by PDSm", checks.META, path)
@@ -174,6 +175,9 @@ def pdsm_issues(eid: str, dr: dict[str, Any]) -> list[Issue]:
                 "DocumentReference.content.attachment.title"),
                (period.get("start"), "the act's start", "DocumentReference.context.period.start"),
            ) if not present]
+    if dr.get("status") != "current":
+        out.append(Issue("value", f"{eid}: a submitted DocumentReference is current, not "
+                                  f"{dr.get('status')!r}", checks.META, "DocumentReference.status"))
     hl7 = [c for label in dr.get("securityLabel") or [] for c in label.get("coding") or []
            if c.get("system") == V3_CONFIDENTIALITY]
     if len(hl7) != 1:
