@@ -13,6 +13,7 @@ import copy
 import hashlib
 import json
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -125,6 +126,31 @@ def test_bundle_validates_with_fhir_resources_and_maps_the_r4_table() -> None:
     broken["entry"][1]["resource"]["content"] = "KOS"
     with pytest.raises(ValidationError):
         Bundle.model_validate(broken)
+
+
+def test_people_and_patient_traits_round_trip() -> None:
+    """Author person (XCN, the ANS sample's software author included), institution (XON), role
+    and specialty, legal authenticator and sourcePatientInfo survive DocumentReference and back."""
+    from gateway.xds_metadata import Author
+
+    pub = publication()
+    for person in ("899711256811^DRIMBox^ANS^^^^^^&1.2.250.1.71.4.2.1&ISO^U^^^EI",
+                   "810000000001^RADIO^Alice^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"):
+        entry = replace(pub.entry, author=Author(
+            person=person,
+            institution="CENTRE IMAGERIE TEST^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^300017985",
+            role="Radiologue", specialty="G15_10/SM44^Radiologie^1.2.250.1.213.1.1.4.5"),
+            legal_authenticator="810000000002^SIGNE^Bob^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
+            source_patient_info=("PID-5|PAT-TROIS^DOMINIQUE^^^^^L", "PID-7|19790328", "PID-8|F"))
+        data = provide_bundle(entry, replace(pub.ss, author=entry.author),
+                              facts().patient.ins, pub.kos).json()
+        Bundle.model_validate(data)
+        dr = _resource(data, "DocumentReference")
+        kinds = {c["resourceType"] for c in dr["contained"]}
+        assert kinds == {"Patient", "PractitionerRole", "Practitioner", "Organization"}
+        assert dr["custodian"] == {"reference": "#author-org"}
+        assert entry_from_document_reference(dr) == entry
+        assert submission_set_from_list(_resource(data, "List")).author == entry.author
 
 
 def test_replacement_bundle_patches_the_old_document() -> None:

@@ -185,6 +185,11 @@ def _authority(component: str) -> str:
     return parts[1] if len(parts) > 1 else ""
 
 
+#: XCN.10 name type code ↔ HumanName.use (the codes XDS authors use; others read as U).
+_NAME_USE = {"D": "usual", "L": "official"}
+_NAME_TYPE = {v: k for k, v in _NAME_USE.items()}
+
+
 def _practitioner(rid: str, xcn: str) -> dict[str, Any]:
     """An XCN ``id^FAMILY^GIVEN^^^^^^&oid&ISO^D^^^IDNPS`` as a Practitioner."""
     c = (xcn.split("^") + [""] * 13)[:13]
@@ -197,6 +202,8 @@ def _practitioner(rid: str, xcn: str) -> dict[str, Any]:
             ident["type"] = {"coding": [{"system": V2_0203, "code": c[12]}]}
         res["identifier"] = [ident]
     name: dict[str, Any] = {}
+    if c[9] in _NAME_USE:
+        name["use"] = _NAME_USE[c[9]]
     if c[1]:
         name["family"] = c[1]
     if c[2]:
@@ -217,7 +224,8 @@ def _xcn(res: dict[str, Any]) -> str:
     kind = ((ident.get("type") or {}).get("coding") or [{}])[0].get("code", "")
     given = (name.get("given") or [""])[0]
     aa = f"&{oid}&ISO" if oid else ""
-    return f"{ident.get('value', '')}^{name.get('family', '')}^{given}^^^^^^{aa}^D^^^{kind}"
+    use = _NAME_TYPE.get(str(name.get("use", "")), "U")
+    return f"{ident.get('value', '')}^{name.get('family', '')}^{given}^^^^^^{aa}^{use}^^^{kind}"
 
 
 def _organization(rid: str, xon: str) -> dict[str, Any]:
