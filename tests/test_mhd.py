@@ -23,6 +23,7 @@ from dmp_support import (
     SOURCE_ID,
     Sim,
     client,
+    new_oid,
     pki,
     publication,
     sim,
@@ -263,7 +264,7 @@ def test_stored_study_published_over_mhd_is_seen_by_xds(publishing_gateway, tmp_
 def test_xds_published_document_is_found_over_mhd(client: DmpClient, mhd: MhdTransport,
                                                  sim: Sim) -> None:
     """The other way: ITI-41 publishes, ITI-67 finds it with the same entryUUID and the Binary
-    is the KOS."""
+    is the KOS; ITI-57 deprecates it and ITI-67 sees it superseded."""
     pub = publication()
     client.provide_and_register(pub.entry, pub.ss, pub.kos, pub.vihf, pub.signature_uid)
     xds = client.get_documents(pub.vihf, unique_ids=[pub.entry.unique_id])[0]
@@ -277,6 +278,9 @@ def test_xds_published_document_is_found_over_mhd(client: DmpClient, mhd: MhdTra
                            headers={"Accept": "application/fhir+json"}).json()
         assert base64.b64decode(as_json["data"]) == pub.kos
         assert http.get("Binary/1.2.3.4.5").status_code == 404
+    # An ITI-57 deprecation is a superseded DocumentReference on the FHIR side.
+    client.deprecate(xds.entry_uuid, replace(pub.ss, unique_id=new_oid()), pub.vihf)
+    assert mhd.find(facts().patient.ins, pub.entry.unique_id).status == "Deprecated"
 
 
 # --------------------------------------------------------------------- refused submissions
