@@ -111,7 +111,7 @@ class MhdTransport:
         except httpx.TimeoutException as exc:
             raise TransportUnavailable(f"FHIR endpoint timeout ({type(exc).__name__}) on "
                                        f"{method} {path or '/'}") from exc
-        except httpx.TransportError as exc:  # connection refused or reset, TLS alert
+        except httpx.RequestError as exc:  # connection refused or reset, TLS alert, decoding
             raise TransportUnavailable(f"FHIR endpoint unreachable: {exc}") from exc
         if resp.status_code >= 500 or resp.status_code in (408, 429):
             raise TransportUnavailable(f"FHIR endpoint answered HTTP {resp.status_code}")
@@ -154,6 +154,8 @@ class MhdTransport:
             "status": "current,superseded",
         })
         bundle = self._body(resp)
+        if bundle.get("resourceType") != "Bundle":
+            raise TransportUnavailable("the ITI-67 answer is not a searchset Bundle")
         found = [e.get("resource") or {} for e in bundle.get("entry") or []]
         found = [r for r in found if r.get("resourceType") == "DocumentReference"
                  and unique_id_from(r.get("masterIdentifier")) == unique_id]
