@@ -74,7 +74,8 @@ def classification(parent: etree._Element, scheme: str, obj: str, cid: str,
                          classifiedObject=obj, id=cid, nodeRepresentation=code.code if code else "")
     if code:
         slot(c, "codingScheme", code.scheme)
-        _localized(c, "Name", code.display)
+        # ITI TF-3 4.2.3.1.2: the display name is required; the code stands in for a missing one.
+        _localized(c, "Name", code.display or code.code)
     return c
 
 
