@@ -308,7 +308,7 @@ def psc_sim(host: str, port: int, base_url: str | None, clients: tuple[str, ...]
 def dmp_sim(host: str, port: int, db: str, tls_cert: str | None, tls_key: str | None,
             client_ca: str | None, trust_ca: str | None, repository_id: str, fault_mode: str,
             fault_count: int, allow_sha1: bool, fault_seconds: float) -> None:
-    """Run the DMP simulator (XDS.b SOAP endpoints /registry and /repository)."""
+    """Run the DMP simulator (XDS.b SOAP endpoints /registry and /repository, FHIR /fhir)."""
     from adapters.dmp.simulator import serve as serve_sim
 
     if bool(tls_cert) != bool(tls_key):
@@ -320,6 +320,48 @@ def dmp_sim(host: str, port: int, db: str, tls_cert: str | None, tls_key: str | 
         raise click.UsageError("give --trust-ca (or --client-ca): the CAs of VIHF signers")
     serve_sim(host, port, db, trust, tls_cert, tls_key, client_ca, repository_id, fault_mode,
               fault_count, fault_seconds, allow_sha1=allow_sha1)
+
+
+# --- issue #5 item 4: the ITI-65 Bundle of a study (IHE MHD / ANS PDSm) ---
+@main.command("mhd-bundle")
+@config_option
+@click.argument("study_uid")
+@click.option("--replaces", default=None, metavar="UNIQUE_ID",
+              help="The uniqueId (KOS SOP Instance UID) of the published KOS this one replaces.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def mhd_bundle(config_file: Path | None, study_uid: str, replaces: str | None,
+               output: Path | None) -> None:
+    """The ITI-65 Provide Document Bundle (FHIR JSON) that would publish the study's KOS over
+    MHD / PDSm: a new KOS, its DocumentReference, the SubmissionSet List and the Binary."""
+    import datetime as dt
+    import json as jsonlib
+
+    from adapters.mhd.bundle import provide_bundle
+    from adapters.mhd.transport import new_oid
+    from gateway.index.facts import NotPublishable
+    from gateway.manifests import document_entry
+    from gateway.xds_metadata import SCHEME_CONTENT_TYPE, Code, MetadataError, submission_set
+
+    settings = _settings(config_file)
+    source = settings.dmp_source_id or settings.repository_oid
+    if not settings.dmp_content_type:
+        click.echo("drimbox: DRIMBOX_DMP_CONTENT_TYPE is not set (SubmissionSet "
+                   "contentTypeCode, e.g. 04)", err=True)
+        sys.exit(2)
+    built = _manifest_or_exit(settings, study_uid)
+    try:
+        entry = document_entry(built, settings)
+    except (NotPublishable, MetadataError) as exc:
+        click.echo(f"drimbox: study {study_uid} is not publishable: {exc}", err=True)
+        sys.exit(1)
+    code = Code(settings.dmp_content_type, SCHEME_CONTENT_TYPE, settings.dmp_content_type)
+    ss = submission_set(entry, new_oid(), str(source), dt.datetime.now(dt.UTC), code)
+    bundle = provide_bundle(entry, ss, built.facts.patient.ins, built.kos_bytes, replaces)
+    text = jsonlib.dumps(bundle.json(), indent=2, ensure_ascii=False)
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

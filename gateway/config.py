@@ -183,7 +183,7 @@ class Settings(BaseSettings):
     # --- DMP publication (issue #5; R4-R8). Unused until the outbox publishes. ---
     dmp_transport: Literal["xds", "mhd"] = "xds"
     """How we talk to the DMP: ``xds`` (IHE XDS.b SOAP, the DMP today) or ``mhd`` (FHIR PDSm /
-    IHE MHD ITI-65, not implemented yet)."""
+    IHE MHD ITI-65/67, ``adapters.mhd.transport``; needs ``dmp_fhir_url``)."""
     dmp_registry_url: str | None = None
     """DMP registry endpoint (ITI-18, ITI-57), e.g.
     ``https://lps.dev9.dmp.gouv.fr/si-dmp-server/v2/services/registry``."""
@@ -219,6 +219,14 @@ class Settings(BaseSettings):
     dmp_lps_homologation_id: str = ""
     """VIHF ``LPS_ID_HOMOLOGATION_DMP``."""
 
+    # --- FHIR (IHE MHD / ANS PDSm) transport, used when dmp_transport = "mhd" (issue #5)
+    dmp_fhir_url: str | None = None
+    """Base URL of the record's FHIR endpoint (IHE MHD ITI-65/67, ANS PDSm), https only, e.g.
+    ``https://dmp-sim.example:8443/fhir``. Same client certificate and CA bundle as XDS."""
+    dmp_content_type: str = ""
+    """SubmissionSet contentTypeCode (TRE_R209-TypeActivite, scheme 1.2.250.1.213.2.2, e.g.
+    ``04``): the MHD ``ihe-designationType``. Required by the MHD transport."""
+
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
@@ -240,7 +248,7 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not an absolute http(s) URL")
         return v.rstrip("/")
 
-    @field_validator("dmp_registry_url", "dmp_repository_url")
+    @field_validator("dmp_registry_url", "dmp_repository_url", "dmp_fhir_url")
     @classmethod
     def _dmp_url(cls, v: str | None) -> str | None:
         if v is None:

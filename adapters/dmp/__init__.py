@@ -14,5 +14,6 @@ simulator.py   the DMP simulator (``drimbox dmp-sim``): endpoints, validation, f
 sim_store.py   the simulator's SQLite registry and repository
 =============  ==========================================================================
 
-FHIR transport (PDSm / IHE MHD ITI-65, ``dmp_transport = "mhd"``) is not implemented.
+The FHIR transport (PDSm / IHE MHD ITI-65/67, ``dmp_transport = "mhd"``) is :mod:`adapters.mhd`;
+the simulator's ``/fhir`` face is :mod:`adapters.mhd.recipient`, over the same store.
 """

@@ -24,6 +24,30 @@ XDSRegistryDuplicateUniqueIdInMessage  two objects with one uniqueId
 
 Children out of the rim.xsd order are reported with severity *Warning* (the submission is
 accepted): the ANS validator's own sample does it, so the DMP evidently tolerates it.
+
+Schema and ITI TF-3 rules checked besides the DRIM-M values (all ``XDSRegistryMetadataError``):
+
+* rim.xsd: every registry object, Classification, ExternalIdentifier and Association has an
+  ``id``, unique in the submission; a Slot has a ``name``, a ``ValueList`` and at least one
+  ``Value`` of at most 256 characters (``LongName``); a ``Name`` / ``Description`` holds a
+  ``LocalizedString`` with a ``value``; a Classification has a ``classifiedObject`` and a
+  ``classificationScheme`` or a ``classificationNode``; an ``objectType``, when given, is the
+  one of the element (ExtrinsicObject: the stable DocumentEntry type);
+* ITI TF-3 4.2.3.1.2 (coded metadata): ``nodeRepresentation``, a non-empty ``Name`` and a
+  ``codingScheme`` Slot with exactly one value;
+* ITI TF-3 4.2.3.1.4 (author): ``nodeRepresentation`` empty (absent is tolerated, as in the
+  ANS sample), at least one of authorPerson /
+  authorInstitution / authorTelecommunication, authorPerson at most once;
+* ITI TF-3 4.2.3.3 (SubmissionSet): one ``submissionTime``, exactly one patientId / sourceId /
+  uniqueId ExternalIdentifier;
+* ITI TF-3 4.2.2 (associations): HasMember comes from the SubmissionSet and points at an object
+  of the submission, with exactly one SubmissionSetStatus (``Original``); ``signs`` comes from a
+  signature document; every source / target exists.
+
+No package (PyPI or Debian) ships the ebRIM 3.0 / ebRS 3.0 / XDS.b XSDs (rim.xsd, rs.xsd,
+lcm.xsd, query.xsd, XDS.b_DocumentRepository.xsd): checked in 2026-11 with the package
+registries' lists and by opening the only candidates (``oru2xds``, ``pyregrep``), hence these
+hand-written rules instead of ``lxml.etree.XMLSchema``.
 """
 
 from __future__ import annotations
@@ -74,6 +98,14 @@ _ORDER = {
                     "ExternalIdentifier"],
 }
 _SINGLE = {"Name", "Description", "VersionInfo", "ContentVersionInfo"}
+# rim.xsd objectType of each registry object, when the attribute is given.
+_OBJECT_TYPES = {
+    "RegistryPackage": "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:RegistryPackage",
+    "Association": "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:Association",
+    "Classification": "urn:oasis:names:tc:ebxml-regrep:ObjectType:RegistryObject:Classification",
+}
+_LONG_NAME = 256  # rim.xsd LongName: a Slot Value
+AUTHOR_SLOTS = ("authorPerson", "authorInstitution", "authorTelecommunication")
 # DocumentEntry slots that take exactly one value (ITI TF-3 Table 4.3.1-3).
 _SINGLE_VALUED = {"creationTime", "hash", "size", "languageCode", "legalAuthenticator",
                   "serviceStartTime", "serviceStopTime", "sourcePatientId", "repositoryUniqueId",
@@ -185,8 +217,11 @@ def check_structure(req: etree._Element) -> tuple[list[XdsError], ParsedSubmissi
             errors.append(XdsError(META, f"id {oid!r} is used twice"))
         ids.add(oid)
         errors += _check_order(obj, oid)
+        errors += _check_elements(obj, oid or kind)
         for c in obj.findall(q(RIM, "Classification")):
             errors += _check_order(c, c.get("id", ""))
+            if not c.get("id"):
+                errors.append(XdsError(META, f"{oid}: a Classification has no id"))
             if c.get("classifiedObject") != oid:
                 errors.append(XdsError(META, f"{oid}: Classification {c.get('id')} classifies "
                                              f"{c.get('classifiedObject')!r}, not its parent"))
@@ -194,6 +229,11 @@ def check_structure(req: etree._Element) -> tuple[list[XdsError], ParsedSubmissi
                 errors.append(XdsError(META, f"id {c.get('id')!r} is used twice"))
             ids.add(c.get("id", ""))
         for e in obj.findall(q(RIM, "ExternalIdentifier")):
+            if not e.get("id"):
+                errors.append(XdsError(META, f"{oid}: an ExternalIdentifier has no id"))
+            elif e.get("id") in ids:
+                errors.append(XdsError(META, f"id {e.get('id')!r} is used twice"))
+            ids.add(e.get("id", ""))
             if e.get("registryObject") != oid:
                 errors.append(XdsError(META, f"{oid}: ExternalIdentifier {e.get('id')} names "
                                              f"{e.get('registryObject')!r}, not its parent"))
@@ -222,8 +262,13 @@ def check_structure(req: etree._Element) -> tuple[list[XdsError], ParsedSubmissi
             if sub.ss is not None:
                 errors.append(XdsError(META, "more than one SubmissionSet"))
                 continue
-            ext = {e.get("identificationScheme"): e.get("value", "")
-                   for e in obj.findall(q(RIM, "ExternalIdentifier"))}
+            ext = {}
+            for e in obj.findall(q(RIM, "ExternalIdentifier")):
+                scheme = e.get("identificationScheme")
+                if scheme in ext:
+                    errors.append(XdsError(META, f"{oid}: ExternalIdentifier {scheme} appears "
+                                                 "twice (ITI TF-3 4.2.3.3)"))
+                ext[scheme] = e.get("value", "")
             sub.ss, sub.ss_id = obj, oid
             sub.ss_unique_id = ext.get(N.SS_UNIQUE_ID, "")
             sub.ss_source_id = ext.get(N.SS_SOURCE_ID, "")
@@ -284,6 +329,84 @@ def _check_order(el: etree._Element, oid: str) -> list[XdsError]:
     return []
 
 
+def _check_elements(obj: etree._Element, oid: str) -> list[XdsError]:
+    """rim.xsd rules on one registry object and its nested Slots, Names, Classifications."""
+    err: list[XdsError] = []
+    kind = local(obj)
+    expected = _OBJECT_TYPES.get(kind)
+    if expected and obj.get("objectType") not in (None, expected):
+        err.append(XdsError(META, f"{oid}: objectType {obj.get('objectType')!r} is not {expected}"))
+    for el in obj.iter(q(RIM, "Slot")):
+        name = el.get("name")
+        if not name:
+            err.append(XdsError(META, f"{oid}: a Slot has no name"))
+            continue
+        vl = el.find(q(RIM, "ValueList"))
+        values = [] if vl is None else vl.findall(q(RIM, "Value"))
+        if vl is None or not values:
+            err.append(XdsError(META, f"{oid}: slot {name} has no rim:ValueList/rim:Value"))
+        for v in values:
+            if len(v.text or "") > _LONG_NAME:
+                err.append(XdsError(META, f"{oid}: slot {name} value longer than {_LONG_NAME} "
+                                          "characters (rim.xsd LongName)"))
+    for tag in ("Name", "Description"):
+        for el in obj.iter(q(RIM, tag)):
+            ls = el.find(q(RIM, "LocalizedString"))
+            if ls is None or ls.get("value") is None:
+                err.append(XdsError(META, f"{oid}: rim:{tag} without a LocalizedString value"))
+    for c in obj.iter(q(RIM, "Classification")):
+        if not c.get("classifiedObject"):
+            err.append(XdsError(META, f"{oid}: Classification {c.get('id')} has no "
+                                      "classifiedObject"))
+        if not c.get("classificationScheme") and not c.get("classificationNode"):
+            err.append(XdsError(META, f"{oid}: Classification {c.get('id')} has neither "
+                                      "classificationScheme nor classificationNode"))
+    return err
+
+
+def _classification_errors(obj: etree._Element, oid: str, author_scheme: str) -> list[XdsError]:
+    """ITI TF-3 4.2.3.1.2 (coded values) and 4.2.3.1.4 (author) on the Classifications of a
+    DocumentEntry or SubmissionSet."""
+    err: list[XdsError] = []
+    for c in obj.findall(q(RIM, "Classification")):
+        scheme, cid = c.get("classificationScheme"), c.get("id")
+        if not scheme:
+            continue
+        sl = slots(c)
+        if scheme == author_scheme:
+            where = f"{oid}: author ({author_scheme}) {cid}"
+            if c.get("nodeRepresentation") not in (None, ""):
+                # ITI TF-3 4.2.3.1.4 wants it present and empty; the ANS sample omits it.
+                err.append(XdsError(META, f"{where}: nodeRepresentation must be empty, is "
+                                          f"{c.get('nodeRepresentation')!r} (ITI TF-3 4.2.3.1.4)"))
+            if not any(sl.get(n) for n in AUTHOR_SLOTS):
+                err.append(XdsError(META, f"{where} has none of {', '.join(AUTHOR_SLOTS)}"))
+            if len(sl.get("authorPerson", [])) > 1:
+                err.append(XdsError(META, f"{where}: authorPerson has "
+                                          f"{len(sl['authorPerson'])} values, at most one"))
+            continue
+        where = f"{oid}: {_LABELS.get(scheme, 'classification')} ({scheme}) {cid}"
+        if c.get("nodeRepresentation") is None:
+            err.append(XdsError(META, f"{where}: nodeRepresentation is missing"))
+        coding = sl.get("codingScheme", [])
+        if len(coding) != 1:
+            err.append(XdsError(META, f"{where}: slot codingScheme must have exactly one value, "
+                                      f"has {len(coding)} (ITI TF-3 4.2.3.1.2)"))
+        name = c.find(f"{q(RIM, 'Name')}/{q(RIM, 'LocalizedString')}")
+        if name is None or not name.get("value"):
+            err.append(XdsError(META, f"{where}: the code's display Name is missing "
+                                      "(ITI TF-3 4.2.3.1.2)"))
+    return err
+
+
+_LABELS = {
+    N.DE_CLASS: "classCode", N.DE_TYPE: "typeCode", N.DE_FORMAT: "formatCode",
+    N.DE_CONFIDENTIALITY: "confidentialityCode", N.DE_EVENT: "eventCodeList",
+    N.DE_FACILITY: "healthcareFacilityTypeCode", N.DE_PRACTICE: "practiceSettingCode",
+    N.SS_CONTENT_TYPE: "contentTypeCode",
+}
+
+
 def _code_errors(e: ParsedEntry, scheme_uuid: str, label: str, allowed: set[tuple[str, str]] | None,
                  many: bool = False) -> list[XdsError]:
     codes = e.codes.get(scheme_uuid, [])
@@ -341,6 +464,7 @@ def check_entry(e: ParsedEntry, ss_patient_id: str) -> list[XdsError]:
                                 f"SubmissionSet's {ss_patient_id!r}"))
     if not e.el.findall(f"{q(RIM, 'Classification')}[@classificationScheme='{N.DE_AUTHOR}']"):
         err.append(XdsError(META, f"{e.id}: author ({N.DE_AUTHOR}) is missing"))
+    err += _classification_errors(e.el, e.id, N.DE_AUTHOR)
     if e.is_signature:
         err += _code_errors(e, N.DE_TYPE, "typeCode", {(N.DSG_TYPE, "ASTM")})
         err += _code_errors(e, N.DE_FORMAT, "formatCode", {(N.DSG_FORMAT, "URN")})
@@ -400,6 +524,9 @@ def check_submission_set(sub: ParsedSubmission) -> list[XdsError]:
     st = slots(ss).get("submissionTime", [""])
     if not st or not valid_dtm(st[0]):
         err.append(XdsError(META, f"{sid}: submissionTime is missing or not YYYYMMDDhhmmss"))
+    elif len(st) != 1:
+        err.append(XdsError(META, f"{sid}: slot submissionTime must have exactly one value"))
+    err += _classification_errors(ss, sid, N.SS_AUTHOR)
     for value, scheme, label in ((sub.ss_unique_id, N.SS_UNIQUE_ID, "uniqueId"),
                                  (sub.ss_source_id, N.SS_SOURCE_ID, "sourceId")):
         if not value:
@@ -464,9 +591,23 @@ def check_submission(req: etree._Element, attachments_by_doc: dict[str, bytes],
             errors.append(XdsError(META, f"{e.id}: no HasMember association from the "
                                          "SubmissionSet"))
     for a in sub.assoc(N.HAS_MEMBER):
-        if a.get("sourceObject") == sub.ss_id and slots(a).get("SubmissionSetStatus") != ["Original"]:
-            errors.append(XdsError(META, f"association {a.get('id')}: HasMember needs "
+        aid = a.get("id")
+        if a.get("sourceObject") != sub.ss_id:
+            errors.append(XdsError(META, f"association {aid}: HasMember source "
+                                         f"{a.get('sourceObject')!r} is not the SubmissionSet "
+                                         f"{sub.ss_id} (ITI TF-3 4.2.2.1)"))
+        elif slots(a).get("SubmissionSetStatus") != ["Original"]:
+            errors.append(XdsError(META, f"association {aid}: HasMember needs "
                                          "SubmissionSetStatus=Original"))
+        elif a.get("targetObject") not in ids:
+            errors.append(XdsError(META, f"association {aid}: HasMember target "
+                                         f"{a.get('targetObject')!r} is not a DocumentEntry of "
+                                         "the submission (SubmissionSetStatus=Original)"))
+    for a in sub.assoc(N.SIGNS):
+        src = next((e for e in sub.entries if e.id == a.get("sourceObject")), None)
+        if src is None or not src.is_signature:
+            errors.append(XdsError(META, f"association {a.get('id')}: signs source "
+                                         f"{a.get('sourceObject')!r} is not a signature document"))
     if require_signature:
         sigs = [e for e in sub.entries if e.is_signature]
         if len(sigs) != 1:

@@ -94,7 +94,8 @@ class DmpClient:
         if missing:
             raise ValueError(f"DMP settings missing: {', '.join(missing)}")
         if settings.dmp_transport != "xds":
-            raise ValueError(f"dmp_transport {settings.dmp_transport!r} is not implemented")
+            raise ValueError(f"dmp_transport is {settings.dmp_transport!r}: the FHIR transport is "
+                             "adapters.mhd.transport.MhdTransport.from_settings")
         return cls(DmpEndpoints(settings.dmp_registry_url, settings.dmp_repository_url),
                    ca_bundle=settings.dmp_ca_bundle, client_cert=settings.dmp_client_cert,
                    client_key=settings.dmp_client_key, sign_cert=settings.dmp_sign_cert,

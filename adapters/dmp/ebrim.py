@@ -74,7 +74,8 @@ def classification(parent: etree._Element, scheme: str, obj: str, cid: str,
                          classifiedObject=obj, id=cid, nodeRepresentation=code.code if code else "")
     if code:
         slot(c, "codingScheme", code.scheme)
-        _localized(c, "Name", code.display)
+        # ITI TF-3 4.2.3.1.2: the display name is required; the code stands in for a missing one.
+        _localized(c, "Name", code.display or code.code)
     return c
 
 
@@ -235,3 +236,76 @@ def remove_objects(entry_uuids: list[str]) -> etree._Element:
     for u in entry_uuids:
         etree.SubElement(lst, q(RIM, "ObjectRef"), id=u)
     return req
+
+
+# ------------------------------------------------------ DocumentEntry ↔ ExtrinsicObject (MHD)
+
+IdSequence = _Ids
+"""Symbolic ids (``cl1``, ``ei2``...) unique within one submission."""
+
+
+def extrinsic_object(parent: etree._Element, oid: str, entry: DocumentEntry,
+                     ids: _Ids | None = None) -> etree._Element:
+    """The ``rim:ExtrinsicObject`` of ``entry`` under ``parent`` (the DMP simulator's FHIR
+    face stores MHD submissions in this form, so that ITI-18 finds them). Pass the
+    submission's ``ids`` when it holds other objects."""
+    return _extrinsic(parent, oid, entry, ids or _Ids())
+
+
+def _slot_values(el: etree._Element, name: str) -> list[str]:
+    s = el.find(f"{q(RIM, 'Slot')}[@name='{name}']")
+    return [] if s is None else [(v.text or "") for v in s.iter(q(RIM, "Value"))]
+
+
+def _name_of(el: etree._Element, tag: str = "Name") -> str:
+    ls = el.find(f"{q(RIM, tag)}/{q(RIM, 'LocalizedString')}")
+    return ls.get("value", "") if ls is not None else ""
+
+
+def entry_from_extrinsic(eo: etree._Element) -> DocumentEntry:
+    """The inverse of :func:`extrinsic_object`: a registered ExtrinsicObject as a DocumentEntry
+    (the simulator answers ITI-67 with it, whichever transaction registered the document)."""
+    from gateway.xds_metadata import ReferenceId
+
+    codes: dict[str, list[Code]] = {}
+    author = Author()
+    for c in eo.findall(q(RIM, "Classification")):
+        scheme = c.get("classificationScheme", "")
+        if scheme == N.DE_AUTHOR:
+            author = Author(*(next(iter(_slot_values(c, n)), "") for n in
+                              ("authorPerson", "authorInstitution", "authorRole",
+                               "authorSpecialty")))
+            continue
+        codes.setdefault(scheme, []).append(
+            Code(c.get("nodeRepresentation", ""), next(iter(_slot_values(c, "codingScheme")), ""),
+                 _name_of(c)))
+    ext = {e.get("identificationScheme"): e.get("value", "")
+           for e in eo.findall(q(RIM, "ExternalIdentifier"))}
+    refs = []
+    for cxi in _slot_values(eo, "urn:ihe:iti:xds:2013:referenceIdList"):
+        comps = cxi.split("^")
+        authority = comps[3].split("&")[1] if len(comps) > 4 and "&" in comps[3] else ""
+        refs.append(ReferenceId(comps[0], authority, comps[4] if len(comps) > 4 else ""))
+
+    def one(name: str) -> str:
+        return next(iter(_slot_values(eo, name)), "")
+
+    def code(scheme: str) -> Code:
+        return (codes.get(scheme) or [Code("", "", "")])[0]
+
+    size = one("size")
+    return DocumentEntry(
+        unique_id=ext.get(N.DE_UNIQUE_ID, ""), patient_id=ext.get(N.DE_PATIENT_ID, ""),
+        source_patient_id=one("sourcePatientId"),
+        source_patient_info=tuple(_slot_values(eo, "sourcePatientInfo")),
+        mime_type=eo.get("mimeType", ""), class_code=code(N.DE_CLASS),
+        type_code=code(N.DE_TYPE), format_code=code(N.DE_FORMAT),
+        confidentiality=tuple(codes.get(N.DE_CONFIDENTIALITY, [])),
+        event_codes=tuple(codes.get(N.DE_EVENT, [])),
+        healthcare_facility_type=code(N.DE_FACILITY), practice_setting=code(N.DE_PRACTICE),
+        language=one("languageCode"), creation_time=one("creationTime"),
+        service_start=one("serviceStartTime"), service_stop=one("serviceStopTime"),
+        title=_name_of(eo), comments=_name_of(eo, "Description"), author=author,
+        legal_authenticator=one("legalAuthenticator"), reference_ids=tuple(refs),
+        hash_sha1=one("hash"), size=int(size) if size.isdigit() else 0,
+    )

@@ -89,6 +89,13 @@ class SimStore:
                              (unique_id,)).fetchone()
         return (r[0], bytes(r[1])) if r else None
 
+    def association_targets(self, source: str, kind: str) -> list[str]:
+        """Targets of the ``kind`` associations whose source is ``source`` (e.g. the entry an
+        RPLC replaced: the FHIR face's ``relatesTo``)."""
+        rows = self._db.execute("SELECT target FROM associations WHERE source = ? AND type = ?",
+                                (source, kind)).fetchall()
+        return [r[0] for r in rows]
+
     def counts(self) -> dict[str, int]:
         return {t: self._db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                 for t in ("submission_sets", "entries", "documents", "associations")}

@@ -14,6 +14,8 @@ POST /repository       ITI-41 Provide and Register Document Set-b, ITI-43 Retrie
 POST /registry         ITI-18 Registry Stored Query (FindDocuments,
                        FindDocumentsByReferenceId, GetDocuments), ITI-57 Update Document
                        Set (UpdateAvailabilityStatus), ITI-62 Delete Document Set
+/fhir                  IHE MHD / PDSm: ITI-65, ITI-67, Binary (ITI-68), status PATCH, over the
+                       same store (:mod:`adapters.mhd.recipient`; mutual TLS, no VIHF)
 POST /admin/faults     fault injection, JSON ``{"mode": M, "count": N, "seconds": S}``
 GET  /admin/status     JSON: row counts and the pending fault
 =====================  =====================================================================
@@ -81,6 +83,7 @@ from adapters.dmp.soap import (
     xop_include,
 )
 from adapters.dmp.vihf import VerifiedVihf, VihfError, verify_vihf
+from adapters.mhd.recipient import FhirFace, Issue, operation_outcome
 
 log = logging.getLogger("drimbox.dmp_sim")
 
@@ -164,6 +167,7 @@ class Simulator:
         self.trusted_cas = trusted_cas
         self.repository_unique_id = repository_unique_id
         self.faults = faults or FaultPlan()
+        self.fhir = FhirFace(store)
 
     # ------------------------------------------------------------------------------ ASGI
 
@@ -200,6 +204,8 @@ class Simulator:
             data = {"counts": self.store.counts(),
                     "fault": {"mode": self.faults.mode, "count": self.faults.count}}
             return await _send(send, 200, "application/json", json.dumps(data).encode())
+        if path == "/fhir" or path.startswith("/fhir/"):
+            return await self._serve_fhir(scope, send, headers, bytes(body))
         if path not in ENDPOINT_ACTIONS:
             return await _send(send, 404, "text/plain", b"not found")
         if method != "POST":
@@ -214,6 +220,30 @@ class Simulator:
         if mode == "timeout":
             await asyncio.sleep(self.faults.seconds)
         status, ctype, out = self.handle(path, headers.get("content-type", ""), bytes(body))
+        if mode == "drop_after_store":
+            await send({"type": "http.response.start", "status": status,
+                        "headers": [(b"content-type", ctype.encode()),
+                                    (b"content-length", str(len(out)).encode())]})
+            await send({"type": "http.response.body", "body": out[: len(out) // 3],
+                        "more_body": True})
+            raise ConnectionAbortedError("injected fault: connection dropped after store")
+        await _send(send, status, ctype, out)
+
+    async def _serve_fhir(self, scope, send, headers: dict[str, str], body: bytes) -> None:  # noqa: ANN001
+        """``/fhir`` (:mod:`adapters.mhd.recipient`), with the same fault injection as SOAP
+        (``soap_fault`` becomes a 503 OperationOutcome)."""
+        mode = self.faults.take()
+        if mode == "http500":
+            return await _send(send, 500, "text/plain", b"injected HTTP 500")
+        if mode == "soap_fault":
+            oo = operation_outcome([Issue("transient", "injected fault: service unavailable")])
+            return await _send(send, 503, "application/fhir+json", json.dumps(oo).encode())
+        if mode == "timeout":
+            await asyncio.sleep(self.faults.seconds)
+        base = f"{scope.get('scheme', 'https')}://{headers.get('host', 'localhost')}/fhir"
+        status, ctype, out = self.fhir.handle(scope["method"], scope["path"],
+                                              scope.get("query_string", b"").decode("latin-1"),
+                                              headers, body, base)
         if mode == "drop_after_store":
             await send({"type": "http.response.start", "status": status,
                         "headers": [(b"content-type", ctype.encode()),
