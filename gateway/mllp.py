@@ -99,6 +99,7 @@ class MessageProcessor:
     def process(self, block: bytes) -> bytes:
         charset = charset_of(block)
         message: hl7.Message | None = None
+        text = ""
         try:
             try:
                 text = block.decode(charset)
@@ -109,7 +110,7 @@ class MessageProcessor:
         except ReportRefused as refused:
             log.warning("HL7 message refused before reading: %s %s", refused.outcome.ack.value,
                         refused.outcome.error.location if refused.outcome.error else "")
-            return self._ack(message, refused.outcome, charset)
+            return self._ack(message or _header_only(text), refused.outcome, charset)
         key = message_key(message)
         mtype = message_type_of(message)
         try:
@@ -136,6 +137,18 @@ class MessageProcessor:
     def _ack(self, message: hl7.Message | None, outcome: Outcome, charset: str) -> bytes:
         ack = build_ack(message, outcome, application=self.application, facility=self.facility)
         return ack.encode(charset, "replace")
+
+
+def _header_only(text: str) -> hl7.Message | None:
+    """The MSH segment alone, when the rest of the message cannot be parsed: the ACK still
+    names the message (MSA-2) and its sender."""
+    first = text.replace("\r\n", "\r").replace("\n", "\r").split("\r", 1)[0]
+    if not first.startswith("MSH") or len(first) < 8:
+        return None
+    try:
+        return hl7.parse(first)
+    except Exception:  # noqa: BLE001 - then the ACK names no message
+        return None
 
 
 class Hl7Listener:
