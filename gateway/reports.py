@@ -16,6 +16,7 @@ cancellation runs ``withdrawal_hooks`` the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import time
@@ -26,7 +27,13 @@ from typing import Protocol
 from gateway.cda import CdaHeader
 from gateway.ins import Ins
 from gateway.ins_codecs import PatientIds
-from gateway.xds_metadata import MASKING_FLAGS, SCHEME_CONFIDENTIALITY_DMP, Code
+from gateway.xds_metadata import (
+    MASKING_FLAGS,
+    SCHEME_CONFIDENTIALITY_DMP,
+    Author,
+    Code,
+    PublicationContext,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +200,51 @@ class ImagingReport:
     @property
     def effective_time(self) -> str:
         return self.cda.effective_time if self.cda is not None else ""
+
+
+# -- what the report adds to the publication (R4) -------------------------------------------
+
+#: The JDV the DMP filters anatomical regions on (SPEC.md 1.3, TD3.1 ``$XDSDocumentEntryEventCodeList``).
+SCHEME_REGION = "1.2.250.1.213.1.1.5.695"
+OID_RPPS = "1.2.250.1.71.4.2.1"
+OID_STRUCTURE = "1.2.250.1.71.4.2.2"
+
+
+def _xcn(person) -> str:  # noqa: ANN001 - a CdaPerson
+    """XDS XCN of a professional: ``<IdNat_PS>^FAMILY^Given^^^^^^&<OID>&ISO^D^^^IDNPS``."""
+    if person is None or not person.id:
+        return ""
+    return (f"{person.id}^{person.family}^{person.given}^^^^^^&{person.id_root or OID_RPPS}&ISO"
+            "^D^^^IDNPS")
+
+
+def publication_context(report: ImagingReport, base: PublicationContext) -> PublicationContext:
+    """``base`` (from the configuration) completed with what the report says: author and
+    legal authenticator, facility type, practice setting, masking flags, region and act
+    codes, service times (SPEC.md 2.1; the modality codes come from the images)."""
+    cda = report.cda
+    if cda is None:
+        return dataclasses.replace(
+            base, masking_flags=tuple(f for f in MASKING_FLAGS if report.flags.get(f)))
+    author = base.author
+    if cda.author is not None:
+        org = cda.author
+        institution = (f"{org.organization_name}^^^^^&{OID_STRUCTURE}&ISO^IDNST^^^"
+                       f"{org.organization_id}" if org.organization_id else base.author.institution)
+        author = Author(person=_xcn(cda.author), institution=institution,
+                        role=base.author.role, specialty=base.author.specialty)
+    return dataclasses.replace(
+        base,
+        healthcare_facility_type=cda.healthcare_facility_type or base.healthcare_facility_type,
+        practice_setting=cda.practice_setting or base.practice_setting,
+        author=author,
+        masking_flags=tuple(f for f in MASKING_FLAGS if report.flags.get(f)),
+        legal_authenticator=_xcn(cda.legal_authenticator) or base.legal_authenticator,
+        region_codes=tuple(Code(c.code, SCHEME_REGION, c.display) for c in cda.region_codes),
+        act_codes=cda.act_codes,
+        service_start=cda.service_start[:14] or base.service_start,
+        service_stop=cda.service_stop[:14] or base.service_stop,
+    )
 
 
 # -- the workflow --------------------------------------------------------------------------

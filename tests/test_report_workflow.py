@@ -99,3 +99,29 @@ def test_flags_become_confidentiality_codes() -> None:
     assert (report.sender.person_id, report.sender.structure_id) == ("801234564895", "750803447")
     assert (report.ins.matricule, report.ipp) == (INS, "IPP101")
     assert report.patient.status.value == "VALI"
+
+
+def test_publication_context_from_the_report_of_exam_g() -> None:
+    """What the report adds to the KOS DocumentEntry (R4; SPEC 2.1): values of CR_G1_MAJ."""
+    from gateway.hl7_reader import read_message
+    from gateway.reports import publication_context
+    from gateway.xds_metadata import Author, Code, PublicationContext
+
+    base = PublicationContext(healthcare_facility_type=Code("SA07", "1.2.250.1.71.4.2.4", "SA07"),
+                              practice_setting=Code("X", "1.2.250.1.213.1.1.4.9", "X"),
+                              author=Author(institution="CENTRE"), study_uid_authority="1.2.3")
+    text, _ = fill(with_cda(sample("referencement/Examen_F/CR_F-ORU.abridged.hl7"),
+                            CDA_G1_MAJ.read_bytes()))
+    ctx = publication_context(read_message(parse(text)), base)
+    assert ctx.healthcare_facility_type.code == "SA08"
+    assert ctx.practice_setting.code == "AMBULATOIRE"
+    assert ctx.author.person == "801234560801^BIDEAULT^Jacques^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS"
+    assert ctx.author.institution == ("Centre de radiologie Ambroise^^^^^&1.2.250.1.71.4.2.2&ISO"
+                                      "^IDNST^^^1750803447")
+    assert ctx.legal_authenticator == ctx.author.person
+    assert ctx.masking_flags == ("INVISIBLE_PATIENT", "INVISIBLE_REP_LEGAUX")  # exam F ORU flags
+    assert [(c.code, c.scheme) for c in ctx.region_codes] == [("113257007",
+                                                               "1.2.250.1.213.1.1.5.695")]
+    assert {c.code for c in ctx.act_codes} == {"37174-0", "DDQH006"}
+    assert (ctx.service_start, ctx.service_stop) == ("20210108102500", "20210108111700")
+    assert ctx.study_uid_authority == "1.2.3"
