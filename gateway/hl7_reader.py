@@ -155,12 +155,13 @@ def read_message(message: hl7.Message) -> ImagingReport:
         document_id = _component(_f(txa, 12), 1)
         replaced = _component(_f(txa, 13), 1)
 
-    cda_bytes, cda = b"", None
+    cda_bytes, cda, cda_field = b"", None, "OBX^1^5"
     ed = [(n, seg) for n, seg in _obx(message) if _f(seg, 2).strip() == "ED"]
     if not ed and kind is ReportKind.REPORT:
         raise refuse("OBX", 100, "no OBX of type ED carries the CDA")
     if ed:
         n, seg = ed[0]
+        cda_field = f"OBX^{n}^5"
         cda_bytes = _decode_ed(_f(seg, 5), n)
         try:
             cda = read_cda(cda_bytes)
@@ -185,6 +186,7 @@ def read_message(message: hl7.Message) -> ImagingReport:
         document_id=document_id,
         replaced_document_id=replaced,
         placer_order_number=placer,
+        cda_field=cda_field,
     )
 
 

@@ -145,6 +145,8 @@ class ImagingReport:
     """IPC-1 of an OMI^O23."""
     placer_order_number: str = ""
     """ORC-2 / OBR-2 (HL7 side)."""
+    cda_field: str = "OBX^1^5"
+    """Where the CDA travelled (ERR-2 of a problem found in it)."""
 
     # -- what the report says, whatever carried it ---------------------------------------
 
@@ -343,17 +345,19 @@ class ReportWorkflow:
         return outcome
 
     def handle(self, report: ImagingReport) -> Outcome:
-        if not self.store.begin(report):  # a concurrent copy of the same message won
+        if not self.store.begin(report):  # another copy of the same message came first
             previous = self.store.previous(report.key)
             if previous is not None:
                 return previous
+            return Outcome(Ack.REJECTED, FieldError(
+                "MSH^1^10", 206, "the same message is being processed: send it again later"))
         try:
             outcome = self._process(report)
         except ReportRefused as refused:
             outcome = refused.outcome
         except PacsUnavailable as exc:
             outcome = Outcome(Ack.REJECTED, FieldError(
-                "OBX^1^5", 207, f"the PACS could not be queried, send again later ({exc})"))
+                report.cda_field, 207, f"the PACS could not be queried, send again later ({exc})"))
         self.store.finish(report.key, outcome)
         if outcome.accepted:
             for uid in outcome.study_uids:
@@ -384,21 +388,21 @@ class ReportWorkflow:
             uids = report.study_uids or self.store.study_of_document(report.id_cda)
             return Outcome(Ack.ACCEPTED, study_uids=uids)
         for uid in report.study_uids:
-            study = self._locate(uid)
+            study = self._locate(uid, report.cda_field)
             self._check_agreement(report, study)
         return Outcome(Ack.ACCEPTED, study_uids=report.study_uids)
 
-    def _locate(self, study_uid: str) -> IndexedStudy:
+    def _locate(self, study_uid: str, cda_field: str) -> IndexedStudy:
         """The study in the index; else fetched from the PACS (R2); else refused."""
         study = self.store.indexed_study(study_uid)
         if study is not None:
             return study
         if self.pacs is None:
-            raise refuse("OBX^1^5", 204, f"study {study_uid} (CDA documentationOf/serviceEvent/id) "
+            raise refuse(cda_field, 204, f"study {study_uid} (CDA documentationOf/serviceEvent/id) "
                          "is not in the gateway and no PACS is configured")
         remote = self.pacs.find_study(study_uid)
         if remote is None or not remote.sop_instance_uids:
-            raise refuse("OBX^1^5", 204, f"study {study_uid} (CDA documentationOf/serviceEvent/id) "
+            raise refuse(cda_field, 204, f"study {study_uid} (CDA documentationOf/serviceEvent/id) "
                          "is neither in the gateway nor in the PACS")
         log.info("study %s: %d instances in the PACS, retrieving", study_uid,
                  len(remote.sop_instance_uids))
@@ -429,5 +433,5 @@ class ReportWorkflow:
                          f"the images of study {study.study_uid}")
         accession = report.accession_number
         if accession and study.accession_number and accession != study.accession_number:
-            raise refuse("OBX^1^5", 204, f"accession number {accession} (CDA inFulfillmentOf/order/"
+            raise refuse(report.cda_field, 204, f"accession number {accession} (CDA inFulfillmentOf/order/"
                          f"ps3-20:accessionNumber) differs from the images' {study.accession_number}")

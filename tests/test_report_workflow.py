@@ -125,3 +125,22 @@ def test_publication_context_from_the_report_of_exam_g() -> None:
     assert {c.code for c in ctx.act_codes} == {"37174-0", "DDQH006"}
     assert (ctx.service_start, ctx.service_stop) == ("20210108102500", "20210108111700")
     assert ctx.study_uid_authority == "1.2.3"
+
+
+def test_a_copy_arriving_while_the_first_is_processed_is_not_processed_twice(
+        index: InstanceIndex) -> None:
+    """A copy that arrives while the first is still in flight gets AR 206 (send again); a row
+    left ``received`` by a process that died is taken over by the next copy."""
+    from gateway.hl7_reader import read_message
+
+    add_study(index)
+    text, _ = fill(g_message())
+    report = read_message(parse("\r".join(text.splitlines())))
+    busy = SqlReportStore(index)
+    assert busy.begin(report)  # the first copy, still being processed
+    outcome = ReportWorkflow(busy).handle(report)
+    assert (outcome.ack.value, outcome.error.code, outcome.error.location) == ("AR", 206,
+                                                                               "MSH^1^10")
+    crashed = SqlReportStore(index, stale_after=0)  # the first copy's process died
+    assert ReportWorkflow(crashed).handle(report).ack.value == "AA"
+    assert busy.previous(report.key).ack.value == "AA"

@@ -36,8 +36,11 @@ def _where(key: MessageKey):  # noqa: ANN202
 
 
 class SqlReportStore:
-    def __init__(self, index: InstanceIndex) -> None:
+    def __init__(self, index: InstanceIndex, *, stale_after: float = 3600.0) -> None:
         self.index = index
+        self.stale_after = stale_after
+        """A row left ``received`` longer than this (the process died while handling it) may
+        be taken over by a re-sent copy; a younger one is a copy still being processed."""
 
     def previous(self, key: MessageKey) -> Outcome | None:
         with self.index.read() as s:
@@ -55,8 +58,14 @@ class SqlReportStore:
         try:
             with self.index.write() as s:
                 row = s.scalar(select(Report).where(_where(key)))
-                if row is not None and row.state not in ("failed", "received"):
-                    return False
+                if row is not None and row.state != "failed":
+                    received = row.received_at
+                    if received is not None and received.tzinfo is None:  # SQLite
+                        received = received.replace(tzinfo=UTC)
+                    in_flight = (row.state == "received" and received is not None
+                                 and (now - received).total_seconds() < self.stale_after)
+                    if row.state != "received" or in_flight:
+                        return False
                 if row is None:
                     row = Report(sending_application=key.sending_application[:255],
                                  sending_facility=key.sending_facility[:255],
