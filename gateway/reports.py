@@ -283,6 +283,8 @@ class StudyLocator(Protocol):
 
     def find_study(self, study_uid: str) -> RemoteStudy | None: ...
 
+    def studies_with_accession(self, accession: str) -> tuple[str, ...]: ...
+
     def retrieve_study(self, study_uid: str) -> None:
         """Ask the PACS to send the study to us (C-MOVE); returns when the move is done."""
 
@@ -388,11 +390,11 @@ class ReportWorkflow:
             uids = report.study_uids or self.store.study_of_document(report.id_cda)
             return Outcome(Ack.ACCEPTED, study_uids=uids)
         for uid in report.study_uids:
-            study = self._locate(uid, report.cda_field)
+            study = self._locate(uid, report.cda_field, report.accession_number)
             self._check_agreement(report, study)
         return Outcome(Ack.ACCEPTED, study_uids=report.study_uids)
 
-    def _locate(self, study_uid: str, cda_field: str) -> IndexedStudy:
+    def _locate(self, study_uid: str, cda_field: str, accession: str = "") -> IndexedStudy:
         """The study in the index; else fetched from the PACS (R2); else refused."""
         study = self.store.indexed_study(study_uid)
         if study is not None:
@@ -402,8 +404,13 @@ class ReportWorkflow:
                          "is not in the gateway and no PACS is configured")
         remote = self.pacs.find_study(study_uid)
         if remote is None or not remote.sop_instance_uids:
+            hint = ""
+            if accession:
+                others = [u for u in self.pacs.studies_with_accession(accession) if u != study_uid]
+                if others:
+                    hint = f"; the PACS files accession {accession} under study {others[0]}"
             raise refuse(cda_field, 204, f"study {study_uid} (CDA documentationOf/serviceEvent/id) "
-                         "is neither in the gateway nor in the PACS")
+                         f"is neither in the gateway nor in the PACS{hint}")
         log.info("study %s: %d instances in the PACS, retrieving", study_uid,
                  len(remote.sop_instance_uids))
         self.pacs.retrieve_study(study_uid)

@@ -71,13 +71,15 @@ def test_report_fetches_its_study_from_the_pacs(centre, tmp_path: Path) -> None:
     assert (row["state"], row["study_instance_uid"]) == ("accepted", STUDY_G)
     assert sources(gw, STUDY_G) == {"PACS"}  # sent by the PACS (calling AE), i.e. C-MOVE
 
-    # A study the PACS does not have either: AE 204 after the search, nothing lost.
+    # A study the PACS does not have either: AE 204 after the search (which says where the
+    # PACS files the report's accession number), nothing lost.
     text, control_id = fill(with_cda(sample("referencement/Examen_G/CR_G1_MAJ-ORU.abridged.hl7"),
                                      CDA_G1_MAJ.read_bytes().replace(STUDY_G.encode(),
                                                                      b"1.2.250.1.999.404")))
     ack = send(gw.hl7_port, text)
     assert (ack["ack"], ack["location"], ack["code"]) == ("AE", "OBX^1^5", "204"), ack["raw"]
-    assert "PACS" in ack["message"]
+    assert "neither in the gateway nor in the PACS" in ack["message"]
+    assert f"accession ACN108 under study {STUDY_G}" in ack["message"]
     assert stored_instances(gw, STUDY_G) == sops
 
 

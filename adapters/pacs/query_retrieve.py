@@ -4,6 +4,8 @@
 
 * :meth:`PacsClient.find_study` runs a Study Root C-FIND at STUDY level on the
   StudyInstanceUID (PatientID, AccessionNumber), then at IMAGE level to list the instances;
+  :meth:`PacsClient.studies_with_accession` searches by AccessionNumber (to say which study
+  the PACS has when the report names one it does not);
 * :meth:`PacsClient.retrieve_study` runs a Study Root C-MOVE of the study with our own AE
   title as Move Destination: the PACS opens an association to our C-STORE SCP
   (``gateway/dimse.py``), so **the PACS must know our AE title, host and DICOM port** (in
@@ -68,6 +70,14 @@ class PacsClient:
         finally:
             assoc.release()
         return matches
+
+    def studies_with_accession(self, accession: str) -> tuple[str, ...]:
+        """StudyInstanceUIDs the PACS files under this accession number (STUDY-level C-FIND)."""
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.AccessionNumber = accession
+        q.StudyInstanceUID = ""
+        return tuple(str(s.StudyInstanceUID) for s in self._find(q) if s.get("StudyInstanceUID"))
 
     def find_study(self, study_uid: str) -> RemoteStudy | None:
         q = Dataset()
