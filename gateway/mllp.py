@@ -206,14 +206,17 @@ class Hl7Listener:
                 except InvalidBlockError:
                     log.warning("MLLP from %s: data outside a <VT>...<FS><CR> block, closing", peer)
                     break
-                except ValueError:  # larger than max_message_bytes
+                except ValueError:  # larger than max_message_bytes: one AR, then the
+                    # stream is out of step (the rest of the message is still coming): close.
+                    log.warning("MLLP from %s: message larger than %d bytes, refused", peer,
+                                self.max_message_bytes)
                     outcome = Outcome(Ack.REJECTED, FieldError(
                         "MSH", 100, f"message larger than {self.max_message_bytes} bytes"))
                     writer.write(START_BLOCK + build_ack(
                         None, outcome, application=self.processor.application,
                         facility=self.processor.facility).encode() + END_BLOCK)
                     await writer.drain()
-                    continue
+                    break
                 ack = await asyncio.to_thread(self.processor.process, block)
                 writer.write(START_BLOCK + ack + END_BLOCK)
                 await writer.drain()

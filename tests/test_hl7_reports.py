@@ -253,3 +253,51 @@ def test_hl7_send_command(hl7_gateway, tmp_path: Path) -> None:
          "--set", "idMessage=CLI2"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "MSA|AE|CLI2" in proc.stdout and "ERR||OBX^1^5^1^5|102" in proc.stdout
+
+
+def _mllp(sock, text: str) -> None:  # noqa: ANN001
+    body = "\r".join(line for line in text.splitlines() if line.strip()) + "\r"
+    sock.sendall(b"\x0b" + body.encode() + b"\x1c\r")
+
+
+def _read_ack(sock) -> str | None:  # noqa: ANN001
+    buf = b""
+    while b"\x1c\r" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return None
+        buf += chunk
+    return buf[1:buf.index(b"\x1c\r")].decode()
+
+
+def test_mllp_connections(gateway_factory) -> None:  # noqa: ANN001
+    """Several messages on one connection; a message over the size limit gets one AR and the
+    connection closes; bytes outside MLLP framing close it; the listener keeps serving."""
+    import socket
+
+    from gateway.mllp import ack_summary
+
+    port = free_port()
+    gw = gateway_factory(DRIMBOX_HL7_PORT=str(port), DRIMBOX_HL7_MAX_MESSAGE_BYTES="4096").start()
+    order, _ = fill(sample("informatif/OMI_O23-ImagingOrder.hl7"))
+    cancel, _ = fill(sample("referencement/Examen_W/CR_W_Suppression-OMI.hl7"))
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        _mllp(sock, order)
+        _mllp(sock, cancel)
+        first, second = ack_summary(_read_ack(sock)), ack_summary(_read_ack(sock))
+        assert (first["ack"], second["ack"]) == ("AA", "AA")
+        big, _ = fill(with_cda(sample("referencement/Examen_G/CR_G1_MAJ-MDM.abridged.hl7"),
+                               CDA_G1_MAJ.read_bytes()))
+        _mllp(sock, big)
+        ack = ack_summary(_read_ack(sock))
+        assert (ack["ack"], ack["code"]) == ("AR", "100")
+        assert "larger than 4096" in ack["message"]
+        sock.settimeout(10)
+        assert _read_ack(sock) is None  # closed
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n\x1c\r")
+        sock.settimeout(10)
+        assert _read_ack(sock) is None
+    again, control_id = fill(sample("informatif/OMI_O23-ImagingOrder.hl7").replace("|001|", "|002|"))
+    assert send(port, again)["ack"] == "AA"
+    assert gw.proc.poll() is None
