@@ -3,9 +3,11 @@
 Profile: CI-SIS *Transmission d'un document CDA-R2 en HL7v2* (``MSH-21 = 2.1^CISIS_CDA_HL7_V2``)
 for ``ORU^R01`` (v2.5), ``MDM^T02`` / ``T04`` / ``T10`` (v2.6), and ``OMI^O23`` (v2.5.1) for
 orders and exam cancellations. Parsing uses python-hl7 (``hl7``): it is tolerant of the
-segment mix these profiles use (a ``PRT`` segment in a v2.5 ORU, which a parser validating by
-the standard's v2.5 message structures, such as hl7apy, refuses), and it ships the asyncio
-MLLP streams the listener uses. The checks that matter are made here, each naming the field
+segment mix these profiles use, and it ships the asyncio MLLP streams the listener uses.
+hl7apy, which validates against the standard's message structures, refuses the official
+v2.5 ``ORU^R01`` samples: their ``PRT`` segment (backported by the CI-SIS profile) is not in
+the v2.5 ORU_R01 structure, and its validation ends with "Missing required child
+ORU_R01_ORDER_OBSERVATION.OBR". The checks that matter are made here, each naming the field
 in error as an HL7 ERR location (``PID^1^3``):
 
 * the CDA travels base64 in OBX-5 of the ``ED`` OBX (``^TEXT^XML^Base64^<data>``);
