@@ -363,6 +363,75 @@ def mhd_bundle(config_file: Path | None, study_uid: str, replaces: str | None,
     else:
         output.write_text(text + "\n", encoding="utf-8")
 
+# -- issue #7: HL7 v2 (reports from the RIS) ---------------------------------------------
+
+
+@main.group()
+def hl7() -> None:
+    """HL7 v2 over MLLP (reports from the RIS)."""
+
+
+@hl7.command("send")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, required=True, help="The MLLP port (hl7_port).")
+@click.option("--timeout", type=float, default=600.0, show_default=True,
+              help="Seconds to wait for the ACK (a report may wait for a C-MOVE).")
+@click.option("--set", "substitutions", multiple=True, metavar="NAME=VALUE",
+              help="Replace {{NAME}} in the file (the ANS samples' placeholders).")
+def hl7_send(file: Path, host: str, port: int, timeout: float,
+             substitutions: tuple[str, ...]) -> None:
+    """Send one HL7 message FILE over MLLP and print the ACK (exit 0 on AA, 1 otherwise).
+
+    CRLF or LF line ends in the file are sent as CR, as HL7 wants.
+    """
+    from gateway.hl7_reader import charset_of, normalise
+    from gateway.mllp import ack_summary, send_message
+
+    raw = file.read_bytes()
+    charset = charset_of(raw)
+    text = raw.decode(charset)
+    for item in substitutions:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise click.UsageError(f"--set {item!r}: expected NAME=VALUE")
+        text = text.replace("{{" + name + "}}", value)
+    try:
+        ack = send_message(normalise(text) + "\r", host, port, timeout=timeout, encoding=charset)
+    except OSError as exc:
+        click.echo(f"drimbox: cannot send to {host}:{port}: {exc}", err=True)
+        sys.exit(2)
+    click.echo(ack.replace("\r", "\n").rstrip("\n"))
+    sys.exit(0 if ack_summary(ack).get("ack") == "AA" else 1)
+
+
+@main.group()
+def report() -> None:
+    """Reports (CR) received from the RIS."""
+
+
+@report.command("show")
+@click.option("--study", "study_uid", default=None, help="Only messages naming this study.")
+@click.option("--msh10", "control_id", default=None, help="Only the message with this MSH-10.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@config_option
+def report_show(study_uid: str | None, control_id: str | None, limit: int,
+                config_file: Path | None) -> None:
+    """Print the recorded HL7 messages (newest first) as JSON: kind, state, ACK, error."""
+    import json
+
+    from gateway.index.engine import create_index_engine, upgrade
+    from gateway.index.reports import list_reports
+    from gateway.index.store import InstanceIndex
+
+    settings = _settings(config_file)
+    engine = create_index_engine(settings.effective_database_url)
+    upgrade(engine)
+    rows = list_reports(InstanceIndex(engine), study_uid=study_uid, control_id=control_id,
+                        limit=limit)
+    click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+    sys.exit(0 if rows else 1)
+
 
 if __name__ == "__main__":
     main()

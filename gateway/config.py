@@ -227,6 +227,26 @@ class Settings(BaseSettings):
     """SubmissionSet contentTypeCode (TRE_R209-TypeActivite, scheme 1.2.250.1.213.2.2, e.g.
     ``04``): the MHD ``ihe-designationType``. Required by the MHD transport."""
 
+    # -- issue #7: HL7 v2 from the RIS, the centre's PACS ------------------------------
+    hl7_port: int | None = Field(default=None, ge=1, le=65535)
+    """TCP port of the HL7 v2 MLLP listener (reports from the RIS, R1); off when unset."""
+    hl7_host: str | None = None
+    """Address the MLLP listener binds; default ``host``."""
+    hl7_application: str = "DRIMBOX"
+    """Our application name (MSH-3) in the ACKs."""
+    hl7_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest HL7 message accepted (a CR with its PDF is ~0.5 MB); larger ones get AR."""
+    pacs_ae_title: str | None = None
+    """AE title of the centre's PACS, queried (C-FIND) and asked to send (C-MOVE) the study a
+    report names when it is not in the index (R2). The PACS must know our ``ae_title`` with
+    our host and ``dicom_port`` as a C-MOVE destination."""
+    pacs_host: str | None = None
+    """Host of the centre's PACS."""
+    pacs_port: int | None = Field(default=None, ge=1, le=65535)
+    """DICOM port of the centre's PACS."""
+    pacs_retrieve_timeout: float = Field(default=300.0, gt=0)
+    """Seconds to wait for a C-MOVE and for the moved instances to be indexed."""
+
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
@@ -298,6 +318,21 @@ class Settings(BaseSettings):
         if self.restrict_callers and not self.peers:
             raise ValueError("restrict_callers is on but no peers are configured")
         return self
+
+    @model_validator(mode="after")
+    def _pacs_together(self) -> Settings:
+        given = [n for n in ("pacs_ae_title", "pacs_host", "pacs_port") if getattr(self, n)]
+        if given and len(given) != 3:
+            raise ValueError("pacs_ae_title, pacs_host and pacs_port go together")
+        if self.pacs_ae_title:
+            self.pacs_ae_title = validate_ae_title(self.pacs_ae_title)
+        if self.hl7_port and self.hl7_port in (self.dicom_port, self.http_port):
+            raise ValueError("hl7_port must differ from dicom_port and http_port")
+        return self
+
+    @property
+    def effective_hl7_host(self) -> str:
+        return self.hl7_host or self.host
 
     @property
     def effective_database_url(self) -> str:

@@ -11,6 +11,8 @@ from gateway.index.store import InstanceIndex
 from gateway.ingest import Incoming, Ingestor, IngestResult
 from gateway.metadata import MetadataCache, MetadataWarmer
 from gateway.storage import FileStore
+from gateway.hl7_service import build_report_workflow
+from gateway.reports import ReportWorkflow
 
 
 class _WarmingIngestor(Ingestor):
@@ -36,6 +38,8 @@ class Runtime:
     metadata: MetadataCache
     """WADO-RS metadata, precomputed per series (see :mod:`gateway.metadata`)."""
     warmer: MetadataWarmer
+    reports: ReportWorkflow | None = None
+    """Reports from the RIS (issue #7): attach publication to its hooks."""
 
     @classmethod
     def build(
@@ -59,7 +63,8 @@ class Runtime:
             commit_batch_max=settings.commit_batch_max,
             warmer=warmer,
         )
-        return cls(settings, store, index, ingestor, metadata, warmer)
+        return cls(settings, store, index, ingestor, metadata, warmer,
+                   reports=build_report_workflow(settings, index))
 
     def close(self) -> None:
         self.warmer.stop()

@@ -17,6 +17,7 @@ import uvicorn
 from dicomweb.app import create_app
 from gateway.config import Settings
 from gateway.dimse import DicomService
+from gateway.hl7_service import build_hl7_listener
 from gateway.runtime import Runtime
 from gateway.stability import StabilityMonitor
 from gateway.workers import WorkerPool
@@ -34,6 +35,9 @@ def serve(settings: Settings) -> None:
     dicom.start()
     stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
     stability.start()
+    hl7 = build_hl7_listener(settings, runtime.reports) if runtime.reports else None
+    if hl7 is not None:
+        hl7.start()  # issue #7: reports from the RIS over MLLP
     config = uvicorn.Config(
         create_app(runtime),
         host=settings.effective_http_host,
@@ -61,6 +65,8 @@ def serve(settings: Settings) -> None:
         http.run()
     finally:
         log.info("draining DICOM associations (up to %.0f s)", settings.shutdown_grace)
+        if hl7 is not None:
+            hl7.stop()
         unclean = dicom.stop()  # WorkerPool: workers that did not exit cleanly
         stability.stop()
         runtime.close()

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -201,3 +202,45 @@ class AuditEvent(Base):
     patient_ins: Mapped[str] = mapped_column(String(15), default="")
     kos_uid: Mapped[str] = mapped_column(UID, default="")
     client_address: Mapped[str] = mapped_column(String(64), default="")
+
+
+class Report(Base):
+    """One HL7 message from the RIS (issue #7, R1): a report, a withdrawal, an order or an exam
+    cancellation. The key (MSH-3, MSH-4, MSH-10) makes processing idempotent: a repeated
+    message is answered with the ACK stored here. Holds no name and no full identity besides
+    the INS matricule the report was filed under."""
+
+    __tablename__ = "reports"
+    __table_args__ = (
+        UniqueConstraint("sending_application", "sending_facility", "msh10"),
+        Index(None, "study_instance_uid"),
+        Index(None, "id_cda"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sending_application: Mapped[str] = mapped_column(String(255), default="")
+    sending_facility: Mapped[str] = mapped_column(String(255), default="")
+    msh10: Mapped[str] = mapped_column(String(199))
+    message_type: Mapped[str] = mapped_column(String(32), default="")
+    kind: Mapped[str] = mapped_column(String(16), default="")
+    """``report``, ``withdrawal``, ``cancel``, ``order``; '' when the message was unreadable."""
+    study_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    """The (first) study the message names."""
+    other_study_uids: Mapped[str] = mapped_column(Text, default="")
+    """Space-separated further studies of a report that documents several."""
+    id_cda: Mapped[str] = mapped_column(String(255), default="")
+    replaces_id_cda: Mapped[str] = mapped_column(String(255), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    ins_matricule: Mapped[str] = mapped_column(String(15), default="")
+    confidentiality: Mapped[str] = mapped_column(Text, default="")
+    """Space-separated confidentiality codes (``N MASQUE_PS ...``)."""
+    cda: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="received")
+    """``received`` (being processed), ``accepted``, ``refused`` (AE: the content is wrong),
+    ``failed`` (AR: processed again when re-sent)."""
+    ack_code: Mapped[str] = mapped_column(String(2), default="")
+    error_location: Mapped[str] = mapped_column(String(64), default="")
+    error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
