@@ -26,6 +26,7 @@ from __future__ import annotations
 import html
 from datetime import timedelta
 
+from anyio.from_thread import run as run_async
 from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
@@ -162,8 +163,9 @@ def _link_json(link: ShareLinkInfo, now) -> dict:  # noqa: ANN001
             "status": link.status(now)}
 
 
-async def _admin(request: Request) -> Principal:
-    principal = await resolve_principal(request)
+def _admin(request: Request) -> Principal:
+    """The caller, when it has the ``admin`` role (routes run in a worker thread)."""
+    principal = run_async(resolve_principal, request)
     if principal is None:
         raise HTTPException(401, "authentication required",
                             headers={"WWW-Authenticate": 'Bearer realm="drimbox"'})
@@ -173,9 +175,9 @@ async def _admin(request: Request) -> Principal:
 
 
 @router.post("/admin/share-links", tags=["admin"], status_code=201)
-async def create_share_link(body: NewLinkRequest, request: Request) -> JSONResponse:
+def create_share_link(body: NewLinkRequest, request: Request) -> JSONResponse:
     """Make a share link for a study (role admin). The URL is in this answer only."""
-    admin = await _admin(request)
+    admin = _admin(request)
     settings = request.app.state.runtime.settings
     links: ShareLinks = share_links(request)
     try:
@@ -191,18 +193,18 @@ async def create_share_link(body: NewLinkRequest, request: Request) -> JSONRespo
 
 
 @router.get("/admin/share-links", tags=["admin"])
-async def list_share_links(request: Request, study_uid: str | None = None) -> JSONResponse:
+def list_share_links(request: Request, study_uid: str | None = None) -> JSONResponse:
     """Share links, newest first (role admin); tokens are never shown again."""
-    await _admin(request)
+    _admin(request)
     links = share_links(request)
     now = links.now()
     return JSONResponse([_link_json(link, now) for link in links.list(study_uid)])
 
 
 @router.delete("/admin/share-links/{link_id}", tags=["admin"], status_code=204)
-async def revoke_share_link(link_id: str, request: Request) -> Response:
+def revoke_share_link(link_id: str, request: Request) -> Response:
     """Revoke a link (role admin): its sessions end at once."""
-    admin = await _admin(request)
+    admin = _admin(request)
     link = share_links(request).revoke(link_id)
     if link is None:
         raise HTTPException(404, "no such share link")

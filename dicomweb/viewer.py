@@ -216,11 +216,11 @@ def _login_needed(request: Request, runtime) -> Response | None:
 
 @router.get(VIEWER_PATH, include_in_schema=False)
 def viewer_entry(request: Request, runtime: RuntimeDep, public_url: PublicURLDep) -> Response:
+    if (login := _login_needed(request, runtime)) is not None:
+        return login
     files = _viewer_files(runtime)
     if not files.available():
         return PlainTextResponse(_MISSING.format(dir=files.root), 503)
-    if (login := _login_needed(request, runtime)) is not None:
-        return login
     query = request.url.query
     if "StudyInstanceUIDs=" in query:
         # OHIF's viewer route; /viewer itself is its study list.

@@ -193,3 +193,29 @@ def test_psc_mode_needs_https_off_loopback(tmp_path: Path) -> None:
     s = load_settings(data_dir=tmp_path, dicomweb_auth="psc", psc_issuer="https://psc.example",
                       psc_client_id="x", http_host="0.0.0.0", public_url="https://drimbox.example")
     assert s.cookies_secure
+
+
+def test_cookies_are_secure_host_prefixed_behind_https(tmp_path: Path, gateway_factory) -> None:
+    """With an https public URL every cookie is ``__Host-``, Secure, HttpOnly, SameSite=Lax,
+    path /; PSC is sent back to the https callback."""
+    sim = PscSim(tmp_path)
+    gw = gateway_factory(**psc_env(sim))
+    gw.extra_env["DRIMBOX_PUBLIC_URL"] = f"https://127.0.0.1:{gw.http_port}"
+    sim.start(gw.url)
+    try:
+        gw.start()
+        r = httpx.get(f"{gw.url}/auth/login")
+        assert r.status_code == 302
+        q = parse_qs(urlsplit(r.headers["location"]).query)
+        assert q["redirect_uri"] == [f"https://127.0.0.1:{gw.http_port}/auth/callback"]
+        cookie = r.headers["set-cookie"]
+        assert cookie.startswith("__Host-drimbox-login=")
+        attrs = {a.strip().lower() for a in cookie.split(";")[1:]}
+        assert {"httponly", "secure", "samesite=lax", "path=/"} <= attrs
+        assert not any(a.startswith("domain") for a in attrs)
+        # /viewer without a session goes to the login (under the public URL).
+        v = httpx.get(f"{gw.url}/viewer")
+        assert v.status_code == 302
+        assert v.headers["location"].startswith(f"https://127.0.0.1:{gw.http_port}/auth/login")
+    finally:
+        sim.stop()
