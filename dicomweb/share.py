@@ -189,7 +189,8 @@ def create_share_link(body: NewLinkRequest, request: Request) -> JSONResponse:
            body.study_uid, admin)
     url = share_url(request_public_url(request), new.token)
     return JSONResponse({**_link_json(new.link, links.now()), "url": url,
-                         "handout_url": url + "/handout"}, 201, headers={"Cache-Control": "no-store"})
+                         "handout_url": url + "/handout"}, 201,
+                        headers={"Cache-Control": "no-store"})
 
 
 @router.get("/admin/share-links", tags=["admin"])

@@ -26,11 +26,12 @@ OUTSIDER = "899999000002"
 class PscSim:
     """``drimbox psc-sim`` on a free port, accepting the gateway at ``gateway_url``."""
 
-    def __init__(self, log_dir: Path, userinfo: str = "json") -> None:
+    def __init__(self, log_dir: Path, userinfo: str = "json", acr: str = "eidas1") -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.issuer = self.base + REALM
         self.userinfo = userinfo
+        self.acr = acr
         self.log_path = log_dir / f"psc-sim-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -39,7 +40,8 @@ class PscSim:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(self.port),
-             "--client", f"{CLIENT_ID}:{CLIENT_SECRET}:{uris}", "--userinfo", self.userinfo],
+             "--client", f"{CLIENT_ID}:{CLIENT_SECRET}:{uris}", "--userinfo", self.userinfo,
+             "--acr", self.acr],
             env={k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")},
             stdout=log, stderr=subprocess.STDOUT,
         )

@@ -143,8 +143,8 @@ def test_login_pkce_activity_choice_dicomweb_and_logout(psc_gateway) -> None:
 def test_single_activity_is_chosen_and_roles_come_from_staff_roles(psc_gateway) -> None:
     gw, _ = psc_gateway
     with httpx.Client(timeout=30) as browser:
-        r = browser.get(psc_answer(browser, begin_login(browser, gw, "/viewer?StudyInstanceUIDs=1.2.3"),
-                                   OUTSIDER))
+        authorize = begin_login(browser, gw, "/viewer?StudyInstanceUIDs=1.2.3")
+        r = browser.get(psc_answer(browser, authorize, OUTSIDER))
         assert r.status_code == 303
         assert r.headers["location"] == f"{gw.url}/viewer?StudyInstanceUIDs=1.2.3"
         # Logged in, but not centre staff: no role lets them browse the centre's studies.
@@ -219,3 +219,21 @@ def test_cookies_are_secure_host_prefixed_behind_https(tmp_path: Path, gateway_f
         assert v.headers["location"].startswith(f"https://127.0.0.1:{gw.http_port}/auth/login")
     finally:
         sim.stop()
+
+
+def test_id_token_below_eidas1_is_refused(tmp_path: Path, gateway_factory) -> None:
+    """A provider that authenticated the practitioner below eIDAS substantial (``acr``) does
+    not open a session (R15: ``acr_values=eidas1``)."""
+    sim = PscSim(tmp_path, acr="eidas0")
+    gw = gateway_factory(**psc_env(sim))
+    sim.start(gw.url)
+    try:
+        gw.start()
+        with httpx.Client(timeout=30) as browser:
+            r = browser.get(psc_answer(browser, begin_login(browser, gw), STAFF))
+            assert r.status_code == 401 and "drimbox-session" not in browser.cookies
+            assert browser.get(f"{gw.url}/dicom-web/studies").status_code == 401
+    finally:
+        sim.stop()
+    assert [(e.outcome, e.reason) for e in audit(gw, "login")] == [
+        ("denied", "id_token_acr_too_low")]

@@ -79,13 +79,16 @@ def activities_of(userinfo: dict[str, Any]) -> tuple[Activity, ...]:
 class PscRelyingParty:
     def __init__(self, issuer: str, discovery_path: str, client_id: str,
                  client_secret: str | None, redirect_uri: str,
-                 http: httpx.Client | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None) -> None:
         self.issuer = issuer.rstrip("/")
         self.discovery_url = self.issuer + "/" + discovery_path.lstrip("/")
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uri = redirect_uri
-        self.http = http or httpx.Client(timeout=10)
+        self.transport = transport
+        """For every call to PSC (discovery, JWKS, token, userinfo): e.g. an
+        ``httpx.HTTPTransport`` with the mTLS client certificate of the Espace de Confiance."""
+        self.http = httpx.Client(timeout=10, transport=transport)
         self._metadata: dict[str, Any] | None = None
         self._jwks: JwksCache | None = None
         self._lock = threading.Lock()
@@ -110,7 +113,7 @@ class PscRelyingParty:
             client_id=self.client_id, client_secret=self.client_secret, scope=SCOPE,
             redirect_uri=self.redirect_uri, code_challenge_method="S256",
             token_endpoint_auth_method="client_secret_basic" if self.client_secret else "none",
-            timeout=10,
+            timeout=10, transport=self.transport,
         )
 
     @staticmethod
