@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete
 
 from gateway.index.models import PendingLogin as PendingLoginRow
 from gateway.index.models import ViewerSession
@@ -163,13 +163,6 @@ class SessionStore:
     def _delete(self, key: str) -> None:
         with self.index.write() as s:
             s.execute(delete(ViewerSession).where(ViewerSession.id_sha256 == key))
-
-    def count(self, kind: str | None = None) -> int:
-        with self.index.read() as s:
-            q = select(ViewerSession.id_sha256)
-            if kind:
-                q = q.where(ViewerSession.kind == kind)
-            return len(s.execute(q).all())
 
     # -- logins under way -------------------------------------------------------------------
 
