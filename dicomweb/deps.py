@@ -1,9 +1,11 @@
 """Typed FastAPI dependencies shared by the DICOMweb routes.
 
 ``RuntimeDep`` gives a route the gateway's wiring (settings, index, file store, ingestor).
-``ReaderDep`` is the access gate every route that reveals patient data must take: until Pro
-Santé Connect lands (issue #6, R10/R15) the only mode is ``none``, which the settings accept
-only while the HTTP side listens on a loopback address (see ``Settings._derived``).
+``ReaderDep`` is the access gate every route that reveals patient data must take: it resolves
+the caller's :class:`~gateway.principal.Principal` (issue #6) through the resolvers registered
+in ``app.state.principal_resolvers`` (viewer session, share link: ``dicomweb.session_cookies``).
+With ``dicomweb_auth = none`` (accepted only while the HTTP side listens on a loopback
+address, see ``Settings._derived``) a caller without one is anonymous; with ``psc`` it is 401.
 """
 
 from __future__ import annotations
