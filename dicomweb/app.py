@@ -24,6 +24,13 @@ def create_app(runtime: Runtime) -> FastAPI:
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
     app.include_router(viewer.router, tags=["viewer"])
 
+    # Issue #6: viewer sessions (PSC login) and patient share links.
+    from dicomweb import login, session_cookies, share
+
+    session_cookies.install(app)
+    login.install(app)
+    share.install(app)
+
     @app.get("/healthz", tags=["operations"])
     def healthz() -> Response:
         """200 when the index answers, 503 otherwise. Reveals no patient data."""

@@ -33,7 +33,9 @@ from urllib.parse import urlsplit
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 
-from dicomweb.deps import RuntimeDep
+from anyio.from_thread import run as run_async
+
+from dicomweb.deps import RuntimeDep, resolve_principal
 from dicomweb.urls import DICOMWEB_PREFIX, PublicURLDep
 
 router = APIRouter()
@@ -199,8 +201,23 @@ def _base(public_url: str) -> str:
     return urlsplit(public_url).path + VIEWER_PATH + "/"
 
 
+def _login_needed(request: Request, runtime) -> Response | None:
+    """With ``dicomweb_auth = psc`` the viewer's pages need a principal (a PSC session or a
+    share link): otherwise the browser goes to the login (issue #6, R15). Called from the
+    route's worker thread; the resolvers are async."""
+    if runtime.settings.dicomweb_auth != "psc":
+        return None
+    if run_async(resolve_principal, request) is not None:
+        return None
+    from dicomweb.login import activity_redirect, login_redirect
+
+    return activity_redirect(request) or login_redirect(request)
+
+
 @router.get(VIEWER_PATH, include_in_schema=False)
 def viewer_entry(request: Request, runtime: RuntimeDep, public_url: PublicURLDep) -> Response:
+    if (login := _login_needed(request, runtime)) is not None:
+        return login
     files = _viewer_files(runtime)
     if not files.available():
         return PlainTextResponse(_MISSING.format(dir=files.root), 503)
@@ -213,7 +230,8 @@ def viewer_entry(request: Request, runtime: RuntimeDep, public_url: PublicURLDep
 
 
 @router.get(VIEWER_PATH + "/{rel:path}", include_in_schema=False)
-def viewer_file(rel: str, runtime: RuntimeDep, public_url: PublicURLDep) -> Response:
+def viewer_file(rel: str, request: Request, runtime: RuntimeDep,
+                public_url: PublicURLDep) -> Response:
     files = _viewer_files(runtime)
     if not files.available():
         return PlainTextResponse(_MISSING.format(dir=files.root), 503)
@@ -221,6 +239,9 @@ def viewer_file(rel: str, runtime: RuntimeDep, public_url: PublicURLDep) -> Resp
     if rel == "app-config.js":
         return Response(app_config_js(public_url), media_type=_MEDIA_TYPES[".js"],
                         headers=_NO_CACHE)
+    if rel in ("", "index.html") or (files.file(rel) is None and not PurePosixPath(rel).suffix):
+        if (login := _login_needed(request, runtime)) is not None:
+            return login
     if rel in ("", "index.html"):
         return Response(files.index_html(base), media_type=_MEDIA_TYPES[".html"],
                         headers=_NO_CACHE)

@@ -432,6 +432,108 @@ def report_show(study_uid: str | None, control_id: str | None, limit: int,
     click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
     sys.exit(0 if rows else 1)
 
+# --- Issue #6: patient share links (the CD replacement). ---
+
+
+class _ShareGroup(click.Group):
+    """``drimbox share STUDY_UID ...`` creates; ``drimbox share list|revoke`` manage."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not any(a in self.commands for a in args) and args[0] not in (
+                "--help", "-h"):
+            args = ["create", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_ShareGroup)
+def share() -> None:
+    """Patient share links: `drimbox share STUDY_UID --days N`, `share list`, `share revoke ID`."""
+
+
+def _share_links(settings: Settings):  # noqa: ANN202 - ShareLinks
+    from datetime import timedelta
+
+    from gateway.share_links import ShareLinks
+
+    return ShareLinks(_runtime_index(settings), settings.share_max_attempts,
+                      timedelta(minutes=settings.share_lock_minutes),
+                      settings.share_link_max_days)
+
+
+def _cli_audit(links, action: str, link_id: str, study_uid: str) -> None:  # noqa: ANN001
+    import getpass
+
+    from gateway.audit import ALLOWED, AccessRecord, record_access
+    from gateway.principal import Principal
+
+    who = Principal(kind="staff", subject=getpass.getuser(), via="cli")
+    record_access(links.index, AccessRecord(who, action, ALLOWED, f"link {link_id}",
+                                            study_uid=study_uid))
+
+
+@share.command("create")
+@config_option
+@click.argument("study_uid")
+@click.option("--days", type=int, default=None, help="Validity in days (default: share_link_days).")
+@click.option("--qr-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Where to write share-<id>.png and share-<id>.svg.")
+def share_create(config_file: Path | None, study_uid: str, days: int | None, qr_dir: Path) -> None:
+    """Make a share link for a study: prints its URL (shown once), writes its QR code."""
+    from gateway.handout import share_url, write_qr_files
+    from gateway.share_links import CannotShare
+
+    settings = _settings(config_file)
+    links = _share_links(settings)
+    try:
+        new = links.create(study_uid, days or settings.share_link_days, "cli")
+    except CannotShare as exc:
+        click.echo(f"drimbox: {exc}", err=True)
+        sys.exit(1)
+    _cli_audit(links, "share-create", new.link.id, study_uid)
+    url = share_url(settings.effective_public_url, new.token)
+    qr_dir.mkdir(parents=True, exist_ok=True)
+    png, svg = write_qr_files(url, qr_dir / f"share-{new.link.id}")
+    click.echo(url)
+    click.echo(f"id       {new.link.id}", err=True)
+    click.echo(f"expires  {new.link.expires_at:%Y-%m-%d %H:%M} UTC", err=True)
+    click.echo(f"handout  {url}/handout", err=True)
+    click.echo(f"QR code  {png}, {svg}", err=True)
+
+
+@share.command("list")
+@config_option
+@click.option("--study", "study_uid", default=None, help="Only this study's links.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def share_list(config_file: Path | None, study_uid: str | None, as_json: bool) -> None:
+    """Share links, newest first (their tokens are never shown again)."""
+    import json as jsonlib
+    from dataclasses import asdict
+
+    links = _share_links(_settings(config_file))
+    now = links.now()
+    items = links.list(study_uid)
+    if as_json:
+        click.echo(jsonlib.dumps([asdict(i) | {"status": i.status(now)} for i in items],
+                                 default=str, indent=2))
+        return
+    for i in items:
+        click.echo(f"{i.id}  {i.status(now):8}  expires {i.expires_at:%Y-%m-%d %H:%M}  "
+                   f"{i.study_uid}")
+
+
+@share.command("revoke")
+@config_option
+@click.argument("link_id")
+def share_revoke(config_file: Path | None, link_id: str) -> None:
+    """Revoke a share link: it stops working and its open sessions end at once."""
+    links = _share_links(_settings(config_file))
+    link = links.revoke(link_id)
+    if link is None:
+        click.echo(f"drimbox: no share link {link_id}", err=True)
+        sys.exit(1)
+    _cli_audit(links, "share-revoke", link.id, link.study_uid)
+    click.echo(f"revoked {link.id} ({link.study_uid})")
+
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,14 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -154,9 +161,10 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    dicomweb_auth: Literal["none"] = "none"
-    """Who may read DICOMweb. ``none`` (anonymous) is accepted only while ``host`` is a
-    loopback address; Pro Santé Connect tokens come with issue #6."""
+    dicomweb_auth: Literal["none", "psc"] = "none"
+    """Who may read DICOMweb and the viewer. ``none`` (anonymous) is accepted only while
+    ``host`` is a loopback address; ``psc``: Pro Santé Connect (viewer login, bearer tokens)
+    and share links (issue #6)."""
 
     # --- Manifests and publishability (issue #4; R3, R19). ---
     repository_oid: str | None = None
@@ -246,6 +254,54 @@ class Settings(BaseSettings):
     """DICOM port of the centre's PACS."""
     pacs_retrieve_timeout: float = Field(default=300.0, gt=0)
     """Seconds to wait for a C-MOVE and for the moved instances to be indexed."""
+
+    # --- Viewer login with Pro Santé Connect, sessions, share links (issue #6; R15). ---
+    psc_issuer: str | None = None
+    """PSC's issuer URL (e.g. ``https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet``);
+    its discovery document is ``psc_issuer + psc_discovery_path``. Required for ``psc``."""
+    psc_discovery_path: str = "/.well-known/wallet-openid-configuration"
+    """Path of PSC's discovery document under the issuer (PSC's own, non-standard name)."""
+    psc_client_id: str | None = None
+    """Our client id at PSC. Required for ``psc``."""
+    psc_client_secret: SecretStr | None = None
+    """Our client secret at PSC (``client_secret_basic``); never logged."""
+    staff_roles: dict[str, list[str]] = Field(default_factory=dict)
+    """Local roles of practitioners, by PSC SubjectNameID: ``viewer`` (may see every study of
+    the centre in the viewer), ``admin`` (share-link endpoints). JSON in the environment, e.g.
+    ``{"899999000001": ["viewer", "admin"]}``; a ``[staff_roles]`` table in TOML."""
+    viewer_session_hours: float = Field(default=8.0, gt=0, le=24 * 7)
+    """Lifetime of a viewer session (PSC login or share link) from its creation."""
+    viewer_session_idle_minutes: float = Field(default=30.0, gt=0)
+    """A viewer session unused for this long ends."""
+    share_link_days: int = Field(default=30, ge=1, le=365)
+    """Default validity of a share link (``drimbox share --days``)."""
+    share_link_max_days: int = Field(default=365, ge=1, le=3650)
+    """Longest validity a share link may be given."""
+    share_max_attempts: int = Field(default=5, ge=1, le=100)
+    """Wrong birth dates on a share link before it is locked."""
+    share_lock_minutes: float = Field(default=15.0, gt=0)
+    """How long a share link stays locked after ``share_max_attempts`` wrong birth dates."""
+
+    @model_validator(mode="after")
+    def _psc_login(self) -> Settings:
+        if self.dicomweb_auth != "psc":
+            return self
+        for name in ("psc_issuer", "psc_client_id"):
+            if not getattr(self, name):
+                raise ValueError(f"dicomweb_auth = psc needs {name}")
+        public = self.effective_public_url
+        host = re.sub(r"^https?://([^/:]+|\[[^\]]+\]).*$", r"\1", public).strip("[]")
+        if public.startswith("http://") and not _is_loopback(host):
+            raise ValueError(
+                f"public_url {public} is plain http on a non-loopback host: session cookies "
+                "must be Secure (R12); use https"
+            )
+        return self
+
+    @property
+    def cookies_secure(self) -> bool:
+        """Session cookies are Secure (and ``__Host-`` prefixed) unless on plain-http loopback."""
+        return self.effective_public_url.startswith("https://")
 
     @field_validator("ae_title")
     @classmethod

@@ -26,7 +26,11 @@ def test_schemathesis_finds_no_server_error(gateway, tmp_path: Path) -> None:
     exe = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or "schemathesis"
     proc = subprocess.run(
         [exe, "run", f"{gateway.url}/openapi.json", "--checks", "not_a_server_error",
-         "--max-examples", "25", "--workers", "1", "--seed", "20261123"],
+         "--max-examples", "25", "--workers", "1", "--seed", "20261123",
+         # The share-link admin operations answer only 401 without an admin session
+         # (schemathesis reports that as "Authentication failed"); tests/test_share_links.py
+         # drives them with one.
+         "--exclude-tag", "admin"],
         capture_output=True, text=True, timeout=600,
     )
     out = proc.stdout + proc.stderr

@@ -244,3 +244,65 @@ class Report(Base):
     error_location: Mapped[str] = mapped_column(String(64), default="")
     error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
+
+# --- Issue #6: viewer sessions and patient share links (R15; the CD replacement). ---
+
+
+class ShareLink(Base):
+    """A link that opens one study to the patient (``drimbox share``). The token given to
+    the patient is never stored, only its SHA-256 (``token_sha256``); ``id`` is the public
+    name used to list, revoke and audit it. Wrong birth dates count in ``failed_attempts``;
+    too many set ``locked_until`` (kept here so the lock holds across processes/restarts)."""
+
+    __tablename__ = "share_links"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_by: Mapped[str] = mapped_column(Text, default="")
+    """Who made it: ``cli`` or the SubjectNameID of the admin."""
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    failed_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ViewerSession(Base):
+    """A browser session of the viewer: a PSC login (``kind`` practitioner) or an opened share
+    link (``kind`` share). The cookie holds a random id; the row is keyed by its SHA-256.
+    ``activity`` is '' until the practitioner has chosen one (``activities`` holds the
+    choices, JSON). ``id_token`` is PSC's ID token, kept server-side for the logout hint; no
+    access token is kept."""
+
+    __tablename__ = "viewer_sessions"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(Text)
+    """SubjectNameID (practitioner) or share-link id (share)."""
+    activity: Mapped[str] = mapped_column(Text, default="")
+    activities: Mapped[str] = mapped_column(Text, default="")
+    study_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    share_link_id: Mapped[str | None] = mapped_column(
+        ForeignKey("share_links.id", ondelete="CASCADE"), nullable=True, index=True
+    )
+    id_token: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class PendingLogin(Base):
+    """A PSC login under way: what the callback must check (state, nonce) and send (the PKCE
+    verifier), keyed by the SHA-256 of a short-lived cookie so it is bound to the browser
+    that started it. Deleted when the callback uses it."""
+
+    __tablename__ = "pending_logins"
+
+    id_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(128))
+    nonce: Mapped[str] = mapped_column(String(128))
+    code_verifier: Mapped[str] = mapped_column(String(128))
+    return_to: Mapped[str] = mapped_column(Text, default="")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)

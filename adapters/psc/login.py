@@ -1,0 +1,209 @@
+"""Logging a practitioner in with Pro Santé Connect: the OpenID Connect relying party of the
+viewer (R15; issue #6 item 1).
+
+Authorization code flow with PKCE (S256), ``scope=openid scope_all``, ``acr_values=eidas1``,
+``state`` and ``nonce`` (authlib's OAuth 2 client does the protocol: authorization URL, code
+challenge, token request with client authentication). Then:
+
+* the ID token is checked locally (:class:`adapters.psc.tokens.JwtVerifier`: RS256/PS256/ES256
+  signature against PSC's JWKS, ``iss``, ``exp``, ``acr`` at least eidas1), plus ``aud``
+  containing our client id and the ``nonce`` we sent;
+* userinfo is read as JSON or as a signed JWT (``application/jwt``: signature, ``iss`` and
+  ``aud`` checked), and its ``sub`` must be the ID token's;
+* the activities come from ``SubjectRefPro.exercices[].activities[]``.
+
+Discovery: ``psc_issuer + psc_discovery_path`` (PSC's ``wallet-openid-configuration``),
+fetched once. Tokens never leave the server; the access token is dropped after userinfo.
+Failures raise :class:`LoginFailed` with a short reason for the audit trail.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx
+from authlib.common.security import generate_token
+from authlib.integrations.base_client import OAuthError
+
+with warnings.catch_warnings():
+    # authlib >= 1.7 prefers the ``httpx2`` package and warns when it falls back to httpx,
+    # the project's HTTP client; the fallback is the supported httpx integration.
+    warnings.simplefilter("ignore")
+    from authlib.integrations.httpx_client import OAuth2Client
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+
+from adapters.psc.tokens import ALLOWED_ALGORITHMS, JwksCache, JwtVerifier, TokenRejected
+from gateway.sessions import Activity
+
+SCOPE = "openid scope_all"
+ACR = "eidas1"
+
+
+class LoginFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PscLogin:
+    subject_name_id: str
+    sub: str
+    activities: tuple[Activity, ...]
+    id_token: str
+
+
+def activities_of(userinfo: dict[str, Any]) -> tuple[Activity, ...]:
+    """The activities a practitioner may choose (one per structure), from SubjectRefPro."""
+    seen: dict[str, Activity] = {}
+    ref = userinfo.get("SubjectRefPro") or {}
+    for exercice in ref.get("exercices") or []:
+        for act in exercice.get("activities") or []:
+            ident = (act.get("identifiantTechniqueDeLaStructure")
+                     or act.get("ancienIdentifiantDeLaStructure") or act.get("numeroFinessSite"))
+            if not ident or ident in seen:
+                continue
+            name = act.get("raisonSocialeSite") or act.get("enseigneCommercialeSite") or ident
+            sector = act.get("codeSecteurDactivite")
+            seen[ident] = Activity(str(ident), f"{name} ({sector})" if sector else str(name))
+    return tuple(seen.values())
+
+
+class PscRelyingParty:
+    def __init__(self, issuer: str, discovery_path: str, client_id: str,
+                 client_secret: str | None, redirect_uri: str,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.issuer = issuer.rstrip("/")
+        self.discovery_url = self.issuer + "/" + discovery_path.lstrip("/")
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.redirect_uri = redirect_uri
+        self.transport = transport
+        """For every call to PSC (discovery, JWKS, token, userinfo): e.g. an
+        ``httpx.HTTPTransport`` with the mTLS client certificate of the Espace de Confiance."""
+        self.http = httpx.Client(timeout=10, transport=transport)
+        self._metadata: dict[str, Any] | None = None
+        self._jwks: JwksCache | None = None
+        self._lock = threading.Lock()
+
+    def metadata(self) -> dict[str, Any]:
+        with self._lock:
+            if self._metadata is None:
+                try:
+                    r = self.http.get(self.discovery_url)
+                    r.raise_for_status()
+                    meta = r.json()
+                except (httpx.HTTPError, ValueError):
+                    raise LoginFailed("provider_unreachable") from None
+                if meta.get("issuer") != self.issuer:
+                    raise LoginFailed("wrong_issuer")
+                self._metadata = meta
+                self._jwks = JwksCache(meta["jwks_uri"], self.http)
+            return self._metadata
+
+    def _client(self) -> OAuth2Client:
+        return OAuth2Client(
+            client_id=self.client_id, client_secret=self.client_secret, scope=SCOPE,
+            redirect_uri=self.redirect_uri, code_challenge_method="S256",
+            token_endpoint_auth_method="client_secret_basic" if self.client_secret else "none",
+            timeout=10, transport=self.transport,
+        )
+
+    @staticmethod
+    def new_secrets() -> tuple[str, str, str]:
+        """Fresh ``state``, ``nonce`` and PKCE ``code_verifier``."""
+        return generate_token(32), generate_token(32), generate_token(64)
+
+    def authorization_url(self, state: str, nonce: str, code_verifier: str) -> str:
+        endpoint = self.metadata()["authorization_endpoint"]
+        with self._client() as client:
+            url, _ = client.create_authorization_url(
+                endpoint, state=state, code_verifier=code_verifier, nonce=nonce,
+                acr_values=ACR)
+        return url
+
+    def complete(self, code: str, code_verifier: str, nonce: str) -> PscLogin:
+        """Exchange the code, check the ID token and userinfo (raises :class:`LoginFailed`)."""
+        meta = self.metadata()
+        with self._client() as client:
+            try:
+                token = client.fetch_token(meta["token_endpoint"], grant_type="authorization_code",
+                                           code=code, code_verifier=code_verifier)
+            except (OAuthError, httpx.HTTPError, ValueError):
+                raise LoginFailed("token_request_failed") from None
+            id_token = token.get("id_token")
+            if not id_token:
+                raise LoginFailed("no_id_token")
+            claims = self._check_id_token(id_token, nonce)
+            try:
+                r = client.get(meta["userinfo_endpoint"])
+                r.raise_for_status()
+            except (OAuthError, httpx.HTTPError):
+                raise LoginFailed("userinfo_failed") from None
+        info = self._userinfo(r)
+        if info.get("sub") != claims.get("sub"):
+            raise LoginFailed("userinfo_subject_mismatch")
+        subject = str(info.get("SubjectNameID") or claims.get("preferred_username") or "")
+        if not subject:
+            raise LoginFailed("no_subject_name_id")
+        return PscLogin(subject, str(claims["sub"]), activities_of(info), id_token)
+
+    def _check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
+        assert self._jwks is not None
+        verifier = JwtVerifier(self._jwks, self.issuer, self.client_id, min_acr=ACR)
+        try:
+            identity = verifier.verify(id_token)
+        except TokenRejected as exc:
+            raise LoginFailed(f"id_token_{exc.reason}") from None
+        claims = identity.claims
+        aud = claims.get("aud")
+        if self.client_id not in (aud if isinstance(aud, list) else [aud]):
+            raise LoginFailed("id_token_wrong_audience")
+        if claims.get("nonce") != nonce:
+            raise LoginFailed("id_token_wrong_nonce")
+        return claims
+
+    def _userinfo(self, r: httpx.Response) -> dict[str, Any]:
+        media = r.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media == "application/jwt":
+            assert self._jwks is not None
+            try:
+                keys = self._jwks.key_for(None)
+                info = jwt.decode(r.text.strip(), keys, algorithms=list(ALLOWED_ALGORITHMS)).claims
+            except (JoseError, ValueError, TokenRejected):
+                raise LoginFailed("userinfo_bad_signature") from None
+            if "iss" in info and info["iss"] != self.issuer:
+                raise LoginFailed("userinfo_wrong_issuer")
+            aud = info.get("aud")
+            if aud is not None and self.client_id not in (aud if isinstance(aud, list) else [aud]):
+                raise LoginFailed("userinfo_wrong_audience")
+            return info
+        try:
+            info = r.json()
+        except json.JSONDecodeError:
+            raise LoginFailed("userinfo_malformed") from None
+        if not isinstance(info, dict):
+            raise LoginFailed("userinfo_malformed")
+        return info
+
+    def end_session_url(self, id_token: str, post_logout_redirect_uri: str) -> str | None:
+        """PSC's logout URL when it advertises one (RP-initiated logout)."""
+        try:
+            endpoint = self.metadata().get("end_session_endpoint")
+        except LoginFailed:
+            return None
+        if not endpoint:
+            return None
+        params = {"post_logout_redirect_uri": post_logout_redirect_uri,
+                  "client_id": self.client_id}
+        if id_token:
+            params["id_token_hint"] = id_token
+        sep = "&" if "?" in endpoint else "?"
+        return f"{endpoint}{sep}{urlencode(params)}"
