@@ -152,9 +152,11 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    dicomweb_auth: Literal["none"] = "none"
-    """Who may read DICOMweb. ``none`` (anonymous) is accepted only while ``host`` is a
-    loopback address; Pro Santé Connect tokens come with issue #6."""
+    dicomweb_auth: Literal["psc", "none"] = "psc"
+    """Who may read DICOMweb (R10). ``psc``: a Pro Santé Connect bearer token (consumer
+    DRIMbox) or a principal from the viewer login / share links, then the access policy
+    (:mod:`gateway.access`). ``none``: anonymous readers see everything; development only,
+    accepted only while the HTTP side listens on a loopback address."""
 
     # --- Manifests and publishability (issue #4; R3, R19). ---
     repository_oid: str | None = None
@@ -216,6 +218,53 @@ class Settings(BaseSettings):
     """VIHF ``LPS_Version``."""
     dmp_lps_homologation_id: str = ""
     """VIHF ``LPS_ID_HOMOLOGATION_DMP``."""
+
+    # --- Access control: PSC bearer tokens, roles (issue #6; R10, R15, R22). ---
+    psc_issuer: str | None = None
+    """PSC issuer, e.g. ``https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet``. Unset
+    with ``dicomweb_auth = psc``: the gateway starts, logs a warning, and answers bearer
+    tokens with 503 (no token: 401)."""
+    psc_discovery_path: str = "/.well-known/wallet-openid-configuration"
+    """Appended to ``psc_issuer`` to fetch the discovery document (PSC's non-standard path)."""
+    psc_client_id: str = ""
+    """Our PSC client id: the audience (``aud`` or ``azp``) a bearer JWT must name, and the
+    client that authenticates to the introspection endpoint."""
+    psc_client_secret: str = ""
+    """Secret of ``psc_client_id`` for introspection (HTTP Basic). Never logged."""
+    psc_token_check: Literal["jwt", "introspection"] = "introspection"
+    """How a bearer token is checked: ``introspection`` (RFC 7662 at PSC, what R10 asks:
+    "introspected active"; sees logouts) or ``jwt`` (signature against PSC's JWKS, local)."""
+    psc_min_acr: Literal["eidas1", "eidas2", "eidas3"] = "eidas1"
+    """Lowest ``acr`` accepted on a bearer token."""
+    psc_jwks_cache_seconds: float = Field(default=3600.0, gt=0)
+    """How long PSC's signing keys are kept before a refetch (an unknown ``kid`` refetches)."""
+    psc_introspection_cache_seconds: float = Field(default=30.0, ge=0)
+    """How long an introspection answer is reused for the same token (0: ask every time)."""
+    staff_roles: dict[str, list[str]] = Field(default_factory=dict)
+    """Local roles by SubjectNameID or local user name, JSON in the environment:
+    ``{"899700427885": ["viewer", "admin"]}``. ``viewer``: sees every study of this centre;
+    ``admin``: admin endpoints (audit export, share links, outbox)."""
+
+    @field_validator("psc_issuer")
+    @classmethod
+    def _psc_issuer(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = re.match(r"^(https?)://([^/:\s]+|\[[0-9a-fA-F:.]+\])(:\d+)?(/\S*)?$", v)
+        if not m:
+            raise ValueError(f"{v!r} is not an absolute http(s) URL")
+        if m.group(1) == "http" and not _is_loopback(m.group(2).strip("[]")):
+            raise ValueError(f"{v!r}: PSC must be reached over https (R12); http only on loopback")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _psc_credentials(self) -> Settings:
+        if self.dicomweb_auth == "psc" and self.psc_issuer:
+            if not self.psc_client_id:
+                raise ValueError("psc_issuer is set but psc_client_id is not (the token audience)")
+            if self.psc_token_check == "introspection" and not self.psc_client_secret:
+                raise ValueError("psc_token_check = introspection needs psc_client_secret")
+        return self
 
     @field_validator("ae_title")
     @classmethod
