@@ -15,6 +15,7 @@ import email.parser
 import email.policy
 import io
 import json
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -339,9 +340,11 @@ def test_consumer_sees_exactly_the_kos_instances(world: World, mode: str) -> Non
     # The series of a referenced series: only its referenced instances.
     series, _ = world.late_instance
     r = httpx.get(f"{base}/studies/{world.study}/series/{series}/instances", headers=headers)
-    expected = {s for s in world.referenced}
-    assert sop_uids_of_json(r.json()) <= expected and sop_uids_of_json(r.json())
-    assert world.late_instance[1] not in sop_uids_of_json(r.json())
+    in_kos = {str(ref.ReferencedSOPInstanceUID)
+              for item in world.kos.CurrentRequestedProcedureEvidenceSequence
+              for se in item.ReferencedSeriesSequence if se.SeriesInstanceUID == series
+              for ref in se.ReferencedSOPSequence}
+    assert in_kos and sop_uids_of_json(r.json()) == in_kos  # the late instance is not there
     r = httpx.get(f"{base}/studies/{world.study}/series", headers=headers)
     assert world.late_series not in {s["0020000E"]["Value"][0] for s in r.json()}
 
@@ -353,6 +356,19 @@ def test_consumer_sees_exactly_the_kos_instances(world: World, mode: str) -> Non
     assert {(r.subject, r.kos_uid, r.patient_ins, r.study_instance_uid) for r in rows} == {
         (PRACTITIONER, world.kos_uid, INS, world.study)}
     assert {r.via for r in rows} == {f"bearer-{mode}"}
+
+    # Rendered images and thumbnails obey the same scope.
+    r = httpx.get(f"{base}/studies/{world.study}/rendered", headers=headers, timeout=60)
+    assert r.status_code == 200
+    locations = re.findall(rb"Content-Location: (\S+)", r.content)
+    rendered = {loc.decode().split("/instances/")[1].split("/")[0] for loc in locations}
+    assert rendered and rendered <= world.referenced
+    assert world.late_instance[1] not in rendered
+    late_series, late_sop = world.late_instance
+    assert httpx.get(f"{base}/studies/{world.study}/series/{late_series}/instances/{late_sop}"
+                     "/thumbnail", headers=headers).status_code == 404
+    assert httpx.get(f"{base}/studies/{world.study}/series/{world.late_series}/rendered",
+                     headers=headers).status_code == 404
 
 
 def test_a_centre_viewer_sees_the_whole_study(world: World) -> None:
