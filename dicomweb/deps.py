@@ -70,7 +70,8 @@ def bearer_config(settings: Settings) -> BearerConfig:
     return BearerConfig(
         issuer=settings.psc_issuer, discovery_path=settings.psc_discovery_path,
         client_id=settings.psc_client_id, client_secret=settings.psc_client_secret,
-        mode=settings.psc_token_check, min_acr=settings.psc_min_acr,
+        mode=settings.psc_token_check, audiences=tuple(settings.psc_audiences),
+        min_acr=settings.psc_min_acr,
         jwks_cache_seconds=settings.psc_jwks_cache_seconds,
         introspection_cache_seconds=settings.psc_introspection_cache_seconds,
     )

@@ -227,10 +227,15 @@ class Settings(BaseSettings):
     psc_discovery_path: str = "/.well-known/wallet-openid-configuration"
     """Appended to ``psc_issuer`` to fetch the discovery document (PSC's non-standard path)."""
     psc_client_id: str = ""
-    """Our PSC client id: the audience (``aud`` or ``azp``) a bearer JWT must name, and the
-    client that authenticates to the introspection endpoint."""
+    """Our PSC client id: the client that authenticates to the introspection endpoint, and the
+    audience a bearer JWT must name unless ``psc_audiences`` lists others."""
     psc_client_secret: str = ""
     """Secret of ``psc_client_id`` for introspection (HTTP Basic). Never logged."""
+    psc_audiences: list[str] = Field(default_factory=list)
+    """PSC client ids whose access tokens we accept (``aud`` or ``azp``): in DRIM-M a consumer
+    DRIMbox presents a token issued to *its own* client. Empty: ``psc_client_id`` only for
+    JWTs; by introspection, any token PSC reports active (what R10 requires). JSON in the
+    environment: ``["conso-client-1", "conso-client-2"]``."""
     psc_token_check: Literal["jwt", "introspection"] = "introspection"
     """How a bearer token is checked: ``introspection`` (RFC 7662 at PSC, what R10 asks:
     "introspected active"; sees logouts) or ``jwt`` (signature against PSC's JWKS, local)."""

@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 from access_support import (
+    CLIENT_ID,
     PscSim,
     gateway_psc_env,
     hs256_with_public_key,
@@ -49,6 +50,7 @@ from gateway.index.models import AuditEvent
 from gateway.kos import referenced_instances
 
 PRACTITIONER = "899999000001"
+CONSUMER_CLIENT = "drimbox-conso"  # the PSC client of a consumer DRIMbox, listed as accepted
 ADMIN = "899999000002"  # given the admin role by DRIMBOX_STAFF_ROLES
 KOS_HEADER = "KOS-SOPInstanceUID"
 DICOM_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -109,7 +111,8 @@ def world(request: pytest.FixtureRequest, tmp_path_factory) -> Iterator[World]:
         url = next(databases)
     sim = start_psc_sim()
     common = {"DRIMBOX_DICOM_WORKERS": "0",
-              "DRIMBOX_STAFF_ROLES": json.dumps({ADMIN: ["admin"]})}
+              "DRIMBOX_STAFF_ROLES": json.dumps({ADMIN: ["admin"]}),
+              "DRIMBOX_PSC_AUDIENCES": json.dumps([CONSUMER_CLIENT, CLIENT_ID])}
     jwt_gw = Gateway(tmp / "data", url, **gateway_psc_env(sim, "jwt", **common))
     intro_gw = Gateway(tmp / "data", url, **gateway_psc_env(sim, "introspection", **common))
     try:
@@ -369,6 +372,21 @@ def test_consumer_sees_exactly_the_kos_instances(world: World, mode: str) -> Non
                      "/thumbnail", headers=headers).status_code == 404
     assert httpx.get(f"{base}/studies/{world.study}/series/{world.late_series}/rendered",
                      headers=headers).status_code == 404
+
+
+@pytest.mark.parametrize("mode", ["jwt", "introspection"])
+def test_tokens_of_listed_consumer_clients_only(world: World, mode: str) -> None:
+    """A consumer presents a token issued to its own PSC client: accepted when that client is
+    in ``psc_audiences``, refused (wrong_audience) otherwise, in both check modes."""
+    gw = world.jwt_gw if mode == "jwt" else world.intro_gw
+    url = f"{gw.url}/dicom-web/studies/{world.study}/instances"
+    listed = world.sim.token(subject=PRACTITIONER, client_id=CONSUMER_CLIENT)
+    assert httpx.get(url, headers=bearer(listed, world.kos_uid)).status_code == 200
+    stranger = world.sim.token(subject=PRACTITIONER, client_id="unlisted-client")
+    before = last_audit_id(world)
+    r = httpx.get(url, headers=bearer(stranger, world.kos_uid))
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+    assert [row.reason for row in audit_rows(world, before)] == ["token_wrong_audience"]
 
 
 def test_a_centre_viewer_sees_the_whole_study(world: World) -> None:

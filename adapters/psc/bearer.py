@@ -36,6 +36,9 @@ class BearerConfig:
     client_id: str
     client_secret: str
     mode: str  # "jwt" | "introspection"
+    audiences: tuple[str, ...] = ()
+    """Client ids whose tokens we accept (``aud`` or ``azp``). Empty: ``client_id`` for a JWT,
+    and, by introspection, any token PSC says is active."""
     min_acr: str = "eidas1"
     jwks_cache_seconds: float = 3600
     introspection_cache_seconds: float = 30
@@ -71,7 +74,7 @@ class BearerChecker:
         try:
             if c.mode == "jwt":
                 jwks = JwksCache(doc["jwks_uri"], self.client, ttl=c.jwks_cache_seconds)
-                return JwtVerifier(jwks, c.issuer, c.client_id, c.min_acr)
+                return JwtVerifier(jwks, c.issuer, c.audiences or (c.client_id,), c.min_acr)
             return IntrospectionVerifier(doc["introspection_endpoint"], c.client_id,
                                          c.client_secret, c.min_acr,
                                          c.introspection_cache_seconds, self.client)
@@ -86,6 +89,11 @@ class BearerChecker:
                 self._verifier = self._discover()
             verifier = self._verifier
         identity = verifier.verify(token)
+        if self.config.mode == "introspection" and self.config.audiences:
+            aud = identity.claims.get("aud")
+            named = set(aud if isinstance(aud, list) else [aud]) | {identity.client_id}
+            if not named.intersection(self.config.audiences):
+                raise TokenRejected("wrong_audience", "introspected token of another client")
         if not identity.subject_name_id:
             raise TokenRejected("no_subject", "the token names no SubjectNameID")
         return identity
