@@ -5,6 +5,7 @@ address honours trusted proxies only."""
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import httpx
@@ -16,7 +17,7 @@ from gateway.config import ConfigError, load_settings
 
 
 def test_anonymous_dicomweb_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(__import__("os").environ):
+    for name in list(os.environ):
         if name.startswith("DRIMBOX_"):
             monkeypatch.delenv(name)
     settings = load_settings()
@@ -42,12 +43,13 @@ def test_wrong_psc_settings_are_refused(overrides: dict, message: str) -> None:
 
 
 def test_psc_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DRIMBOX_PSC_ISSUER", "https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet/")
+    bas = "https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet"
+    monkeypatch.setenv("DRIMBOX_PSC_ISSUER", bas + "/")
     monkeypatch.setenv("DRIMBOX_PSC_CLIENT_ID", "drimbox")
     monkeypatch.setenv("DRIMBOX_PSC_TOKEN_CHECK", "jwt")
     monkeypatch.setenv("DRIMBOX_STAFF_ROLES", '{"899700427885": ["viewer", "admin"]}')
     s = load_settings()
-    assert s.psc_issuer == "https://auth.bas.psc.esante.gouv.fr/auth/realms/esante-wallet"
+    assert s.psc_issuer == bas
     assert s.staff_roles == {"899700427885": ["viewer", "admin"]}
     # Loopback http is allowed (the simulator).
     assert load_settings(psc_issuer="http://127.0.0.1:8180/auth/realms/esante-wallet").psc_issuer

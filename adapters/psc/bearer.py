@@ -68,7 +68,8 @@ class BearerChecker:
             r.raise_for_status()
             doc = r.json()
         except (httpx.HTTPError, ValueError) as exc:
-            raise TokenRejected("provider_unreachable", f"discovery: {type(exc).__name__}") from None
+            raise TokenRejected("provider_unreachable",
+                                f"discovery: {type(exc).__name__}") from None
         if doc.get("issuer") != c.issuer:
             raise TokenRejected("provider_unreachable", "discovery names another issuer")
         try:
