@@ -340,6 +340,9 @@ def test_consumer_sees_exactly_the_kos_instances(world: World, mode: str) -> Non
     studies = r.json()
     assert [s["0020000D"]["Value"][0] for s in studies] == [world.study]
     assert studies[0]["00201208"]["Value"][0] == len(world.referenced)
+    # Searching every instance of the centre finds the KOS's instances, nothing else.
+    r = httpx.get(f"{base}/instances", headers=headers)
+    assert r.status_code == 200 and sop_uids_of_json(r.json()) == world.referenced
     # The series of a referenced series: only its referenced instances.
     series, _ = world.late_instance
     r = httpx.get(f"{base}/studies/{world.study}/series/{series}/instances", headers=headers)
@@ -355,7 +358,8 @@ def test_consumer_sees_exactly_the_kos_instances(world: World, mode: str) -> Non
     assert [(r.action, r.outcome, r.reason) for r in rows] == [
         ("wado", "allowed", "kos_scope"), ("metadata", "allowed", "kos_scope"),
         ("qido", "allowed", "kos_scope"), ("qido", "allowed", "kos_scope"),
-        ("qido", "allowed", "kos_scope"), ("qido", "allowed", "kos_scope")]
+        ("qido", "allowed", "kos_scope"), ("qido", "allowed", "kos_scope"),
+        ("qido", "allowed", "kos_scope")]
     assert {(r.subject, r.kos_uid, r.patient_ins, r.study_instance_uid) for r in rows} == {
         (PRACTITIONER, world.kos_uid, INS, world.study)}
     assert {r.via for r in rows} == {f"bearer-{mode}"}
