@@ -7,10 +7,12 @@ modules) and the viewer (``viewer`` module).
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Response
 from sqlalchemy import text
 
-from dicomweb import metadata, qido, rendered, stow, viewer, wado
+from dicomweb import admin_audit, metadata, qido, rendered, stow, viewer, wado
 from dicomweb.urls import DICOMWEB_PREFIX
 from gateway import __version__
 from gateway import metrics as gateway_metrics
@@ -20,6 +22,9 @@ from gateway.runtime import Runtime
 def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="DRIMbox gateway", version=__version__)
     app.state.runtime = runtime
+    # Modules that prove principals (viewer login, share links) append async callables here;
+    # see dicomweb/deps.py for the order in which they are asked (issue #6).
+    app.state.principal_resolvers = []
     for module in (qido, wado, metadata, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
     app.include_router(viewer.router, tags=["viewer"])
@@ -46,5 +51,14 @@ def create_app(runtime: Runtime) -> FastAPI:
         """Prometheus metrics: instances and bytes received, failures by status, associations."""
         body, content_type = gateway_metrics.exposition()
         return Response(body, media_type=content_type)
+
+    # --- Access control (issue #6): principal resolvers, admin audit export. ---
+    app.include_router(admin_audit.router, tags=["admin"])
+    settings = runtime.settings
+    if settings.dicomweb_auth == "psc" and not settings.psc_issuer:
+        logging.getLogger("drimbox.access").warning(
+            "dicomweb_auth is psc but no PSC issuer is configured (DRIMBOX_PSC_ISSUER): "
+            "DICOMweb answers 401 without credentials and 503 to bearer tokens; set "
+            "DRIMBOX_DICOMWEB_AUTH=none for anonymous loopback development")
 
     return app

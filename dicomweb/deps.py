@@ -1,23 +1,56 @@
-"""Typed FastAPI dependencies shared by the DICOMweb routes.
+"""Typed FastAPI dependencies shared by the DICOMweb routes: the wiring and the access gate.
 
 ``RuntimeDep`` gives a route the gateway's wiring (settings, index, file store, ingestor).
-``ReaderDep`` is the access gate every route that reveals patient data must take: it resolves
-the caller's :class:`~gateway.principal.Principal` (issue #6) through the resolvers registered
-in ``app.state.principal_resolvers`` (viewer session, share link: ``dicomweb.session_cookies``).
-With ``dicomweb_auth = none`` (accepted only while the HTTP side listens on a loopback
-address, see ``Settings._derived``) a caller without one is anonymous; with ``psc`` it is 401.
+
+``PrincipalDep`` says who is asking (issue #6, R10/R15), in this order:
+
+1. ``Authorization: Bearer <token>``: a Pro Santé Connect access token (a consumer DRIMbox),
+   checked by :class:`adapters.psc.bearer.BearerChecker` (JWT against PSC's JWKS, or RFC 7662
+   introspection, ``psc_token_check``); a practitioner principal whose subject is the
+   token's SubjectNameID and whose roles come from ``staff_roles``. A refused token is 401
+   with ``WWW-Authenticate: Bearer error=...`` (``insufficient_user_authentication`` for a
+   too low ``acr``, RFC 9470); PSC unreachable or not configured is 503.
+2. Each async callable in ``request.app.state.principal_resolvers`` (the viewer's PSC login
+   session, local staff, share links append theirs): the first ``Principal`` returned wins.
+3. ``dicomweb_auth = none`` (loopback development only): :data:`~gateway.principal.ANONYMOUS`.
+4. Otherwise 401 with ``WWW-Authenticate: Bearer realm="DRIMbox"``.
+
+The access gates (``QidoAccess``, ``WadoAccess``, ``MetadataAccess``, ``RenderedAccess``,
+``StowAccess``, ``AdminAccess``) then ask the policy (:func:`gateway.access.decide`) with the
+request's path UIDs and its ``KOS-SOPInstanceUID`` header, record the decision, allowed or
+denied, in the audit trail (:mod:`gateway.audit`) before the answer leaves, and either raise
+the denial (403, or 404 when the policy hides the resource's existence) or hand the route a
+:class:`Granted` whose ``visible`` scope the route applies to what it sends.
+Tokens are never logged nor stored; the audit keeps the SubjectNameID.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated
 
-from urllib.parse import urlencode
-
 from fastapi import Depends, HTTPException, Request
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
+from adapters.psc.bearer import BearerChecker, BearerConfig
+from adapters.psc.tokens import TokenRejected
+from dicomweb.urls import client_address
+from gateway.access import KOS_HEADER, AccessRequest, Action, Decision, Visibility, decide
+from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.config import Settings
+from gateway.index.manifests import manifest_scope
+from gateway.index.models import Study
 from gateway.principal import ANONYMOUS, Principal
 from gateway.runtime import Runtime
+from gateway.uids import is_safe_uid
+
+log = logging.getLogger("drimbox.access")
+
+PrincipalResolver = Callable[[Request], Awaitable[Principal | None]]
+REALM = "DRIMbox"
 
 
 # Both dependencies are ``async def`` on purpose: they only read attributes, and FastAPI runs a
@@ -30,66 +63,212 @@ async def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-class Reader:
-    """Who is reading: the auth mode and the resolved :class:`Principal`."""
-
-    def __init__(self, kind: str, principal: Principal = ANONYMOUS) -> None:
-        self.kind = kind
-        self.principal = principal
+# -- who is asking ---------------------------------------------------------------------------
 
 
-# --- Principal resolution (issue #6). Minimal version from the viewer-login branch: the
-# bearer-token branch (and ``gateway.access``) replaces the policy below at merge. Order:
-# ``Authorization: Bearer`` (not here yet) -> each of ``app.state.principal_resolvers``
-# (viewer session cookie, share-link cookie) -> anonymous only when dicomweb_auth = none
-# -> 401.
+def bearer_config(settings: Settings) -> BearerConfig:
+    return BearerConfig(
+        issuer=settings.psc_issuer, discovery_path=settings.psc_discovery_path,
+        client_id=settings.psc_client_id,
+        client_secret=settings.psc_client_secret.get_secret_value() if settings.psc_client_secret else "",
+        mode=settings.psc_token_check, audiences=tuple(settings.psc_audiences),
+        min_acr=settings.psc_min_acr,
+        jwks_cache_seconds=settings.psc_jwks_cache_seconds,
+        introspection_cache_seconds=settings.psc_introspection_cache_seconds,
+    )
 
-async def resolve_principal(request: Request) -> Principal | None:
-    """The first principal a registered resolver proves, or None."""
-    for resolve in getattr(request.app.state, "principal_resolvers", ()):
-        principal = await resolve(request)
+
+def bearer_checker(request: Request) -> BearerChecker:
+    """The app's checker, made on first use (PSC may be down when the gateway starts)."""
+    state = request.app.state
+    checker = getattr(state, "bearer_checker", None)
+    if checker is None:
+        checker = state.bearer_checker = BearerChecker(bearer_config(state.runtime.settings))
+    return checker
+
+
+def roles_of(settings: Settings, subject: str) -> frozenset[str]:
+    return frozenset(settings.staff_roles.get(subject, ()))
+
+
+class Unauthenticated(Exception):
+    """No acceptable credentials; ``reason`` goes to the audit trail."""
+
+    def __init__(self, reason: str, status: int, headers: dict[str, str], message: str,
+                 via: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.status = status
+        self.headers = headers
+        self.message = message
+        self.via = via
+
+
+def _bearer_token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip()
+
+
+def _token_refusal(exc: TokenRejected, checker: BearerChecker) -> Unauthenticated:
+    reason = f"token_{exc.reason}"
+    via = checker.config.via
+    if exc.reason in ("provider_unreachable", "not_configured"):
+        message = ("Pro Santé Connect is not configured on this DRIMbox (DRIMBOX_PSC_ISSUER)"
+                   if exc.reason == "not_configured" else "Pro Santé Connect cannot be reached")
+        return Unauthenticated(reason, 503, {"Retry-After": "30"}, message, via)
+    if exc.reason == "acr_too_low":
+        header = (f'Bearer realm="{REALM}", error="insufficient_user_authentication", '
+                  f'error_description="authentication level too low", '
+                  f'acr_values="{checker.config.min_acr}"')
+    else:
+        header = (f'Bearer realm="{REALM}", error="invalid_token", '
+                  f'error_description="{exc.reason}"')
+    return Unauthenticated(reason, 401, {"WWW-Authenticate": header},
+                           f"bearer token refused: {exc.reason}", via)
+
+
+async def resolve_principal(request: Request) -> Principal:
+    """Who is asking (see the module docstring); raises :class:`Unauthenticated`."""
+    settings: Settings = request.app.state.runtime.settings
+    token = _bearer_token(request)
+    if token is not None:
+        checker = bearer_checker(request)
+        if checker.configured or settings.dicomweb_auth == "psc":
+            try:
+                identity = await run_in_threadpool(checker.check, token)
+            except TokenRejected as exc:
+                raise _token_refusal(exc, checker) from None
+            subject = identity.subject_name_id
+            return Principal(kind="practitioner", subject=subject,
+                             roles=roles_of(settings, subject), via=checker.config.via)
+    for resolver in getattr(request.app.state, "principal_resolvers", ()):
+        principal = await resolver(request)
         if principal is not None:
             return principal
-    return None
+    if settings.dicomweb_auth == "none":
+        return ANONYMOUS
+    raise Unauthenticated("no_credentials", 401, {"WWW-Authenticate": f'Bearer realm="{REALM}"'},
+                          "authentication required: a Pro Santé Connect bearer token")
 
 
-_STUDY_MATCH_KEYS = ("StudyInstanceUID", "0020000D")
+async def principal_or_none(request: Request) -> Principal | None:
+    """The proven principal, or None when the caller proved nothing (no or refused
+    credentials, or anonymous in ``none`` mode): for pages that send a browser to the login
+    instead of answering 401 (the viewer) and routes that do their own checks (share admin)."""
+    try:
+        principal = await resolve_principal(request)
+    except Unauthenticated:
+        return None
+    return None if principal.is_anonymous else principal
 
 
-def _limit_to_study(request: Request, principal: Principal) -> None:
-    """A principal limited to one study (share link) reads that study only: a route naming
-    another study is 403; a search across studies is narrowed to it."""
-    study = request.path_params.get("study")
-    if request.method not in ("GET", "HEAD"):
-        raise HTTPException(403, "this session may only read its study")
-    if study is not None:
-        if study != principal.study_uid:
-            raise HTTPException(403, "this session may only read its study")
-        return
-    asked = [v for k, v in request.query_params.multi_items() if k in _STUDY_MATCH_KEYS]
-    if asked and asked != [principal.study_uid]:
-        raise HTTPException(403, "this session may only read its study")
-    if not asked:
-        extra = urlencode({"StudyInstanceUID": principal.study_uid}).encode()
-        query = request.scope.get("query_string", b"")
-        request.scope["query_string"] = query + b"&" + extra if query else extra
-        request.__dict__.pop("_query_params", None)
+async def get_principal(request: Request) -> Principal:
+    try:
+        return await resolve_principal(request)
+    except Unauthenticated as exc:
+        raise HTTPException(exc.status, exc.message, headers=exc.headers) from None
 
 
-async def get_reader(request: Request, runtime: RuntimeDep) -> Reader:
-    mode = runtime.settings.dicomweb_auth
-    principal = await resolve_principal(request)
-    if principal is None:
-        if mode == "none":
-            return Reader(mode)
-        raise HTTPException(401, "authentication required",
-                            headers={"WWW-Authenticate": 'Bearer realm="drimbox"'})
-    if principal.study_uid is not None:
-        _limit_to_study(request, principal)
-    elif (principal.kind == "practitioner" and "viewer" not in principal.roles
-          and mode != "none"):
-        raise HTTPException(403, "no role allowing this centre's studies")
-    return Reader(mode, principal)
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-ReaderDep = Annotated[Reader, Depends(get_reader)]
+# -- the access gate -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """An allowed request: who, and what the route may show."""
+
+    principal: Principal
+    decision: Decision
+
+    @property
+    def visible(self) -> Visibility:
+        return self.decision.visible
+
+
+def _uid_or_empty(value: str | None) -> str:
+    return value if value and is_safe_uid(value) else ""
+
+
+def _patient_ins(runtime: Runtime, study_uid: str) -> str:
+    if not study_uid:
+        return ""
+    with runtime.index.read() as s:
+        return s.scalar(select(Study.ins_matricule)
+                        .where(Study.study_instance_uid == study_uid)) or ""
+
+
+def _record(runtime: Runtime, principal: Principal, asked: AccessRequest, outcome: str,
+            reason: str, client: str, study_uid: str = "", kos_uid: str = "") -> None:
+    study_uid = study_uid or _uid_or_empty(asked.study_uid)
+    instance = _uid_or_empty(asked.instance_uid)
+    record_access(runtime.index, AccessRecord(
+        principal=principal, action=asked.action, outcome=outcome, reason=reason,
+        study_uid=study_uid, series_uid=_uid_or_empty(asked.series_uid),
+        sop_instance_uids=(instance,) if instance else (),
+        patient_ins=_patient_ins(runtime, study_uid),
+        kos_uid=kos_uid or _uid_or_empty(asked.kos_uid), client_address=client,
+    ))
+
+
+def _decide_and_record(runtime: Runtime, principal: Principal, asked: AccessRequest,
+                       client: str) -> Decision:
+    manifest = None
+    if asked.kos_uid and is_safe_uid(asked.kos_uid):
+        with runtime.index.read() as s:
+            manifest = manifest_scope(s, asked.kos_uid)
+    decision = decide(principal, asked, manifest)
+    study = _uid_or_empty(asked.study_uid)
+    if not study and decision.visible.study_uids is not None and \
+            len(decision.visible.study_uids) == 1:
+        (study,) = decision.visible.study_uids
+    _record(runtime, principal, asked, ALLOWED if decision.allowed else DENIED, decision.reason,
+            client, study, decision.kos_uid)
+    if not decision.allowed:
+        log.info("access denied: %s %s (%s, %s)", asked.action, study or "-", principal.kind,
+                 decision.reason)
+    return decision
+
+
+def _asked(request: Request, action: Action) -> AccessRequest:
+    p = request.path_params
+    return AccessRequest(action, p.get("study"), p.get("series"), p.get("instance"),
+                         request.headers.get(KOS_HEADER) or None)
+
+
+def guard(action: Action) -> Callable[[Request], Awaitable[Granted]]:
+    """The dependency that lets ``action`` through, or not (see the module docstring)."""
+
+    async def gate(request: Request) -> Granted:
+        runtime: Runtime = request.app.state.runtime
+        client = client_address(request)
+        asked = _asked(request, action)
+        try:
+            principal = await resolve_principal(request)
+        except Unauthenticated as exc:
+            anonymous = Principal(kind="anonymous", subject="", via=exc.via)
+            await run_in_threadpool(_record, runtime, anonymous, asked, DENIED, exc.reason,
+                                    client)
+            log.info("access denied: %s (%s)", action, exc.reason)
+            raise HTTPException(exc.status, exc.message, headers=exc.headers) from None
+        decision = await run_in_threadpool(_decide_and_record, runtime, principal, asked, client)
+        if not decision.allowed:
+            if decision.not_found:
+                level = "instance" if asked.instance_uid else "series"
+                raise HTTPException(404, f"{level} not found")
+            raise HTTPException(403, f"access denied: {decision.reason}")
+        return Granted(principal, decision)
+
+    return gate
+
+
+QidoAccess = Annotated[Granted, Depends(guard("qido"))]
+WadoAccess = Annotated[Granted, Depends(guard("wado"))]
+MetadataAccess = Annotated[Granted, Depends(guard("metadata"))]
+RenderedAccess = Annotated[Granted, Depends(guard("rendered"))]
+StowAccess = Annotated[Granted, Depends(guard("stow"))]
+AdminAccess = Annotated[Granted, Depends(guard("admin"))]

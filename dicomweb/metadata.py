@@ -9,6 +9,9 @@ a client sending ``Accept-Encoding: gzip`` receives the stored bytes as they are
 ``Cache-Control: private, no-cache`` (patient data: browsers may keep it but must revalidate,
 shared caches must not).
 
+Access: every route takes ``MetadataAccess`` (:mod:`dicomweb.deps`); a consumer holding a KOS
+(R10) gets only the instances that KOS references, with an entity tag of that subset.
+
 Errors: a malformed UID is 400 naming it; an unknown study, series or instance (or one
 that exists elsewhere in the hierarchy) is 404; an Accept that excludes JSON is 406 (the XML
 metadata representation is not offered).
@@ -18,9 +21,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
-from dicomweb.deps import ReaderDep, RuntimeDep
+from dicomweb.deps import Granted, MetadataAccess, RuntimeDep
 from dicomweb.params import accepts_gzip, check_uids, etag_matches, media_matches, parse_accept
-from gateway.metadata import CachedJson
+from gateway.metadata import CachedJson, restricted
 
 router = APIRouter()
 
@@ -33,6 +36,15 @@ def _negotiate(request: Request) -> None:
         if any(media_matches(r.type, t) for t in _OFFERED):
             return
     raise HTTPException(406, "metadata is offered as application/dicom+json only")
+
+
+def _visible(doc: CachedJson | None, access: Granted) -> CachedJson | None:
+    """Only the instances the caller may see (the policy has already checked the study and
+    series of the path against the caller's scope)."""
+    sops = access.visible.sop_instance_uids
+    if doc is None or sops is None:
+        return doc
+    return restricted(doc, sops)
 
 
 def _respond(request: Request, doc: CachedJson | None, what: str) -> Response:
@@ -52,21 +64,21 @@ def _respond(request: Request, doc: CachedJson | None, what: str) -> Response:
 
 
 @router.get("/studies/{study}/metadata")
-def study_metadata(study: str, request: Request, runtime: RuntimeDep, _reader: ReaderDep):
+def study_metadata(study: str, request: Request, runtime: RuntimeDep, access: MetadataAccess):
     """All instances of the study, series by series (Series Number order)."""
     check_uids(study=study)
     _negotiate(request)
-    return _respond(request, runtime.metadata.study(study), "study")
+    return _respond(request, _visible(runtime.metadata.study(study), access), "study")
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
 def series_metadata(
-    study: str, series: str, request: Request, runtime: RuntimeDep, _reader: ReaderDep
+    study: str, series: str, request: Request, runtime: RuntimeDep, access: MetadataAccess
 ):
     """All instances of the series, in Instance Number order."""
     check_uids(study=study, series=series)
     _negotiate(request)
-    return _respond(request, runtime.metadata.series(study, series), "series")
+    return _respond(request, _visible(runtime.metadata.series(study, series), access), "series")
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
@@ -76,9 +88,10 @@ def instance_metadata(
     instance: str,
     request: Request,
     runtime: RuntimeDep,
-    _reader: ReaderDep,
+    access: MetadataAccess,
 ):
     """One instance, as a one-element array."""
     check_uids(study=study, series=series, instance=instance)
     _negotiate(request)
-    return _respond(request, runtime.metadata.instance(study, series, instance), "instance")
+    doc = runtime.metadata.instance(study, series, instance)
+    return _respond(request, _visible(doc, access), "instance")

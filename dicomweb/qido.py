@@ -25,7 +25,9 @@ The search itself (parameters, matching rules, paging, order, server maxima) is
 * RetrieveURL (0008,1190) is built from the configured public URL
   (``DRIMBOX_PUBLIC_URL``), never from the request's Host header.
 * Accept: ``application/dicom+json`` (also ``application/json``, ``*/*``); anything else is
-  406. Every route depends on ``ReaderDep``: the results reveal patient data.
+  406. Every route depends on ``QidoAccess`` (``dicomweb.deps``): the results reveal patient
+  data, and a consumer holding a KOS (R10) finds only that KOS's study, series and instances
+  (counts and ModalitiesInStudy included).
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from dicomweb import dicom_json
-from dicomweb.deps import ReaderDep, RuntimeDep
+from dicomweb.deps import Granted, QidoAccess, RuntimeDep
 from dicomweb.urls import DicomWebURLs
-from gateway.query import Level, QueryError, parse_query, search, uids_of
+from gateway.query import Level, QueryError, SearchScope, parse_query, search, uids_of
 from gateway.uids import is_safe_uid
 
 router = APIRouter()
@@ -72,6 +74,7 @@ def _accepts_json(request: Request) -> bool:
 def _search(
     request: Request,
     runtime: Any,
+    access: Granted,
     level: Level,
     study: str | None = None,
     series: str | None = None,
@@ -85,7 +88,9 @@ def _search(
         query = parse_query(level, request.query_params.multi_items(), study, series)
     except QueryError as exc:
         return _error(400, exc.message, exc.parameter)
-    result = search(runtime.index, query)
+    v = access.visible
+    scope = None if v.unlimited else SearchScope(v.study_uids, v.series_uids, v.sop_instance_uids)
+    result = search(runtime.index, query, scope)
 
     urls = DicomWebURLs(runtime.settings.effective_public_url)
     build = {Level.STUDY: urls.study, Level.SERIES: urls.series, Level.INSTANCE: urls.instance}
@@ -105,42 +110,42 @@ _METHODS = ["GET", "HEAD"]
 
 
 @router.api_route("/studies", methods=_METHODS)
-def search_studies(request: Request, runtime: RuntimeDep, reader: ReaderDep) -> Response:
+def search_studies(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
     """Search for studies (PS3.18 10.6, Table 10.6.3-3 return attributes)."""
-    return _search(request, runtime, Level.STUDY)
+    return _search(request, runtime, access, Level.STUDY)
 
 
 @router.api_route("/series", methods=_METHODS)
-def search_series(request: Request, runtime: RuntimeDep, reader: ReaderDep) -> Response:
+def search_series(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
     """Search for series in all studies (study and series attributes returned)."""
-    return _search(request, runtime, Level.SERIES)
+    return _search(request, runtime, access, Level.SERIES)
 
 
 @router.api_route("/instances", methods=_METHODS)
-def search_instances(request: Request, runtime: RuntimeDep, reader: ReaderDep) -> Response:
+def search_instances(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
     """Search for instances in all studies (study, series and instance attributes)."""
-    return _search(request, runtime, Level.INSTANCE)
+    return _search(request, runtime, access, Level.INSTANCE)
 
 
 @router.api_route("/studies/{study}/series", methods=_METHODS)
 def search_study_series(
-    study: str, request: Request, runtime: RuntimeDep, reader: ReaderDep
+    study: str, request: Request, runtime: RuntimeDep, access: QidoAccess
 ) -> Response:
     """Search for the series of one study (series attributes returned)."""
-    return _search(request, runtime, Level.SERIES, study)
+    return _search(request, runtime, access, Level.SERIES, study)
 
 
 @router.api_route("/studies/{study}/instances", methods=_METHODS)
 def search_study_instances(
-    study: str, request: Request, runtime: RuntimeDep, reader: ReaderDep
+    study: str, request: Request, runtime: RuntimeDep, access: QidoAccess
 ) -> Response:
     """Search for the instances of one study (series and instance attributes returned)."""
-    return _search(request, runtime, Level.INSTANCE, study)
+    return _search(request, runtime, access, Level.INSTANCE, study)
 
 
 @router.api_route("/studies/{study}/series/{series}/instances", methods=_METHODS)
 def search_series_instances(
-    study: str, series: str, request: Request, runtime: RuntimeDep, reader: ReaderDep
+    study: str, series: str, request: Request, runtime: RuntimeDep, access: QidoAccess
 ) -> Response:
     """Search for the instances of one series (instance attributes returned)."""
-    return _search(request, runtime, Level.INSTANCE, study, series)
+    return _search(request, runtime, access, Level.INSTANCE, study, series)

@@ -23,6 +23,9 @@ What each level answers:
 * thumbnail: one image; for a series its middle image instance, for a study the middle image
   instance of its first series (in Series Number order) that has images.
 
+Access: every route takes ``RenderedAccess`` (:mod:`dicomweb.deps`); a consumer holding a KOS
+(R10) gets renderings and thumbnails of that KOS's instances only (others are 404).
+
 Errors: malformed UID 400 (naming it); malformed frame list or parameter 400; unknown
 study/series/instance 404; frame number past Number of Frames 404; nothing renderable in an
 acceptable media type (a PDF asked for as an image, a series of reports) 406: the resource
@@ -42,7 +45,7 @@ from fastapi.responses import StreamingResponse
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from dicomweb.deps import ReaderDep, RuntimeDep
+from dicomweb.deps import Granted, RenderedAccess, RuntimeDep
 from dicomweb.params import check_uids, etag_matches, media_matches, parse_accept
 from dicomweb.urls import DicomWebURLs
 from gateway.index.lookup import InstanceRef, find_instance, series_instances, series_versions
@@ -160,15 +163,24 @@ def _instance(runtime: Runtime, study: str, series: str, instance: str) -> Insta
     return ref
 
 
-def _series_refs(runtime: Runtime, study: str, series: str) -> list[InstanceRef]:
-    refs = series_instances(runtime.index, study, series)
+def _shown(refs: list[InstanceRef], access: Granted) -> list[InstanceRef]:
+    """The instances the caller may see (R10: those of its KOS for a consumer)."""
+    v = access.visible
+    return [r for r in refs if v.shows_series(r.series_instance_uid)
+            and v.shows_instance(r.sop_instance_uid)]
+
+
+def _series_refs(runtime: Runtime, access: Granted, study: str, series: str
+                 ) -> list[InstanceRef]:
+    refs = _shown(series_instances(runtime.index, study, series), access)
     if not refs:
         raise HTTPException(404, "series not found")
     return refs
 
 
-def _study_series(runtime: Runtime, study: str) -> list[str]:
-    versions = series_versions(runtime.index, study)
+def _study_series(runtime: Runtime, access: Granted, study: str) -> list[str]:
+    versions = [v for v in series_versions(runtime.index, study)
+                if access.visible.shows_series(v.series_instance_uid)]
     if not versions:
         raise HTTPException(404, "study not found")
     return [v.series_instance_uid for v in versions]
@@ -296,23 +308,25 @@ def _thumbnail_of(runtime: Runtime, request: Request, refs: list[InstanceRef]) -
 
 
 @router.get("/studies/{study}/rendered")
-def study_rendered(study: str, request: Request, runtime: RuntimeDep, _reader: ReaderDep):
+def study_rendered(study: str, request: Request, runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study)
-    refs = [r for se in _study_series(runtime, study)
-            for r in series_instances(runtime.index, study, se)]
+    refs = _shown([r for se in _study_series(runtime, access, study)
+                   for r in series_instances(runtime.index, study, se)], access)
+    if not refs:
+        raise HTTPException(404, "study not found")
     return _render_instances(runtime, refs, request)
 
 
 @router.get("/studies/{study}/series/{series}/rendered")
 def series_rendered(study: str, series: str, request: Request, runtime: RuntimeDep,
-                    _reader: ReaderDep):
+                    access: RenderedAccess):
     check_uids(study=study, series=series)
-    return _render_instances(runtime, _series_refs(runtime, study, series), request)
+    return _render_instances(runtime, _series_refs(runtime, access, study, series), request)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
 def instance_rendered(study: str, series: str, instance: str, request: Request,
-                      runtime: RuntimeDep, _reader: ReaderDep):
+                      runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
     options = _options(request, thumbnail=False)
     ref = _instance(runtime, study, series, instance)
@@ -330,7 +344,7 @@ def instance_rendered(study: str, series: str, instance: str, request: Request,
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered")
 def frames_rendered(study: str, series: str, instance: str, frames: str, request: Request,
-                    runtime: RuntimeDep, _reader: ReaderDep):
+                    runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
     numbers = _frames(frames)
     options = _options(request, thumbnail=False)
@@ -352,10 +366,10 @@ def frames_rendered(study: str, series: str, instance: str, frames: str, request
 
 
 @router.get("/studies/{study}/thumbnail")
-def study_thumbnail(study: str, request: Request, runtime: RuntimeDep, _reader: ReaderDep):
+def study_thumbnail(study: str, request: Request, runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study)
-    for se in _study_series(runtime, study):
-        refs = series_instances(runtime.index, study, se)
+    for se in _study_series(runtime, access, study):
+        refs = _shown(series_instances(runtime.index, study, se), access)
         if any(_likely_image(r) for r in refs):
             return _thumbnail_of(runtime, request, refs)
     raise HTTPException(406, "nothing in this study has an image for a thumbnail")
@@ -363,21 +377,21 @@ def study_thumbnail(study: str, request: Request, runtime: RuntimeDep, _reader: 
 
 @router.get("/studies/{study}/series/{series}/thumbnail")
 def series_thumbnail(study: str, series: str, request: Request, runtime: RuntimeDep,
-                     _reader: ReaderDep):
+                     access: RenderedAccess):
     check_uids(study=study, series=series)
-    return _thumbnail_of(runtime, request, _series_refs(runtime, study, series))
+    return _thumbnail_of(runtime, request, _series_refs(runtime, access, study, series))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
 def instance_thumbnail(study: str, series: str, instance: str, request: Request,
-                       runtime: RuntimeDep, _reader: ReaderDep):
+                       runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
     return _thumbnail_of(runtime, request, [_instance(runtime, study, series, instance)])
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail")
 def frame_thumbnail(study: str, series: str, instance: str, frames: str, request: Request,
-                    runtime: RuntimeDep, _reader: ReaderDep):
+                    runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
     numbers = _frames(frames)
     options = _options(request, thumbnail=True)

@@ -31,7 +31,7 @@ from fastapi import APIRouter, FastAPI, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
-from dicomweb.deps import resolve_principal
+from dicomweb.deps import principal_or_none
 from dicomweb.session_cookies import SHARE, set_cookie, share_links, sessions
 from dicomweb.urls import request_public_url
 from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
@@ -165,7 +165,7 @@ def _link_json(link: ShareLinkInfo, now) -> dict:  # noqa: ANN001
 
 def _admin(request: Request) -> Principal:
     """The caller, when it has the ``admin`` role (routes run in a worker thread)."""
-    principal = run_async(resolve_principal, request)
+    principal = run_async(principal_or_none, request)
     if principal is None:
         raise HTTPException(401, "authentication required",
                             headers={"WWW-Authenticate": 'Bearer realm="drimbox"'})

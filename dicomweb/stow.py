@@ -16,6 +16,9 @@ malformed UID, 0xC003/0xA900 meta information and dataset disagree, 0x0111 dupli
 0xA700 out of resources, 0x0110 processing failure), 0xA900 for an instance of another study
 than the URL's, 0xC000 for a part that is not ``application/dicom``.
 
+Access (``StowAccess``, :mod:`dicomweb.deps`): centre staff or the ``admin`` role, or anyone
+in ``dicomweb_auth = none`` development mode; a consumer DRIMbox never writes (403).
+
 HTTP status: 200 all stored; 202 some stored, some failed; 409 none stored; 400 malformed
 multipart body, no part, or a URL study that is not a UID (parts complete before a
 malformation are kept); 406 an Accept header without DICOM JSON; 415 not
@@ -36,7 +39,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from dicomweb.deps import ReaderDep, RuntimeDep
+from dicomweb.deps import RuntimeDep, StowAccess
 from dicomweb.multipart_reader import (
     MultipartError,
     MultipartReader,
@@ -292,14 +295,14 @@ async def _one_part(ingestor: Ingestor, spool: Path, part_type: str,
 
 @router.post("/studies", summary="STOW-RS: store instances (PS3.18 10.5)")
 async def store_instances(
-    request: Request, runtime: RuntimeDep, urls: URLsDep, _reader: ReaderDep
+    request: Request, runtime: RuntimeDep, urls: URLsDep, _access: StowAccess
 ) -> JSONResponse:
     return await _store(request, runtime, urls, None)
 
 
 @router.post("/studies/{study}", summary="STOW-RS: store instances of one study (PS3.18 10.5)")
 async def store_study_instances(
-    study: str, request: Request, runtime: RuntimeDep, urls: URLsDep, _reader: ReaderDep
+    study: str, request: Request, runtime: RuntimeDep, urls: URLsDep, _access: StowAccess
 ) -> JSONResponse:
     return await _store(request, runtime, urls, study)
 

@@ -141,3 +141,29 @@ def request_urls(public_url: Annotated[str, Depends(request_public_url)]) -> Dic
 PublicURLDep = Annotated[str, Depends(request_public_url)]
 #: URL builder rooted at the request's effective ``<public URL>/dicom-web``.
 URLsDep = Annotated[DicomWebURLs, Depends(request_urls)]
+
+
+# -- the client's address, for the audit trail ------------------------------------------------
+
+
+def client_address(request: Request) -> str:
+    """The address of whoever made the request: the TCP peer, or, when the peer is one of
+    ``trusted_proxies``, the last ``Forwarded: for=`` (else ``X-Forwarded-For``) value that
+    proxy added. A malformed forwarded value is ignored (the proxy's own address is kept)."""
+    peer = request.client.host if request.client else ""
+    settings = request.app.state.runtime.settings
+    if not is_trusted_proxy(peer, settings.trusted_proxies):
+        return peer
+    forwarded = _last_forwarded_element(request.headers.get("forwarded", "")).get("for")
+    candidate = forwarded or _last(request.headers.get("x-forwarded-for"))
+    if candidate:
+        candidate = candidate.strip()
+        if candidate.startswith("["):  # RFC 7239: "[2001:db8::1]:4711"
+            candidate = candidate[1:].split("]", 1)[0]
+        elif candidate.count(":") == 1:  # "192.0.2.43:47011"
+            candidate = candidate.split(":", 1)[0]
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            pass
+    return peer

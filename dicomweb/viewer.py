@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 
 from anyio.from_thread import run as run_async
 
-from dicomweb.deps import RuntimeDep, resolve_principal
+from dicomweb.deps import RuntimeDep, principal_or_none
 from dicomweb.urls import DICOMWEB_PREFIX, PublicURLDep
 
 router = APIRouter()
@@ -207,7 +207,7 @@ def _login_needed(request: Request, runtime) -> Response | None:
     route's worker thread; the resolvers are async."""
     if runtime.settings.dicomweb_auth != "psc":
         return None
-    if run_async(resolve_principal, request) is not None:
+    if run_async(principal_or_none, request) is not None:
         return None
     from dicomweb.login import activity_redirect, login_redirect
 

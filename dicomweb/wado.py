@@ -1,6 +1,7 @@
 """WADO-RS retrieve (PS3.18 10.4): instances, frames and bulk data as ``multipart/related``.
 
-Routes (under ``/dicom-web``; every one takes :data:`ReaderDep`):
+Routes (under ``/dicom-web``; every one takes ``WadoAccess``, :mod:`dicomweb.deps`: what a
+caller may not see, e.g. an instance its KOS does not reference (R10), is 404):
 
 * ``GET /studies/{study}``, ``/studies/{study}/series/{series}``,
   ``/studies/{study}/series/{series}/instances/{instance}`` → ``multipart/related;
@@ -49,7 +50,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import StreamingResponse
 
 from dicomweb import accept
-from dicomweb.deps import ReaderDep, RuntimeDep
+from dicomweb.deps import Granted, RuntimeDep, WadoAccess
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
 from gateway import pixels, retrieval
 from gateway.retrieval import InstanceRef
@@ -68,14 +69,26 @@ def _ranges(request: Request) -> list[accept.MediaRange]:
 
 
 def _lookup(
-    runtime: Runtime, study: str, series: str | None = None, instance: str | None = None
+    runtime: Runtime, access: Granted, study: str, series: str | None = None,
+    instance: str | None = None,
 ) -> list[InstanceRef]:
+    """The instances asked for that the caller may see (R10: a consumer gets only those of
+    its KOS); none visible is 404, as for an unknown resource."""
     try:
-        return retrieval.find_instances(runtime.index, study, series, instance)
+        refs = retrieval.find_instances(runtime.index, study, series, instance)
     except retrieval.BadUID as exc:
         raise HTTPException(400, str(exc)) from exc
     except retrieval.NotFound as exc:
         raise HTTPException(404, str(exc)) from exc
+    v = access.visible
+    if not v.unlimited:
+        refs = [r for r in refs if v.shows_study(r.study_instance_uid)
+                and v.shows_series(r.series_instance_uid) and v.shows_instance(r.sop_instance_uid)]
+        if not refs:
+            level, uid = ("instance", instance) if instance else \
+                ("series", series) if series else ("study", study)
+            raise HTTPException(404, f"{level} {uid} not found")
+    return refs
 
 
 def _open(runtime: Runtime, ref: InstanceRef) -> tuple[IO[bytes], InstanceRef]:
@@ -132,9 +145,10 @@ def _instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> It
 
 
 def _retrieve(
-    request: Request, runtime: Runtime, study: str, series: str | None, instance: str | None
+    request: Request, runtime: Runtime, access: Granted, study: str, series: str | None,
+    instance: str | None,
 ) -> StreamingResponse:
-    refs = _lookup(runtime, study, series, instance)
+    refs = _lookup(runtime, access, study, series, instance)
     offers = accept.instance_offers(_ranges(request))
     produced = 'multipart/related; type="application/dicom" with transfer-syntax ' + ", ".join(
         sorted(PRODUCIBLE)
@@ -164,27 +178,27 @@ def _retrieve(
 
 @router.get("/studies/{study}")
 def retrieve_study(
-    study: str, request: Request, runtime: RuntimeDep, reader: ReaderDep
+    study: str, request: Request, runtime: RuntimeDep, access: WadoAccess
 ) -> StreamingResponse:
     """Retrieve every instance of a study."""
-    return _retrieve(request, runtime, study, None, None)
+    return _retrieve(request, runtime, access, study, None, None)
 
 
 @router.get("/studies/{study}/series/{series}")
 def retrieve_series(
-    study: str, series: str, request: Request, runtime: RuntimeDep, reader: ReaderDep
+    study: str, series: str, request: Request, runtime: RuntimeDep, access: WadoAccess
 ) -> StreamingResponse:
     """Retrieve every instance of a series."""
-    return _retrieve(request, runtime, study, series, None)
+    return _retrieve(request, runtime, access, study, series, None)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}")
 def retrieve_instance(
     study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
-    reader: ReaderDep,
+    access: WadoAccess,
 ) -> StreamingResponse:
     """Retrieve one instance."""
-    return _retrieve(request, runtime, study, series, instance)
+    return _retrieve(request, runtime, access, study, series, instance)
 
 
 # -- frames and bulk data --------------------------------------------------------------------
@@ -230,11 +244,11 @@ def _frame_parts(path, info: pixels.FrameInfo, numbers: list[int], ts: str) -> I
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
 def retrieve_frames(
     study: str, series: str, instance: str, frames: str, request: Request,
-    runtime: RuntimeDep, reader: ReaderDep,
+    runtime: RuntimeDep, access: WadoAccess,
 ) -> StreamingResponse:
     """Retrieve frames of one instance (1-based frame numbers, comma-separated)."""
     numbers = _parse_frame_list(frames)
-    (ref,) = _lookup(runtime, study, series, instance)
+    (ref,) = _lookup(runtime, access, study, series, instance)
     path, info = _frame_info(runtime, ref)
     beyond = [n for n in numbers if n > info.number_of_frames]
     if beyond:
@@ -249,29 +263,30 @@ def retrieve_frames(
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata")
 def retrieve_pixel_bulkdata(
     study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
-    reader: ReaderDep,
+    access: WadoAccess,
 ) -> StreamingResponse:
     """Retrieve the Pixel Data of one instance (same as ``.../bulkdata/7FE00010``)."""
-    return _bulkdata(study, series, instance, "7FE00010", request, runtime)
+    return _bulkdata(study, series, instance, "7FE00010", request, runtime, access)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}")
 def retrieve_bulkdata(
     study: str, series: str, instance: str, tag_path: str, request: Request,
-    runtime: RuntimeDep, reader: ReaderDep,
+    runtime: RuntimeDep, access: WadoAccess,
 ) -> StreamingResponse:
     """Retrieve bulk data of one instance by tag path (see the module docstring)."""
-    return _bulkdata(study, series, instance, tag_path, request, runtime)
+    return _bulkdata(study, series, instance, tag_path, request, runtime, access)
 
 
 def _bulkdata(
-    study: str, series: str, instance: str, tag_path: str, request: Request, runtime: Runtime
+    study: str, series: str, instance: str, tag_path: str, request: Request, runtime: Runtime,
+    access: Granted,
 ) -> StreamingResponse:
     try:
         path_tags = pixels.parse_tag_path(tag_path.strip("/").split("/"))
     except ValueError as exc:
         raise HTTPException(400, f"bulk data path {tag_path!r}: {exc}") from exc
-    (ref,) = _lookup(runtime, study, series, instance)
+    (ref,) = _lookup(runtime, access, study, series, instance)
     if path_tags == [pixels.PIXEL_DATA]:
         path, info = _frame_info(runtime, ref)
         ts = _pixel_target(request, info)

@@ -250,6 +250,41 @@ def manifest(config_file: Path | None, study_uid: str, fhir: bool, output: Path 
         output.write_text(text + "\n", encoding="utf-8")
 
 
+@main.group()
+def audit() -> None:
+    """The audit trail of access decisions (R15, R22)."""
+
+
+@audit.command("export")
+@config_option
+@click.option("--format", "fmt", type=click.Choice(["fhir", "kpi"]), default="fhir",
+              show_default=True, help="FHIR R4B Bundle of AuditEvents, or the DRIM-M KPI CSV.")
+@click.option("--since", default=None, help="ISO 8601 date or date-time (UTC if no offset).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+def audit_export(config_file: Path | None, fmt: str, since: str | None,
+                 output: Path | None) -> None:
+    """Export the audit trail (formats: see gateway/audit_export.py)."""
+    from dicomweb.admin_audit import parse_since
+    from gateway.audit_export import fhir_audit_bundle, kpi_csv
+
+    settings = _settings(config_file)
+    try:
+        start = parse_since(since)
+    except ValueError:
+        raise click.BadParameter(f"{since!r} is not an ISO 8601 date or date-time",
+                                 param_hint="--since") from None
+    index = _runtime_index(settings)
+    if fmt == "kpi":
+        text = kpi_csv(index, start)
+    else:
+        text = fhir_audit_bundle(index, settings.ae_title, start).model_dump_json(
+            indent=2, exclude_none=True) + "\n"
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
 @main.command("psc-sim")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8180, show_default=True, type=int)
@@ -265,8 +300,10 @@ def manifest(config_file: Path | None, study_uid: str, fhir: bool, output: Path 
 @click.option("--acr", default="eidas1", show_default=True)
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PEM file keeping the signing key across restarts (created if missing).")
+@click.option("--test-tokens", is_flag=True,
+              help="Open POST /test/tokens, issuing tokens of any shape (relying-party tests).")
 def psc_sim(host: str, port: int, base_url: str | None, clients: tuple[str, ...],
-            userinfo: str, acr: str, key_file: Path | None) -> None:
+            userinfo: str, acr: str, key_file: Path | None, test_tokens: bool) -> None:
     """Run the Pro Santé Connect simulator (an OpenID provider with test practitioners)."""
     import uvicorn
 
@@ -280,7 +317,7 @@ def psc_sim(host: str, port: int, base_url: str | None, clients: tuple[str, ...]
             raise click.BadParameter(f"{spec!r} is not ID:SECRET:REDIRECT_URI") from None
         parsed.append(SimClient(client_id, secret, uris.split(",")))
     sim = PscSimulator(base_url or f"http://{host}:{port}", parsed, load_or_create_key(key_file),
-                       userinfo_format=userinfo, acr=acr)
+                       userinfo_format=userinfo, acr=acr, test_tokens=test_tokens)
     uvicorn.run(sim.app, host=host, port=port, log_level="warning")
 
 

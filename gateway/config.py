@@ -161,10 +161,11 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    dicomweb_auth: Literal["none", "psc"] = "none"
-    """Who may read DICOMweb and the viewer. ``none`` (anonymous) is accepted only while
-    ``host`` is a loopback address; ``psc``: Pro Santé Connect (viewer login, bearer tokens)
-    and share links (issue #6)."""
+    dicomweb_auth: Literal["psc", "none"] = "psc"
+    """Who may read DICOMweb (R10). ``psc``: a Pro Santé Connect bearer token (consumer
+    DRIMbox) or a principal from the viewer login / share links, then the access policy
+    (:mod:`gateway.access`). ``none``: anonymous readers see everything; development only,
+    accepted only while the HTTP side listens on a loopback address."""
 
     # --- Manifests and publishability (issue #4; R3, R19). ---
     repository_oid: str | None = None
@@ -255,20 +256,61 @@ class Settings(BaseSettings):
     pacs_retrieve_timeout: float = Field(default=300.0, gt=0)
     """Seconds to wait for a C-MOVE and for the moved instances to be indexed."""
 
-    # --- Viewer login with Pro Santé Connect, sessions, share links (issue #6; R15). ---
+    # --- Access control: PSC bearer tokens, roles (issue #6; R10, R15, R22). ---
     psc_issuer: str | None = None
-    """PSC's issuer URL (e.g. ``https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet``);
-    its discovery document is ``psc_issuer + psc_discovery_path``. Required for ``psc``."""
+    """PSC issuer, e.g. ``https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet``. Unset
+    with ``dicomweb_auth = psc``: the gateway starts, logs a warning, and answers bearer
+    tokens with 503 (no token: 401)."""
     psc_discovery_path: str = "/.well-known/wallet-openid-configuration"
-    """Path of PSC's discovery document under the issuer (PSC's own, non-standard name)."""
-    psc_client_id: str | None = None
-    """Our client id at PSC. Required for ``psc``."""
+    """Appended to ``psc_issuer`` to fetch the discovery document (PSC's non-standard path)."""
+    psc_client_id: str = ""
+    """Our PSC client id: the client that authenticates to the introspection endpoint, and the
+    audience a bearer JWT must name unless ``psc_audiences`` lists others."""
     psc_client_secret: SecretStr | None = None
-    """Our client secret at PSC (``client_secret_basic``); never logged."""
+    """Secret of ``psc_client_id``: introspection (HTTP Basic) and the viewer login's token
+    request (``client_secret_basic``). Never logged."""
+    psc_audiences: list[str] = Field(default_factory=list)
+    """PSC client ids whose access tokens we accept (``aud`` or ``azp``): in DRIM-M a consumer
+    DRIMbox presents a token issued to *its own* client. Empty: ``psc_client_id`` only for
+    JWTs; by introspection, any token PSC reports active (what R10 requires). JSON in the
+    environment: ``["conso-client-1", "conso-client-2"]``."""
+    psc_token_check: Literal["jwt", "introspection"] = "introspection"
+    """How a bearer token is checked: ``introspection`` (RFC 7662 at PSC, what R10 asks:
+    "introspected active"; sees logouts) or ``jwt`` (signature against PSC's JWKS, local)."""
+    psc_min_acr: Literal["eidas1", "eidas2", "eidas3"] = "eidas1"
+    """Lowest ``acr`` accepted on a bearer token."""
+    psc_jwks_cache_seconds: float = Field(default=3600.0, gt=0)
+    """How long PSC's signing keys are kept before a refetch (an unknown ``kid`` refetches)."""
+    psc_introspection_cache_seconds: float = Field(default=30.0, ge=0)
+    """How long an introspection answer is reused for the same token (0: ask every time)."""
     staff_roles: dict[str, list[str]] = Field(default_factory=dict)
-    """Local roles of practitioners, by PSC SubjectNameID: ``viewer`` (may see every study of
-    the centre in the viewer), ``admin`` (share-link endpoints). JSON in the environment, e.g.
-    ``{"899999000001": ["viewer", "admin"]}``; a ``[staff_roles]`` table in TOML."""
+    """Local roles by SubjectNameID or local user name, JSON in the environment:
+    ``{"899700427885": ["viewer", "admin"]}``. ``viewer``: sees every study of this centre;
+    ``admin``: admin endpoints (audit export, share links, outbox)."""
+
+    @field_validator("psc_issuer")
+    @classmethod
+    def _psc_issuer(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = re.match(r"^(https?)://([^/:\s]+|\[[0-9a-fA-F:.]+\])(:\d+)?(/\S*)?$", v)
+        if not m:
+            raise ValueError(f"{v!r} is not an absolute http(s) URL")
+        if m.group(1) == "http" and not _is_loopback(m.group(2).strip("[]")):
+            raise ValueError(f"{v!r}: PSC must be reached over https (R12); http only on loopback")
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _psc_credentials(self) -> Settings:
+        if self.dicomweb_auth == "psc" and self.psc_issuer:
+            if not self.psc_client_id:
+                raise ValueError("psc_issuer is set but psc_client_id is not (the token audience)")
+            if self.psc_token_check == "introspection" and not self.psc_client_secret:
+                raise ValueError("psc_token_check = introspection needs psc_client_secret")
+        return self
+
+    # --- Viewer login sessions and share links (issue #6; R15). The PSC client above is
+    # also the viewer's relying party (authorization code + PKCE).
     viewer_session_hours: float = Field(default=8.0, gt=0, le=24 * 7)
     """Lifetime of a viewer session (PSC login or share link) from its creation."""
     viewer_session_idle_minutes: float = Field(default=30.0, gt=0)
@@ -286,9 +328,6 @@ class Settings(BaseSettings):
     def _psc_login(self) -> Settings:
         if self.dicomweb_auth != "psc":
             return self
-        for name in ("psc_issuer", "psc_client_id"):
-            if not getattr(self, name):
-                raise ValueError(f"dicomweb_auth = psc needs {name}")
         public = self.effective_public_url
         host = re.sub(r"^https?://([^/:]+|\[[^\]]+\]).*$", r"\1", public).strip("[]")
         if public.startswith("http://") and not _is_loopback(host):

@@ -121,6 +121,19 @@ class CachedJson:
         return gzip.decompress(self.gzipped)
 
 
+def restricted(doc: CachedJson, sop_instance_uids: frozenset[str]) -> CachedJson | None:
+    """``doc`` cut down to the instances in ``sop_instance_uids`` (R10: a consumer sees the
+    metadata of its KOS's instances only), with an entity tag of its own; None when none is
+    left."""
+    items = [item for item in json.loads(doc.plain())
+             if item.get("00080018", {}).get("Value", [None])[0] in sop_instance_uids]
+    if not items:
+        return None
+    body = json.dumps(items, separators=(",", ":")).encode()
+    scope = hashlib.sha256("\\".join(sorted(sop_instance_uids)).encode()).hexdigest()
+    return CachedJson(_digest(doc.etag, "scope", scope), _gzip(body))
+
+
 def _digest(*parts: str) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 

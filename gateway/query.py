@@ -516,31 +516,86 @@ def _computed_column(keyword: str, dialect: str) -> Any:
     return _computed(keyword, dialect).scalar_subquery().label(keyword)
 
 
-def _computed(keyword: str, dialect: str) -> Any:
+def _computed(keyword: str, dialect: str, scope: SearchScope | None = None) -> Any:
     s2, i2 = SERIES.alias(), INSTANCES.alias()
+    # Under a scope, counts and modalities cover only what the scope shows (R10: a consumer
+    # learns nothing about instances its KOS does not reference).
+    sops = scope.sop_instance_uids if scope is not None else None
+    series_uids = scope.series_uids if scope is not None else None
+
+    def visible_series(stmt: Select) -> Select:
+        if series_uids is not None:
+            stmt = stmt.where(s2.c.series_instance_uid.in_(sorted(series_uids)))
+        if sops is not None:
+            i3 = INSTANCES.alias()
+            stmt = stmt.where(exists().where(i3.c.series_pk == s2.c.id,
+                                             i3.c.sop_instance_uid.in_(sorted(sops))))
+        return stmt
+
+    def visible_instances(stmt: Select) -> Select:
+        return stmt if sops is None else stmt.where(i2.c.sop_instance_uid.in_(sorted(sops)))
+
     if keyword == "NumberOfStudyRelatedSeries":
-        return select(func.count()).select_from(s2).where(s2.c.study_pk == STUDIES.c.id)
+        return visible_series(select(func.count()).select_from(s2)
+                              .where(s2.c.study_pk == STUDIES.c.id))
     if keyword == "NumberOfStudyRelatedInstances":
-        return (select(func.count()).select_from(i2).join(s2, i2.c.series_pk == s2.c.id)
+        stmt = (select(func.count()).select_from(i2).join(s2, i2.c.series_pk == s2.c.id)
                 .where(s2.c.study_pk == STUDIES.c.id))
+        if series_uids is not None:
+            stmt = stmt.where(s2.c.series_instance_uid.in_(sorted(series_uids)))
+        return visible_instances(stmt)
     if keyword == "NumberOfSeriesRelatedInstances":
-        return select(func.count()).select_from(i2).where(i2.c.series_pk == SERIES.c.id)
+        return visible_instances(select(func.count()).select_from(i2)
+                                 .where(i2.c.series_pk == SERIES.c.id))
     if keyword == "ModalitiesInStudy":
         if dialect == "postgresql":
             agg = func.string_agg(s2.c.modality.distinct(), literal(","))
         else:
             agg = func.group_concat(s2.c.modality.distinct())
-        return select(agg).where(s2.c.study_pk == STUDIES.c.id, s2.c.modality != "")
+        return visible_series(select(agg).where(s2.c.study_pk == STUDIES.c.id,
+                                                s2.c.modality != ""))
     raise AssertionError(keyword)
 
 
-def build_select(query: Query, dialect: str) -> Select:
-    """The one SELECT that answers ``query`` (columns labelled by keyword)."""
+@dataclass(frozen=True)
+class SearchScope:
+    """What a search may return, whatever it matches (the access policy's visibility, R10);
+    None at a level means no limit there."""
+
+    study_uids: frozenset[str] | None = None
+    series_uids: frozenset[str] | None = None
+    sop_instance_uids: frozenset[str] | None = None
+
+
+def _scoped(stmt: Select, level: Level, scope: SearchScope) -> Select:
+    if scope.study_uids is not None:
+        stmt = stmt.where(STUDIES.c.study_instance_uid.in_(sorted(scope.study_uids)))
+    if level >= Level.SERIES and scope.series_uids is not None:
+        stmt = stmt.where(SERIES.c.series_instance_uid.in_(sorted(scope.series_uids)))
+    if scope.sop_instance_uids is not None:
+        sops = sorted(scope.sop_instance_uids)
+        if level is Level.INSTANCE:
+            stmt = stmt.where(INSTANCES.c.sop_instance_uid.in_(sops))
+        else:  # a study or series is visible when one of its instances is
+            i3, s3 = INSTANCES.alias(), SERIES.alias()
+            owner = (i3.c.series_pk == SERIES.c.id if level is Level.SERIES else and_(
+                i3.c.series_pk == s3.c.id, s3.c.study_pk == STUDIES.c.id))
+            sub = exists().where(owner, i3.c.sop_instance_uid.in_(sops))
+            stmt = stmt.where(sub)
+    return stmt
+
+
+def build_select(query: Query, dialect: str, scope: SearchScope | None = None) -> Select:
+    """The one SELECT that answers ``query`` (columns labelled by keyword), limited to
+    ``scope`` when given."""
     level = query.level
     columns: list[Any] = []
     for attr in query.returned:
         if attr.source is Source.COLUMN:
             columns.append(attr.column.label(attr.keyword))
+        elif attr.source is Source.COMPUTED and scope is not None:
+            columns.append(_computed(attr.keyword, dialect, scope).scalar_subquery()
+                           .label(attr.keyword))
         elif attr.source is Source.COMPUTED:
             columns.append(_computed_column(attr.keyword, dialect))
     stmt = select(*columns)
@@ -562,6 +617,8 @@ def build_select(query: Query, dialect: str) -> Select:
             stmt = stmt.where(_modality_condition(cond, dialect))
         else:
             stmt = stmt.where(_text_condition(cond.attribute.column, cond, dialect))
+    if scope is not None:
+        stmt = _scoped(stmt, level, scope)
 
     st, se, it = STUDIES.c, SERIES.c, INSTANCES.c
     order: list[Any] = [st.study_date.desc(), st.study_time.desc(), st.id.desc()]
@@ -573,10 +630,10 @@ def build_select(query: Query, dialect: str) -> Select:
     return stmt.order_by(*order).limit(page).offset(query.offset)
 
 
-def search(index: InstanceIndex, query: Query) -> SearchResult:
-    """Run ``query`` on the index: one SQL statement, no file read."""
+def search(index: InstanceIndex, query: Query, scope: SearchScope | None = None) -> SearchResult:
+    """Run ``query`` on the index, limited to ``scope``: one SQL statement, no file read."""
     dialect = index.engine.dialect.name
-    stmt = build_select(query, dialect)
+    stmt = build_select(query, dialect, scope)
     with index.read() as session:
         raw = session.execute(stmt).mappings().all()
     truncated = query.limited_by_server and len(raw) > query.limit

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import secrets
 import subprocess
@@ -146,3 +147,42 @@ def test_login_page_lists_practitioners(sim: tuple[str, str]) -> None:
                                                "redirect_uri": REDIRECT, "scope": "openid",
                                                "state": "s", "practitioner": "899999000002"})
     assert r.status_code == 302 and "code=" in r.headers["location"]
+
+
+def test_test_tokens_only_when_asked() -> None:
+    """``POST /test/tokens`` (issue #6 item 5) is closed unless ``--test-tokens`` opens it; when
+    open it issues the shapes a negative matrix needs, and a token marked not introspectable
+    introspects as inactive."""
+    from fastapi.testclient import TestClient
+
+    from adapters.psc.simulator import PscSimulator, SimClient
+
+    clients = [SimClient("rp", "rp-secret", [REDIRECT])]
+    closed = TestClient(PscSimulator("http://127.0.0.1:1", clients).app)
+    assert closed.post("/test/tokens", json={}).status_code == 404
+    sim = PscSimulator("http://127.0.0.1:1", clients, test_tokens=True)
+    app = TestClient(sim.app)
+
+    def issue(**spec):
+        r = app.post("/test/tokens", json={"client_id": "rp", **spec})
+        assert r.status_code == 200
+        return r.json()["access_token"]
+
+    def claims(token: str) -> dict:
+        return jwt.decode(token, sim.key_set, algorithms=["RS256"]).claims
+
+    now = time.time()
+    assert claims(issue(exp_in=-60))["exp"] < now
+    assert claims(issue(nbf_in=600))["nbf"] > now
+    assert claims(issue(iss="https://evil.example"))["iss"] == "https://evil.example"
+    assert claims(issue(aud="other"))["aud"] == "other"
+    assert "acr" not in claims(issue(acr=None))
+    unknown = issue(kid="unknown")
+    header = json.loads(base64.urlsafe_b64decode(unknown.split(".")[0] + "=="))
+    assert header["kid"] not in {k.kid for k in sim.key_set.keys}
+    introspect = "/auth/realms/esante-wallet/protocol/openid-connect/token/introspect"
+    for introspectable, active in ((True, True), (False, False)):
+        token = issue(introspectable=introspectable)
+        r = app.post(introspect, data={"token": token}, auth=("rp", "rp-secret"))
+        assert r.json()["active"] is active
+    assert app.post("/test/tokens", json={"subject": "nobody"}).status_code == 400

@@ -15,6 +15,11 @@ It models what the real PSC does that a relying party must cope with:
 * RFC 7662 introspection with client authentication (``SubjectNameID`` only for access tokens);
 * RP-initiated logout, after which the session's tokens introspect as inactive.
 
+For relying-party tests, ``--test-tokens`` opens ``POST /test/tokens``, which issues any
+access token a negative matrix needs (expired, not yet valid, wrong issuer or audience, low
+``acr``, unknown ``kid``, inactive at introspection): see :meth:`PscSimulator.issue_test_token`.
+It is off by default: without it, tokens only come out of a login.
+
 No human is needed to log in: ``login_hint=<SubjectNameID>`` on the authorization request
 logs that practitioner in at once; without it a page lists the practitioners with one button
 each (what a browser test clicks). Everything lives in memory.
@@ -91,6 +96,7 @@ class PscSimulator:
         userinfo_format: str = "json",
         acr: str = "eidas1",
         token_ttl: int = 300,
+        test_tokens: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.issuer = self.base_url + REALM_PATH
@@ -100,6 +106,7 @@ class PscSimulator:
         self.userinfo_format = userinfo_format
         self.acr = acr
         self.token_ttl = token_ttl
+        self.test_tokens = test_tokens
         self._codes: dict[str, _Code] = {}
         self._access: dict[str, dict[str, Any]] = {}  # jti -> claims
         self._ended_sessions: set[str] = set()
@@ -144,6 +151,39 @@ class PscSimulator:
             "scope": code.scope,
             "session_state": sid,
         }
+
+    def issue_test_token(self, spec: dict[str, Any]) -> str:
+        """An access token shaped as ``spec`` asks, for relying-party tests (``POST
+        /test/tokens`` with ``--test-tokens``): ``subject``, ``client_id`` (``azp`` and
+        ``aud``), ``aud`` / ``iss`` / ``acr`` overrides (``acr: null`` leaves it out),
+        ``exp_in`` / ``nbf_in`` seconds from now (negative: in the past), ``kid: "unknown"``
+        (signed by a key PSC never published), ``introspectable: false`` (introspection
+        answers inactive, as for a revoked token)."""
+        now = int(time.time())
+        subject = str(spec.get("subject", next(iter(PRACTITIONERS))))
+        if subject not in PRACTITIONERS:
+            raise HTTPException(400, {"error": "unknown practitioner"})
+        info = userinfo_claims(subject)
+        client_id = str(spec.get("client_id", next(iter(self.clients), "drimbox")))
+        sid = str(uuid.uuid4())
+        claims: dict[str, Any] = {
+            "iat": now, "auth_time": now, "exp": now + int(spec.get("exp_in", self.token_ttl)),
+            "iss": spec.get("iss", self.issuer), "sub": info["sub"], "azp": client_id,
+            "aud": spec.get("aud", client_id), "session_state": sid, "sid": sid,
+            "acr": spec.get("acr", self.acr), "authMode": "CARD", "preferred_username": subject,
+            "otherIds": info["otherIds"], "jti": str(uuid.uuid4()), "typ": "Bearer",
+            "scope": "openid scope_all", "SubjectNameID": subject,
+        }
+        if "nbf_in" in spec:
+            claims["nbf"] = now + int(spec["nbf_in"])
+        claims = {k: v for k, v in claims.items() if v is not None}
+        if spec.get("introspectable", True):
+            self._access[claims["jti"]] = claims
+        if spec.get("kid") == "unknown":
+            stranger = RSAKey.generate_key(2048, {"kid": "not-published-by-psc"})
+            return jwt.encode({"alg": "RS256", "kid": stranger.kid, "typ": "JWT"}, claims,
+                              stranger)
+        return self.sign(claims)
 
     def _active_access_claims(self, token: str) -> dict[str, Any] | None:
         try:
@@ -302,6 +342,16 @@ class PscSimulator:
                 return JSONResponse({"active": False})
             return JSONResponse({**claims, "active": True, "client_id": claims["azp"],
                                  "username": claims["preferred_username"]})
+
+        @app.post("/test/tokens", include_in_schema=False)
+        async def test_tokens(request: Request) -> Response:
+            if not self.test_tokens:
+                return JSONResponse({"error": "not_found"}, 404)
+            spec = await request.json()
+            if not isinstance(spec, dict):
+                return JSONResponse({"error": "invalid_request"}, 400)
+            return JSONResponse({"access_token": self.issue_test_token(spec),
+                                 "token_type": "Bearer"})
 
         @app.get(f"{OIDC}/logout")
         def logout(request: Request) -> Response:

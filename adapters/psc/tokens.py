@@ -21,7 +21,7 @@ import hashlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,12 +109,13 @@ class JwksCache:
 
 
 class JwtVerifier:
-    def __init__(self, jwks: JwksCache, issuer: str, audience: str,
+    def __init__(self, jwks: JwksCache, issuer: str, audience: str | Iterable[str],
                  min_acr: str = "eidas1", leeway: int = 30,
                  now: Callable[[], float] = time.time) -> None:
         self.jwks = jwks
         self.issuer = issuer
-        self.audience = audience
+        self.audiences = frozenset({audience} if isinstance(audience, str) else audience)
+        """Accepted audiences: a token passes when ``aud`` or ``azp`` names one of them."""
         self.min_acr = min_acr
         self.leeway = leeway
         self.now = now
@@ -144,7 +145,7 @@ class JwtVerifier:
             raise TokenRejected("wrong_issuer")
         aud = claims.get("aud")
         audiences = aud if isinstance(aud, list) else [aud]
-        if self.audience not in audiences and claims.get("azp") != self.audience:
+        if not self.audiences.intersection(audiences) and claims.get("azp") not in self.audiences:
             raise TokenRejected("wrong_audience")
         exp = claims.get("exp")
         if not isinstance(exp, (int, float)) or exp + self.leeway < now:
