@@ -24,8 +24,12 @@ def test_anonymous_dicomweb_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -
     assert settings.dicomweb_auth == "psc"
     assert settings.psc_discovery_path == "/.well-known/wallet-openid-configuration"
     assert settings.psc_token_check == "introspection"
-    # psc may listen on the network; none may not.
-    assert load_settings(http_host="0.0.0.0").dicomweb_auth == "psc"
+    # psc may listen on the network (behind https: cookies and tokens never cross plain http,
+    # R12); none may not.
+    assert load_settings(http_host="0.0.0.0",
+                         public_url="https://drimbox.example").dicomweb_auth == "psc"
+    with pytest.raises(ConfigError, match="https"):
+        load_settings(http_host="0.0.0.0")
     with pytest.raises(ConfigError, match="loopback"):
         load_settings(http_host="0.0.0.0", dicomweb_auth="none")
 

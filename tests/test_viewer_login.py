@@ -189,9 +189,10 @@ def test_psc_mode_needs_https_off_loopback(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="Secure"):
         load_settings(data_dir=tmp_path, dicomweb_auth="psc", psc_issuer="https://psc.example",
-                      psc_client_id="x", http_host="0.0.0.0")
+                      psc_client_id="x", psc_client_secret="s", http_host="0.0.0.0")
     s = load_settings(data_dir=tmp_path, dicomweb_auth="psc", psc_issuer="https://psc.example",
-                      psc_client_id="x", http_host="0.0.0.0", public_url="https://drimbox.example")
+                      psc_client_id="x", psc_client_secret="s", http_host="0.0.0.0",
+                      public_url="https://drimbox.example")
     assert s.cookies_secure
 
 
