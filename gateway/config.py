@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     admit_validated_ins: bool = False
     """Also publish identities whose status is VALI (test platforms only; R19 says QUAL)."""
 
-    # --- DMP publication (issue #5; R4-R8). Unused until the outbox publishes. ---
+    # --- DMP publication (issue #5; R4-R8). The outbox worker uses them. ---
     dmp_transport: Literal["xds", "mhd"] = "xds"
     """How we talk to the DMP: ``xds`` (IHE XDS.b SOAP, the DMP today) or ``mhd`` (FHIR PDSm /
     IHE MHD ITI-65, not implemented yet)."""
@@ -216,6 +216,36 @@ class Settings(BaseSettings):
     """VIHF ``LPS_Version``."""
     dmp_lps_homologation_id: str = ""
     """VIHF ``LPS_ID_HOMOLOGATION_DMP``."""
+
+    # --- Publication workflow and outbox (issue #5; R4-R8, gateway/publication.py). ---
+    auto_publish: bool | None = None
+    """Publish each study that becomes stable with a publishable INS (a new KOS replaces the
+    previous one, RPLC). Default: on when a DMP is configured (``dmp_registry_url`` and
+    ``dmp_repository_url``), off otherwise."""
+    outbox_backoff_initial: float = Field(default=5.0, gt=0)
+    """Seconds before the first retry of a publication the DMP did not answer; doubled at each
+    failure (with jitter) up to ``outbox_backoff_max``."""
+    outbox_backoff_max: float = Field(default=900.0, gt=0)
+    """Longest wait between two retries of one publication."""
+    outbox_poll_interval: float = Field(default=2.0, gt=0)
+    """How often the outbox worker looks for due rows (it also wakes up when this process
+    queues one)."""
+    outbox_lease_seconds: float | None = Field(default=None, gt=0)
+    """How long a row being sent stays claimed by one process; after that another process
+    (or the same one after a restart) takes it again. Default ``4 * dmp_timeout + 30``. A
+    process that died on this host is detected at once at the next start."""
+    dmp_author_id: str = ""
+    """VIHF ``NameID`` of a publication without a report (a study that became stable): the
+    national id of the practitioner the centre publishes for. Default: ``dmp_structure_id``."""
+    dmp_author_name: str = ""
+    """VIHF ``subject-id`` ("Prénom Nom") of that author. Default: ``institution_name``."""
+    dmp_author_profession: str = "10"
+    """VIHF role: the author's profession code (TRE_G15, ``10`` médecin)."""
+    dmp_author_specialty: str = ""
+    """VIHF role: the author's savoir-faire code (TRE_R38, e.g. radiology), '' for none."""
+    dmp_content_type: str = "04"
+    """``XDSSubmissionSet.contentTypeCode`` (scheme 1.2.250.1.213.2.2); ``04`` is the ANS
+    sample's value: set the one your DMP integration was validated with."""
 
     @field_validator("ae_title")
     @classmethod
@@ -288,6 +318,19 @@ class Settings(BaseSettings):
         if self.restrict_callers and not self.peers:
             raise ValueError("restrict_callers is on but no peers are configured")
         return self
+
+    @property
+    def dmp_configured(self) -> bool:
+        """A DMP (registry and repository endpoints) is configured: the outbox worker runs."""
+        return bool(self.dmp_registry_url and self.dmp_repository_url)
+
+    @property
+    def effective_auto_publish(self) -> bool:
+        return self.dmp_configured if self.auto_publish is None else self.auto_publish
+
+    @property
+    def effective_outbox_lease_seconds(self) -> float:
+        return self.outbox_lease_seconds or 4 * self.dmp_timeout + 30
 
     @property
     def effective_database_url(self) -> str:
