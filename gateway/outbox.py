@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import uuid
@@ -58,6 +59,14 @@ def backoff_delay(attempts: int, initial: float, maximum: float,
     failed together do not all come back at the same instant."""
     ceiling = min(maximum, initial * 2 ** max(0, attempts - 1))
     return ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+
+
+_MATRICULE = re.compile(r"\b([0-9]{5})(?:[0-9]{2}|2A|2B)[0-9]{8}\b")
+
+
+def redact(text: str) -> str:
+    """Log lines carry no INS (a DMP error text may quote the patientId): ``27903*****``."""
+    return _MATRICULE.sub(lambda m: m.group(1) + "*" * 10, text)
 
 
 def _alive(pid: int) -> bool:
@@ -257,7 +266,7 @@ class OutboxWorker:
                                  outbox_id=row.id, now=now,
                                  detail=f"attempt {row.attempts}: {error}; retrying")
         log.warning("outbox #%d: attempt %d failed (%s); retry in %.1f s", row.id, row.attempts,
-                    error, delay)
+                    redact(error), delay)
 
     def _refused(self, row: ClaimedRow, exc: TransportRefused) -> None:
         now = datetime.now(UTC)
@@ -266,7 +275,7 @@ class OutboxWorker:
                 outbox.add_event(s, row.study_instance_uid, "refused", kos_uid=row.kos_uid,
                                  outbox_id=row.id, detail=exc.text, now=now)
         log.error("outbox #%d: %s of KOS %s refused: %s", row.id, row.kind, row.kos_uid,
-                  exc.text)
+                  redact(exc.text))
 
 
 __all__ = ["OutboxWorker", "backoff_delay", "PUBLISH", "REPLACE", "WITHDRAW"]

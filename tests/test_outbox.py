@@ -205,3 +205,12 @@ def test_xds_transport_maps_errors(transport, sim: Sim) -> None:  # noqa: ANN001
     with pytest.raises(TransportUnavailable, match="HTTP 500"):
         transport.submit(_doc(pub))
     assert transport.find(facts().patient.ins, pub.entry.unique_id) is None  # nothing stored
+
+
+def test_log_lines_carry_no_ins() -> None:
+    """A DMP error text may quote the patientId; the worker's log lines mask the matricule."""
+    from gateway.outbox import redact
+
+    text = "XDSPatientIdDoesNotMatch: VIHF resource-id '279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH'"
+    assert "279035121518989" not in redact(text) and "27903**********^^^" in redact(text)
+    assert redact("2A key 1850275123456 97") == "2A key 1850275123456 97"  # not an INS: kept

@@ -25,7 +25,7 @@ Signature01 uniqueId; the KOS uniqueId and bytes are the outbox row's, unchanged
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from pydicom.uid import generate_uid
 
@@ -155,7 +155,9 @@ class XdsTransport:
                     "XDSRegistryError", f"the replaced document {doc.replaces_unique_id} is not "
                     "in the registry")])
             replaces = old.entry_uuid
-        entry = replace(doc.entry, patient_id=xds_patient_id(doc.patient))
+        entry = doc.entry
+        if entry.patient_id != xds_patient_id(doc.patient):
+            raise ValueError("the DocumentEntry is not the outgoing document's patient's")
         ss = submission_set(entry, generate_uid(), self.publisher.source_id,
                             dt.datetime.now(dt.UTC), self.publisher.content_type)
         warnings = self._call("ITI-41", self.client.provide_and_register, entry, ss,
