@@ -237,12 +237,14 @@ class OutboxWorker:
                 select(Manifest.kos_uid)
                 .where(Manifest.study_instance_uid == row.study_instance_uid,
                        Manifest.published_at.is_not(None))))
-        targets = list(dict.fromkeys([row.kos_uid, *published]))
+            targets = list(dict.fromkeys([row.kos_uid, *published]))
+            # Each KOS with the patient it was published for (an INS corrected in between).
+            patients = {uid: outbox.patient_of(s, uid) or row.patient for uid in targets}
         deprecated = []
         for kos_uid in targets:
-            found = self.transport.find(row.patient, kos_uid)
+            found = self.transport.find(patients[kos_uid], kos_uid)
             if found is not None and found.status == "Approved":
-                self.transport.withdraw(row.patient, kos_uid, found.entry_uuid)
+                self.transport.withdraw(patients[kos_uid], kos_uid, found.entry_uuid)
                 deprecated.append(kos_uid)
         now = datetime.now(UTC)
         with self.index.write() as s:

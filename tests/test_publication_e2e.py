@@ -144,7 +144,7 @@ def test_stable_study_is_published_to_the_dmp(gateway_factory, sim: Sim, view: I
     """storescu → stable → outbox → dmp-sim over mTLS (validation passes); ITI-18 by INS finds
     the KOS and ITI-43 returns the very bytes the gateway built (R3-R7). A study without a usable
     INS gets no outbox row and says why (R19)."""
-    gw = start_gateway(gateway_factory, sim)
+    gw = start_gateway(gateway_factory, sim, DRIMBOX_DICOM_WORKERS="2")  # metrics across processes
     study, files = write_study(tmp_path / "study")
     local, local_files = write_study(tmp_path / "local", patient_id="IPP101", ins_oid=None,
                                      issuer="AUT-AFFECTATION", per_series=1)
@@ -177,6 +177,7 @@ def test_stable_study_is_published_to_the_dmp(gateway_factory, sim: Sim, view: I
     assert [h["event"] for h in pub["history"]] == ["built", "queued", "published"]
     text = cli(gw, "study", "show", study).stdout
     assert f"publication  published (current KOS {row.kos_uid}" in text
+    assert "published [#%d] %s entryUUID %s" % (row.id, row.kos_uid, row.entry_uuid) in text
 
     # No usable INS: stable, but nothing queued, and the reason is kept.
     def refused_shown():  # noqa: ANN202
@@ -240,6 +241,24 @@ def test_refused_submission_stops_with_the_dmp_code(gateway_factory, sim: Sim, v
     assert [r.state for r in view.rows(study)] == ["done", "superseded"]
     assert [e.unique_id for e in of_study(dmp_entries(sim), study)] == [done[0].kos_uid]
     assert cli(gw, "outbox", "retry", str(row.id)).returncode == 1
+
+
+def test_untrusted_vihf_signer_is_refused_not_retried(gateway_factory, sim: Sim,
+                                                      view: IndexView, tmp_path: Path) -> None:
+    """R6: a VIHF signed with a certificate the DMP does not trust (a misconfigured signing
+    key) is a WS-Security refusal: the row stops with ``wsse:InvalidSecurityToken`` and the
+    DMP's text, and the DMP holds nothing."""
+    gw = start_gateway(gateway_factory, sim, DRIMBOX_DMP_SIGN_CERT=str(sim.pki.rogue_sign_cert),
+                       DRIMBOX_DMP_SIGN_KEY=str(sim.pki.rogue_sign_key))
+    study, files = write_study(tmp_path / "study", per_series=1)
+    storescu(files, gw.dicom_port)
+    (row,) = view.wait(lambda: [r for r in view.rows(study) if r.state == "refused"],
+                       "the refusal")
+    assert row.error_code == "wsse:InvalidSecurityToken" and "trusted CA" in row.error_text
+    time.sleep(1.5)
+    assert view.rows(study)[0].attempts == 1
+    assert of_study(dmp_entries(sim), study) == []
+    assert "REFUSED wsse:InvalidSecurityToken" in cli(gw, "study", "show", study).stdout
 
 
 # ----------------------------------------------------------------------------- RPLC, withdrawal

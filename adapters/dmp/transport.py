@@ -182,11 +182,13 @@ class XdsTransport:
                                   best.repository_unique_id)
 
     def withdraw(self, patient: Ins, unique_id: str, entry_uuid: str | None = None) -> None:
-        """ITI-57: Approved → Deprecated. Already Deprecated or absent: nothing to do."""
-        current = self.find(patient, unique_id)
-        if current is None or current.status != "Approved":
-            return
-        entry_uuid = current.entry_uuid
+        """ITI-57: Approved → Deprecated. Without ``entry_uuid`` the entry is looked up first:
+        already Deprecated or absent, there is nothing to do."""
+        if entry_uuid is None:
+            current = self.find(patient, unique_id)
+            if current is None or current.status != "Approved":
+                return
+            entry_uuid = current.entry_uuid
         ss = SubmissionSet(unique_id=generate_uid(), source_id=self.publisher.source_id,
                            patient_id=xds_patient_id(patient),
                            submission_time=dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S"),
