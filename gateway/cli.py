@@ -124,7 +124,6 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
 
     from gateway.index.facts import UnknownStudy, study_state
     from gateway.manifests import policy
-
     from gateway.publication import publication_status
 
     settings = _settings(config_file)

@@ -280,4 +280,4 @@ class OutboxWorker:
                   redact(exc.text))
 
 
-__all__ = ["OutboxWorker", "backoff_delay", "PUBLISH", "REPLACE", "WITHDRAW"]
+__all__ = ["PUBLISH", "REPLACE", "WITHDRAW", "OutboxWorker", "backoff_delay"]

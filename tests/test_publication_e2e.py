@@ -10,10 +10,6 @@ submission is in flight) must end with every publication in the DMP exactly once
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -177,7 +173,7 @@ def test_stable_study_is_published_to_the_dmp(gateway_factory, sim: Sim, view: I
     assert [h["event"] for h in pub["history"]] == ["built", "queued", "published"]
     text = cli(gw, "study", "show", study).stdout
     assert f"publication  published (current KOS {row.kos_uid}" in text
-    assert "published [#%d] %s entryUUID %s" % (row.id, row.kos_uid, row.entry_uuid) in text
+    assert f"published [#{row.id}] {row.kos_uid} entryUUID {row.entry_uuid}" in text
 
     # No usable INS: stable, but nothing queued, and the reason is kept.
     def refused_shown():  # noqa: ANN202
@@ -300,6 +296,12 @@ def test_new_instances_replace_the_kos_and_unpublish_deprecates_it(
         "built", "queued", "published", "built", "queued", "published", "replaced",
         "withdrawal_queued", "withdrawn"]
     assert cli(gw, "unpublish", study).returncode == 1  # nothing left to withdraw
+
+    # Un-published by hand: a later stability does not publish it again by itself.
+    storescu([extra_instance(tmp_path / "extra", study, 2)], gw.dicom_port)
+    view.wait(lambda: [h for h in json.loads(cli(gw, "study", "show", study, "--json").stdout)
+                       ["publication"]["history"] if h["event"] == "skipped"], "the skip")
+    assert len(view.rows(study)) == 3
 
 
 # -------------------------------------------------------------------------------------- faults

@@ -35,8 +35,8 @@ from adapters.dmp.vihf import Role, VihfContext
 from gateway.ins import Ins
 from gateway.publication_transport import (
     OutgoingDocument,
-    RegisteredDocument,
     Refusal,
+    RegisteredDocument,
     SubmitReceipt,
     TransportRefused,
     TransportUnavailable,
@@ -177,7 +177,7 @@ class XdsTransport:
         if not mine:
             return None
         # Approved first: a registry keeps one Approved version of a uniqueId at most.
-        best = sorted(mine, key=lambda e: e.status != "Approved")[0]
+        best = min(mine, key=lambda e: e.status != "Approved")
         return RegisteredDocument(best.unique_id, best.entry_uuid, best.status,
                                   best.repository_unique_id)
 
