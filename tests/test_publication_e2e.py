@@ -388,3 +388,13 @@ def test_faults_end_with_each_publication_in_the_dmp_exactly_once(
     kos_entries = [e for e in entries if e.mime_type == "application/dicom"]
     assert len(kos_entries) == len(studies)  # nothing else (FindDocuments also lists Signature01s)
     assert sim.status()["counts"]["entries"] == 2 * len(studies)  # each KOS + its Signature01
+
+
+def test_serve_refuses_a_dmp_configuration_missing_vihf_values(gateway_factory, sim: Sim) -> None:
+    """R6: with a DMP configured but a VIHF value missing, ``serve`` stops at start-up (exit 2)
+    naming it, instead of queueing publications the DMP would refuse."""
+    gw = gateway_factory(**dmp_env(sim, DRIMBOX_DMP_LPS_ID="", DRIMBOX_DMP_ACTIVITY_SECTOR=""))
+    with pytest.raises(RuntimeError, match="exited at start-up") as exc:
+        gw.start()
+    assert "dmp_activity_sector" in str(exc.value) and "dmp_lps_id" in str(exc.value)
+    assert gw.proc.wait(5) == 2
