@@ -257,6 +257,9 @@ def publish(config_file: Path | None, study_uid: str) -> None:
         sys.exit(1)
     click.echo(f"outbox #{result.outbox_id}: {result.kind} of KOS {result.kos_uid}"
                + (f" (replaces {result.replaces_kos_uid})" if result.replaces_kos_uid else ""))
+    if not settings.dmp_configured:
+        click.echo("drimbox: no DMP is configured (DRIMBOX_DMP_REGISTRY_URL / _REPOSITORY_URL): "
+                   "the row waits for a `drimbox serve` that has one", err=True)
 
 
 @main.command("unpublish")

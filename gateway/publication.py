@@ -37,6 +37,7 @@ from gateway.index.models import Manifest, ManifestInstance, Study
 from gateway.index.outbox import PUBLISH, REPLACE, WITHDRAW, Event, OutboxRow
 from gateway.index.store import InstanceIndex
 from gateway.manifests import document_entry, manifest_from_facts, policy
+from gateway.outbox import redact
 from gateway.study_facts import StudyFacts
 from gateway.xds_metadata import MetadataError, PublicationContext, kos_document_entry
 
@@ -185,7 +186,9 @@ class PublicationWorkflow:
         assert patient is not None  # a live manifest always has its publication row
         row_id = outbox.enqueue(s, kind=WITHDRAW, study_uid=study_uid, kos_uid=live.kos_uid,
                                 patient=patient, now=now)
-        mark_withdrawn(s, live.kos_uid, now)
+        for kos_uid in s.scalars(select(Manifest.kos_uid).where(
+                Manifest.study_instance_uid == study_uid, Manifest.withdrawn_at.is_(None))):
+            mark_withdrawn(s, kos_uid, now)  # every KOS of the study stops opening access now
         outbox.add_event(s, study_uid, "withdrawal_queued", kos_uid=live.kos_uid,
                          outbox_id=row_id, detail=reason, now=now)
         log.info("study %s: withdrawal of KOS %s queued (outbox #%d)", study_uid, live.kos_uid,
@@ -196,7 +199,7 @@ class PublicationWorkflow:
     def _not_publishable(s: Session, study_uid: str, reason: str,
                          now: datetime) -> PublicationRequest:
         outbox.add_event(s, study_uid, "not_publishable", detail=reason, now=now)
-        log.info("study %s not published: %s", study_uid, reason)
+        log.info("study %s not published: %s", study_uid, redact(reason))
         return PublicationRequest(study_uid, None, reason=f"not publishable: {reason}")
 
 
