@@ -214,3 +214,79 @@ def test_log_lines_carry_no_ins() -> None:
     text = "XDSPatientIdDoesNotMatch: VIHF resource-id '279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH'"
     assert "279035121518989" not in redact(text) and "27903**********^^^" in redact(text)
     assert redact("2A key 1850275123456 97") == "2A key 1850275123456 97"  # not an INS: kept
+
+
+# ------------------------------------------------------- the outbox row and its cause, one commit
+
+def _stored_study(index: InstanceIndex, study: str, n: int = 2) -> None:
+    from gateway.header import InstanceHeader
+    from gateway.index.store import StoredFile
+
+    for i in range(n):
+        h = InstanceHeader(
+            sop_class_uid="1.2.840.10008.5.1.4.1.1.2", sop_instance_uid=f"{study}.1.{i}",
+            study_instance_uid=study, series_instance_uid=f"{study}.1", patient_id=PATIENT.matricule,
+            issuer_of_patient_id="ASIP-SANTE-INS-NIR", patient_name="DUPONT^JEAN", modality="CT",
+            accession_number="ACN1", accession_number_issuer="1.2.250.1.213.4.5.2.5",
+            instance_number=i + 1, ins_matricule=PATIENT.matricule, ins_oid=PATIENT.oid)
+        index.record(h, StoredFile("1.2.840.10008.1.2.1", "a" * 64, 100, f"k/{study}/{i}", "T"))
+
+
+def _workflow(index: InstanceIndex):  # noqa: ANN202
+    from gateway.config import Settings
+    from gateway.publication import PublicationWorkflow
+
+    settings = Settings(repository_oid="1.2.250.1.999.1.1", healthcare_facility_type="SA07",
+                        institution_name="CENTRE", data_dir="/nonexistent")
+    return PublicationWorkflow(index, settings)
+
+
+def _counts(index: InstanceIndex) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from gateway.index.models import Manifest, OutboxItem
+
+    with index.read() as s:
+        return (s.scalar(select(func.count()).select_from(Manifest)),
+                s.scalar(select(func.count()).select_from(OutboxItem)))
+
+
+def test_stability_mark_manifest_and_outbox_row_commit_together(index: InstanceIndex,
+                                                                monkeypatch) -> None:  # noqa: ANN001
+    """Issue #5: the outbox row is written in the transaction that marks the study stable. A
+    hook that fails leaves the study unmarked (tried again next pass); a study whose planning
+    fails keeps neither manifest nor row but does not stop the others, and says why."""
+    import time
+
+    from gateway.stability import StabilityMonitor
+
+    _stored_study(index, "1.2.3")
+    _stored_study(index, "1.2.4")
+    workflow = _workflow(index)
+    monitor = StabilityMonitor(index, quiet_seconds=0.01)
+    monitor.subscribe_in_transaction(lambda s, uids: 1 / 0)
+    time.sleep(0.05)
+    with pytest.raises(ZeroDivisionError):
+        index.mark_stable(0.01, on_stable=monitor._run_hooks)
+    assert index.mark_stable(3600) == []  # nothing was marked: the pass rolled back
+
+    real_enqueue = outbox.enqueue
+
+    def failing_for_one(s, **kw):  # noqa: ANN001, ANN003, ANN202
+        if kw["study_uid"] == "1.2.3":
+            raise RuntimeError("disk on fire")
+        return real_enqueue(s, **kw)
+
+    monkeypatch.setattr(outbox, "enqueue", failing_for_one)
+    assert sorted(index.mark_stable(0.01, on_stable=workflow.on_stable)) == ["1.2.3", "1.2.4"]
+    assert _counts(index) == (1, 1)  # 1.2.3's manifest went with its failed row
+    with index.read() as s:
+        (row,) = outbox.list_rows(s)
+        assert row.study_instance_uid == "1.2.4" and row.kind == "publish"
+        assert [e.event for e in outbox.history(s, "1.2.3")] == ["error"]
+        assert "disk on fire" in outbox.history(s, "1.2.3")[0].detail
+    monkeypatch.setattr(outbox, "enqueue", real_enqueue)
+    assert workflow.request_publication("1.2.3").kind == "publish"  # by hand, once repaired
+    again = workflow.request_publication("1.2.4")
+    assert not again.queued and "already references every stored instance" in again.reason
+    assert _counts(index) == (2, 2)
