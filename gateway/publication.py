@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from gateway.config import Settings
 from gateway.index import outbox
-from gateway.index.facts import NotPublishable, UnknownStudy, study_facts_in
+from gateway.index.facts import NotPublishable, UnknownStudy, study_facts
 from gateway.index.manifests import mark_withdrawn, record_manifest
 from gateway.index.models import Manifest, ManifestInstance, Study
 from gateway.index.outbox import PUBLISH, REPLACE, WITHDRAW, Event, OutboxRow
@@ -139,7 +139,7 @@ class PublicationWorkflow:
         """Decide and queue a publication in ``s`` (see the module docstring)."""
         now = datetime.now(UTC)
         try:
-            facts = study_facts_in(s, study_uid, policy(self.settings))
+            facts = study_facts(self.index, study_uid, policy(self.settings), session=s)
         except NotPublishable as exc:
             return self._not_publishable(s, study_uid, str(exc), now)
         if trigger == "stable" and outbox.last_kind(s, study_uid) == WITHDRAW:

@@ -8,6 +8,7 @@ reason (R19: only a valid, qualified INS is published).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -97,67 +98,63 @@ def study_state(index: InstanceIndex, study_uid: str, policy: PublicationPolicy)
         )
 
 
-def study_facts(index: InstanceIndex, study_uid: str, policy: PublicationPolicy) -> StudyFacts:
+def study_facts(index: InstanceIndex, study_uid: str, policy: PublicationPolicy, *,
+                session: Session | None = None) -> StudyFacts:
     """The manifest facts of a stored study. Raises :class:`UnknownStudy` or
-    :class:`NotPublishable`."""
-    with index.read() as s:
-        return study_facts_in(s, study_uid, policy)
-
-
-def study_facts_in(s: Session, study_uid: str, policy: PublicationPolicy) -> StudyFacts:
-    """:func:`study_facts` in the caller's session (the publication workflow reads the facts
-    in the transaction that writes the outbox row)."""
-    study = s.scalar(select(Study).where(Study.study_instance_uid == study_uid))
-    if study is None:
-        raise UnknownStudy(study_uid)
-    ok, reason = _publishability(study, policy)
-    if not ok:
-        raise NotPublishable(reason)
-    patient = s.get(Patient, study.patient_pk)
-    assert patient is not None
-    rows = s.execute(
-        select(
-            Series.series_instance_uid,
-            Series.modality,
-            Series.series_number,
-            Series.series_description,
-            Series.body_part_examined,
-            Instance.sop_class_uid,
-            Instance.sop_instance_uid,
-            Instance.instance_number,
-            Instance.rows,
-            Instance.columns,
+    :class:`NotPublishable`. With ``session``, read in the caller's transaction (issue #5: the
+    publication workflow writes the outbox row in the transaction that reads the facts)."""
+    with nullcontext(session) if session is not None else index.read() as s:
+        study = s.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+        if study is None:
+            raise UnknownStudy(study_uid)
+        ok, reason = _publishability(study, policy)
+        if not ok:
+            raise NotPublishable(reason)
+        patient = s.get(Patient, study.patient_pk)
+        assert patient is not None
+        rows = s.execute(
+            select(
+                Series.series_instance_uid,
+                Series.modality,
+                Series.series_number,
+                Series.series_description,
+                Series.body_part_examined,
+                Instance.sop_class_uid,
+                Instance.sop_instance_uid,
+                Instance.instance_number,
+                Instance.rows,
+                Instance.columns,
+            )
+            .join(Instance, Instance.series_pk == Series.id)
+            .where(Series.study_pk == study.id)
+            .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+        ).all()
+        series: dict[str, tuple[tuple, list[InstanceRef]]] = {}
+        for r in rows:
+            entry = series.setdefault(r[0], ((r[0], r[1], r[2], r[3], r[4]), []))
+            entry[1].append(InstanceRef(r[5], r[6], r[7], r[8], r[9]))
+        ins = Ins(study.ins_matricule, study.ins_oid)
+        local_ipp = patient.patient_id if patient.patient_id != ins.matricule else None
+        return StudyFacts(
+            study_instance_uid=study.study_instance_uid,
+            patient=PatientFacts(
+                ins=ins,
+                name=patient.patient_name,
+                birth_date=patient.patient_birth_date,
+                sex=patient.patient_sex,
+                ipp=local_ipp,
+                ipp_issuer=(patient.issuer_of_patient_id or None) if local_ipp else None,
+            ),
+            series=tuple(
+                SeriesFacts(uid, modality or "", number, description or "", body or "",
+                            tuple(instances))
+                for (uid, modality, number, description, body), instances in series.values()
+            ),
+            study_date=study.study_date,
+            study_time=study.study_time,
+            study_description=study.study_description,
+            study_id=study.study_id,
+            referring_physician_name=study.referring_physician_name,
+            accession_number=study.accession_number,
+            accession_number_issuer=study.accession_number_issuer,
         )
-        .join(Instance, Instance.series_pk == Series.id)
-        .where(Series.study_pk == study.id)
-        .order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
-    ).all()
-    series: dict[str, tuple[tuple, list[InstanceRef]]] = {}
-    for r in rows:
-        entry = series.setdefault(r[0], ((r[0], r[1], r[2], r[3], r[4]), []))
-        entry[1].append(InstanceRef(r[5], r[6], r[7], r[8], r[9]))
-    ins = Ins(study.ins_matricule, study.ins_oid)
-    local_ipp = patient.patient_id if patient.patient_id != ins.matricule else None
-    return StudyFacts(
-        study_instance_uid=study.study_instance_uid,
-        patient=PatientFacts(
-            ins=ins,
-            name=patient.patient_name,
-            birth_date=patient.patient_birth_date,
-            sex=patient.patient_sex,
-            ipp=local_ipp,
-            ipp_issuer=(patient.issuer_of_patient_id or None) if local_ipp else None,
-        ),
-        series=tuple(
-            SeriesFacts(uid, modality or "", number, description or "", body or "",
-                        tuple(instances))
-            for (uid, modality, number, description, body), instances in series.values()
-        ),
-        study_date=study.study_date,
-        study_time=study.study_time,
-        study_description=study.study_description,
-        study_id=study.study_id,
-        referring_physician_name=study.referring_physician_name,
-        accession_number=study.accession_number,
-        accession_number_issuer=study.accession_number_issuer,
-    )
