@@ -8,7 +8,9 @@ It runs as a thread in ``drimbox serve`` when a DMP is configured. Each pass cla
   first asks :meth:`~DocumentTransport.find` for the KOS uniqueId; if the record has it, that
   try succeeded and nothing is sent again — a retry never makes a second document. Otherwise it
   submits the bytes and DocumentEntry kept in the row (the same uniqueId every time), as a
-  replacement (RPLC) of the previous KOS when that one reached the record.
+  replacement (RPLC) of the previous KOS when that one reached the record. A retried submission
+  that the record refuses is checked with a find too: a slow record may have stored the earlier
+  try after our query, and then refuses the second copy.
 * ``withdraw``: every KOS of the study the record holds as Approved becomes Deprecated.
 
 Answers: success → ``done`` with the entryUUID and warnings, the manifest ``published`` (and the
@@ -205,8 +207,18 @@ class OutboxWorker:
                         "not sent again")
                 self._published(row, found.entry_uuid, "", note, rplc_of)
                 return
-        receipt = self.transport.submit(OutgoingDocument(
-            row.patient, row.entry, row.kos_bytes, rplc_of or None, rplc_uuid))
+        try:
+            receipt = self.transport.submit(OutgoingDocument(
+                row.patient, row.entry, row.kos_bytes, rplc_of or None, rplc_uuid))
+        except TransportRefused:
+            # An earlier, unanswered try may have been stored after our find (the record was
+            # still working on it): the refusal is then of a second copy, not of the document.
+            found = self.transport.find(row.patient, row.kos_uid) if row.attempts > 1 else None
+            if found is None:
+                raise
+            self._published(row, found.entry_uuid, "", "the record refused a second copy: an "
+                            "earlier try had been stored; not sent again", rplc_of)
+            return
         warnings = "; ".join(f"{w.code}: {w.text}" for w in receipt.warnings)
         self._published(row, receipt.entry_uuid, warnings, note, rplc_of)
 

@@ -11,6 +11,7 @@ TransportUnavailable / TransportRefused with the XDS code and codeContext.
 from __future__ import annotations
 
 import random
+import time
 import subprocess
 import sys
 import threading
@@ -290,3 +291,54 @@ def test_stability_mark_manifest_and_outbox_row_commit_together(index: InstanceI
     again = workflow.request_publication("1.2.4")
     assert not again.queued and "already references every stored instance" in again.reason
     assert _counts(index) == (2, 2)
+
+
+class ScriptedRecord:
+    """A record that stores a late copy between the worker's find and its submit (a slow DMP
+    finishing an earlier, timed-out try), then refuses the second copy as a duplicate."""
+
+    def __init__(self) -> None:
+        from gateway.publication_transport import RegisteredDocument
+
+        self.stored: dict[str, RegisteredDocument] = {}
+        self.submits = 0
+        self.make = RegisteredDocument
+
+    def find(self, patient, unique_id):  # noqa: ANN001, ANN201
+        return self.stored.get(unique_id)
+
+    def submit(self, doc):  # noqa: ANN001, ANN201
+        from gateway.publication_transport import Refusal
+
+        self.submits += 1
+        uid = doc.entry.unique_id
+        if self.submits == 1:
+            raise TransportUnavailable("timeout")  # ... but the record goes on working
+        self.stored[uid] = self.make(uid, "urn:uuid:late", "Approved")  # the late first copy
+        raise TransportRefused([Refusal("XDSDuplicateUniqueIdInRegistry", f"{uid} registered")])
+
+    def withdraw(self, patient, unique_id, entry_uuid=None) -> None:  # noqa: ANN001
+        raise AssertionError("not used")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_duplicate_refusal_after_an_unanswered_try_counts_as_published(
+        index: InstanceIndex) -> None:
+    """Exactly once even when the record stores the first (timed-out) copy after the retry's
+    find: the duplicate refusal is checked with a find, and the row is done, not refused."""
+    pub = publication()
+    with index.write() as s:
+        row_id = outbox.enqueue(s, kind="publish", study_uid="1.2.3", kos_uid=pub.entry.unique_id,
+                                patient=PATIENT, kos_bytes=pub.kos, entry=pub.entry)
+    record = ScriptedRecord()
+    worker = OutboxWorker(index, record, backoff_initial=0.01, backoff_max=0.01)
+    assert worker.run_once()
+    time.sleep(0.05)
+    assert worker.run_once()
+    with index.read() as s:
+        row = outbox.get_row(s, row_id)
+        assert (row.state, row.entry_uuid, row.attempts) == ("done", "urn:uuid:late", 2)
+        assert "not sent again" in outbox.history(s, "1.2.3")[-1].detail
+    assert record.submits == 2
