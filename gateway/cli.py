@@ -1,4 +1,5 @@
-"""The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``dmp-sim``.
+"""The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``study show``, ``kos``,
+``manifest``, ``publish``, ``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -169,15 +170,18 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
 
     from gateway.index.facts import UnknownStudy, study_state
     from gateway.manifests import policy
+    from gateway.publication import publication_status
 
     settings = _settings(config_file)
+    index = _runtime_index(settings)
     try:
-        state = study_state(_runtime_index(settings), study_uid, policy(settings))
+        state = study_state(index, study_uid, policy(settings))
     except UnknownStudy:
         click.echo(f"drimbox: no study {study_uid} in the index", err=True)
         sys.exit(1)
+    publication = publication_status(index, study_uid)
     if as_json:
-        data = asdict(state) | {"stable": state.stable}
+        data = asdict(state) | {"stable": state.stable, "publication": asdict(publication)}
         click.echo(jsonlib.dumps(data, default=str, indent=2))
         return
     ins = f"{state.ins_matricule[:10]}***** ({state.ins_oid})" if state.ins_matricule else "none"
@@ -187,6 +191,28 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
     click.echo(f"stable       {'yes, since ' + format(state.stable_at, '%Y-%m-%d %H:%M:%S') if state.stable else 'no (receiving)'}")
     click.echo(f"INS          {ins}")
     click.echo(f"publishable  {'yes' if state.publishable else 'no: ' + state.reason}")
+    _echo_publication(publication)
+
+
+def _echo_publication(p) -> None:  # noqa: ANN001 - gateway.publication.PublicationStatus
+    """Issue #5: the study's publication state, its outbox rows still open, and its history."""
+    line = p.state
+    if p.current_kos_uid:
+        line += f" (current KOS {p.current_kos_uid}, entryUUID {p.current_entry_uuid or '?'})"
+    click.echo(f"publication  {line}")
+    for r in p.rows:
+        if r.state in ("pending", "sending"):
+            extra = f", last error: {r.last_error}" if r.last_error else ""
+            click.echo(f"  outbox #{r.id} {r.kind} {r.kos_uid}: {r.state}, attempt {r.attempts}, "
+                       f"next {r.next_attempt_at:%H:%M:%S}{extra}")
+        elif r.state == "refused":
+            click.echo(f"  outbox #{r.id} {r.kind} {r.kos_uid}: REFUSED {r.error_text}")
+    if p.history:
+        click.echo("history")
+        for e in p.history:
+            what = " ".join(x for x in (e.kos_uid, e.detail) if x)
+            ref = f" [#{e.outbox_id}]" if e.outbox_id else ""
+            click.echo(f"  {e.at:%Y-%m-%d %H:%M:%S} {e.event}{ref} {what}")
 
 
 def _manifest_or_exit(settings: Settings, study_uid: str):  # noqa: ANN202
@@ -283,6 +309,115 @@ def audit_export(config_file: Path | None, fmt: str, since: str | None,
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
+
+# --- Issue #5: publication to the shared record (DMP) and its outbox. ---
+
+
+@main.command("publish")
+@config_option
+@click.argument("study_uid")
+def publish(config_file: Path | None, study_uid: str) -> None:
+    """Queue a study's publication to the DMP (a replacement, RPLC, if a KOS is live).
+
+    The outbox of ``drimbox serve`` sends it. Exit status 1 when nothing was queued (the reason
+    is printed: no usable INS, already published as is, unknown study).
+    """
+    from gateway.index.facts import UnknownStudy
+    from gateway.publication import PublicationWorkflow
+
+    settings = _settings(config_file)
+    try:
+        result = PublicationWorkflow(_runtime_index(settings), settings).request_publication(
+            study_uid)
+    except UnknownStudy:
+        click.echo(f"drimbox: no study {study_uid} in the index", err=True)
+        sys.exit(1)
+    if not result.queued:
+        click.echo(f"drimbox: nothing queued for {study_uid}: {result.reason}", err=True)
+        sys.exit(1)
+    click.echo(f"outbox #{result.outbox_id}: {result.kind} of KOS {result.kos_uid}"
+               + (f" (replaces {result.replaces_kos_uid})" if result.replaces_kos_uid else ""))
+    if not settings.dmp_configured:
+        click.echo("drimbox: no DMP is configured (DRIMBOX_DMP_REGISTRY_URL / _REPOSITORY_URL): "
+                   "the row waits for a `drimbox serve` that has one", err=True)
+
+
+@main.command("unpublish")
+@config_option
+@click.argument("study_uid")
+@click.option("--reason", default="", help="Kept in the study's publication history.")
+def unpublish(config_file: Path | None, study_uid: str, reason: str) -> None:
+    """Withdraw a study's KOS from the DMP (ITI-57: Deprecated); access through it ends now."""
+    from gateway.index.facts import UnknownStudy
+    from gateway.publication import PublicationWorkflow
+
+    settings = _settings(config_file)
+    try:
+        result = PublicationWorkflow(_runtime_index(settings), settings).request_withdrawal(
+            study_uid, reason=reason)
+    except UnknownStudy:
+        click.echo(f"drimbox: no study {study_uid} in the index", err=True)
+        sys.exit(1)
+    if not result.queued:
+        click.echo(f"drimbox: nothing to withdraw for {study_uid}: {result.reason}", err=True)
+        sys.exit(1)
+    click.echo(f"outbox #{result.outbox_id}: withdrawal of KOS {result.kos_uid}")
+
+
+@main.group("outbox")
+def outbox_group() -> None:
+    """The publication outbox: what is queued, sent, refused."""
+
+
+@outbox_group.command("list")
+@config_option
+@click.option("--state", type=click.Choice(["pending", "sending", "done", "refused", "superseded"]),
+              default=None, help="Only rows in this state.")
+@click.option("--study", "study_uid", default=None, help="Only this study's rows.")
+@click.option("--limit", type=int, default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def outbox_list(config_file: Path | None, state: str | None, study_uid: str | None, limit: int,
+                as_json: bool) -> None:
+    """Outbox rows, newest first, with counts by state."""
+    import json as jsonlib
+    from dataclasses import asdict
+
+    from gateway.index import outbox
+
+    index = _runtime_index(_settings(config_file))
+    with index.read() as s:
+        rows = outbox.list_rows(s, state, study_uid, limit)
+        counts = outbox.counts_by_state(s)
+    if as_json:
+        click.echo(jsonlib.dumps({"counts": counts, "rows": [asdict(r) for r in rows]},
+                                 default=str, indent=2))
+        return
+    click.echo("  ".join(f"{k} {v}" for k, v in counts.items()))
+    for r in rows:
+        if r.state == "refused":
+            status = f"REFUSED {r.error_text}"
+        elif r.state == "done":
+            status = f"done {r.done_at:%Y-%m-%d %H:%M:%S} {r.entry_uuid}"
+        else:
+            status = f"{r.state} (attempt {r.attempts}, next {r.next_attempt_at:%H:%M:%S})" + (
+                f" last error: {r.last_error}" if r.last_error else "")
+        click.echo(f"#{r.id:<5} {r.kind:<8} {r.study_instance_uid} KOS {r.kos_uid}  {status}")
+
+
+@outbox_group.command("retry")
+@config_option
+@click.argument("row_id", type=int)
+def outbox_retry(config_file: Path | None, row_id: int) -> None:
+    """Send a refused (or waiting) row again now."""
+    from gateway.index import outbox
+
+    index = _runtime_index(_settings(config_file))
+    with index.write() as s:
+        why_not = outbox.retry_now(s, row_id)
+    if why_not:
+        click.echo(f"drimbox: {why_not}", err=True)
+        sys.exit(1)
+    click.echo(f"outbox #{row_id}: due now")
 
 
 @main.command("psc-sim")

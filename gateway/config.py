@@ -189,7 +189,7 @@ class Settings(BaseSettings):
     admit_validated_ins: bool = False
     """Also publish identities whose status is VALI (test platforms only; R19 says QUAL)."""
 
-    # --- DMP publication (issue #5; R4-R8). Unused until the outbox publishes. ---
+    # --- DMP publication (issue #5; R4-R8). The outbox worker uses them. ---
     dmp_transport: Literal["xds", "mhd"] = "xds"
     """How we talk to the DMP: ``xds`` (IHE XDS.b SOAP, the DMP today) or ``mhd`` (FHIR PDSm /
     IHE MHD ITI-65/67, ``adapters.mhd.transport``; needs ``dmp_fhir_url``)."""
@@ -232,9 +232,6 @@ class Settings(BaseSettings):
     dmp_fhir_url: str | None = None
     """Base URL of the record's FHIR endpoint (IHE MHD ITI-65/67, ANS PDSm), https only, e.g.
     ``https://dmp-sim.example:8443/fhir``. Same client certificate and CA bundle as XDS."""
-    dmp_content_type: str = ""
-    """SubmissionSet contentTypeCode (TRE_R209-TypeActivite, scheme 1.2.250.1.213.2.2, e.g.
-    ``04``): the MHD ``ihe-designationType``. Required by the MHD transport."""
 
     # -- issue #7: HL7 v2 from the RIS, the centre's PACS ------------------------------
     hl7_port: int | None = Field(default=None, ge=1, le=65535)
@@ -342,6 +339,37 @@ class Settings(BaseSettings):
         """Session cookies are Secure (and ``__Host-`` prefixed) unless on plain-http loopback."""
         return self.effective_public_url.startswith("https://")
 
+    # --- Publication workflow and outbox (issue #5; R4-R8, gateway/publication.py). ---
+    auto_publish: bool | None = None
+    """Publish each study that becomes stable with a publishable INS (a new KOS replaces the
+    previous one, RPLC). Default: on when a DMP is configured (``dmp_registry_url`` and
+    ``dmp_repository_url``), off otherwise."""
+    outbox_backoff_initial: float = Field(default=5.0, gt=0)
+    """Seconds before the first retry of a publication the DMP did not answer; doubled at each
+    failure (with jitter) up to ``outbox_backoff_max``."""
+    outbox_backoff_max: float = Field(default=900.0, gt=0)
+    """Longest wait between two retries of one publication."""
+    outbox_poll_interval: float = Field(default=2.0, gt=0)
+    """How often the outbox worker looks for due rows (it also wakes up when this process
+    queues one)."""
+    outbox_lease_seconds: float | None = Field(default=None, gt=0)
+    """How long a row being sent stays claimed by one process; after that another process
+    (or the same one after a restart) takes it again. Default ``4 * dmp_timeout + 30``. A
+    process that died on this host is detected at once at the next start."""
+    dmp_author_id: str = ""
+    """VIHF ``NameID`` of a publication without a report (a study that became stable): the
+    national id of the practitioner the centre publishes for. Default: ``dmp_structure_id``."""
+    dmp_author_name: str = ""
+    """VIHF ``subject-id`` ("Prénom Nom") of that author. Default: ``institution_name``."""
+    dmp_author_profession: str = "10"
+    """VIHF role: the author's profession code (TRE_G15, ``10`` médecin)."""
+    dmp_author_specialty: str = ""
+    """VIHF role: the author's savoir-faire code (TRE_R38, e.g. radiology), '' for none."""
+    dmp_content_type: str = "04"
+    """``XDSSubmissionSet.contentTypeCode`` (TRE_R209-TypeActivite, scheme 1.2.250.1.213.2.2;
+    the MHD ``ihe-designationType``); ``04`` is the ANS sample's value: set the one your DMP
+    integration was validated with."""
+
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
@@ -428,6 +456,22 @@ class Settings(BaseSettings):
     @property
     def effective_hl7_host(self) -> str:
         return self.hl7_host or self.host
+
+    @property
+    def dmp_configured(self) -> bool:
+        """A DMP is configured (XDS: registry and repository endpoints; MHD: the FHIR base
+        URL): the outbox worker runs."""
+        if self.dmp_transport == "mhd":
+            return bool(self.dmp_fhir_url)
+        return bool(self.dmp_registry_url and self.dmp_repository_url)
+
+    @property
+    def effective_auto_publish(self) -> bool:
+        return self.dmp_configured if self.auto_publish is None else self.auto_publish
+
+    @property
+    def effective_outbox_lease_seconds(self) -> float:
+        return self.outbox_lease_seconds or 4 * self.dmp_timeout + 30
 
     @property
     def effective_database_url(self) -> str:

@@ -58,17 +58,22 @@ def publication_context(settings: Settings) -> PublicationContext:
         raise NotPublishable(
             "DRIMBOX_HEALTHCARE_FACILITY_TYPE is not set (healthcareFacilityTypeCode, e.g. SA07)"
         )
-    institution = settings.institution_name or settings.ae_title
     return PublicationContext(
         healthcare_facility_type=Code(settings.healthcare_facility_type, SCHEME_FACILITY_TYPE,
                                       settings.healthcare_facility_type),
         practice_setting=Code(settings.practice_setting, SCHEME_PRACTICE_SETTING,
                               settings.practice_setting.capitalize()),
-        author=Author(
-            institution=f"{institution}^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^{settings.structure_id}"
-            if settings.structure_id else institution,
-        ),
+        author=structure_author(settings),
         study_uid_authority=settings.repository_oid or "",
+    )
+
+
+def structure_author(settings: Settings) -> Author:
+    """The XDS author of a publication without a report: the centre (an XON institution)."""
+    institution = settings.institution_name or settings.ae_title
+    return Author(
+        institution=f"{institution}^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^{settings.structure_id}"
+        if settings.structure_id else institution,
     )
 
 
@@ -89,6 +94,18 @@ def build_study_manifest(
     created: dt.datetime | None = None,
 ) -> StudyManifest:
     facts = study_facts(index, study_uid, policy(settings))
+    return manifest_from_facts(facts, settings, kos_sop_instance_uid=kos_sop_instance_uid,
+                               created=created)
+
+
+def manifest_from_facts(
+    facts: StudyFacts,
+    settings: Settings,
+    *,
+    kos_sop_instance_uid: str | None = None,
+    created: dt.datetime | None = None,
+) -> StudyManifest:
+    """The KOS of ``facts`` (the publication workflow reads them in its own transaction)."""
     created = created or dt.datetime.now(dt.UTC).astimezone()
     kos = build_kos(
         facts,

@@ -37,6 +37,13 @@ STOW_FAILURES = Counter(
     "drimbox_stow_failures_total", "STOW-RS instances refused, by DICOM failure reason", ["status"]
 )
 
+OUTBOX_ROWS = Gauge(
+    "drimbox_outbox_rows",
+    "Publication outbox rows by state (pending, sending, done, refused, superseded)",
+    ["state"],
+    multiprocess_mode="mostrecent",  # only the serving process's outbox worker sets it
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The ``/metrics`` body and content type. With DICOM worker processes

@@ -27,13 +27,14 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings) -> None:
     runtime = Runtime.build(settings)  # clears staging: before any worker exists
+    stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
+    outbox_worker = _publication(settings, runtime, stability)  # may exit: before the workers
     dicom: DicomService | WorkerPool
     if settings.dicom_workers:
         dicom = WorkerPool(settings)
     else:
         dicom = DicomService(settings, runtime.ingestor)
     dicom.start()
-    stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
     stability.start()
     hl7 = build_hl7_listener(settings, runtime.reports) if runtime.reports else None
     if hl7 is not None:
@@ -69,7 +70,38 @@ def serve(settings: Settings) -> None:
             hl7.stop()
         unclean = dicom.stop()  # WorkerPool: workers that did not exit cleanly
         stability.stop()
+        if outbox_worker is not None:
+            outbox_worker.stop()
+            outbox_worker.transport.close()
         runtime.close()
         log.info("stopped")
     if unclean:
         sys.exit(1)
+
+
+def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonitor):  # noqa: ANN202
+    """Issue #5: auto-publication of stable studies and, when a DMP is configured, the outbox
+    worker that sends what is queued. A DMP configuration that cannot work (a missing VIHF
+    value, an unreadable certificate) stops start-up with exit status 2."""
+    from gateway.outbox import OutboxWorker
+    from gateway.publication import PublicationWorkflow
+
+    workflow = PublicationWorkflow(runtime.index, settings)
+    if settings.effective_auto_publish:
+        stability.subscribe_in_transaction(workflow.on_stable)
+    if not settings.dmp_configured:
+        return None
+    from adapters.transports import publication_transport
+
+    try:
+        transport = publication_transport(settings)
+    except (ValueError, OSError) as exc:
+        log.error("DMP configuration: %s", exc)
+        runtime.close()
+        sys.exit(2)
+    worker = OutboxWorker.from_settings(runtime.index, transport, settings)
+    stability.subscribe(worker.nudge)
+    worker.start()
+    log.info("publication outbox worker started (%s transport, auto_publish=%s)",
+             settings.dmp_transport, settings.effective_auto_publish)
+    return worker

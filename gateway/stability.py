@@ -16,11 +16,15 @@ import logging
 import threading
 from collections.abc import Callable
 
+from sqlalchemy.orm import Session
+
 from gateway.index.store import InstanceIndex
 
 log = logging.getLogger(__name__)
 
 StableListener = Callable[[list[str]], None]
+#: Called with the marking transaction's session: its writes commit with the stability mark.
+StableHook = Callable[[Session, list[str]], None]
 
 
 class StabilityMonitor:
@@ -30,15 +34,27 @@ class StabilityMonitor:
         self.quiet_seconds = quiet_seconds
         self.interval = interval if interval is not None else min(5.0, max(0.2, quiet_seconds / 4))
         self._listeners: list[StableListener] = []
+        self._hooks: list[StableHook] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def subscribe(self, listener: StableListener) -> None:
         self._listeners.append(listener)
 
+    def subscribe_in_transaction(self, hook: StableHook) -> None:
+        """``hook(session, uids)`` runs inside the transaction that marks the studies stable
+        (issue #5: the publication outbox row commits with the stability mark, or neither
+        does). A hook that raises rolls the pass back; it is tried again at the next one."""
+        self._hooks.append(hook)
+
+    def _run_hooks(self, s: Session, uids: list[str]) -> None:
+        for hook in self._hooks:
+            hook(s, uids)
+
     def check_once(self) -> list[str]:
         """One pass: mark and announce the studies that became stable."""
-        uids = self.index.mark_stable(self.quiet_seconds)
+        uids = self.index.mark_stable(self.quiet_seconds,
+                                      on_stable=self._run_hooks if self._hooks else None)
         if uids:
             log.info("%d study(ies) became stable", len(uids))
             for listener in self._listeners:

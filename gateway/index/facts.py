@@ -8,10 +8,12 @@ reason (R19: only a valid, qualified INS is published).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from gateway.index.models import Instance, Patient, Series, Study
 from gateway.index.store import InstanceIndex
@@ -96,10 +98,12 @@ def study_state(index: InstanceIndex, study_uid: str, policy: PublicationPolicy)
         )
 
 
-def study_facts(index: InstanceIndex, study_uid: str, policy: PublicationPolicy) -> StudyFacts:
+def study_facts(index: InstanceIndex, study_uid: str, policy: PublicationPolicy, *,
+                session: Session | None = None) -> StudyFacts:
     """The manifest facts of a stored study. Raises :class:`UnknownStudy` or
-    :class:`NotPublishable`."""
-    with index.read() as s:
+    :class:`NotPublishable`. With ``session``, read in the caller's transaction (issue #5: the
+    publication workflow writes the outbox row in the transaction that reads the facts)."""
+    with nullcontext(session) if session is not None else index.read() as s:
         study = s.scalar(select(Study).where(Study.study_instance_uid == study_uid))
         if study is None:
             raise UnknownStudy(study_uid)

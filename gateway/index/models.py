@@ -306,3 +306,64 @@ class PendingLogin(Base):
     code_verifier: Mapped[str] = mapped_column(String(128))
     return_to: Mapped[str] = mapped_column(Text, default="")
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+# --- Issue #5: the publication outbox and each study's publication history (R4-R8). ---
+
+
+class OutboxItem(Base):
+    """One publication, replacement or withdrawal to carry to the shared record (the DMP),
+    written in the same transaction as the change that causes it (:mod:`gateway.publication`)
+    and sent by the outbox worker (:mod:`gateway.outbox`). A publication keeps the KOS bytes and
+    its DocumentEntry as built, so every retry sends the same uniqueId and bytes.
+
+    ``state``: ``pending`` (due at ``next_attempt_at``), ``sending`` (claimed by ``claimed_by``
+    until ``lease_until``), ``done``, ``refused`` (a business refusal: ``error_code`` /
+    ``error_text``), ``superseded`` (a refused publication a newer one made moot)."""
+
+    __tablename__ = "publication_outbox"
+    __table_args__ = (
+        Index(None, "state", "next_attempt_at"),
+        Index(None, "study_instance_uid", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    """``publish``, ``replace`` (RPLC of ``replaces_kos_uid``) or ``withdraw``."""
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    kos_uid: Mapped[str] = mapped_column(UID, index=True)
+    """The document's uniqueId: the KOS published, or the one withdrawn."""
+    replaces_kos_uid: Mapped[str] = mapped_column(UID, default="", server_default="")
+    ins_matricule: Mapped[str] = mapped_column(String(15))
+    ins_oid: Mapped[str] = mapped_column(String(64))
+    kos_bytes: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    entry_json: Mapped[str] = mapped_column(Text, default="", server_default="")
+    """The XDS-I.b DocumentEntry as built (JSON), '' for a withdrawal."""
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str] = mapped_column(Text, default="", server_default="")
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    entry_uuid: Mapped[str] = mapped_column(Text, default="", server_default="")
+    """The registry's entryUUID of the document, once known."""
+    last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    """The last transient failure (retried)."""
+    error_code: Mapped[str] = mapped_column(Text, default="", server_default="")
+    error_text: Mapped[str] = mapped_column(Text, default="", server_default="")
+    warnings: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+class PublicationEvent(Base):
+    """One line of a study's publication history (``drimbox study show``): built, queued,
+    published, replaced, withdrawn, refused, not publishable, errors."""
+
+    __tablename__ = "publication_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    event: Mapped[str] = mapped_column(String(32))
+    kos_uid: Mapped[str] = mapped_column(UID, default="", server_default="")
+    outbox_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[str] = mapped_column(Text, default="", server_default="")

@@ -14,8 +14,8 @@ foreign key fail; the cache is then cleared and the caller's retry takes the ful
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -150,10 +150,6 @@ class InstanceIndex:
     def _write(self) -> Iterator[Session]:
         with Session(self._writer, expire_on_commit=False) as session, session.begin():
             yield session
-
-    def write(self) -> AbstractContextManager[Session]:
-        """A write transaction (committed on exit) for modules that own their own tables."""
-        return self._write()
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -299,12 +295,22 @@ class InstanceIndex:
                 self._drop_if_empty(s, old_series_pk)
             return replaced
 
-    def mark_stable(self, quiet_seconds: float, now: datetime | None = None) -> list[str]:
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """One write transaction (SQLite: ``BEGIN IMMEDIATE``), committed on exit: for callers
+        that change rows next to the instances in one commit (the publication outbox)."""
+        with self._write() as s:
+            yield s
+
+    def mark_stable(self, quiet_seconds: float, now: datetime | None = None,
+                    on_stable: Callable[[Session, list[str]], None] | None = None) -> list[str]:
         """Mark stable the studies quiet for ``quiet_seconds`` that are not stable yet.
 
         Returns their Study Instance UIDs (issue #4: "study completeness"). A study is stable
         while ``stable_at >= updated_at``; an instance arriving later bumps ``updated_at`` and
-        so reopens it, and it is marked again once quiet.
+        so reopens it, and it is marked again once quiet. ``on_stable(session, uids)`` runs in
+        the same transaction (issue #5: the publication outbox row is written with the change
+        that causes it); if it raises, nothing is marked.
         """
         now = now or datetime.now(UTC)
         cutoff = now - timedelta(seconds=quiet_seconds)
@@ -323,6 +329,8 @@ class InstanceIndex:
                     .where(Study.study_instance_uid.in_(uids))
                     .values(stable_at=now)
                 )
+                if on_stable is not None:
+                    on_stable(s, uids)
         return uids
 
     @staticmethod
