@@ -398,3 +398,51 @@ def test_serve_refuses_a_dmp_configuration_missing_vihf_values(gateway_factory, 
         gw.start()
     assert "dmp_activity_sector" in str(exc.value) and "dmp_lps_id" in str(exc.value)
     assert gw.proc.wait(5) == 2
+
+
+def _bad_ins_key(entry: dict, item) -> None:  # noqa: ANN001 - an OutboxItem
+    key = entry["patient_id"][13:15]
+    wrong = "00" if key != "00" else "01"
+    entry["patient_id"] = entry["patient_id"][:13] + wrong + entry["patient_id"][15:]
+    item.ins_matricule = item.ins_matricule[:13] + wrong
+
+
+@pytest.mark.parametrize(("mutate", "code", "words"), [
+    (lambda e, _: e["class_code"].update(code="99"), "XDSRegistryMetadataError", "classCode"),
+    (lambda e, _: e["format_code"].update(code="urn:ihe:rad:1.2.840.10008.5.1.4.1.1.88.59"),
+     "XDSRegistryMetadataError", "formatCode"),
+    # We never send an INS that fails its key: such a row is refused before it leaves.
+    (_bad_ins_key, "local:InsError", "key"),
+    (lambda e, _: e.update(hash_sha1="0" * 40), "XDSNonIdenticalHash", "hash"),
+], ids=["wrong-classCode", "wrong-formatCode", "bad-INS-key", "hash-mismatch"])
+def test_each_broken_submission_is_marked_refused_not_retried(
+        gateway_factory, sim: Sim, view: IndexView, tmp_path: Path, mutate, code: str,  # noqa: ANN001
+        words: str) -> None:
+    """Issue #5 acceptance: the outbox meets the DMP's refusal of a broken submission (the
+    metadata kept in its row altered before the worker sends it) and marks the row refused
+    with the DMP's code and text; it is never retried on its own. A row whose INS fails its key
+    is refused by the worker itself (it never reaches the DMP) and does not block the outbox. (Unsigned or tampered VIHF:
+    ``test_untrusted_vihf_signer_is_refused_not_retried``; no client certificate is refused in
+    the TLS handshake, which the DMP never answers: transient by design, see
+    ``adapters/dmp/errors.py``.)"""
+    from gateway.index.models import OutboxItem
+
+    gw = start_gateway(gateway_factory, sim, DRIMBOX_AUTO_PUBLISH="false")
+    study, files = write_study(tmp_path / "study", per_series=1)
+    storescu(files, gw.dicom_port)
+    gw.stop()
+    assert cli(gw, "publish", study).returncode == 0
+    (row,) = view.rows(study)
+    with view.index.write() as s:
+        item = s.get(OutboxItem, row.id)
+        entry = json.loads(item.entry_json)
+        mutate(entry, item)
+        item.entry_json = json.dumps(entry)
+    gw.start()
+    (refused,) = view.wait(lambda: [r for r in view.rows(study) if r.state == "refused"],
+                           "the refusal")
+    assert refused.error_code == code, refused.error_text
+    assert words.lower() in refused.error_text.lower()
+    time.sleep(1.5)
+    assert view.rows(study)[0].attempts == 1
+    assert of_study(dmp_entries(sim), study) == []

@@ -219,10 +219,19 @@ def claim_next(s: Session, worker: str, lease_seconds: float,
             continue
         r = s.get(OutboxItem, row_id)
         s.refresh(r)
-        return ClaimedRow(r.id, r.kind, r.study_instance_uid, r.kos_uid, r.replaces_kos_uid,
-                          Ins(r.ins_matricule, r.ins_oid), r.kos_bytes,
-                          entry_from_json(r.entry_json) if r.entry_json else None, r.attempts,
-                          r.last_error)
+        try:
+            return ClaimedRow(r.id, r.kind, r.study_instance_uid, r.kos_uid, r.replaces_kos_uid,
+                              Ins(r.ins_matricule, r.ins_oid), r.kos_bytes,
+                              entry_from_json(r.entry_json) if r.entry_json else None,
+                              r.attempts, r.last_error)
+        except (ValueError, TypeError, KeyError) as exc:
+            # A row that cannot be read (an INS that fails its rules, metadata that no longer
+            # parses: edited by hand, or written by an older version) would fail every pass and
+            # hold up the rows behind it: it is refused here, never sent, and shown.
+            r.state, r.done_at, r.claimed_by, r.lease_until = REFUSED, now, "", None
+            r.error_code = f"local:{type(exc).__name__}"
+            r.error_text = f"the outbox row cannot be read, nothing was sent: {exc}"[:4000]
+            s.flush()
     return None
 
 
