@@ -63,11 +63,15 @@ class PscSim:
         self.proc.wait(10)
 
 
-def start_psc_sim() -> PscSim:
+def start_psc_sim(*more_clients: str, test_tokens: bool = True) -> PscSim:
+    """``drimbox psc-sim`` on a free port knowing our client and ``more_clients``
+    (``ID:SECRET:REDIRECT_URI``); ``/test/tokens`` open unless ``test_tokens`` is False."""
     port = free_port()
+    clients = [f"{CLIENT_ID}:{CLIENT_SECRET}:http://127.0.0.1:9/callback", *more_clients]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(port), "--test-tokens",
-         "--client", f"{CLIENT_ID}:{CLIENT_SECRET}:http://127.0.0.1:9/callback"],
+        [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(port),
+         *(["--test-tokens"] if test_tokens else []),
+         *(arg for c in clients for arg in ("--client", c))],
         env={k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
