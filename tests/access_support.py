@@ -1,11 +1,13 @@
 """Helpers of the access-control tests (issue #6): a real PSC simulator process that issues
 test tokens, and the recording of a published manifest.
 
-:func:`publish_manifest` stands in for the publication outbox (issue #5) until it merges: it
+:func:`publish_manifest` records a manifest by hand for the policy's negative matrix
+(tests/test_dicomweb_access.py), where a DMP round trip per study would only add time: it
 builds the real KOS of the stored study (``gateway.manifests.build_study_manifest``) and
 records it as published in the gateway's own database (``record_manifest`` +
-``mark_published``), which is what the outbox does once the DMP acknowledges the KOS. Swap
-its body for a real publication later; its callers only need the KOS back.
+``mark_published``), which is what the outbox does once the DMP acknowledges the KOS. The same
+policy against a real publication (outbox → dmp-sim → ITI-18/43 → WADO-RS) is
+tests/test_consumer_flow.py.
 """
 
 from __future__ import annotations
