@@ -6,8 +6,11 @@
   exchanged, the ID token and userinfo checked (:mod:`adapters.psc.login`). A session is
   opened (``drimbox-session`` cookie); with several activities the practitioner picks one.
 * ``GET /auth/activity``, ``POST /auth/activity``: the activity choice (a server page).
-* ``GET|POST /auth/logout``: the session row is deleted, the cookie cleared, and the browser
-  sent to PSC's ``end_session_endpoint`` when PSC advertises one; then ``/auth/logged-out``.
+* ``GET /auth/logout``: a confirmation page whose form posts the logout with the session's
+  anti-CSRF token (:func:`dicomweb.session_cookies.form_token`); ``POST /auth/logout`` with
+  that token deletes the session row, clears the cookie and sends the browser to PSC's
+  ``end_session_endpoint`` when PSC advertises one, then to ``/auth/logged-out``. A POST with a
+  live session and no or a wrong token is 403 and the session stays.
 
 Every decision is appended to the audit trail (actions ``login``, ``activity``, ``logout``).
 Failures answer a short French page with 400 (bad request, no login under way) or 401
@@ -29,6 +32,8 @@ from dicomweb.session_cookies import (
     LOGIN,
     SESSION,
     clear_cookie,
+    form_token,
+    form_token_ok,
     read_cookie,
     sessions,
     set_cookie,
@@ -41,6 +46,7 @@ from gateway.sessions import PENDING_LOGIN_SECONDS
 router = APIRouter()
 
 DEFAULT_NEXT = "/viewer"
+LOGOUT_FORM = "logout"
 
 
 def safe_next(value: str | None) -> str:
@@ -65,7 +71,10 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
         f"<title>{html.escape(title)}</title>"
         "<meta name=viewport content='width=device-width, initial-scale=1'></head>"
         f"<body><h1>{html.escape(title)}</h1>{body}</body></html>",
-        status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+        status, headers={"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                         # Not framed by another site (a click on a hidden logout button).
+                         "X-Frame-Options": "DENY",
+                         "Content-Security-Policy": "frame-ancestors 'none'"})
 
 
 def _rp(request: Request) -> PscRelyingParty | None:
@@ -182,18 +191,46 @@ def choose_activity(request: Request, activity: str = Form(...),
     return RedirectResponse(request_public_url(request) + safe_next(next), 303)
 
 
-@router.api_route("/auth/logout", methods=["GET", "POST"], include_in_schema=False)
-async def logout(request: Request) -> Response:
+@router.get("/auth/logout", include_in_schema=False)
+def logout_page(request: Request) -> Response:
+    """A confirmation page whose form posts the logout. A link or an image on another site can
+    only reach this GET, which changes nothing."""
+    raw = read_cookie(request, SESSION)
+    info = sessions(request).find(raw)
+    if info is None or info.kind != "practitioner":
+        return RedirectResponse(request_public_url(request) + "/auth/logged-out", 303)
+    token = html.escape(form_token(raw, LOGOUT_FORM))
+    return _page("Se déconnecter",
+                 "<p>Terminer votre session du visualiseur (et votre session Pro Santé "
+                 "Connect) ?</p>"
+                 "<form method=post action='/auth/logout'>"
+                 f"<input type=hidden name=csrf value='{token}'>"
+                 "<button id=logout>Se déconnecter</button></form>"
+                 "<p><a href='/viewer' id=stay>Revenir au visualiseur</a></p>")
+
+
+@router.post("/auth/logout", include_in_schema=False)
+async def logout(request: Request, csrf: str = Form("")) -> Response:
+    """The logout itself: only with the session's form token (``csrf``), so that a third-party
+    page cannot end a session (besides SameSite=Lax keeping the cookie off cross-site POSTs).
+    Without a live session there is nothing to end: straight to the logged-out page."""
     settings = request.app.state.runtime.settings
-    info = await run_in_threadpool(sessions(request).end, read_cookie(request, SESSION))
+    raw = read_cookie(request, SESSION)
     target = request_public_url(request) + "/auth/logged-out"
+    current = await run_in_threadpool(sessions(request).find, raw)
+    if current is not None and not form_token_ok(raw, LOGOUT_FORM, csrf):
+        await run_in_threadpool(_audit, request, current.subject, "logout", DENIED,
+                                "csrf_token_mismatch", current.activity or None)
+        return _page("Déconnexion refusée",
+                     "<p>La demande de déconnexion ne vient pas de cette application.</p>"
+                     "<p><a href='/auth/logout'>Se déconnecter</a></p>", 403)
+    info = await run_in_threadpool(sessions(request).end, raw) if current is not None else None
     if info is not None:
         await run_in_threadpool(_audit, request, info.subject, "logout", ALLOWED, "",
                                 info.activity or None)
         rp = _rp(request)
         if rp is not None:
-            back = request_public_url(request) + "/auth/logged-out"
-            end = await run_in_threadpool(rp.end_session_url, info.id_token, back)
+            end = await run_in_threadpool(rp.end_session_url, info.id_token, target)
             target = end or target
     response = RedirectResponse(target, 303)
     clear_cookie(response, settings, SESSION)

@@ -15,6 +15,8 @@ never holds a PSC token.
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from datetime import timedelta
 
 from fastapi import Request, Response
@@ -48,6 +50,18 @@ def clear_cookie(response: Response, settings: Settings, base: str) -> None:
 
 def read_cookie(request: Request, base: str) -> str:
     return request.cookies.get(cookie_name(request.app.state.runtime.settings, base), "")
+
+
+def form_token(raw: str, purpose: str) -> str:
+    """The anti-CSRF token of a form posted by this browser's session (``purpose`` names the
+    form, e.g. ``logout``): derived from the cookie's random value, which a third-party page can
+    neither read (HttpOnly) nor send along a cross-site POST (SameSite=Lax). It differs from
+    the index key (the plain SHA-256 of the value), so reading the index reveals no token."""
+    return hashlib.sha256(f"drimbox-form\0{purpose}\0{raw}".encode()).hexdigest()
+
+
+def form_token_ok(raw: str, purpose: str, sent: str) -> bool:
+    return bool(raw) and secrets.compare_digest(form_token(raw, purpose), sent or "")
 
 
 def sessions(request: Request) -> SessionStore:

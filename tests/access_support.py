@@ -1,11 +1,13 @@
 """Helpers of the access-control tests (issue #6): a real PSC simulator process that issues
 test tokens, and the recording of a published manifest.
 
-:func:`publish_manifest` stands in for the publication outbox (issue #5) until it merges: it
+:func:`publish_manifest` records a manifest by hand for the policy's negative matrix
+(tests/test_dicomweb_access.py), where a DMP round trip per study would only add time: it
 builds the real KOS of the stored study (``gateway.manifests.build_study_manifest``) and
 records it as published in the gateway's own database (``record_manifest`` +
-``mark_published``), which is what the outbox does once the DMP acknowledges the KOS. Swap
-its body for a real publication later; its callers only need the KOS back.
+``mark_published``), which is what the outbox does once the DMP acknowledges the KOS. The same
+policy against a real publication (outbox → dmp-sim → ITI-18/43 → WADO-RS) is
+tests/test_consumer_flow.py.
 """
 
 from __future__ import annotations
@@ -63,11 +65,15 @@ class PscSim:
         self.proc.wait(10)
 
 
-def start_psc_sim() -> PscSim:
+def start_psc_sim(*more_clients: str, test_tokens: bool = True) -> PscSim:
+    """``drimbox psc-sim`` on a free port knowing our client and ``more_clients``
+    (``ID:SECRET:REDIRECT_URI``); ``/test/tokens`` open unless ``test_tokens`` is False."""
     port = free_port()
+    clients = [f"{CLIENT_ID}:{CLIENT_SECRET}:http://127.0.0.1:9/callback", *more_clients]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(port), "--test-tokens",
-         "--client", f"{CLIENT_ID}:{CLIENT_SECRET}:http://127.0.0.1:9/callback"],
+        [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(port),
+         *(["--test-tokens"] if test_tokens else []),
+         *(arg for c in clients for arg in ("--client", c))],
         env={k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

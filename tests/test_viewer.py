@@ -47,7 +47,7 @@ def browser(tmp_path: Path) -> Iterator[Browser]:
 
 
 def app_config(text: str) -> dict:
-    m = re.search(r"window\.config = (\{.*\});\s*$", text, re.S)
+    m = re.search(r"window\.config = (\{\n.*?\n\});\n", text, re.S)
     assert m, text[:300]
     return json.loads(m.group(1))
 

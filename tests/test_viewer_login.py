@@ -6,6 +6,7 @@ back-ends: sessions and pending logins live in the index.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -113,7 +114,23 @@ def test_login_pkce_activity_choice_dicomweb_and_logout(psc_gateway) -> None:
         for c in browser.cookies.jar:
             assert "." not in c.value or c.value.count(".") < 2, "a JWT in a cookie"
 
-        r = browser.get(f"{gw.url}/auth/logout")
+        # GET /auth/logout only shows a confirmation form (a link or an image on another site
+        # cannot log the user out); the form carries the session's anti-CSRF token.
+        page = browser.get(f"{gw.url}/auth/logout")
+        assert page.status_code == 200 and "drimbox-session" in browser.cookies
+        assert page.headers["x-frame-options"] == "DENY"
+        assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+        (csrf,) = re.findall(r"name=csrf value='([0-9a-f]{64})'", page.text)
+        assert csrf not in session and session not in page.text
+        assert browser.get(f"{gw.url}/dicom-web/studies").status_code == 200
+        # A POST without the token (what a third-party form could send) or with another
+        # session's token is refused, and the session stays.
+        for forged in ({}, {"csrf": "0" * 64}):
+            r = browser.post(f"{gw.url}/auth/logout", data=forged)
+            assert r.status_code == 403 and "drimbox-session" in browser.cookies
+        assert browser.get(f"{gw.url}/dicom-web/studies").status_code == 200
+
+        r = browser.post(f"{gw.url}/auth/logout", data={"csrf": csrf})
         assert r.status_code == 303
         end = urlsplit(r.headers["location"])
         assert f"{end.scheme}://{end.netloc}{end.path}" == (
@@ -136,8 +153,12 @@ def test_login_pkce_activity_choice_dicomweb_and_logout(psc_gateway) -> None:
         ("allowed", STAFF, "activity_to_choose")]
     (chosen,) = audit(gw, "activity")
     assert chosen.outcome == "allowed" and chosen.activity == "R499999000000101"
-    (out,) = audit(gw, "logout")
-    assert out.subject == STAFF and out.outcome == "allowed"
+    assert [(e.subject, e.outcome, e.reason) for e in audit(gw, "logout")] == [
+        (STAFF, "denied", "csrf_token_mismatch"), (STAFF, "denied", "csrf_token_mismatch"),
+        (STAFF, "allowed", "")]
+    # Without a session, GET and POST lead to the logged-out page.
+    for r in (httpx.get(f"{gw.url}/auth/logout"), httpx.post(f"{gw.url}/auth/logout")):
+        assert r.status_code == 303 and r.headers["location"] == f"{gw.url}/auth/logged-out"
 
 
 def test_single_activity_is_chosen_and_roles_come_from_staff_roles(psc_gateway) -> None:

@@ -1,7 +1,8 @@
 """The viewer behind Pro Santé Connect, in a real browser (issue #6 items 1 and 4; R15):
 headless Chromium opens ``/viewer`` of a ``drimbox serve`` with ``dicomweb_auth = psc``, is
 sent to a real ``drimbox psc-sim``, clicks a test practitioner on its login page, picks an
-activity on our page, and OHIF then lists and draws the study; logout ends the session. A
+activity on our page, and OHIF then lists and draws the study; the logout link OHIF shows in
+its header leads to our confirmation page, whose button ends the session. A
 patient opens a share link the same way, with a birth date, and sees only that study.
 
 SQLite only (as tests/test_viewer.py): the back-end makes no difference to the browser, and
@@ -99,8 +100,16 @@ def test_practitioner_logs_in_sees_the_study_and_logs_out(site, browser: Browser
     ours = [(u, s) for u, s in browser.responses if u.startswith(f"{gw.url}/dicom-web/")]
     assert ours and all(s == 200 for _, s in ours), ours[-5:]
 
-    # Logout: through PSC's end-session endpoint, back to our "logged out" page.
-    browser.goto(f"{gw.url}/auth/logout")
+    # Logout from OHIF's header (our whiteLabeling link) to the confirmation page, whose
+    # button posts the logout: through PSC's end-session endpoint, back to "logged out".
+    browser.wait_for("document.querySelector('#drimbox-logout') !== null", 30,
+                     "the logout link in OHIF's header")
+    browser.evaluate("document.querySelector('#drimbox-logout').click()")
+    browser.wait_for("document.querySelector('button#logout') !== null", 30,
+                     "the logout confirmation page")
+    assert browser.evaluate("location.pathname") == "/auth/logout"
+    assert cookies(browser)["drimbox-session"] == session  # a GET changes nothing
+    browser.evaluate("document.querySelector('button#logout').click()")
     browser.wait_for("document.querySelector('#login-again') !== null", 30,
                      "the logged-out page")
     assert "drimbox-session" not in cookies(browser)
@@ -132,6 +141,7 @@ def test_patient_opens_a_share_link_and_sees_only_that_study(site, browser: Brow
         browser.screenshot(ARTIFACTS / "viewer-share-link.png")
     assert lit > 0
     assert browser.evaluate("location.pathname") == "/viewer/viewer"
+    assert browser.evaluate("document.querySelector('#drimbox-logout') === null")  # no PSC login
     share = cookies(browser)["drimbox-share"]
     # The share session reads its study and is refused the other one.
     assert httpx.get(f"{gw.url}/dicom-web/studies/{other}/series",
