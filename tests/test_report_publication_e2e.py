@@ -178,3 +178,44 @@ def test_report_publishes_replaces_and_withdraws(gateway_factory, sim: Sim, view
     approved = of_study(dmp_entries(sim, ("Approved",)), STUDY_G)
     assert [(e.unique_id, e.confidentiality_codes[0].code) for e in approved] == [
         (rows[0].kos_uid, "N")]
+
+
+def test_report_fetches_from_the_pacs_then_publishes(gateway_factory, sim: Sim, view: IndexView,
+                                                     tmp_path: Path) -> None:
+    """R2 then R4: exam G is only in the centre's PACS (a real Orthanc started here); the CR
+    makes the gateway C-FIND and C-MOVE it, and then publish it to the DMP."""
+    from dicom_factory import to_bytes
+    from orthanc import Orthanc
+    from pydicom import dcmread
+    from test_manifest_e2e import stored_instances
+    from test_pacs_retrieve import sources
+
+    port = free_port()
+    gw = gateway_factory(**dmp_env(sim, DRIMBOX_HL7_PORT=str(port)))
+    gw.hl7_port = port
+    gw.extra_env["DRIMBOX_PUBLIC_URL"] = gw.url
+    pacs = Orthanc(tmp_path / "orthanc", aet="PACS",
+                   modalities={"drimbox": (gw.ae_title, "127.0.0.1", gw.dicom_port)})
+    gw.extra_env.update(DRIMBOX_PACS_AE_TITLE="PACS", DRIMBOX_PACS_HOST="127.0.0.1",
+                        DRIMBOX_PACS_PORT=str(pacs.dicom_port),
+                        DRIMBOX_PACS_RETRIEVE_TIMEOUT="60")
+    pacs.start()
+    try:
+        gw.start()
+        files = images_g(tmp_path / "g", 4)
+        for path in files:
+            pacs.upload(to_bytes(dcmread(path)))
+        assert stored_instances(gw, STUDY_G) == set()
+
+        text, control_id = fill(oru_g())
+        ack = send(gw.hl7_port, text)
+        assert (ack["ack"], ack["control_id"]) == ("AA", control_id), ack["raw"]
+        sops = {str(dcmread(p).SOPInstanceUID) for p in files}
+        assert stored_instances(gw, STUDY_G) == sops and sources(gw, STUDY_G) == {"PACS"}
+        (row,) = view.wait_done(STUDY_G)
+        assert row.kind == "publish"
+        (entry,) = of_study(dmp_entries(sim), STUDY_G)
+        assert (entry.unique_id, entry.status, entry.author_persons) == (
+            row.kos_uid, "Approved", (AUTHOR_G,))
+    finally:
+        pacs.stop()
