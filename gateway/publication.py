@@ -138,6 +138,14 @@ class PublicationWorkflow:
 
     # ----------------------------------------------------------------- in the caller's session
 
+    @staticmethod
+    def lock_study(s: Session, study_uid: str) -> None:
+        """Serialise the planners of one study (stability, a report, IOCM, by hand) on its
+        index row until ``s`` ends (PostgreSQL ``FOR UPDATE``; SQLite writes are serial): each
+        sees what the one before it queued, so a study is not published twice."""
+        s.execute(select(Study.id).where(Study.study_instance_uid == study_uid)
+                  .with_for_update())
+
     def plan_publication(self, s: Session, study_uid: str, *, trigger: str,
                          context: PublicationContext | None = None,
                          even_if_current: bool = False) -> PublicationRequest:
@@ -146,6 +154,7 @@ class PublicationWorkflow:
         ``even_if_current`` replaces a live KOS that already references every stored instance
         (a new CR: the DocumentEntry's metadata change, R8)."""
         now = datetime.now(UTC)
+        self.lock_study(s, study_uid)
         try:
             facts = study_facts(self.index, study_uid, policy(self.settings), session=s)
         except NotPublishable as exc:
@@ -183,6 +192,7 @@ class PublicationWorkflow:
 
     def plan_withdrawal(self, s: Session, study_uid: str, *, reason: str = "") -> PublicationRequest:
         now = datetime.now(UTC)
+        self.lock_study(s, study_uid)
         live = live_manifest(s, study_uid)
         if live is None:
             if s.scalar(select(Study.id).where(Study.study_instance_uid == study_uid)) is None \

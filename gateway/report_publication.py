@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from gateway.cda import read_cda
@@ -34,7 +35,9 @@ from gateway.index.facts import NotPublishable, UnknownStudy
 from gateway.index.reports import StoredReport, current_report
 from gateway.ins_codecs import PatientIds
 from gateway.manifests import publication_context as configured_context
-from gateway.publication import PublicationWorkflow
+from gateway.index.models import Manifest
+from gateway.publication import PublicationWorkflow, live_manifest
+from gateway.sessions import aware
 from gateway.reports import (
     ImagingReport,
     MessageKey,
@@ -56,6 +59,18 @@ def stored_report_context(report: StoredReport, settings: Settings) -> Publicati
                             PatientIds(), cda=cda, cda_bytes=report.cda, flags=flags,
                             document_id=report.id_cda)
     return publication_context(imaging, configured_context(settings))
+
+
+def _built_with(s: Session, study_uid: str, report: ImagingReport) -> bool:
+    """Whether the study's live KOS was built after this CR was recorded (stability planned
+    it with the CR's metadata first): then the CR has nothing to replace."""
+    live = live_manifest(s, study_uid)
+    current = current_report(s, study_uid)
+    if live is None or current is None or current.id_cda != report.id_cda \
+            or current.received_at is None:
+        return False
+    created = s.scalar(select(Manifest.created_at).where(Manifest.kos_uid == live.kos_uid))
+    return created is not None and aware(created) >= aware(current.received_at)
 
 
 class ReportPublisher:
@@ -81,6 +96,7 @@ class ReportPublisher:
                 outbox.add_event(s, study_uid, "not_publishable", detail=str(exc))
             return
         with self.publication.index.write() as s:
+            self.publication.lock_study(s, study_uid)
             outbox.add_event(s, study_uid, "report",
                              detail=f"{report.message_type} CR {report.id_cda}"
                              + (f" replacing {report.replaces_id_cda}"
@@ -88,7 +104,7 @@ class ReportPublisher:
             try:
                 result = self.publication.plan_publication(
                     s, study_uid, trigger=f"report {report.id_cda}", context=context,
-                    even_if_current=True)
+                    even_if_current=not _built_with(s, study_uid, report))
             except UnknownStudy:
                 log.warning("report for study %s: the study is not in the index", study_uid)
                 return
