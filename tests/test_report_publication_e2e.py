@@ -179,6 +179,19 @@ def test_report_publishes_replaces_and_withdraws(gateway_factory, sim: Sim, view
     assert [(e.unique_id, e.confidentiality_codes[0].code) for e in approved] == [
         (rows[0].kos_uid, "N")]
 
+    # An order (OMI^O23 NW) for the published study: recorded, nothing re-published.
+    omi = (sample("referencement/Examen_W/CR_W_Suppression-OMI.hl7")
+           .replace("1.2.250.1.213.4.5.2.1.124|", f"{STUDY_G}|").replace("ACN124", ACCESSION_G))
+    text, control_id = fill(omi.replace("ORC|CA|", "ORC|NW|").replace("|001|P|", "|ORD7|P|"))
+    assert (send(gw.hl7_port, text)["ack"], control_id) == ("AA", "ORD7")
+    assert "order" in events(view, STUDY_G) and len(view.rows(STUDY_G)) == 4
+    # The exam cancelled (OMI^O23, ORC-1 CA, the official sample made to name exam G).
+    text, control_id = fill(omi.replace("|001|P|", "|CAN7|P|"))
+    assert (send(gw.hl7_port, text)["ack"], control_id) == ("AA", "CAN7")
+    rows = view.wait_done(STUDY_G, count=5)
+    assert rows[0].kind == "withdraw"
+    assert {e.status for e in of_study(dmp_entries(sim), STUDY_G)} == {"Deprecated"}
+
 
 def test_report_fetches_from_the_pacs_then_publishes(gateway_factory, sim: Sim, view: IndexView,
                                                      tmp_path: Path) -> None:
