@@ -166,9 +166,11 @@ def study() -> None:
 def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
     """A study's state: instances, stability, INS, publishable or why not."""
     import json as jsonlib
+
     from gateway.index.facts import UnknownStudy, study_state
     from gateway.manifests import policy
     from gateway.publication import publication_status
+    from gateway.study_status import study_status
 
     settings = _settings(config_file)
     index = _runtime_index(settings)
@@ -178,8 +180,6 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
         click.echo(f"drimbox: no study {study_uid} in the index", err=True)
         sys.exit(1)
     publication = publication_status(index, study_uid)
-    from gateway.study_status import study_status
-
     status = study_status(index, settings, study_uid)
     if as_json:
         click.echo(jsonlib.dumps(status, default=str, indent=2))

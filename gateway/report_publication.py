@@ -37,7 +37,6 @@ from gateway.ins_codecs import PatientIds
 from gateway.manifests import publication_context as configured_context
 from gateway.index.models import Manifest
 from gateway.publication import PublicationWorkflow, live_manifest
-from gateway.sessions import aware
 from gateway.reports import (
     ImagingReport,
     MessageKey,
@@ -45,6 +44,7 @@ from gateway.reports import (
     ReportWorkflow,
     publication_context,
 )
+from gateway.sessions import aware
 from gateway.xds_metadata import MASKING_FLAGS, PublicationContext
 
 log = logging.getLogger(__name__)
