@@ -158,22 +158,39 @@ def test_report_publishes_replaces_and_withdraws(gateway_factory, sim: Sim, view
     assert set(found) == {(first.kos_uid, "Deprecated"), (second.kos_uid, "Approved")}
     assert found[(second.kos_uid, "Approved")].author_persons == (AUTHOR_G,)  # the CR's still
 
+    # MDM^T10, the CR replaced (now masked to professionals): same images, new metadata, so
+    # the KOS is replaced too.
+    mdm = with_cda(sample("referencement/Examen_G/CR_G1_MAJ-MDM.abridged.hl7"),
+                   CDA_G1_MAJ.read_bytes())
+    masked = "MASQUE_PS^Masqué aux professionnels de Santé^MetaDMPMSS||"
+    assert masked + "N^" in mdm
+    text, control_id = fill(mdm.replace(masked + "N^", masked + "Y^"))
+    assert send(gw.hl7_port, text)["ack"] == "AA"
+    rows = view.wait_done(STUDY_G, count=3)
+    third = rows[0]
+    assert (third.kind, third.replaces_kos_uid) == ("replace", second.kos_uid)
+    (entry,) = of_study(dmp_entries(sim, ("Approved",)), STUDY_G)
+    assert entry.unique_id == third.kos_uid
+    assert {c.code for c in entry.confidentiality_codes} == {"N", "MASQUE_PS"}
+    assert show(gw, STUDY_G)["report"]["message_type"] == "MDM^T10"
+
     # MDM^T04: the study is un-published (ITI-57 Deprecated), its access closed.
     text, control_id = fill(t04_g())
     ack = send(gw.hl7_port, text)
     assert (ack["ack"], ack["control_id"]) == ("AA", control_id), ack["raw"]
-    rows = view.wait_done(STUDY_G, count=3)
-    assert rows[0].kind == "withdraw" and rows[0].kos_uid == second.kos_uid
+    rows = view.wait_done(STUDY_G, count=4)
+    assert rows[0].kind == "withdraw" and rows[0].kos_uid == third.kos_uid
     assert {e.status for e in of_study(dmp_entries(sim), STUDY_G)} == {"Deprecated"}
     state = show(gw, STUDY_G)
     assert state["publication"]["state"] == "withdrawn"
     assert state["report"] is None and state["viewer_link"] is None
-    assert [m["message_type"] for m in state["report_messages"]] == ["ORU^R01", "MDM^T04"]
+    assert [m["message_type"] for m in state["report_messages"]] == [
+        "ORU^R01", "MDM^T10", "MDM^T04"]
 
     # A new CR (the same study reported again): published anew.
     text, control_id = fill(oru_g())
     assert send(gw.hl7_port, text)["ack"] == "AA"
-    rows = view.wait_done(STUDY_G, count=4)
+    rows = view.wait_done(STUDY_G, count=5)
     assert rows[0].kind == "publish"
     approved = of_study(dmp_entries(sim, ("Approved",)), STUDY_G)
     assert [(e.unique_id, e.confidentiality_codes[0].code) for e in approved] == [
@@ -184,11 +201,11 @@ def test_report_publishes_replaces_and_withdraws(gateway_factory, sim: Sim, view
            .replace("1.2.250.1.213.4.5.2.1.124|", f"{STUDY_G}|").replace("ACN124", ACCESSION_G))
     text, control_id = fill(omi.replace("ORC|CA|", "ORC|NW|").replace("|001|P|", "|ORD7|P|"))
     assert (send(gw.hl7_port, text)["ack"], control_id) == ("AA", "ORD7")
-    assert "order" in events(view, STUDY_G) and len(view.rows(STUDY_G)) == 4
+    assert "order" in events(view, STUDY_G) and len(view.rows(STUDY_G)) == 5
     # The exam cancelled (OMI^O23, ORC-1 CA, the official sample made to name exam G).
     text, control_id = fill(omi.replace("|001|P|", "|CAN7|P|"))
     assert (send(gw.hl7_port, text)["ack"], control_id) == ("AA", "CAN7")
-    rows = view.wait_done(STUDY_G, count=5)
+    rows = view.wait_done(STUDY_G, count=6)
     assert rows[0].kind == "withdraw"
     assert {e.status for e in of_study(dmp_entries(sim), STUDY_G)} == {"Deprecated"}
 
