@@ -200,6 +200,9 @@ class Ingestor:
             self.rejections.handle(note, incoming.dataset, meta)
         except OSError as exc:
             raise IngestRejected(Rejection.OUT_OF_RESOURCES, f"rejection note: {exc}") from None
+        except ValueError as exc:  # gateway.iocm.NoteRefused: nothing was changed
+            log.warning("IOCM rejection note %s refused: %s", header.sop_instance_uid, exc)
+            raise IngestRejected(Rejection.PROCESSING_FAILURE, str(exc)) from None
         except Exception as exc:
             log.exception("IOCM rejection note %s could not be applied", header.sop_instance_uid)
             raise IngestRejected(Rejection.PROCESSING_FAILURE,

@@ -58,6 +58,11 @@ class RejectionNote:
     code: str
     meaning: str
     referenced: frozenset[str]
+    patient_id: str = ""
+
+
+class NoteRefused(ValueError):
+    """The note cannot be applied as it is (nothing was changed)."""
 
 
 def read_rejection_note(dataset: bytes | memoryview, transfer_syntax_uid: str
@@ -74,7 +79,8 @@ def read_rejection_note(dataset: bytes | memoryview, transfer_syntax_uid: str
     if scheme != DCM or code not in REJECTION_REASONS:
         return None
     return RejectionNote(str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), code,
-                         REJECTION_REASONS[code], frozenset(referenced_instances(ds)))
+                         REJECTION_REASONS[code], frozenset(referenced_instances(ds)),
+                         str(ds.get("PatientID", "")))
 
 
 class RejectionHandler:
@@ -98,20 +104,46 @@ class RejectionHandler:
             f.write(dataset)
             f.flush()
             os.fsync(f.fileno())
-        with self.index.write() as s:
-            removed = remove_instances(s, set(note.referenced))
-            for study in sorted({r.study_instance_uid for r in removed} | {
-                    note.study_instance_uid}):
-                count = sum(1 for r in removed if r.study_instance_uid == study)
-                outbox.add_event(s, study, "iocm_rejection",
-                                 detail=f"note {note.sop_instance_uid} ({note.code} "
-                                        f"{note.meaning}): {count} instance(s) removed")
-                if count:
-                    self._republish(s, study, note)  # the outbox worker polls for the row
+        try:
+            with self.index.write() as s:
+                self._check_patient(s, note)
+                removed = self._apply(s, note)
+        except NoteRefused:
+            path.unlink(missing_ok=True)
+            raise
         for r in removed:
             self._move(r, area)
         log.info("IOCM rejection note %s (%s): %d instance(s) removed", note.sop_instance_uid,
                  note.code, len(removed))
+
+    @staticmethod
+    def _check_patient(s, note: RejectionNote) -> None:  # noqa: ANN001
+        """A note rejects instances of its own patient only: one naming another PatientID is
+        refused whole (a misdirected note must not delete another patient's images)."""
+        from sqlalchemy import select
+
+        from gateway.index.models import Instance, Patient, Series, Study
+
+        others = set(s.scalars(
+            select(Patient.patient_id).join(Study, Study.patient_pk == Patient.id)
+            .join(Series, Series.study_pk == Study.id)
+            .join(Instance, Instance.series_pk == Series.id)
+            .where(Instance.sop_instance_uid.in_(sorted(note.referenced)))
+            .distinct()))
+        wrong = {p for p in others if p != note.patient_id}
+        if wrong:
+            raise NoteRefused("rejection note references another patient's instances")
+
+    def _apply(self, s, note: RejectionNote) -> list[RemovedInstance]:  # noqa: ANN001
+        removed = remove_instances(s, set(note.referenced))
+        for study in sorted({r.study_instance_uid for r in removed} | {note.study_instance_uid}):
+            count = sum(1 for r in removed if r.study_instance_uid == study)
+            outbox.add_event(s, study, "iocm_rejection",
+                             detail=f"note {note.sop_instance_uid} ({note.code} {note.meaning}): "
+                                    f"{count} instance(s) removed")
+            if count:
+                self._republish(s, study, note)  # the outbox worker polls for the row
+        return removed
 
     def _republish(self, s, study: str, note: RejectionNote):  # noqa: ANN001, ANN202
         from gateway.publication import PublicationWorkflow, live_manifest

@@ -133,7 +133,7 @@ def test_rejection_note_removes_instances_and_replaces_the_kos(
     assert len(rejections) == 2 and "113037" in rejections[1] and "2 instance(s)" in rejections[1]
 
 
-def test_a_kos_that_is_not_a_rejection_note_is_an_ordinary_instance(
+def test_other_kos_is_an_instance_and_a_misdirected_note_is_refused(
         gateway_factory, tmp_path: Path) -> None:
     gw = gateway_factory(DRIMBOX_DICOMWEB_AUTH="none").start()
     files = images_g(tmp_path / "g", 2)
@@ -142,6 +142,22 @@ def test_a_kos_that_is_not_a_rejection_note_is_an_ordinary_instance(
     storescu([note], gw.dicom_port)
     assert stored_instances(gw, STUDY_G) == {sop(p) for p in files} | {sop(note)}
     assert not (gw.data_dir / "rejected").exists()
+
+    # A rejection note naming another patient: refused whole (0x0110, a precise comment),
+    # nothing removed, the note not kept.
+    from dimse_client import associate, store_dataset
+
+    misdirected = dcmread(rejection_note(tmp_path / "bad", files[1:]))
+    misdirected.PatientID = "OTHER-PATIENT"
+    assoc = associate(gw.dicom_port, [KOS])
+    try:
+        rsp = store_dataset(assoc, misdirected)
+    finally:
+        assoc.release()
+    assert rsp.Status == 0x0110
+    assert rsp.ErrorComment == "rejection note references another patient's instances"
+    assert stored_instances(gw, STUDY_G) == {sop(p) for p in files} | {sop(note)}
+    assert not any((gw.data_dir / "rejected").rglob("*.dcm"))
 
 
 def dcmread_bytes(data: bytes, tmp: Path):  # noqa: ANN201
