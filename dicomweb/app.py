@@ -27,6 +27,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.state.principal_resolvers = []
     for module in (qido, wado, metadata, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
+    from dicomweb import viewer_source
+
+    app.include_router(viewer_source.router, tags=["viewer"])  # R18 link: before /viewer/{rel}
     app.include_router(viewer.router, tags=["viewer"])
 
     # Issue #6: viewer sessions (PSC login) and patient share links.
@@ -54,6 +57,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     # --- Access control (issue #6): principal resolvers, admin audit export. ---
     app.include_router(admin_audit.router, tags=["admin"])
+    from dicomweb import admin_studies
+
+    app.include_router(admin_studies.router, tags=["admin"])  # issue #7: a study's state
     settings = runtime.settings
     if settings.dicomweb_auth == "psc" and not settings.psc_issuer:
         logging.getLogger("drimbox.access").warning(

@@ -23,6 +23,7 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.config import Settings
+from gateway.access import ROLE_VIEWER
 from gateway.principal import Principal
 from gateway.sessions import SessionStore
 from gateway.share_links import ShareLinks
@@ -85,9 +86,12 @@ async def session_principal(request: Request) -> Principal | None:
     if info is None or info.kind != "practitioner" or info.needs_activity:
         return None
     settings = request.app.state.runtime.settings
-    return Principal(kind="practitioner", subject=info.subject,
-                     roles=roles_of(settings, info.subject), activity=info.activity,
-                     via="session")
+    roles = roles_of(settings, info.subject)
+    # R18 (issue #7): a practitioner who opened a CR's viewer link sees that study, even
+    # without the ``viewer`` role; with the role, every study as before.
+    granted = info.study_uid if info.study_uid and ROLE_VIEWER not in roles else None
+    return Principal(kind="practitioner", subject=info.subject, roles=roles,
+                     activity=info.activity, via="session", study_uid=granted)
 
 
 async def share_principal(request: Request) -> Principal | None:

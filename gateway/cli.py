@@ -166,11 +166,11 @@ def study() -> None:
 def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
     """A study's state: instances, stability, INS, publishable or why not."""
     import json as jsonlib
-    from dataclasses import asdict
 
     from gateway.index.facts import UnknownStudy, study_state
     from gateway.manifests import policy
     from gateway.publication import publication_status
+    from gateway.study_status import study_status
 
     settings = _settings(config_file)
     index = _runtime_index(settings)
@@ -180,9 +180,9 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
         click.echo(f"drimbox: no study {study_uid} in the index", err=True)
         sys.exit(1)
     publication = publication_status(index, study_uid)
+    status = study_status(index, settings, study_uid)
     if as_json:
-        data = asdict(state) | {"stable": state.stable, "publication": asdict(publication)}
-        click.echo(jsonlib.dumps(data, default=str, indent=2))
+        click.echo(jsonlib.dumps(status, default=str, indent=2))
         return
     ins = f"{state.ins_matricule[:10]}***** ({state.ins_oid})" if state.ins_matricule else "none"
     click.echo(f"study        {state.study_instance_uid}")
@@ -191,6 +191,13 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
     click.echo(f"stable       {'yes, since ' + format(state.stable_at, '%Y-%m-%d %H:%M:%S') if state.stable else 'no (receiving)'}")
     click.echo(f"INS          {ins}")
     click.echo(f"publishable  {'yes' if state.publishable else 'no: ' + state.reason}")
+    report = status["report"]
+    if report:
+        click.echo(f"report       CR {report['id_cda']} ({report['message_type']}, received "
+                   f"{report['received_at']:%Y-%m-%d %H:%M:%S})")
+        click.echo(f"viewer link  {status['viewer_link']}")
+    else:
+        click.echo("report       none")
     _echo_publication(publication)
 
 

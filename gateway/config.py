@@ -344,6 +344,17 @@ class Settings(BaseSettings):
     """Publish each study that becomes stable with a publishable INS (a new KOS replaces the
     previous one, RPLC). Default: on when a DMP is configured (``dmp_registry_url`` and
     ``dmp_repository_url``), off otherwise."""
+    publication_trigger: Literal["stable", "report"] | None = None
+    """What publishes a study automatically (R1, R4; issue #7): ``stable`` - the study became
+    stable (``auto_publish``); ``report`` - an accepted report (CR) from the RIS: stability
+    alone then publishes nothing for a study without an accepted CR, and a study that has one
+    is re-published (RPLC) on its next stability when instances were added. An accepted CR
+    publishes (or replaces, with its metadata) in both modes. Default: ``report`` when
+    ``hl7_port`` is set, ``stable`` otherwise."""
+    viewer_link_template: str = "{public_url}/viewer/source?studyUID={study_uid}&idCDA={id_cda}"
+    """The R18 link to a study's images in our viewer, shown by ``drimbox study show`` and
+    ``GET /admin/studies/{uid}``; ``{public_url}``, ``{study_uid}`` and ``{id_cda}`` (the
+    idCDA of the study's last accepted CR) are filled in."""
     outbox_backoff_initial: float = Field(default=5.0, gt=0)
     """Seconds before the first retry of a publication the DMP did not answer; doubled at each
     failure (with jitter) up to ``outbox_backoff_max``."""
@@ -464,6 +475,12 @@ class Settings(BaseSettings):
         if self.dmp_transport == "mhd":
             return bool(self.dmp_fhir_url)
         return bool(self.dmp_registry_url and self.dmp_repository_url)
+
+    @property
+    def effective_publication_trigger(self) -> str:
+        if self.publication_trigger is not None:
+            return self.publication_trigger
+        return "report" if self.hl7_port else "stable"
 
     @property
     def effective_auto_publish(self) -> bool:

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import struct
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -30,7 +31,12 @@ from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
 from gateway.storage import FileStore, StorageFullError, storage_key
 from gateway.uids import is_safe_uid
 
+if TYPE_CHECKING:
+    from gateway.iocm import RejectionHandler
+
 log = logging.getLogger(__name__)
+
+KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
 
 #: Our Implementation Class UID (PS3.7 D.3.3.2), a UUID-derived UID (PS3.5 B.2).
 IMPLEMENTATION_CLASS_UID = "2.25.247598373340412357393349934546006375712"
@@ -174,6 +180,34 @@ class Ingestor:
         # Directory fsync and index commit of concurrent ingests are shared (group commit);
         # each ingest still returns only after the commit that holds its row.
         self.committer = GroupCommitter(index, store.sync_dirs, max_batch=commit_batch_max)
+        self.rejections: RejectionHandler | None = None
+        """IOCM rejection notes (:mod:`gateway.iocm`): set by the runtime."""
+
+    def _rejection_note(self, header: InstanceHeader, incoming: Incoming) -> bool:
+        """Apply an IOCM rejection note (kept aside, not indexed); False for another KOS."""
+        from gateway.iocm import read_rejection_note
+
+        try:
+            note = read_rejection_note(incoming.dataset, incoming.transfer_syntax_uid)
+        except Exception as exc:  # noqa: BLE001 - a KOS we cannot read is refused below
+            raise IngestRejected(Rejection.UNPARSEABLE, f"key object selection: {exc}") from None
+        if note is None:
+            return False
+        meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid,
+                               incoming.transfer_syntax_uid, incoming.source)
+        try:
+            assert self.rejections is not None
+            self.rejections.handle(note, incoming.dataset, meta)
+        except OSError as exc:
+            raise IngestRejected(Rejection.OUT_OF_RESOURCES, f"rejection note: {exc}") from None
+        except ValueError as exc:  # gateway.iocm.NoteRefused: nothing was changed
+            log.warning("IOCM rejection note %s refused: %s", header.sop_instance_uid, exc)
+            raise IngestRejected(Rejection.PROCESSING_FAILURE, str(exc)) from None
+        except Exception as exc:
+            log.exception("IOCM rejection note %s could not be applied", header.sop_instance_uid)
+            raise IngestRejected(Rejection.PROCESSING_FAILURE,
+                                 f"rejection note could not be applied: {exc}") from None
+        return True
 
     def ingest(self, incoming: Incoming) -> IngestResult:
         try:
@@ -184,6 +218,9 @@ class Ingestor:
 
         digest = hashlib.sha256(incoming.dataset).hexdigest()
         size = len(incoming.dataset)
+        if header.sop_class_uid == KOS_SOP_CLASS and self.rejections is not None:
+            if self._rejection_note(header, incoming):
+                return IngestResult(Outcome.STORED, header, size)
         existing = self.index.find_instance(header.sop_instance_uid)
         if existing is not None and existing.sha256 == digest and self.store.exists(
             existing.storage_key

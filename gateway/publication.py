@@ -132,22 +132,40 @@ class PublicationWorkflow:
         if result.queued and self.on_queued is not None:
             self.on_queued()
 
+    def announce(self, result: PublicationRequest) -> None:
+        """After the commit of a caller's session that planned ``result``: wake the worker."""
+        self._queued(result)
+
     # ----------------------------------------------------------------- in the caller's session
 
+    @staticmethod
+    def lock_study(s: Session, study_uid: str) -> None:
+        """Serialise the planners of one study (stability, a report, IOCM, by hand) on its
+        index row until ``s`` ends (PostgreSQL ``FOR UPDATE``; SQLite writes are serial): each
+        sees what the one before it queued, so a study is not published twice."""
+        s.execute(select(Study.id).where(Study.study_instance_uid == study_uid)
+                  .with_for_update())
+
     def plan_publication(self, s: Session, study_uid: str, *, trigger: str,
-                         context: PublicationContext | None = None) -> PublicationRequest:
-        """Decide and queue a publication in ``s`` (see the module docstring)."""
+                         context: PublicationContext | None = None,
+                         even_if_current: bool = False) -> PublicationRequest:
+        """Decide and queue a publication in ``s`` (see the module docstring). A ``trigger``
+        starting with ``stable`` does not re-publish a study un-published by hand;
+        ``even_if_current`` replaces a live KOS that already references every stored instance
+        (a new CR: the DocumentEntry's metadata change, R8)."""
         now = datetime.now(UTC)
+        self.lock_study(s, study_uid)
         try:
             facts = study_facts(self.index, study_uid, policy(self.settings), session=s)
         except NotPublishable as exc:
             return self._not_publishable(s, study_uid, str(exc), now)
-        if trigger == "stable" and outbox.last_kind(s, study_uid) == WITHDRAW:
+        if trigger.startswith("stable") and outbox.last_kind(s, study_uid) == WITHDRAW:
             reason = "un-published by hand: `drimbox publish` publishes it again"
             outbox.add_event(s, study_uid, "skipped", detail=f"became stable; {reason}", now=now)
             return PublicationRequest(study_uid, None, reason=reason)
         live = live_manifest(s, study_uid)
-        if live is not None and _referenced(s, live.kos_uid) == _stored(facts):
+        if live is not None and not even_if_current \
+                and _referenced(s, live.kos_uid) == _stored(facts):
             reason = f"KOS {live.kos_uid} already references every stored instance"
             return PublicationRequest(study_uid, None, kos_uid=live.kos_uid, reason=reason)
         try:
@@ -174,6 +192,7 @@ class PublicationWorkflow:
 
     def plan_withdrawal(self, s: Session, study_uid: str, *, reason: str = "") -> PublicationRequest:
         now = datetime.now(UTC)
+        self.lock_study(s, study_uid)
         live = live_manifest(s, study_uid)
         if live is None:
             if s.scalar(select(Study.id).where(Study.study_instance_uid == study_uid)) is None \

@@ -334,6 +334,8 @@ class ReportWorkflow:
         """Called once per study of an accepted report: the publication outbox goes here."""
         self.withdrawal_hooks: list[ReportHook] = []
         """Called once per study of an accepted withdrawal or exam cancellation."""
+        self.order_hooks: list[ReportHook] = []
+        """Called once per study of an accepted order (OMI^O23 that is not a cancellation)."""
 
     # -- ReportHandler --------------------------------------------------------------------
 
@@ -367,6 +369,9 @@ class ReportWorkflow:
                     self.on_report_ready(report, uid)
                 elif report.kind in (ReportKind.WITHDRAWAL, ReportKind.CANCEL):
                     self.on_withdrawal_ready(report, uid)
+                elif report.kind is ReportKind.ORDER:
+                    for hook in self.order_hooks:
+                        hook(report, uid)
         return outcome
 
     # -- hooks ----------------------------------------------------------------------------

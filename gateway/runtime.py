@@ -63,6 +63,9 @@ class Runtime:
             commit_batch_max=settings.commit_batch_max,
             warmer=warmer,
         )
+        from gateway.iocm import RejectionHandler
+
+        ingestor.rejections = RejectionHandler(store, index, settings)  # IOCM (issue #7)
         return cls(settings, store, index, ingestor, metadata, warmer,
                    reports=build_report_workflow(settings, index))
 

@@ -88,7 +88,14 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
 
     workflow = PublicationWorkflow(runtime.index, settings)
     if settings.effective_auto_publish:
-        stability.subscribe_in_transaction(workflow.on_stable)
+        if runtime.reports is not None:  # issue #7: CRs publish; ``publication_trigger``
+            from gateway.report_publication import ReportPublisher
+
+            publisher = ReportPublisher(workflow, settings)
+            publisher.attach(runtime.reports)
+            stability.subscribe_in_transaction(publisher.on_stable)
+        else:
+            stability.subscribe_in_transaction(workflow.on_stable)
     if not settings.dmp_configured:
         return None
     from adapters.transports import publication_transport
@@ -101,6 +108,7 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
         sys.exit(2)
     worker = OutboxWorker.from_settings(runtime.index, transport, settings)
     stability.subscribe(worker.nudge)
+    workflow.on_queued = worker.nudge  # a report's publication wakes the worker too
     worker.start()
     log.info("publication outbox worker started (%s transport, auto_publish=%s)",
              settings.dmp_transport, settings.effective_auto_publish)

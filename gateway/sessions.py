@@ -147,6 +147,17 @@ class SessionStore:
                 row.activity = chosen.id
             return chosen
 
+    def grant_study(self, raw: str, study_uid: str) -> bool:
+        """R18 (issue #7): the practitioner opened the viewer link of a study's CR; the session
+        may see that study (one at a time: a later link replaces the grant). False when the
+        session is gone."""
+        with self.index.write() as s:
+            row = s.get(ViewerSession, digest(raw))
+            if row is None or row.kind != "practitioner":
+                return False
+            row.study_instance_uid = study_uid
+            return True
+
     def end(self, raw: str) -> SessionInfo | None:
         """Delete the session (logout); return what it was, for the audit and PSC's logout."""
         if not raw:

@@ -281,3 +281,7 @@ class PublishedEntry:
     format_code: Code | None = None
     event_codes: tuple[Code, ...] = ()
     reference_ids: tuple[str, ...] = ()
+    confidentiality_codes: tuple[Code, ...] = ()
+    author_persons: tuple[str, ...] = ()
+    """``authorPerson`` (XCN) of each author classification."""
+    legal_authenticator: str = ""

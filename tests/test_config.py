@@ -201,3 +201,31 @@ def test_misspelled_environment_variable_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "DRIMBOX_RESTRICT_CALERS" in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(("env", "trigger"), [
+    ({}, "stable"),
+    ({"DRIMBOX_HL7_PORT": "12575"}, "report"),
+    ({"DRIMBOX_HL7_PORT": "12575", "DRIMBOX_PUBLICATION_TRIGGER": "stable"}, "stable"),
+    ({"DRIMBOX_PUBLICATION_TRIGGER": "report"}, "report"),
+])
+def test_publication_trigger_default_follows_hl7(env: dict, trigger: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue #7 (R1): reports publish by default when the RIS can send them."""
+    monkeypatch.setenv("DRIMBOX_CONFIG", "")
+    for k in list(os.environ):
+        if k.startswith("DRIMBOX_"):
+            monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert load_settings(None).effective_publication_trigger == trigger
+
+
+def test_unknown_publication_trigger_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DRIMBOX_CONFIG", "")
+    for k in list(os.environ):
+        if k.startswith("DRIMBOX_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("DRIMBOX_PUBLICATION_TRIGGER", "hourly")
+    with pytest.raises(ConfigError, match="publication_trigger"):
+        load_settings(None)

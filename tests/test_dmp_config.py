@@ -44,3 +44,25 @@ def test_dmp_sim_command_refuses_inconsistent_options(pki) -> None:  # noqa: ANN
     assert r.exit_code == 2 and "--client-ca needs --tls-cert" in r.output
     r = CliRunner().invoke(main, ["dmp-sim", "--port", "1"])
     assert r.exit_code == 2 and "--trust-ca" in r.output
+
+
+def test_vihf_subject_is_the_reports_author() -> None:
+    """R6 / FAQ 8801 (issue #7): a publication from a CR is signed for the CR's author (the
+    DocumentEntry's authorPerson); one without a report for the configured ``dmp_author_*``."""
+    from adapters.dmp.transport import SystemPublisher
+    from adapters.dmp.vihf import Role
+    from gateway.ins import Ins
+    from gateway.xds_metadata import Author
+
+    publisher = SystemPublisher(author_id="899700367909", author_name="Alain PAT-SIX",
+                                structure_id="499700367909006", activity_sector="SA07",
+                                roles=(Role("10", "1.2.250.1.213.1.1.5.5"),), lps_id="LPS",
+                                lps_name="DRIMBOX", lps_version="1", lps_homologation_id="H")
+    patient = Ins("279035121518989", "1.2.250.1.213.1.4.10")
+    report = Author(person="801234560801^BIDEAULT^Jacques^^^^^^&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
+                    institution="Centre^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1750803447")
+    v = publisher.vihf(patient, report)
+    assert (v.subject_id, v.subject_name) == ("801234560801", "Jacques BIDEAULT")
+    for none in (None, Author(institution="Centre^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^1")):
+        v = publisher.vihf(patient, none)
+        assert (v.subject_id, v.subject_name) == ("899700367909", "Alain PAT-SIX")

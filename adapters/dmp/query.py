@@ -152,6 +152,12 @@ def parse_extrinsic(eo: etree._Element) -> PublishedEntry:
         class_code=one(N.DE_CLASS), type_code=one(N.DE_TYPE), format_code=one(N.DE_FORMAT),
         event_codes=tuple(classes.get(N.DE_EVENT, [])),
         reference_ids=tuple(_slot_values(eo, "urn:ihe:iti:xds:2013:referenceIdList")),
+        confidentiality_codes=tuple(classes.get(N.DE_CONFIDENTIALITY, [])),
+        author_persons=tuple(
+            v for c in eo.findall(f"{q(RIM, 'Classification')}[@classificationScheme="
+                                  f"'{N.DE_AUTHOR}']")
+            for v in _slot_values(c, "authorPerson")),
+        legal_authenticator=next(iter(_slot_values(eo, "legalAuthenticator")), ""),
     )
 
 

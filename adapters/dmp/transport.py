@@ -74,9 +74,18 @@ class SystemPublisher:
     author: Author = Author()
     """The submission set's author for a withdrawal (a publication uses the entry's)."""
 
-    def vihf(self, patient: Ins) -> VihfContext:
+    def vihf(self, patient: Ins, author: Author | None = None) -> VihfContext:
+        """The VIHF for ``patient``; its subject is the DocumentEntry's ``author`` when that is
+        a professional (a publication from a CR: the report's author, FAQ 8801, issue #7),
+        the configured ``dmp_author_*`` otherwise."""
+        subject_id, subject_name = self.author_id, self.author_name
+        person = (author.person if author is not None else "").split("^")
+        if person[0]:
+            subject_id = person[0]
+            named = " ".join(p for p in (person[2:3] + person[1:2]) if p)
+            subject_name = named or subject_id
         return VihfContext(
-            subject_id=self.author_id, subject_name=self.author_name,
+            subject_id=subject_id, subject_name=subject_name,
             structure_id=self.structure_id, activity_sector=self.activity_sector,
             roles=self.roles, patient_id=xds_patient_id(patient), lps_id=self.lps_id,
             lps_name=self.lps_name, lps_version=self.lps_version,
@@ -161,7 +170,8 @@ class XdsTransport:
         ss = submission_set(entry, generate_uid(), self.publisher.source_id,
                             dt.datetime.now(dt.UTC), self.publisher.content_type)
         warnings = self._call("ITI-41", self.client.provide_and_register, entry, ss,
-                              doc.kos_bytes, self.publisher.vihf(doc.patient), generate_uid(),
+                              doc.kos_bytes, self.publisher.vihf(doc.patient, entry.author),
+                              generate_uid(),
                               replaces)
         registered = self.find(doc.patient, entry.unique_id)
         if registered is None:  # accepted but not found: the outcome is unknown, retry

@@ -8,10 +8,12 @@ ended ``failed`` (AR, a temporary failure) may be processed again when re-sent.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from gateway.index.models import Instance, Patient, Report, Series, Study
 from gateway.index.store import InstanceIndex
@@ -23,6 +25,20 @@ from gateway.reports import (
     MessageKey,
     Outcome,
 )
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    """An accepted message of the ``reports`` table, as the publication side needs it."""
+
+    kind: str
+    message_type: str
+    id_cda: str
+    replaces_id_cda: str
+    confidentiality: list[str]
+    cda: bytes
+    received_at: datetime | None
+    accession_number: str
+
 
 _STATE = {Ack.ACCEPTED: "accepted", Ack.ERROR: "refused", Ack.REJECTED: "failed"}
 
@@ -179,3 +195,31 @@ def list_reports(index: InstanceIndex, *, study_uid: str | None = None,
             }
             for r in s.scalars(q)
         ]
+
+
+def study_reports(s: Session, study_uid: str) -> list[StoredReport]:
+    """The accepted reports and withdrawals of a study, oldest first, read in ``s`` (issue #7:
+    the CR a publication carries, its idCDA for the R18 viewer link, the study's report
+    state)."""
+    rows = s.scalars(
+        select(Report)
+        .where(((Report.study_instance_uid == study_uid)
+                | Report.other_study_uids.contains(study_uid)),
+               Report.state == "accepted")
+        .order_by(Report.id))
+    return [StoredReport(r.kind, r.message_type, r.id_cda, r.replaces_id_cda,
+                         r.confidentiality.split(), r.cda or b"", r.received_at,
+                         r.accession_number)
+            for r in rows]
+
+
+def current_report(s: Session, study_uid: str) -> StoredReport | None:
+    """The study's CR in force: the last accepted report, unless a withdrawal (MDM^T04, ORC CA)
+    or an exam cancellation came after it."""
+    current = None
+    for r in study_reports(s, study_uid):
+        if r.kind == "report":
+            current = r
+        elif r.kind in ("withdrawal", "cancel"):
+            current = None
+    return current
