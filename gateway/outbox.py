@@ -44,6 +44,7 @@ from gateway.index.manifests import mark_published, mark_withdrawn
 from gateway.index.models import Manifest
 from gateway.index.outbox import PUBLISH, REPLACE, WITHDRAW, ClaimedRow
 from gateway.index.store import InstanceIndex
+from gateway.processes import alive
 from gateway.publication_transport import (
     DocumentTransport,
     OutgoingDocument,
@@ -69,16 +70,6 @@ _MATRICULE = re.compile(r"\b([0-9]{5})(?:[0-9]{2}|2A|2B)[0-9]{8}\b")
 def redact(text: str) -> str:
     """Log lines carry no INS (a DMP error text may quote the patientId): ``27903*****``."""
     return _MATRICULE.sub(lambda m: m.group(1) + "*" * 10, text)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class OutboxWorker:
@@ -157,7 +148,7 @@ class OutboxWorker:
                     pid_n = int(pid)
                 except ValueError:
                     continue
-                if claimant != self.worker_id and (pid_n == my_pid or not _alive(pid_n)):
+                if claimant != self.worker_id and (pid_n == my_pid or not alive(pid_n)):
                     dead.append(claimant)
             n = outbox.release_claims(s, dead)
         if n:

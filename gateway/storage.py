@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
+from gateway.processes import alive
 from gateway.uids import is_safe_uid
 
 
@@ -58,13 +59,7 @@ def _writer_alive(staging_name: str) -> bool:
     pid = int(pid_text)
     if pid == os.getpid():
         return False  # left by an earlier process that had our pid; we have none in flight yet
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return alive(pid)
 
 
 class FileStore:
