@@ -220,14 +220,7 @@ class Simulator:
         if mode == "timeout":
             await asyncio.sleep(self.faults.seconds)
         status, ctype, out = self.handle(path, headers.get("content-type", ""), bytes(body))
-        if mode == "drop_after_store":
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", ctype.encode()),
-                                    (b"content-length", str(len(out)).encode())]})
-            await send({"type": "http.response.body", "body": out[: len(out) // 3],
-                        "more_body": True})
-            raise ConnectionAbortedError("injected fault: connection dropped after store")
-        await _send(send, status, ctype, out)
+        await _send(send, status, ctype, out, drop=mode == "drop_after_store")
 
     async def _serve_fhir(self, scope, send, headers: dict[str, str], body: bytes) -> None:  # noqa: ANN001
         """``/fhir`` (:mod:`adapters.mhd.recipient`), with the same fault injection as SOAP
@@ -244,14 +237,7 @@ class Simulator:
         status, ctype, out = self.fhir.handle(scope["method"], scope["path"],
                                               scope.get("query_string", b"").decode("latin-1"),
                                               headers, body, base)
-        if mode == "drop_after_store":
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(b"content-type", ctype.encode()),
-                                    (b"content-length", str(len(out)).encode())]})
-            await send({"type": "http.response.body", "body": out[: len(out) // 3],
-                        "more_body": True})
-            raise ConnectionAbortedError("injected fault: connection dropped after store")
-        await _send(send, status, ctype, out)
+        await _send(send, status, ctype, out, drop=mode == "drop_after_store")
 
     # ------------------------------------------------------------------------------ SOAP
 
@@ -625,10 +611,17 @@ class Simulator:
         return registry_response(), {}
 
 
-async def _send(send, status: int, ctype: str, body: bytes) -> None:  # noqa: ANN001
+async def _send(send, status: int, ctype: str, body: bytes, *,  # noqa: ANN001
+                drop: bool = False) -> None:
+    """Answer; with ``drop`` (the ``drop_after_store`` fault) send a third of the body, then
+    cut the connection: the request was carried out, the client never learns it."""
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", ctype.encode()),
                             (b"content-length", str(len(body)).encode())]})
+    if drop:
+        await send({"type": "http.response.body", "body": body[: len(body) // 3],
+                    "more_body": True})
+        raise ConnectionAbortedError("injected fault: connection dropped after store")
     await send({"type": "http.response.body", "body": body})
 
 
