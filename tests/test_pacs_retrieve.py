@@ -36,15 +36,22 @@ def sources(gateway, study: str) -> set[str]:  # noqa: ANN001
         index.engine.dispose()
 
 
-@pytest.fixture
-def centre(gateway_factory, tmp_path: Path) -> Iterator[tuple]:
-    gw = gateway_factory(DRIMBOX_HL7_PORT=str(free_port()))
-    gw.hl7_port = int(gw.extra_env["DRIMBOX_HL7_PORT"])
-    pacs = Orthanc(tmp_path / "orthanc", aet="PACS",
+def centre_pacs(gw, folder: Path) -> Orthanc:  # noqa: ANN001 - a conftest Gateway
+    """A real Orthanc as the centre's PACS (AE ``PACS``) that knows ``gw`` as a C-MOVE
+    destination, and ``gw`` (not yet started) configured to query it."""
+    pacs = Orthanc(folder, aet="PACS",
                    modalities={"drimbox": (gw.ae_title, "127.0.0.1", gw.dicom_port)})
     gw.extra_env.update(DRIMBOX_PACS_AE_TITLE="PACS", DRIMBOX_PACS_HOST="127.0.0.1",
                         DRIMBOX_PACS_PORT=str(pacs.dicom_port),
                         DRIMBOX_PACS_RETRIEVE_TIMEOUT="60")
+    return pacs
+
+
+@pytest.fixture
+def centre(gateway_factory, tmp_path: Path) -> Iterator[tuple]:
+    gw = gateway_factory(DRIMBOX_HL7_PORT=str(free_port()))
+    gw.hl7_port = int(gw.extra_env["DRIMBOX_HL7_PORT"])
+    pacs = centre_pacs(gw, tmp_path / "orthanc")
     pacs.start()
     try:
         yield gw.start(), pacs

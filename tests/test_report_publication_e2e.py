@@ -215,20 +215,15 @@ def test_report_fetches_from_the_pacs_then_publishes(gateway_factory, sim: Sim, 
     """R2 then R4: exam G is only in the centre's PACS (a real Orthanc started here); the CR
     makes the gateway C-FIND and C-MOVE it, and then publish it to the DMP."""
     from dicom_factory import to_bytes
-    from orthanc import Orthanc
     from pydicom import dcmread
     from test_manifest_e2e import stored_instances
-    from test_pacs_retrieve import sources
+    from test_pacs_retrieve import centre_pacs, sources
 
     port = free_port()
     gw = gateway_factory(**dmp_env(sim, DRIMBOX_HL7_PORT=str(port)))
     gw.hl7_port = port
     gw.extra_env["DRIMBOX_PUBLIC_URL"] = gw.url
-    pacs = Orthanc(tmp_path / "orthanc", aet="PACS",
-                   modalities={"drimbox": (gw.ae_title, "127.0.0.1", gw.dicom_port)})
-    gw.extra_env.update(DRIMBOX_PACS_AE_TITLE="PACS", DRIMBOX_PACS_HOST="127.0.0.1",
-                        DRIMBOX_PACS_PORT=str(pacs.dicom_port),
-                        DRIMBOX_PACS_RETRIEVE_TIMEOUT="60")
+    pacs = centre_pacs(gw, tmp_path / "orthanc")
     pacs.start()
     try:
         gw.start()
