@@ -12,8 +12,9 @@ caller may not see, e.g. an instance its KOS does not reference (R10), is 404):
 * ``GET .../instances/{instance}/frames/{list}`` → one part per requested frame (1-based,
   comma-separated, in the order asked), ``application/octet-stream`` for native frames or the
   compressed bitstream's media type (``image/jls``, ``image/jp2``, ``image/jpeg``,
-  ``image/dicom-rle``, ...) when sent as stored. 400 for a malformed list, 404 for a frame
-  number beyond Number of Frames or an instance without pixel data.
+  ``image/dicom-rle``, ...) when sent as stored. 400 for a malformed list or one longer
+  than ``max_frames_per_request`` (repeats count: each is sent), 404 for a frame number
+  beyond Number of Frames or an instance without pixel data.
 * ``GET .../instances/{instance}/bulkdata`` and ``.../bulkdata/{tag path}``: bulk data.
 
 **BulkDataURI scheme** (what the metadata resource emits and this module serves):
@@ -204,7 +205,13 @@ def retrieve_instance(
 # -- frames and bulk data --------------------------------------------------------------------
 
 
-def _parse_frame_list(text: str) -> list[int]:
+def _parse_frame_list(text: str, limit: int) -> list[int]:
+    """1-based frame numbers in the order asked, repeats kept (PS3.18 10.4.1.1.3); a list
+    longer than ``limit`` (``max_frames_per_request``) is 400: each entry costs a frame."""
+    count = text.count(",") + 1
+    if count > limit:
+        raise HTTPException(400, f"{count} frames requested, more than the limit {limit} "
+                                 "(DRIMBOX_MAX_FRAMES_PER_REQUEST)")
     numbers = []
     for item in text.split(","):
         item = item.strip()
@@ -247,7 +254,7 @@ def retrieve_frames(
     runtime: RuntimeDep, access: WadoAccess,
 ) -> StreamingResponse:
     """Retrieve frames of one instance (1-based frame numbers, comma-separated)."""
-    numbers = _parse_frame_list(frames)
+    numbers = _parse_frame_list(frames, runtime.settings.max_frames_per_request)
     (ref,) = _lookup(runtime, access, study, series, instance)
     path, info = _frame_info(runtime, ref)
     beyond = [n for n in numbers if n > info.number_of_frames]
