@@ -372,3 +372,28 @@ def test_render_limits_at_and_just_above(limited) -> None:
     assert httpx.get(f"{gw.url}/dicom-web{mf}/frames/2,2,2", timeout=30).status_code == 200
     r = httpx.get(f"{gw.url}/dicom-web{mf}/frames/2,2,2,2", timeout=30)
     assert r.status_code == 400 and "DRIMBOX_MAX_FRAMES_PER_REQUEST" in r.text
+
+
+def test_large_frame_renders_in_bounded_memory(gateway, tmp_path: Path) -> None:
+    """A 4096 x 4096 16-bit frame (32 MiB stored) rendered whole and as a thumbnail: the
+    server's peak RSS grows by a small multiple of the stored frame, not by the eight bytes a
+    pixel of floating-point intermediates the whole-frame pipeline used to allocate (it
+    grew by some 600 MiB; now about 130, the stored file, its decoded frame and the image)."""
+    ds = make_instance(rows=4096, cols=4096)
+    ds.PixelData = (np.arange(4096 * 4096, dtype=np.uint32) % 4096).astype(np.uint16).tobytes()
+    for keyword in ("WindowCenter", "WindowWidth"):  # the frame's own range: two passes
+        if keyword in ds:
+            delattr(ds, keyword)
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    storescu([path], gateway.dicom_port)
+    base = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/" \
+           f"{ds.SOPInstanceUID}"
+    image(get(gateway, f"{base}/thumbnail", {"viewport": "16,16"}))  # warm up
+    pid = gateway.proc.pid
+    before = _status_kib(pid, "VmRSS")
+    _reset_peak(pid)
+    assert image(get(gateway, f"{base}/thumbnail")).size == (128, 128)
+    assert image(get(gateway, f"{base}/rendered")).size == (4096, 4096)
+    growth_mib = (_status_kib(pid, "VmHWM") - before) / 1024
+    assert growth_mib < 256, f"server peak RSS grew by {growth_mib:.0f} MiB"
