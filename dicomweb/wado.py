@@ -222,10 +222,16 @@ def _parse_frame_list(text: str, limit: int) -> list[int]:
 
 
 def _pixel_target(request: Request, info: pixels.FrameInfo) -> str:
+    """The transfer syntax to send pixel data in. "As stored" (``transfer-syntax=*``) is the
+    stored syntax of the pixel data: for a native dataset in Implicit VR Little Endian,
+    Explicit VR Big Endian or Deflated Explicit VR Little Endian, that is native little
+    endian, Explicit VR Little Endian (the first two are not for web services, PS3.18 8.7.3;
+    Deflate compresses the whole dataset, not a pixel syntax of its own)."""
     offers = accept.pixel_offers(_ranges(request))
-    ts = accept.select(info.transfer_syntax, offers, pixels.can_produce_frame)
+    stored = pixels.pixel_syntax(info.transfer_syntax)
+    ts = accept.select(stored, offers,
+                       lambda _, target: pixels.can_produce_frame(info.transfer_syntax, target))
     if ts is None:
-        stored = info.transfer_syntax
         raise _not_acceptable(
             "no accepted media type / transfer syntax fits this pixel data",
             f'multipart/related; type="{accept.pixel_media_type(stored)}"; '
@@ -246,6 +252,13 @@ def _frame_parts(path, info: pixels.FrameInfo, numbers: list[int], ts: str) -> I
     part_type = f"{accept.pixel_media_type(ts)}; transfer-syntax={ts}"
     for n in numbers:
         yield Part(part_type, [pixels.read_frame(path, info, n, ts)])
+
+
+def _native_value(path, info: pixels.FrameInfo, ts: str) -> Iterator[Part]:
+    """Native pixel data that is not a slice of the file (deflated, big endian): one part,
+    the frames decoded one after the other."""
+    frames = (pixels.read_frame(path, info, n, ts) for n in range(1, info.number_of_frames + 1))
+    yield Part(f"application/octet-stream; transfer-syntax={ts}", frames)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
@@ -306,6 +319,8 @@ def _bulkdata(
             parts = iter([Part(f"application/octet-stream; transfer-syntax={ts}",
                                _chunks(f, info.value_length),
                                {"Content-Length": str(info.value_length)})])
+        elif not info.encapsulated:
+            parts = _native_value(path, info, ts)
         else:
             parts = _frame_parts(path, info, list(range(1, info.number_of_frames + 1)), ts)
         return _multipart(parts, accept.pixel_media_type(ts), transfer_syntax=ts)
