@@ -26,6 +26,12 @@ What each level answers:
 Access: every route takes ``RenderedAccess`` (:mod:`dicomweb.deps`); a consumer holding a KOS
 (R10) gets renderings and thumbnails of that KOS's instances only (others are 404).
 
+Limits (settings, each named in the 400 that enforces it): a ``viewport`` wider or taller
+than ``render_max_size`` (an image bigger than that with no viewport is scaled down to fit);
+a stored frame of more than ``render_max_source_pixels`` (Rows x Columns); a frame list
+longer than ``max_frames_per_request`` (frames are rendered in the order asked, repeats
+included, as PS3.18 says: the list is capped, not deduplicated).
+
 Errors: malformed UID 400 (naming it); malformed frame list or parameter 400; unknown
 study/series/instance 404; frame number past Number of Frames 404; nothing renderable in an
 acceptable media type (a PDF asked for as an image, a series of reports) 406: the resource
@@ -35,6 +41,7 @@ exists, it has no representation in the media types the client accepts.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import re
 import uuid
@@ -52,8 +59,10 @@ from gateway.index.lookup import InstanceRef, find_instance, series_instances, s
 from gateway.rendering import (
     IMAGE_TYPES,
     FrameOutOfRange,
+    Limits,
     NotAnImage,
     RenderOptions,
+    TooLarge,
     Viewport,
     Window,
     encapsulated_document,
@@ -68,7 +77,9 @@ router = APIRouter()
 
 THUMBNAIL_VIEWPORT = Viewport(128, 128)
 THUMBNAIL_QUALITY = 75
-_FRAME_LIST = re.compile(r"^[0-9]+(,[0-9]+)*$")
+_FRAME_LIST = re.compile(r"^[0-9]{1,9}(,[0-9]{1,9})*$")
+_NUMBER = re.compile(r"^\s*[-+]?[0-9]{1,9}(\.0*)?\s*$")
+_INTEGER = re.compile(r"^[0-9]{1,3}$")
 # SOP classes that never carry pixel data: tried last when looking for a representative.
 _NON_IMAGE_PREFIXES = (
     "1.2.840.10008.5.1.4.1.1.104.",  # encapsulated documents
@@ -93,13 +104,19 @@ def _numbers(name: str, raw: str, count: tuple[int, ...]) -> list[float]:
         raise HTTPException(400, f"{name}={raw!r}: values must be numbers") from None
 
 
-def _viewport(raw: str | None) -> Viewport | None:
+def _viewport(raw: str | None, max_size: int) -> Viewport | None:
     if raw is None:
         return None
-    values = _numbers("viewport", raw, (2, 6))
-    if any(v != int(v) for v in values):
-        raise HTTPException(400, f"viewport={raw!r}: values must be integers")
-    ints = [int(v) for v in values]
+    parts = raw.split(",")
+    if len(parts) not in (2, 6):
+        raise HTTPException(400, f"viewport={raw[:80]!r}: expected 2 or 6 values")
+    if not all(_NUMBER.match(p) for p in parts):
+        raise HTTPException(400, f"viewport={raw[:80]!r}: values must be integers "
+                                 "(at most 9 digits)")
+    ints = [int(float(p)) for p in parts]
+    if ints[0] > max_size or ints[1] > max_size:
+        raise HTTPException(400, f"viewport {ints[0]}x{ints[1]} exceeds the limit "
+                                 f"{max_size}x{max_size} (DRIMBOX_RENDER_MAX_SIZE)")
     try:
         return Viewport(ints[0], ints[1], tuple(ints[2:]) if len(ints) == 6 else None)
     except ValueError as exc:
@@ -121,8 +138,8 @@ def _window(raw: str | None) -> Window | None:
 def _quality(raw: str | None) -> int:
     if raw is None:
         return 90
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
-        raise HTTPException(400, f"quality={raw!r}: an integer from 1 to 100")
+    if not _INTEGER.match(raw) or not 1 <= int(raw) <= 100:
+        raise HTTPException(400, f"quality={raw[:80]!r}: an integer from 1 to 100")
     return int(raw)
 
 
@@ -137,17 +154,28 @@ def _choose(request: Request, offered: tuple[str, ...]) -> str | None:
     return None
 
 
-def _options(request: Request, thumbnail: bool) -> RenderOptions:
+def _limits(runtime: Runtime) -> Limits:
+    s = runtime.settings
+    return Limits(s.render_max_size, s.render_max_source_pixels)
+
+
+def _options(request: Request, runtime: Runtime, thumbnail: bool) -> RenderOptions:
     q = request.query_params
     media = _choose(request, IMAGE_TYPES)
+    max_size = runtime.settings.render_max_size
     if thumbnail:
         return RenderOptions(media or IMAGE_TYPES[0], THUMBNAIL_QUALITY, None,
-                             _viewport(q.get("viewport")) or THUMBNAIL_VIEWPORT)
+                             _viewport(q.get("viewport"), max_size) or THUMBNAIL_VIEWPORT)
     return RenderOptions(media or IMAGE_TYPES[0], _quality(q.get("quality")),
-                         _window(q.get("window")), _viewport(q.get("viewport")))
+                         _window(q.get("window")), _viewport(q.get("viewport"), max_size))
 
 
-def _frames(raw: str) -> list[int]:
+def _frames(raw: str, runtime: Runtime) -> list[int]:
+    limit = runtime.settings.max_frames_per_request
+    count = raw.count(",") + 1
+    if count > limit:
+        raise HTTPException(400, f"{count} frames requested, more than the limit {limit} "
+                                 "(DRIMBOX_MAX_FRAMES_PER_REQUEST)")
     if not _FRAME_LIST.match(raw) or any(int(n) < 1 for n in raw.split(",")):
         raise HTTPException(400, f"frame list {raw[:80]!r}: positive integers separated by commas")
     return [int(n) for n in raw.split(",")]
@@ -211,17 +239,23 @@ def _etag(ref: InstanceRef, frame: int, options: RenderOptions) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
-def _image(request: Request, ref: InstanceRef, ds: Dataset, frame: int, options: RenderOptions
-           ) -> Response:
+def _too_large(exc: TooLarge) -> HTTPException:
+    return HTTPException(400, f"{exc} (DRIMBOX_RENDER_MAX_SOURCE_PIXELS)")
+
+
+def _image(request: Request, ref: InstanceRef, ds: Dataset, frame: int, options: RenderOptions,
+           limits: Limits) -> Response:
     etag = _etag(ref, frame, options)
     headers = {"ETag": f'W/"{etag}"', "Cache-Control": "private, no-cache",
                "Vary": "Accept"}
     if etag_matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     try:
-        body = render(ds, frame - 1, options)
+        body = render(ds, frame - 1, options, limits)
     except FrameOutOfRange as exc:
         raise HTTPException(404, str(exc)) from None
+    except TooLarge as exc:
+        raise _too_large(exc) from None
     except NotAnImage:
         raise HTTPException(406, "the instance has no image to render") from None
     except ValueError as exc:  # e.g. a viewport region outside the image
@@ -229,11 +263,13 @@ def _image(request: Request, ref: InstanceRef, ds: Dataset, frame: int, options:
     return Response(body, media_type=options.media_type, headers=headers)
 
 
-def _render_or_fail(ds: Dataset, frame: int, options: RenderOptions) -> bytes:
+def _render_or_fail(ds: Dataset, frame: int, options: RenderOptions, limits: Limits) -> bytes:
     try:
-        return render(ds, frame - 1, options)
+        return render(ds, frame - 1, options, limits)
     except FrameOutOfRange as exc:
         raise HTTPException(404, str(exc)) from None
+    except TooLarge as exc:
+        raise _too_large(exc) from None
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
 
@@ -263,7 +299,7 @@ def _not_acceptable() -> HTTPException:
 def _render_instances(runtime: Runtime, refs: list[InstanceRef], request: Request
                       ) -> Response:
     """Study/series rendered: every image instance's first frame, as a multipart payload."""
-    options = _options(request, thumbnail=False)
+    options, limits = _options(request, runtime, thumbnail=False), _limits(runtime)
     if _choose(request, IMAGE_TYPES) is None:
         raise _not_acceptable()
     urls = DicomWebURLs(runtime.settings.effective_public_url)
@@ -273,7 +309,7 @@ def _render_instances(runtime: Runtime, refs: list[InstanceRef], request: Reques
     first = next(((r, d) for r, d in datasets if is_image(d)), None)
     if first is None:
         raise HTTPException(406, "nothing in this resource has an image to render")
-    first_body = _render_or_fail(first[1], 1, options)
+    first_body = _render_or_fail(first[1], 1, options, limits)
 
     def parts() -> Iterator[tuple[str, bytes]]:
         ref, _ = first
@@ -285,7 +321,7 @@ def _render_instances(runtime: Runtime, refs: list[InstanceRef], request: Reques
             url = urls.instance(ref.study_instance_uid, ref.series_instance_uid,
                                 ref.sop_instance_uid)
             try:
-                yield f"{url}/rendered", render(ds, 0, options)
+                yield f"{url}/rendered", render(ds, 0, options, limits)
             except Exception:  # the stream has started: skip the instance, log it
                 log.exception("rendering %s failed", ref.sop_instance_uid)
 
@@ -293,14 +329,14 @@ def _render_instances(runtime: Runtime, refs: list[InstanceRef], request: Reques
 
 
 def _thumbnail_of(runtime: Runtime, request: Request, refs: list[InstanceRef]) -> Response:
-    options = _options(request, thumbnail=True)
+    options = _options(request, runtime, thumbnail=True)
     if _choose(request, IMAGE_TYPES) is None:
         raise _not_acceptable()
     for ref in _middle_out(refs)[:10]:
         ds = _load(runtime, ref)
         if is_image(ds):
             middle = (number_of_frames(ds) + 1) // 2
-            return _image(request, ref, ds, middle, options)
+            return _image(request, ref, ds, middle, options, _limits(runtime))
     raise HTTPException(406, "nothing in this resource has an image for a thumbnail")
 
 
@@ -328,7 +364,7 @@ def series_rendered(study: str, series: str, request: Request, runtime: RuntimeD
 def instance_rendered(study: str, series: str, instance: str, request: Request,
                       runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
-    options = _options(request, thumbnail=False)
+    options = _options(request, runtime, thumbnail=False)
     ref = _instance(runtime, study, series, instance)
     ds = _load(runtime, ref)
     if not is_image(ds):
@@ -339,15 +375,15 @@ def instance_rendered(study: str, series: str, instance: str, request: Request,
         raise HTTPException(406, "the instance has no image to render")
     if _choose(request, IMAGE_TYPES) is None:
         raise _not_acceptable()
-    return _image(request, ref, ds, 1, options)
+    return _image(request, ref, ds, 1, options, _limits(runtime))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered")
 def frames_rendered(study: str, series: str, instance: str, frames: str, request: Request,
                     runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
-    numbers = _frames(frames)
-    options = _options(request, thumbnail=False)
+    numbers = _frames(frames, runtime)
+    options, limits = _options(request, runtime, thumbnail=False), _limits(runtime)
     if _choose(request, IMAGE_TYPES) is None:
         raise _not_acceptable()
     ref = _instance(runtime, study, series, instance)
@@ -359,10 +395,14 @@ def frames_rendered(study: str, series: str, instance: str, frames: str, request
     if past:
         raise HTTPException(404, f"frame {past[0]} requested, the instance has {total}")
     if len(numbers) == 1:
-        return _image(request, ref, ds, numbers[0], options)
+        return _image(request, ref, ds, numbers[0], options, limits)
     url = DicomWebURLs(runtime.settings.effective_public_url).instance(study, series, instance)
-    return _multipart(((f"{url}/frames/{n}/rendered", _render_or_fail(ds, n, options))
-                       for n in numbers), options.media_type)
+    # The first frame is rendered before the status line: a frame too large is a real 400.
+    first = _render_or_fail(ds, numbers[0], options, limits)
+    rest = ((f"{url}/frames/{n}/rendered", _render_or_fail(ds, n, options, limits))
+            for n in numbers[1:])
+    return _multipart(itertools.chain([(f"{url}/frames/{numbers[0]}/rendered", first)], rest),
+                      options.media_type)
 
 
 @router.get("/studies/{study}/thumbnail")
@@ -393,8 +433,8 @@ def instance_thumbnail(study: str, series: str, instance: str, request: Request,
 def frame_thumbnail(study: str, series: str, instance: str, frames: str, request: Request,
                     runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
-    numbers = _frames(frames)
-    options = _options(request, thumbnail=True)
+    numbers = _frames(frames, runtime)
+    options = _options(request, runtime, thumbnail=True)
     if _choose(request, IMAGE_TYPES) is None:
         raise _not_acceptable()
     ref = _instance(runtime, study, series, instance)
@@ -404,4 +444,4 @@ def frame_thumbnail(study: str, series: str, instance: str, frames: str, request
     if numbers[0] > number_of_frames(ds):
         raise HTTPException(404, f"frame {numbers[0]} requested, the instance has "
                                  f"{number_of_frames(ds)}")
-    return _image(request, ref, ds, numbers[0], options)
+    return _image(request, ref, ds, numbers[0], options, _limits(runtime))

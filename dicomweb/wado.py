@@ -12,8 +12,9 @@ caller may not see, e.g. an instance its KOS does not reference (R10), is 404):
 * ``GET .../instances/{instance}/frames/{list}`` → one part per requested frame (1-based,
   comma-separated, in the order asked), ``application/octet-stream`` for native frames or the
   compressed bitstream's media type (``image/jls``, ``image/jp2``, ``image/jpeg``,
-  ``image/dicom-rle``, ...) when sent as stored. 400 for a malformed list, 404 for a frame
-  number beyond Number of Frames or an instance without pixel data.
+  ``image/dicom-rle``, ...) when sent as stored. 400 for a malformed list or one longer
+  than ``max_frames_per_request`` (repeats count: each is sent), 404 for a frame number
+  beyond Number of Frames or an instance without pixel data.
 * ``GET .../instances/{instance}/bulkdata`` and ``.../bulkdata/{tag path}``: bulk data.
 
 **BulkDataURI scheme** (what the metadata resource emits and this module serves):
@@ -204,7 +205,13 @@ def retrieve_instance(
 # -- frames and bulk data --------------------------------------------------------------------
 
 
-def _parse_frame_list(text: str) -> list[int]:
+def _parse_frame_list(text: str, limit: int) -> list[int]:
+    """1-based frame numbers in the order asked, repeats kept (PS3.18 10.4.1.1.3); a list
+    longer than ``limit`` (``max_frames_per_request``) is 400: each entry costs a frame."""
+    count = text.count(",") + 1
+    if count > limit:
+        raise HTTPException(400, f"{count} frames requested, more than the limit {limit} "
+                                 "(DRIMBOX_MAX_FRAMES_PER_REQUEST)")
     numbers = []
     for item in text.split(","):
         item = item.strip()
@@ -215,10 +222,16 @@ def _parse_frame_list(text: str) -> list[int]:
 
 
 def _pixel_target(request: Request, info: pixels.FrameInfo) -> str:
+    """The transfer syntax to send pixel data in. "As stored" (``transfer-syntax=*``) is the
+    stored syntax of the pixel data: for a native dataset in Implicit VR Little Endian,
+    Explicit VR Big Endian or Deflated Explicit VR Little Endian, that is native little
+    endian, Explicit VR Little Endian (the first two are not for web services, PS3.18 8.7.3;
+    Deflate compresses the whole dataset, not a pixel syntax of its own)."""
     offers = accept.pixel_offers(_ranges(request))
-    ts = accept.select(info.transfer_syntax, offers, pixels.can_produce_frame)
+    stored = pixels.pixel_syntax(info.transfer_syntax)
+    ts = accept.select(stored, offers,
+                       lambda _, target: pixels.can_produce_frame(info.transfer_syntax, target))
     if ts is None:
-        stored = info.transfer_syntax
         raise _not_acceptable(
             "no accepted media type / transfer syntax fits this pixel data",
             f'multipart/related; type="{accept.pixel_media_type(stored)}"; '
@@ -241,13 +254,20 @@ def _frame_parts(path, info: pixels.FrameInfo, numbers: list[int], ts: str) -> I
         yield Part(part_type, [pixels.read_frame(path, info, n, ts)])
 
 
+def _native_value(path, info: pixels.FrameInfo, ts: str) -> Iterator[Part]:
+    """Native pixel data that is not a slice of the file (deflated, big endian): one part,
+    the frames decoded one after the other."""
+    frames = (pixels.read_frame(path, info, n, ts) for n in range(1, info.number_of_frames + 1))
+    yield Part(f"application/octet-stream; transfer-syntax={ts}", frames)
+
+
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
 def retrieve_frames(
     study: str, series: str, instance: str, frames: str, request: Request,
     runtime: RuntimeDep, access: WadoAccess,
 ) -> StreamingResponse:
     """Retrieve frames of one instance (1-based frame numbers, comma-separated)."""
-    numbers = _parse_frame_list(frames)
+    numbers = _parse_frame_list(frames, runtime.settings.max_frames_per_request)
     (ref,) = _lookup(runtime, access, study, series, instance)
     path, info = _frame_info(runtime, ref)
     beyond = [n for n in numbers if n > info.number_of_frames]
@@ -299,6 +319,8 @@ def _bulkdata(
             parts = iter([Part(f"application/octet-stream; transfer-syntax={ts}",
                                _chunks(f, info.value_length),
                                {"Content-Length": str(info.value_length)})])
+        elif not info.encapsulated:
+            parts = _native_value(path, info, ts)
         else:
             parts = _frame_parts(path, info, list(range(1, info.number_of_frames + 1)), ts)
         return _multipart(parts, accept.pixel_media_type(ts), transfer_syntax=ts)

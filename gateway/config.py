@@ -321,6 +321,18 @@ class Settings(BaseSettings):
     share_lock_minutes: float = Field(default=15.0, gt=0)
     """How long a share link stays locked after ``share_max_attempts`` wrong birth dates."""
 
+    # --- DICOMweb work limits (rendered images, frame lists): what one request may cost. ---
+    render_max_size: int = Field(default=4096, ge=16, le=16384)
+    """Largest rendered image (WADO-RS rendered and thumbnail), in pixels on each side: a
+    ``viewport`` wider or taller is 400; an image bigger than this with no viewport is scaled
+    down to fit."""
+    render_max_source_pixels: int = Field(default=33_554_432, ge=1, le=268_435_456)
+    """Largest stored frame (Rows x Columns) the server decodes to render it; a bigger one is
+    400 (its frames and the instance can still be retrieved as DICOM)."""
+    max_frames_per_request: int = Field(default=1000, ge=1, le=100_000)
+    """Longest frame list of ``.../frames/{list}`` (WADO-RS frames and rendered frames); a
+    longer list is 400."""
+
     @model_validator(mode="after")
     def _psc_login(self) -> Settings:
         if self.dicomweb_auth != "psc":

@@ -29,6 +29,7 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 LITTLE_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
 _WHOLE_FILE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
 """Deflated (offsets are in the inflated stream) and big endian (bytes to swap)."""
+_NATIVE_FAMILY = LITTLE_NATIVE | _WHOLE_FILE
 
 
 class NoPixelData(LookupError):
@@ -95,6 +96,13 @@ def read_frame(path: Path, info: FrameInfo, number: int, target: str) -> bytes:
     else:
         arr = pixel_array(str(path), index=number - 1)
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def pixel_syntax(stored: str) -> str:
+    """What "as stored" means for the pixel data of an instance stored in ``stored``: the
+    native syntaxes (implicit, big endian, deflated) give native little endian, Explicit VR
+    Little Endian; a compressed syntax is its own."""
+    return EXPLICIT_LE if stored in _NATIVE_FAMILY else stored
 
 
 def can_produce_frame(source: str, target: str) -> bool:

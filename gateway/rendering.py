@@ -13,6 +13,13 @@ The pipeline follows PS3.4 N.2 for what a rendered resource needs (PS3.18 8.3.5)
    image scaled to fit ``vw x vh`` keeping its aspect ratio;
 4. encode with Pillow.
 
+Work is bounded (:class:`Limits`): a stored frame of more than ``max_source_pixels`` is
+refused before it is decoded (:class:`TooLarge`); the output is never larger than
+``max_size`` on a side (the HTTP face refuses a bigger viewport; an image bigger than that
+with no viewport is scaled down to fit); a frame much larger than the output is reduced by
+block averaging right after decoding; the modality and VOI steps run over strips of rows, so
+that their floating-point intermediates stay small whatever the frame size.
+
 Everything here is a pure function of a dataset and :class:`RenderOptions`; the HTTP face
 parses query parameters into these types.
 """
@@ -45,6 +52,24 @@ class NotAnImage(ValueError):
 
 class FrameOutOfRange(ValueError):
     """A frame number past the instance's Number of Frames."""
+
+
+class TooLarge(ValueError):
+    """The stored frame has more pixels than :attr:`Limits.max_source_pixels`."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one rendering may cost (the HTTP face fills these in from the settings)."""
+
+    max_size: int = 4096
+    """Largest output width and height."""
+    max_source_pixels: int = 1 << 25
+    """Largest stored frame (Rows x Columns) decoded to render it."""
+
+
+#: Pixels per strip of rows in the modality / VOI steps (float64: ~8 MiB per intermediate).
+_STRIP_PIXELS = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +133,10 @@ def apply_window(values: np.ndarray, window: Window) -> np.ndarray:
 
 def min_max_window(values: np.ndarray) -> Window:
     """The window that maps the frame's own range onto 0..255."""
-    lo, hi = float(np.min(values)), float(np.max(values))
+    return _range_window(float(np.min(values)), float(np.max(values)))
+
+
+def _range_window(lo: float, hi: float) -> Window:
     if hi <= lo:
         return Window(lo, 1.0, "linear-exact")
     return Window((lo + hi) / 2, hi - lo, "linear-exact")
@@ -210,38 +238,110 @@ def _to_8bit_color(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return np.clip(arr.astype(np.uint32) >> max(0, bits - 8), 0, 255).astype(np.uint8)
 
 
-def render_frame(ds: Dataset, index: int, options: RenderOptions) -> np.ndarray:
+def _dimensions(ds: Dataset) -> tuple[int, int]:
+    """``(columns, rows)`` as the dataset states them (0 when absent or malformed)."""
+    try:
+        return int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
+    except (TypeError, ValueError):
+        return 0, 0
+
+
+def _output_size(size: tuple[int, int], options: RenderOptions, limits: Limits
+                 ) -> tuple[int, int]:
+    """The size the whole frame ``size`` (w, h) is rendered at (no source region)."""
+    vp = options.viewport
+    if vp is not None:
+        return fit(size, (min(vp.width, limits.max_size), min(vp.height, limits.max_size)))
+    if size[0] > limits.max_size or size[1] > limits.max_size:
+        return fit(size, (limits.max_size, limits.max_size))
+    return size
+
+
+def reduce(arr: np.ndarray, k: int, *, average: bool = True) -> np.ndarray:
+    """``arr`` (H, W[, C]) shrunk by ``k`` on both axes: each k x k block becomes its mean
+    (rounded, same dtype) or, with ``average=False`` (palette indexes), its first pixel."""
+    if k < 2:
+        return arr
+    if not average:
+        return arr[::k, ::k]
+    h, w = arr.shape[0] // k * k, arr.shape[1] // k * k
+    blocks = arr[:h, :w].reshape(h // k, k, w // k, k, *arr.shape[2:])  # a view
+    mean = blocks.mean(axis=(1, 3))
+    if np.issubdtype(arr.dtype, np.integer):
+        mean = np.rint(mean)
+    return mean.astype(arr.dtype)
+
+
+def _map_rows(arr: np.ndarray, step_fn) -> np.ndarray:
+    """``step_fn`` (rows of ``arr`` → 8-bit rows) applied strip by strip into one array."""
+    step = max(1, _STRIP_PIXELS // max(1, arr.shape[1] if arr.ndim > 1 else 1))
+    first = step_fn(arr[:step])
+    out = np.empty((arr.shape[0], *first.shape[1:]), np.uint8)
+    out[: first.shape[0]] = first
+    for s in range(step, arr.shape[0], step):
+        out[s : s + step] = step_fn(arr[s : s + step])
+    return out
+
+
+def _grayscale(arr: np.ndarray, ds: Dataset, index: int, options: RenderOptions
+               ) -> np.ndarray:
+    window = options.window or dataset_window(ds, index)
+    voi_lut = window is None and "VOILUTSequence" in ds
+
+    def values(rows: np.ndarray) -> np.ndarray:
+        v = _modality(rows, ds, index)
+        return apply_voi(v, ds, index=0) if voi_lut else v
+
+    if window is None:  # the frame's own range, one strip at a time
+        step = max(1, _STRIP_PIXELS // max(1, arr.shape[1]))
+        lo, hi = math.inf, -math.inf
+        for s in range(0, arr.shape[0], step):
+            v = values(arr[s : s + step])
+            lo, hi = min(lo, float(np.min(v))), max(hi, float(np.max(v)))
+        window = _range_window(lo, hi)
+    return _map_rows(arr, lambda rows: apply_window(values(rows), window))
+
+
+def render_frame(ds: Dataset, index: int, options: RenderOptions,
+                 limits: Limits = Limits()) -> np.ndarray:  # noqa: B008 - frozen
     """Frame ``index`` (0-based) of ``ds`` as 8-bit grayscale (H, W) or RGB (H, W, 3)."""
     if not is_image(ds):
         raise NotAnImage("the instance has no pixel data")
     frames = number_of_frames(ds)
     if not 0 <= index < frames:
         raise FrameOutOfRange(f"frame {index + 1} requested, the instance has {frames}")
+    cols, rows = _dimensions(ds)
+    if cols * rows > limits.max_source_pixels:
+        raise TooLarge(f"the frame is {cols}x{rows} pixels, more than the "
+                       f"{limits.max_source_pixels} pixels rendered here")
     arr = pixel_array(ds, index=index) if frames > 1 else pixel_array(ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
 
+    vp = options.viewport
+    target = None
+    if vp is None or vp.region is None:  # shrink early what will be shrunk anyway
+        target = _output_size((arr.shape[1], arr.shape[0]), options, limits)
+        arr = reduce(arr, min(arr.shape[1] // target[0], arr.shape[0] // target[1]),
+                     average=photometric != "PALETTE COLOR")
+
     if photometric == "PALETTE COLOR":
-        image = _to_8bit_color(apply_color_lut(arr, ds), ds)
+        image = _map_rows(arr, lambda r: _to_8bit_color(apply_color_lut(r, ds), ds))
     elif samples > 1 or arr.ndim == 3:
-        image = _to_8bit_color(arr, ds)
+        image = _map_rows(arr, lambda r: _to_8bit_color(r, ds))
     else:
-        values = _modality(arr, ds, index)
-        window = options.window or dataset_window(ds, index)
-        if window is None and "VOILUTSequence" in ds:
-            values = apply_voi(values, ds, index=0)
-        image = apply_window(values, window or min_max_window(values))
+        image = _grayscale(arr, ds, index, options)
         if photometric == "MONOCHROME1":
             image = invert(image)
 
-    if options.viewport is not None:
-        if options.viewport.region is not None:
-            image = crop(image, options.viewport.region)
-        h, w = image.shape[:2]
-        size = fit((w, h), (options.viewport.width, options.viewport.height))
-        if size != (w, h):
-            pil = Image.fromarray(np.ascontiguousarray(image))
-            image = np.asarray(pil.resize(size, Image.Resampling.LANCZOS))
+    if target is None:  # a source region: cropped, then fitted to the viewport
+        image = crop(image, vp.region)
+        target = fit((image.shape[1], image.shape[0]),
+                     (min(vp.width, limits.max_size), min(vp.height, limits.max_size)))
+    size = target
+    if size != (image.shape[1], image.shape[0]):
+        pil = Image.fromarray(np.ascontiguousarray(image))
+        image = np.asarray(pil.resize(size, Image.Resampling.LANCZOS))
     return np.ascontiguousarray(image)
 
 
@@ -258,8 +358,10 @@ def encode(image: np.ndarray, media_type: str = JPEG, quality: int = 90) -> byte
     return buf.getvalue()
 
 
-def render(ds: Dataset, index: int, options: RenderOptions) -> bytes:
-    return encode(render_frame(ds, index, options), options.media_type, options.quality)
+def render(ds: Dataset, index: int, options: RenderOptions,
+           limits: Limits = Limits()) -> bytes:  # noqa: B008 - frozen
+    return encode(render_frame(ds, index, options, limits), options.media_type,
+                  options.quality)
 
 
 def encapsulated_document(ds: Dataset) -> tuple[str, bytes] | None:

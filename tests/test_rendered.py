@@ -229,3 +229,171 @@ def test_dicomweb_client_reads_rendered(loaded) -> None:
                                                     media_types=("image/jpeg",),
                                                     params={"viewport": "16,16"})
     assert Image.open(io.BytesIO(jpeg)).size == (16, 16)
+
+
+# -- work limits: output size, source size, frame lists, absurd parameters ----------------
+
+
+def _status_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field}")
+
+
+def _reset_peak(pid: int) -> None:
+    """Start VmHWM again from the current RSS (``clear_refs`` 5, Linux >= 4.0)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def test_oversized_viewport_is_400_in_bounded_memory(loaded) -> None:
+    """A viewport of 100000 x 100000 once made the server allocate the image it asked for
+    (gigabytes, growing until the process died). Every rendering route now refuses a viewport
+    beyond ``render_max_size`` (4096 by default) before any pixel is touched."""
+    gw, data = loaded
+    st, se = data.study_uid, data.ct_series
+    sop, _ = one(data, se)
+    mf = dcmread(data.files[-1], stop_before_pixels=True)
+    base = f"/studies/{st}/series/{se}/instances/{sop}"
+    mf_base = f"/studies/{st}/series/{mf.SeriesInstanceUID}/instances/{mf.SOPInstanceUID}"
+    image(get(gw, f"{base}/rendered"))  # warm up: imports, first decode
+    pid = gw.proc.pid
+    before = _status_kib(pid, "VmRSS")
+    _reset_peak(pid)
+    for path in (f"{base}/rendered", f"{base}/thumbnail", f"{base}/frames/1/rendered",
+                 f"{mf_base}/frames/1,2/rendered", f"{mf_base}/frames/2/thumbnail",
+                 f"/studies/{st}/series/{se}/rendered", f"/studies/{st}/series/{se}/thumbnail",
+                 f"/studies/{st}/rendered", f"/studies/{st}/thumbnail"):
+        r = httpx.get(f"{gw.url}/dicom-web{path}", params={"viewport": "100000,100000"},
+                      timeout=20)
+        assert r.status_code == 400, (path, r.status_code, r.text[:200])
+        assert ("viewport 100000x100000 exceeds the limit 4096x4096 "
+                "(DRIMBOX_RENDER_MAX_SIZE)") in r.json()["detail"], path
+    growth_mib = (_status_kib(pid, "VmHWM") - before) / 1024
+    assert growth_mib < 100, f"server peak RSS grew by {growth_mib:.0f} MiB"
+    # At the limit it still renders (a 64 x 64 image fitted to 4096 x 4096).
+    assert image(get(gw, f"{base}/rendered", {"viewport": "4096,4096"})).size == (4096, 4096)
+    assert get(gw, f"{base}/rendered", {"viewport": "4097,16"}).status_code == 400
+
+
+def test_absurd_rendering_parameters_are_400(loaded) -> None:
+    gw, data = loaded
+    st, se = data.study_uid, data.ct_series
+    sop, _ = one(data, se)
+    base = f"/studies/{st}/series/{se}/instances/{sop}"
+    huge = "9" * 5000  # more digits than int() reads
+    for bad in ({"quality": huge}, {"quality": "\u00b2"}, {"quality": "-5"},
+                {"viewport": f"{huge},10"}, {"viewport": "nan,10"}, {"viewport": "1e400,10"},
+                {"viewport": "inf,inf"}, {"viewport": f"10,10,0,0,{huge},5"},
+                {"window": f"{huge},10"}, {"window": "nan,nan"}, {"window": f"40,{huge}"}):
+        r = get(gw, f"{base}/rendered", bad)
+        assert r.status_code == 400, (bad, r.status_code, r.text[:200])
+        r = get(gw, f"{base}/thumbnail", bad)
+        assert r.status_code in (200, 400), (bad, r.status_code)  # thumbnails ignore some
+    r = get(gw, f"{base}/frames/{huge}/rendered")
+    assert r.status_code == 400, r.text[:200]
+    r = get(gw, f"{base}/frames/{huge}/thumbnail")
+    assert r.status_code == 400, r.text[:200]
+
+
+def test_frame_list_is_capped_not_multiplied(loaded) -> None:
+    """A frame list repeating one frame thousands of times made one request render (or send)
+    that frame thousands of times. Repeats are kept (PS3.18: frames in the order asked) but
+    the list is capped by ``max_frames_per_request`` (1000 by default)."""
+    gw, data = loaded
+    ds = dcmread(data.files[-1], stop_before_pixels=True)
+    base = f"/studies/{data.study_uid}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    many = ",".join(["1"] * 5000)
+    for suffix in ("/rendered", ""):
+        r = get(gw, f"{base}/frames/{many}{suffix}")
+        assert r.status_code == 400, (suffix, r.status_code)
+        assert r.json()["detail"] == ("5000 frames requested, more than the limit 1000 "
+                                      "(DRIMBOX_MAX_FRAMES_PER_REQUEST)")
+    ok = ",".join(["2", "1"] * 500)  # exactly the limit: served, in the order asked
+    got = parts(get(gw, f"{base}/frames/{ok}/rendered", Accept="image/png"))
+    assert len(got) == 1000
+    assert [p["Content-Location"].rsplit("/", 2)[1] for p in got[:3]] == ["2", "1", "2"]
+
+
+@pytest.fixture
+def limited(gateway_factory, tmp_path: Path):
+    """A gateway with small limits: renderings of at most 48 x 48, frames of at most 4096
+    pixels decoded, frame lists of at most 3."""
+    gw = gateway_factory(DRIMBOX_RENDER_MAX_SIZE="48", DRIMBOX_RENDER_MAX_SOURCE_PIXELS="4096",
+                         DRIMBOX_MAX_FRAMES_PER_REQUEST="3").start()
+    folder = tmp_path / "limited"
+    folder.mkdir()
+    fits = make_instance(rows=64, cols=64, instance_number=1)
+    over = make_instance(rows=65, cols=64, instance_number=2, study_uid=str(fits.StudyInstanceUID),
+                         series_uid=str(fits.SeriesInstanceUID))
+    mf = make_instance(sop_class=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+                       study_uid=str(fits.StudyInstanceUID), series_number=2, rows=8, cols=10)
+    mf.NumberOfFrames = 3
+    mf.PixelData = np.stack([np.full((8, 10), v, np.uint16) for v in (0, 2000, 4000)]).tobytes()
+    mf.FrameIncrementPointer = 0x00181063
+    mf.FrameTime = 40
+    files = []
+    for name, ds in (("fits", fits), ("over", over), ("mf", mf)):
+        files.append(folder / f"{name}.dcm")
+        ds.save_as(files[-1], enforce_file_format=True)
+    storescu(files, gw.dicom_port)
+    urls = {name: f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+                  f"/instances/{ds.SOPInstanceUID}" for name, ds in
+            (("fits", fits), ("over", over), ("mf", mf))}
+    return gw, urls
+
+
+def test_render_limits_at_and_just_above(limited) -> None:
+    gw, urls = limited
+    fits = urls["fits"]
+    # Output size: at the limit renders, one pixel more is 400 naming the setting.
+    assert image(get(gw, f"{fits}/rendered", {"viewport": "48,48"})).size == (48, 48)
+    assert image(get(gw, f"{fits}/thumbnail", {"viewport": "48,20"})).size == (20, 20)
+    for path in (f"{fits}/rendered", f"{fits}/thumbnail", f"{fits}/frames/1/rendered"):
+        r = get(gw, path, {"viewport": "49,48"})
+        assert r.status_code == 400, path
+        assert r.json()["detail"] == ("viewport 49x48 exceeds the limit 48x48 "
+                                      "(DRIMBOX_RENDER_MAX_SIZE)")
+    # No viewport: an image bigger than the limit is scaled down to fit it.
+    assert image(get(gw, f"{fits}/rendered")).size == (48, 48)
+    # Source size: 64 x 64 = 4096 pixels is decoded; 64 x 65 is refused before decoding.
+    r = get(gw, f"{urls['over']}/rendered")
+    assert r.status_code == 400
+    assert "64x65 pixels" in r.text and "DRIMBOX_RENDER_MAX_SOURCE_PIXELS" in r.text
+    assert get(gw, f"{urls['over']}/thumbnail").status_code == 400
+    assert get(gw, f"{urls['over']}/frames/1/rendered").status_code == 400
+    # ... but the instance is still served as DICOM.
+    assert httpx.get(f"{gw.url}/dicom-web{urls['over']}", timeout=30).status_code == 200
+    # Frame lists: three frames (repeats included) are served, four are 400.
+    mf = urls["mf"]
+    assert len(parts(get(gw, f"{mf}/frames/3,3,3/rendered"))) == 3
+    r = get(gw, f"{mf}/frames/1,1,1,1/rendered")
+    assert r.status_code == 400 and "more than the limit 3" in r.text
+    assert httpx.get(f"{gw.url}/dicom-web{mf}/frames/2,2,2", timeout=30).status_code == 200
+    r = httpx.get(f"{gw.url}/dicom-web{mf}/frames/2,2,2,2", timeout=30)
+    assert r.status_code == 400 and "DRIMBOX_MAX_FRAMES_PER_REQUEST" in r.text
+
+
+def test_large_frame_renders_in_bounded_memory(gateway, tmp_path: Path) -> None:
+    """A 4096 x 4096 16-bit frame (32 MiB stored) rendered whole and as a thumbnail: the
+    server's peak RSS grows by a small multiple of the stored frame, not by the eight bytes a
+    pixel of floating-point intermediates the whole-frame pipeline used to allocate (it
+    grew by some 600 MiB; now about 130, the stored file, its decoded frame and the image)."""
+    ds = make_instance(rows=4096, cols=4096)
+    ds.PixelData = (np.arange(4096 * 4096, dtype=np.uint32) % 4096).astype(np.uint16).tobytes()
+    for keyword in ("WindowCenter", "WindowWidth"):  # the frame's own range: two passes
+        if keyword in ds:
+            delattr(ds, keyword)
+    path = tmp_path / "big.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    storescu([path], gateway.dicom_port)
+    base = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/" \
+           f"{ds.SOPInstanceUID}"
+    image(get(gateway, f"{base}/thumbnail", {"viewport": "16,16"}))  # warm up
+    pid = gateway.proc.pid
+    before = _status_kib(pid, "VmRSS")
+    _reset_peak(pid)
+    assert image(get(gateway, f"{base}/thumbnail")).size == (128, 128)
+    assert image(get(gateway, f"{base}/rendered")).size == (4096, 4096)
+    growth_mib = (_status_kib(pid, "VmHWM") - before) / 1024
+    assert growth_mib < 256, f"server peak RSS grew by {growth_mib:.0f} MiB"

@@ -428,6 +428,28 @@ def test_bulkdata(gateway_ro, study) -> None:
     assert get(gateway_ro, f"{base}/00420011", "application/dicom").status_code == 406
 
 
+def test_as_stored_pixel_data_of_native_instances(gateway_ro, study) -> None:
+    """``transfer-syntax=*`` on frames and pixel bulk data of a native instance: the pixel
+    values as stored, native little endian, labelled Explicit VR Little Endian, whatever the
+    dataset's syntax (Implicit VR Little Endian is not for web services, PS3.18 8.7.3; Deflate
+    compresses the dataset, not the pixels). A deflated instance's frame used to be cut out of
+    the compressed file at the offset it has in the inflated stream."""
+    s = study.study
+    any_octets = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    for kind in ("explicit", "implicit", "deflated"):
+        sop = study.instances[kind][0]
+        base = f"/studies/{s}/series/{study.series[kind]}/instances/{sop}"
+        expected = study.pixels[sop].astype("<u2").tobytes()
+        for path in (f"{base}/frames/1", f"{base}/bulkdata", f"{base}/bulkdata/7FE00010"):
+            for accept_header in (any_octets, "*/*"):
+                r = get(gateway_ro, path, accept_header)
+                assert r.status_code == 200, (kind, path, r.text)
+                (part,) = split(r)
+                assert (part.content_type, part.params["transfer-syntax"]) == (
+                    "application/octet-stream", EXPLICIT), (kind, path, accept_header)
+                assert part.body == expected, (kind, path, accept_header)
+
+
 # -- the ANS validator's request samples -----------------------------------------------------
 
 
