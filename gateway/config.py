@@ -397,6 +397,12 @@ class Settings(BaseSettings):
     """CN the signing certificate must have."""
     whitelist_signer_ou: str = "318751275100020"
     """OU the signing certificate must have (the ANS's SIRET)."""
+    whitelist_crls: list[str] = Field(default_factory=list)
+    """CRLs checked at each refresh (file paths or http(s) URLs, DER or PEM), e.g. IGC-Santé
+    TEST's ``http://igc-sante.esante.gouv.fr/CRL/ACI-EL-ORG-TEST.crl``: a current CRL signed by
+    the signer's issuer must be among them and must not list the signer, or the list is
+    refused. Empty: revocation is not checked (a warning at start-up). JSON in the
+    environment."""
     whitelist_tls_ca_bundle: Path | None = None
     """PEM bundle of the CAs trusted for the https server of ``whitelist_source``. Default: the
     system's CAs."""
@@ -418,6 +424,14 @@ class Settings(BaseSettings):
                 raise ValueError(f"{v!r}: the whitelist is fetched over https:// only (or from "
                                  "a local file path)")
         return v
+
+    @field_validator("whitelist_crls")
+    @classmethod
+    def _whitelist_crls(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if "://" in item and not re.match(r"^https?://[^/\s]+(/\S*)?$", item, re.I):
+                raise ValueError(f"{item!r}: a CRL is a file path or an http(s) URL")
+        return [item.strip() for item in v if item.strip()]
 
     @model_validator(mode="after")
     def _whitelist(self) -> Settings:

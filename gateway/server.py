@@ -136,6 +136,9 @@ def _whitelist(settings: Settings, runtime: Runtime):  # noqa: ANN202
         log.error("whitelist configuration: %s", exc)
         runtime.close()
         sys.exit(2)
+    if not settings.whitelist_crls:
+        log.warning("whitelist: no whitelist_crls configured: the signer's revocation is not "
+                    "checked (R11)")
     keeper.load_persisted()
     runtime.whitelist = keeper
     refresher = WhitelistRefresher(keeper, settings.whitelist_refresh_hours * 3600)

@@ -168,6 +168,41 @@ def test_wrong_signer_cn_or_ou_is_refused(tmp_path: Path) -> None:
         WhitelistVerifier(other.ca_pem).verify(resign(SIGNED.read_bytes(), other))
 
 
+def test_revoked_or_unknown_revocation_status_is_refused(tmp_path: Path) -> None:
+    from adapters.whitelist.source import fetch_crls
+
+    rogue = make_signer(tmp_path)
+    data = resign(SIGNED.read_bytes(), rogue)
+    check = WhitelistVerifier(rogue.ca_pem)
+    assert check.verify(data, fetch_crls([str(rogue.crl(tmp_path))]))
+    cases = {
+        "was revoked on": rogue.crl(tmp_path, revoked=True, name="revoked.crl"),
+        "is not current": rogue.crl(tmp_path, stale=True, name="stale.crl"),
+        "no valid CRL signed by CN=ROGUE TEST CA": rogue.crl(
+            tmp_path, signing_key=make_signer(tmp_path / "other").ca_key, name="forged.crl"),
+    }
+    for reason, crl in cases.items():
+        with pytest.raises(WhitelistRefused, match=reason):
+            check.verify(data, fetch_crls([str(crl)]))
+    with pytest.raises(WhitelistRefused, match="no valid CRL signed by CN=TEST AC IGC-SANTE"):
+        verifier().verify(SIGNED.read_bytes(), [])  # the ANS list: its CRL is not offline
+
+    feed = tmp_path / "feed.xml"
+    feed.write_bytes(data)
+    crl = tmp_path / "current.crl"
+    crl.write_bytes(rogue.crl(tmp_path).read_bytes())
+    k = keeper(tmp_path, feed, verifier=check, crls=[str(crl)])
+    assert k.refresh().accepted
+    crl.unlink()  # the CRL cannot be fetched: a refresh is refused, the list kept
+    result = k.refresh()
+    assert not result.accepted and "revocation status unknown" in result.reason
+    assert k.is_trusted(DB3)
+    restarted = keeper(tmp_path, feed, verifier=check, crls=[str(crl)])
+    assert restarted.load_persisted() is not None  # checked when saved; CRL out of reach now
+    crl.write_bytes(rogue.crl(tmp_path, revoked=True).read_bytes())
+    assert keeper(tmp_path, feed, verifier=check, crls=[str(crl)]).load_persisted() is None
+
+
 # --- the last good list --------------------------------------------------------------------
 
 def test_last_good_list_kept_across_refused_refresh_and_restart(tmp_path: Path) -> None:
@@ -298,6 +333,9 @@ def test_whitelist_settings_are_checked(tmp_path: Path, monkeypatch) -> None:
     with pytest.raises(ConfigError, match="not a loopback address"):
         load_settings(whitelist_source=str(UNSIGNED), whitelist_insecure_allow_unsigned=True,
                       host="0.0.0.0", public_url="https://drimbox.example")
+    with pytest.raises(ConfigError, match="a CRL is a file path or an http"):
+        load_settings(whitelist_source=str(SIGNED), whitelist_trust_anchors=ANCHORS,
+                      whitelist_crls=["ldap://annuaire-igc.esante.gouv.fr/cn=x"])
     ok = load_settings(whitelist_source=str(SIGNED), whitelist_trust_anchors=ANCHORS)
     assert ok.whitelist_refresh_hours == 24
 

@@ -32,6 +32,25 @@ class Signer:
     ca_pem: Path
     key: rsa.RSAPrivateKey
     cert: x509.Certificate
+    ca_key: rsa.RSAPrivateKey
+    ca_cert: x509.Certificate
+
+    def crl(self, directory: Path, *, revoked: bool = False, stale: bool = False,
+            signing_key: rsa.RSAPrivateKey | None = None, name: str = "ca.crl") -> Path:
+        """A DER CRL of the CA (listing the signer when ``revoked``), written to ``directory``."""
+        now = dt.datetime.now(dt.UTC)
+        this, nxt = ((now - dt.timedelta(days=10), now - dt.timedelta(days=3)) if stale
+                     else (now - dt.timedelta(hours=1), now + dt.timedelta(days=7)))
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.ca_cert.subject)
+                   .last_update(this).next_update(nxt))
+        if revoked:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(self.cert.serial_number)
+                .revocation_date(now - dt.timedelta(hours=2)).build())
+        crl = builder.sign(signing_key or self.ca_key, hashes.SHA256())
+        path = directory / name
+        path.write_bytes(crl.public_bytes(serialization.Encoding.DER))
+        return path
 
 
 def make_signer(directory: Path, cn: str = "Liste Blanche DRIM-M",
@@ -69,7 +88,7 @@ def make_signer(directory: Path, cn: str = "Liste Blanche DRIM-M",
     directory.mkdir(parents=True, exist_ok=True)
     ca_pem = directory / "rogue-ca.pem"
     ca_pem.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    return Signer(ca_pem, key, cert)
+    return Signer(ca_pem, key, cert, ca_key, ca)
 
 
 def _c14n(element: etree._Element) -> bytes:

@@ -21,7 +21,7 @@ from pathlib import Path
 from lxml import etree
 
 from adapters.whitelist.parse import parse_whitelist
-from adapters.whitelist.source import WhitelistUnavailable, fetch
+from adapters.whitelist.source import WhitelistUnavailable, fetch, fetch_crls
 from adapters.whitelist.verify import DS, WhitelistRefused, WhitelistVerifier, xml_parser
 from gateway.consumer.trust import Decision, Whitelist
 
@@ -47,13 +47,16 @@ class WhitelistKeeper:
 
     def __init__(self, source: str | None, verifier: WhitelistVerifier | None, state_dir: Path,
                  *, allow_unsigned: bool = False, ca_bundle: Path | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, crls: list[str] | None = None) -> None:
         self.source = source
         self.verifier = verifier
         self.state_dir = Path(state_dir)
         self.allow_unsigned = allow_unsigned
         self.ca_bundle = ca_bundle
         self.timeout = timeout
+        self.crls = list(crls or [])
+        """CRL locations (paths, http(s) URLs) fetched at each check; empty: revocation is
+        not checked."""
         self._lock = threading.Lock()
         self._current: Whitelist | None = None
         self.last_error: str | None = None
@@ -71,7 +74,7 @@ class WhitelistKeeper:
         return cls(settings.whitelist_source, verifier, settings.data_dir / "whitelist",
                    allow_unsigned=settings.whitelist_insecure_allow_unsigned,
                    ca_bundle=settings.whitelist_tls_ca_bundle,
-                   timeout=settings.whitelist_timeout)
+                   timeout=settings.whitelist_timeout, crls=settings.whitelist_crls)
 
     @property
     def current(self) -> Whitelist | None:
@@ -86,8 +89,10 @@ class WhitelistKeeper:
         return current.is_trusted(retrieve_url)
 
     # -- checking one document ------------------------------------------------------------
-    def check(self, data: bytes) -> Whitelist:
-        """Verify and parse one document; :class:`WhitelistRefused` says why not."""
+    def check(self, data: bytes, *, crl_required: bool = True) -> Whitelist:
+        """Verify and parse one document; :class:`WhitelistRefused` says why not. When the
+        CRLs cannot be fetched the list is refused, unless ``crl_required`` is false (the
+        saved list at start-up, checked when it was saved): then revocation is skipped."""
         if self.allow_unsigned and not _is_signed(data):
             log.warning("whitelist: accepting an UNSIGNED list (whitelist_insecure_allow_unsigned"
                         " is on: development only, never in production)")
@@ -99,7 +104,15 @@ class WhitelistKeeper:
         if self.verifier is None:
             raise WhitelistRefused("no trust anchors configured (whitelist_trust_anchors): a "
                                    "signed list cannot be verified")
-        verified = self.verifier.verify(data)
+        crls = None
+        if self.crls:
+            try:
+                crls = fetch_crls(self.crls, ca_bundle=self.ca_bundle, timeout=self.timeout)
+            except WhitelistUnavailable as exc:
+                if crl_required:
+                    raise WhitelistRefused(f"revocation status unknown: {exc}") from None
+                log.warning("whitelist: revocation not checked now (%s)", exc)
+        verified = self.verifier.verify(data, crls)
         return parse_whitelist(verified.root, signer=verified.signer,
                                signed_at=verified.signing_time)
 
@@ -115,7 +128,7 @@ class WhitelistKeeper:
             log.error("whitelist: cannot read the saved list %s: %s", path, exc)
             return None
         try:
-            whitelist = self.check(data)
+            whitelist = self.check(data, crl_required=False)
         except WhitelistRefused as exc:
             self.last_error = f"saved list {path} refused: {exc}"
             log.error("whitelist: %s", self.last_error)

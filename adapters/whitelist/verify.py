@@ -13,7 +13,8 @@ shape is checked (one signature, a child of the root, nothing unsigned inside it
 could mistake for list content); after, the signer's CN and OU. The content returned is the
 *signed* content as signxml canonicalised it, never the document as received.
 
-Revocation (the IGC-Santé CRL) is not checked here yet.
+Revocation: given CRLs (``whitelist_crls``), the signer certificate must be covered by a
+current CRL of its issuer, correctly signed, that does not list it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 from lxml import etree
@@ -130,7 +132,10 @@ class WhitelistVerifier:
         """``None``: now. Another time is for diagnosis only (``drimbox whitelist check
         --at``): a XAdES-B signing time is the signer's own claim, not a proof of time."""
 
-    def verify(self, data: bytes) -> VerifiedDocument:
+    def verify(self, data: bytes,
+               crls: list[x509.CertificateRevocationList] | None = None) -> VerifiedDocument:
+        """Verify ``data``. With ``crls`` (not ``None``), the signer certificate must not be
+        revoked: a current CRL signed by its issuer must be among them."""
         try:
             root = etree.fromstring(data, parser=xml_parser())
         except etree.XMLSyntaxError as exc:
@@ -170,12 +175,50 @@ class WhitelistVerifier:
             raise WhitelistRefused(
                 f"signed by {signer.subject.rfc4514_string()!r}, not by "
                 f"CN={self.signer_cn},OU={self.signer_ou}")
+        if crls is not None:
+            self._check_revocation(signer, certs, crls)
         return VerifiedDocument(
             root=document.signed_xml,
             signer=signer.subject.rfc4514_string(),
             signing_time=_signing_time(results),
             chain=self._chain(signer, certs),
         )
+
+    def _check_revocation(self, signer: x509.Certificate, key_info: list[x509.Certificate],
+                          crls: list[x509.CertificateRevocationList]) -> None:
+        issuers = [c for c in [*self.anchors, *key_info] if c.subject == signer.issuer]
+        issuer = None
+        for candidate in issuers:
+            try:
+                signer.verify_directly_issued_by(candidate)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            issuer = candidate
+            break
+        if issuer is None:
+            raise WhitelistRefused("revocation: the signer's issuer certificate is unknown")
+        now = self.verification_time or dt.datetime.now(dt.UTC)
+        name = issuer.subject.rfc4514_string()
+        usable = []
+        for crl in crls:
+            if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):
+                continue
+            if crl.last_update_utc > now or (crl.next_update_utc is not None
+                                             and crl.next_update_utc < now):
+                raise WhitelistRefused(
+                    f"revocation: the CRL of {name} is not current (this update "
+                    f"{crl.last_update_utc:%Y-%m-%dT%H:%M:%SZ}, next update "
+                    f"{crl.next_update_utc:%Y-%m-%dT%H:%M:%SZ})" if crl.next_update_utc else
+                    f"revocation: the CRL of {name} is not current")
+            usable.append(crl)
+        if not usable:
+            raise WhitelistRefused(f"revocation status unknown: no valid CRL signed by {name}")
+        for crl in usable:
+            revoked = crl.get_revoked_certificate_by_serial_number(signer.serial_number)
+            if revoked is not None:
+                raise WhitelistRefused(
+                    f"the signer certificate (serial {signer.serial_number:x}) was revoked on "
+                    f"{revoked.revocation_date_utc:%Y-%m-%dT%H:%M:%SZ} ({name}'s CRL)")
 
     def _chain(self, signer: x509.Certificate,
                key_info: list[x509.Certificate]) -> tuple[str, ...]:
