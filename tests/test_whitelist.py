@@ -66,6 +66,7 @@ def test_is_trusted_says_why() -> None:
         "https://vi3.test.mesimagesmedicales.fr/wado": "viewer host of 3 (ANS), not a DRIMbox",
         "https://evil.db3.test.mesimagesmedicales.fr/wado": "is not on the whitelist",
         "https://db3.test.mesimagesmedicales.fr.evil.example/": "is not on the whitelist",
+        "https://db3.test.mesimagesmedicales.fr@evil.example/wado": "evil.example is not on",
         "/wado/studies": "not an absolute URL",
     }
     for url, why in cases.items():
@@ -366,6 +367,8 @@ def test_cli_whitelist_check(tmp_path: Path) -> None:
     assert expired.returncode == 1 and "expired" in expired.stdout
     at_signing = _cli("--source", str(INFORMATIF), "--at", "2024-07-12T05:37:19Z", env=env)
     assert at_signing.returncode == 0, at_signing.stdout
+    no_anchors = _cli(env={**env, "DRIMBOX_WHITELIST_TRUST_ANCHORS": str(tmp_path / "none.pem")})
+    assert no_anchors.returncode == 2 and "whitelist trust anchors" in no_anchors.stderr
 
 
 def test_serve_fetches_and_saves_the_list(gateway_factory, tmp_path: Path) -> None:
