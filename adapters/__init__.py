@@ -1,1 +1,1 @@
-"""The outside world: DMP, PSC, INSi, PACS/Orthanc, MSSante, whitelist (coming in later issues)."""
+"""The outside world: DMP, PSC, INSi, PACS/Orthanc, MSSante, the ANS whitelist."""

@@ -1,5 +1,6 @@
 """The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``study show``, ``kos``,
-``manifest``, ``publish``, ``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``.
+``manifest``, ``publish``, ``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``,
+``whitelist check``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -712,6 +713,85 @@ def share_revoke(config_file: Path | None, link_id: str) -> None:
         sys.exit(1)
     _cli_audit(links, "share-revoke", link.id, link.study_uid)
     click.echo(f"revoked {link.id} ({link.study_uid})")
+
+
+
+# --- The ANS whitelist (R11): the Source DRIMboxes a consumer may call. ---
+
+
+@main.group()
+def whitelist() -> None:
+    """The ANS whitelist (liste blanche) of DRIMbox hosts (R11)."""
+
+
+@whitelist.command("check")
+@config_option
+@click.option("--source", default=None,
+              help="A file path or https URL instead of the whitelist_source setting.")
+@click.option("--url", "urls", multiple=True,
+              help="Also say whether this KOS Retrieve URL's host is trusted (repeatable).")
+@click.option("--at", "at", default=None,
+              help="Diagnosis only: check the signer's certificate at this ISO 8601 time "
+                   "instead of now (e.g. the list's signing time).")
+def whitelist_check(config_file: Path | None, source: str | None, urls: tuple[str, ...],
+                    at: str | None) -> None:
+    """Fetch, verify and print the whitelist (the saved last good list is not changed).
+
+    Exit status: 0 the list is accepted (and every --url trusted), 1 refused or unreachable
+    (or a --url not trusted), 2 usage or configuration.
+    """
+    import datetime as dt
+
+    from adapters.whitelist import WhitelistKeeper, WhitelistRefused, WhitelistUnavailable, fetch
+    from adapters.whitelist.verify import WhitelistVerifier
+
+    settings = _settings(config_file)
+    source = source or settings.whitelist_source
+    if not source:
+        click.echo("drimbox: no whitelist source (set whitelist_source or give --source)",
+                   err=True)
+        sys.exit(2)
+    when = None
+    if at is not None:
+        try:
+            when = dt.datetime.fromisoformat(at)
+        except ValueError:
+            raise click.BadParameter(f"{at!r} is not an ISO 8601 date-time",
+                                     param_hint="--at") from None
+        when = when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+    try:
+        keeper = WhitelistKeeper.from_settings(settings)
+        if when is not None and settings.whitelist_trust_anchors is not None:
+            keeper.verifier = WhitelistVerifier(
+                settings.whitelist_trust_anchors, signer_cn=settings.whitelist_signer_cn,
+                signer_ou=settings.whitelist_signer_ou, verification_time=when)
+    except ValueError as exc:
+        click.echo(f"drimbox: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"source     {source}")
+    try:
+        listed = keeper.check(fetch(source, ca_bundle=settings.whitelist_tls_ca_bundle,
+                                    timeout=settings.whitelist_timeout))
+    except WhitelistUnavailable as exc:
+        click.echo(f"UNAVAILABLE: {exc}")
+        sys.exit(1)
+    except WhitelistRefused as exc:
+        click.echo(f"REFUSED: {exc}")
+        sys.exit(1)
+    click.echo(f"signed by  {listed.signer or 'NOBODY (unsigned list accepted: development mode)'}")
+    if listed.signed_at:
+        click.echo(f"signed at  {listed.signed_at}")
+    click.echo(f"generated  {listed.generated_at} (format {listed.format_version or '?'})")
+    click.echo(f"entries    {len(listed.sources)}")
+    for s in listed.sources:
+        click.echo(f"  {s.identifier:>5}  {s.drimbox_host:<40} {s.viewer_host or '-':<40} {s.name}")
+    trusted = True
+    for url in urls:
+        decision = listed.is_trusted(url)
+        trusted = trusted and decision.trusted
+        click.echo(f"{'TRUSTED' if decision else 'NOT TRUSTED'}: {url}: {decision.reason}")
+    click.echo("ACCEPTED" if trusted else "ACCEPTED (but a --url is not trusted)")
+    sys.exit(0 if trusted else 1)
 
 
 if __name__ == "__main__":

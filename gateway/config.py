@@ -393,6 +393,73 @@ class Settings(BaseSettings):
     the MHD ``ihe-designationType``); ``04`` is the ANS sample's value: set the one your DMP
     integration was validated with."""
 
+    # --- Consumer: the ANS whitelist (R11; adapters/whitelist, docs/consumer.md). ---
+    whitelist_source: str | None = None
+    """Where the signed ANS whitelist is fetched: an ``https://`` URL or a local file path.
+    Unset: no list, so no Source DRIMbox is trusted."""
+    whitelist_refresh_hours: float = Field(default=24.0, gt=0, le=24 * 7)
+    """How often ``drimbox serve`` fetches the list again (DRIM-M: daily). After a failure it
+    retries every hour (or this interval, if shorter), keeping the last good list."""
+    whitelist_trust_anchors: Path | None = None
+    """PEM file of the CA certificates the signer must chain to: the IGC-Santé root and the
+    ORG intermediate (TEST: ``TEST AC RACINE IGC-SANTE ELEMENTAIRE`` and ``TEST AC IGC-SANTE
+    ELEMENTAIRE ORGANISATIONS``). Required with ``whitelist_source`` (unless unsigned lists are
+    allowed for development)."""
+    whitelist_signer_cn: str = "Liste Blanche DRIM-M"
+    """CN the signing certificate must have."""
+    whitelist_signer_ou: str = "318751275100020"
+    """OU the signing certificate must have (the ANS's SIRET)."""
+    whitelist_crls: list[str] = Field(default_factory=list)
+    """CRLs checked at each refresh (file paths or http(s) URLs, DER or PEM), e.g. IGC-Santé
+    TEST's ``http://igc-sante.esante.gouv.fr/CRL/ACI-EL-ORG-TEST.crl``: a current CRL signed by
+    the signer's issuer must be among them and must not list the signer, or the list is
+    refused. Empty: revocation is not checked (a warning at start-up). JSON in the
+    environment."""
+    whitelist_tls_ca_bundle: Path | None = None
+    """PEM bundle of the CAs trusted for the https server of ``whitelist_source``. Default: the
+    system's CAs."""
+    whitelist_timeout: float = Field(default=30.0, gt=0)
+    """Seconds before a whitelist download is abandoned (the last good list stays)."""
+    whitelist_insecure_allow_unsigned: bool = False
+    """DEVELOPMENT ONLY: also trust an *unsigned* list (a signed one is still verified).
+    Accepted only with a local file as ``whitelist_source`` and the HTTP side on a loopback
+    address; logs a warning at start-up and at each load."""
+
+    @field_validator("whitelist_source")
+    @classmethod
+    def _whitelist_source(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip()
+        if "://" in v:
+            if not re.match(r"^https://[^/\s]+(/\S*)?$", v, re.I):
+                raise ValueError(f"{v!r}: the whitelist is fetched over https:// only (or from "
+                                 "a local file path)")
+        return v
+
+    @field_validator("whitelist_crls")
+    @classmethod
+    def _whitelist_crls(cls, v: list[str]) -> list[str]:
+        for item in v:
+            if "://" in item and not re.match(r"^https?://[^/\s]+(/\S*)?$", item, re.I):
+                raise ValueError(f"{item!r}: a CRL is a file path or an http(s) URL")
+        return [item.strip() for item in v if item.strip()]
+
+    @model_validator(mode="after")
+    def _whitelist(self) -> Settings:
+        if self.whitelist_insecure_allow_unsigned:
+            if not self.whitelist_source or "://" in self.whitelist_source:
+                raise ValueError("whitelist_insecure_allow_unsigned needs a local file as "
+                                 "whitelist_source (never a URL)")
+            if not _is_loopback(self.effective_http_host):
+                raise ValueError(
+                    f"whitelist_insecure_allow_unsigned: HTTP host {self.effective_http_host} is "
+                    "not a loopback address; an unsigned whitelist is for development only")
+        elif self.whitelist_source and self.whitelist_trust_anchors is None:
+            raise ValueError("whitelist_source is set but whitelist_trust_anchors is not: the "
+                             "list's signature cannot be verified (R11)")
+        return self
+
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:

@@ -40,6 +40,9 @@ class Runtime:
     warmer: MetadataWarmer
     reports: ReportWorkflow | None = None
     """Reports from the RIS (issue #7): attach publication to its hooks."""
+    whitelist: object | None = None
+    """The ANS whitelist keeper (``adapters.whitelist.WhitelistKeeper``, R11), set by
+    ``drimbox serve`` when ``whitelist_source`` is configured."""
 
     @classmethod
     def build(

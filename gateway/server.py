@@ -29,6 +29,7 @@ def serve(settings: Settings) -> None:
     runtime = Runtime.build(settings)  # clears staging: before any worker exists
     stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
     outbox_worker = _publication(settings, runtime, stability)  # may exit: before the workers
+    whitelist_refresher = _whitelist(settings, runtime)  # may exit: before the workers
     dicom: DicomService | WorkerPool
     if settings.dicom_workers:
         dicom = WorkerPool(settings)
@@ -70,6 +71,8 @@ def serve(settings: Settings) -> None:
             hl7.stop()
         unclean = dicom.stop()  # WorkerPool: workers that did not exit cleanly
         stability.stop()
+        if whitelist_refresher is not None:
+            whitelist_refresher.stop()
         if outbox_worker is not None:
             outbox_worker.stop()
             outbox_worker.transport.close()
@@ -113,3 +116,33 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
     log.info("publication outbox worker started (%s transport, auto_publish=%s)",
              settings.dmp_transport, settings.effective_auto_publish)
     return worker
+
+
+def _whitelist(settings: Settings, runtime: Runtime):  # noqa: ANN202
+    """R11: the ANS whitelist a consumer checks Source hosts against. The saved last good list
+    is trusted again at once (if it still verifies), then the refresher fetches a new one now
+    and every ``whitelist_refresh_hours``. Unreadable trust anchors stop start-up (exit 2)."""
+    if not settings.whitelist_source:
+        return None
+    from adapters.whitelist import WhitelistKeeper, WhitelistRefresher
+
+    if settings.whitelist_insecure_allow_unsigned:
+        log.warning("!!! whitelist_insecure_allow_unsigned is ON: an UNSIGNED whitelist from %s "
+                    "will be trusted. Development only: never run a real centre like this !!!",
+                    settings.whitelist_source)
+    try:
+        keeper = WhitelistKeeper.from_settings(settings)
+    except ValueError as exc:
+        log.error("whitelist configuration: %s", exc)
+        runtime.close()
+        sys.exit(2)
+    if not settings.whitelist_crls:
+        log.warning("whitelist: no whitelist_crls configured: the signer's revocation is not "
+                    "checked (R11)")
+    keeper.load_persisted()
+    runtime.whitelist = keeper
+    refresher = WhitelistRefresher(keeper, settings.whitelist_refresh_hours * 3600)
+    refresher.start()
+    log.info("whitelist refresher started (%s, every %g h)", settings.whitelist_source,
+             settings.whitelist_refresh_hours)
+    return refresher
