@@ -137,7 +137,7 @@ async def appel_contextuel(request: Request) -> Response:
             return await run_in_threadpool(_refused, request, 413, [ctx.Problem(
                 "body", "malformed", f"at most {MAX_BODY} bytes")])
     try:
-        pairs = parse_qsl(body.decode("ascii"), keep_blank_values=True, encoding="utf-8",
+        pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, encoding="utf-8",
                           errors="strict")
     except UnicodeDecodeError:
         return await run_in_threadpool(_refused, request, 400, [ctx.Problem(

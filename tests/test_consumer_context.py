@@ -61,6 +61,7 @@ BAD: list[tuple[dict[str, str | None], str, str]] = [
     ({"Patient.name.family": "X" * 101}, "Patient.name.family", "malformed"),
     ({"Patient.name.given": "DOMINIQUE  MARIE"}, "Patient.name.given", "malformed"),
     ({"Patient.name.given": "D0MINIQUE"}, "Patient.name.given", "malformed"),
+    ({"Patient.name.family": "<b>DUPONT</b>"}, "Patient.name.family", "malformed"),
     ({"PatientID": "A" * 65}, "PatientID", "malformed"),
     ({"PatientIDIssuer": "CH&not-an-oid&ISO"}, "PatientIDIssuer", "malformed"),
     ({"Situation": "R1\r\nX"}, "Situation", "malformed"),
@@ -90,13 +91,14 @@ def test_a_good_appel_contextuel() -> None:
     ({"Patient.identifier.system": "1.2.250.1.213.1.4.8"}, "1.2.250.1.213.1.4.8"),
     ({"Patient.birthDate": "1979-03"}, "03/1979"), ({"Address.district": "2A004"}, "2A004"),
     ({"InformationEtConsentement": "FALSE"}, False), ({"Situation": ""}, ""),
+    ({"Patient.name.family": "DE LA FONTAINE-D’ÉTÉ"}, "DE LA FONTAINE-D’ÉTÉ"),
 ])
 def test_accepted_variants(value: dict[str, str], expected: object) -> None:
     """INS letters for the sex, a bare OID, a partly unknown birth date, a Corsican birthplace,
-    a refusal of consent, an empty optional Situation (as good as absent)."""
+    a refusal of consent, an empty optional Situation (as good as absent), accents."""
     p = parse(pairs(value), TODAY)
     assert expected in (p.gender, p.ins_oid, p.birth_date_label, p.birthplace, p.consent,
-                        p.situation)
+                        p.situation, p.birth_name)
 
 
 @pytest.mark.parametrize(("changes", "parameter", "kind"), BAD,

@@ -23,6 +23,7 @@ from test_consumer_context import BAD, GOOD, pairs
 from test_viewer_login import psc_answer
 
 from dimse_client import open_index
+from gateway.audit_export import fhir_audit_bundle, kpi_csv
 from gateway.index.models import AuditEvent, ConsumerContext, ViewerSession
 
 CABINET, HOSPITAL = "R499999000000101", "R499999000000202"
@@ -80,6 +81,12 @@ def login_through_psc(browser: Browser, gw, practitioner: str) -> httpx.Response
 def trait(page: str, name: str) -> str:
     (value,) = re.findall(rf"<dd data-trait='{name}'>([^<]*)</dd>", page)
     return value
+
+
+def kpi_count(lines: list[str], action: str, status: str) -> int:
+    """Calls of one type and status in the KPI file, whatever the day."""
+    rows = [line.split(";") for line in lines[1:]]
+    return sum(int(n) for _day, kind, n, st in rows if kind == action and st == status)
 
 
 def audit(gw, action: str) -> list[AuditEvent]:
@@ -153,6 +160,16 @@ def test_appel_contextuel_psc_login_and_banner(consumer) -> None:
     assert all(v.subject == STAFF and v.patient_ins == "279035121518989" for v in views)
     for row in audit(gw, "consumer_context") + views:  # never the names nor the birth date
         assert "ARTAGNAN" not in repr(row.__dict__) and "1979-03-12" not in repr(row.__dict__)
+    # R22: the KPI file counts the appel contextuel (Nombre_Appel, Statut_Appel); the FHIR
+    # export names the patient by INS only.
+    index = open_index(gw.database_url)
+    try:
+        kpi = kpi_csv(index).splitlines()
+        bundle = fhir_audit_bundle(index, "DRIMBOX").model_dump_json()
+    finally:
+        index.engine.dispose()
+    assert kpi_count(kpi, "consumer_context", "succes") == 1, kpi
+    assert "279035121518989" in bundle and "ARTAGNAN" not in bundle
 
 
 def test_each_bad_parameter_is_refused_by_name(consumer) -> None:
@@ -186,6 +203,12 @@ def test_each_bad_parameter_is_refused_by_name(consumer) -> None:
     refused = audit(gw, "consumer_context")
     assert len(refused) == len(BAD) + 2 and {r.outcome for r in refused} == {"denied"}
     assert refused[0].reason == "bad_parameters: Patient.identifier.value"
+    index = open_index(gw.database_url)
+    try:
+        kpi = kpi_csv(index).splitlines()
+    finally:
+        index.engine.dispose()
+    assert kpi_count(kpi, "consumer_context", "erreur") == len(BAD) + 2
 
 
 def test_search_form_and_situation_for_a_logged_in_practitioner(consumer) -> None:

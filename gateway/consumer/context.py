@@ -65,6 +65,7 @@ GENDER_LABELS = {"male": "Masculin", "female": "Féminin", "other": "Indétermin
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _NAME = re.compile(r"^[^\W\d_]", re.UNICODE)  # starts with a letter
+_NAME_CHARS = re.compile(r"^(?:[^\W\d_]|[ '’-])+$", re.UNICODE)  # letters, space, ' ’ -
 _DATE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?$")
 _COG = re.compile(r"^(?:\d{2}|2[AB])\d{3}$")
 _OID = re.compile(r"^[0-2](?:\.(?:0|[1-9]\d*))+$")
@@ -133,7 +134,7 @@ class ContextRefused(ValueError):
         self.problems = problems
 
 
-def _text(name: str, value: str, limit: int) -> str | None:
+def _text(value: str, limit: int) -> str | None:
     """A rule broken by a free-text value, or None."""
     if len(value) > limit:
         return f"at most {limit} characters"
@@ -145,15 +146,15 @@ def _text(name: str, value: str, limit: int) -> str | None:
 
 
 def _check_name(value: str, limit: int) -> str | None:
-    rule = _text("", value, limit)
+    rule = _text(value, limit)
     if rule:
         return rule
     if "  " in value:
         return "names are separated by one space"
+    if not _NAME_CHARS.match(value):
+        return "letters, spaces, hyphens and apostrophes only"
     if not all(_NAME.match(part) for part in value.split(" ")):
         return "each name starts with a letter"
-    if any(ch.isdigit() for ch in value):
-        return "no digits in a name"
     return None
 
 
@@ -172,7 +173,7 @@ def _check_date(value: str, today: date) -> str | None:
 
 
 def _check_issuer(value: str) -> str | None:
-    rule = _text("", value, 255)
+    rule = _text(value, 255)
     if rule:
         return rule
     parts = value.split("&")
@@ -247,14 +248,14 @@ def parse(pairs: Iterable[tuple[str, str]], today: date | None = None) -> Patien
     if consent and consent.lower() not in ("true", "false"):
         malformed(CONSENT, "true or false")
     if values.get(PATIENT_ID):
-        rule = _text("", values[PATIENT_ID], 64)
+        rule = _text(values[PATIENT_ID], 64)
         if not rule and "\\" in values[PATIENT_ID]:
             rule = "no backslash (DICOM LO)"
         malformed(PATIENT_ID, rule)
     if values.get(PATIENT_ID_ISSUER):
         malformed(PATIENT_ID_ISSUER, _check_issuer(values[PATIENT_ID_ISSUER]))
     if values.get(SITUATION):
-        malformed(SITUATION, _text("", values[SITUATION], 128))
+        malformed(SITUATION, _text(values[SITUATION], 128))
     if problems:
         raise ContextRefused(problems)
     return PatientContext(
