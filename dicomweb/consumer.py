@@ -31,10 +31,11 @@ from __future__ import annotations
 
 import html
 from datetime import timedelta
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
+from starlette.concurrency import run_in_threadpool
 
 from dicomweb.consumer_banner import BANNER_CSS, identity_banner
 from dicomweb.login import activity_redirect, login_redirect
@@ -124,8 +125,6 @@ _KIND_FR = {"missing": "manquant", "unknown": "inconnu", "repeated": "répété"
 
 @router.post(CONTEXT_PATH, include_in_schema=False)
 async def appel_contextuel(request: Request) -> Response:
-    from starlette.concurrency import run_in_threadpool
-
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/x-www-form-urlencoded":
         return await run_in_threadpool(_refused, request, 415, [ctx.Problem(
@@ -162,8 +161,8 @@ def _accept(request: Request, pairs: list[tuple[str, str]]) -> Response:
 
 
 def _origin(url: str) -> str:
-    parts = url.split("/")
-    return "/".join(parts[:3])
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 @router.get(PAGE_PATH, include_in_schema=False)
