@@ -2,7 +2,8 @@
 
 Routes: ``GET /healthz`` (liveness and index reachability, no patient data), ``GET /metrics``
 (Prometheus text format), DICOMweb under ``/dicom-web`` (``qido``, ``wado``, ``stow``
-modules) and the viewer (``viewer`` module).
+modules), the viewer (``viewer`` module) and, with the consumer role (``roles``), the consumer
+pages under ``/consumer`` (``consumer`` module).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     session_cookies.install(app)
     login.install(app)
     share.install(app)
+    if runtime.settings.consumer_enabled:  # R13-R16: the consumer role's routes, else 404
+        from dicomweb import consumer
+
+        consumer.install(app)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> Response:

@@ -5,7 +5,10 @@
 * ``GET /auth/callback``: PSC's answer. The state must be this browser's; the code is
   exchanged, the ID token and userinfo checked (:mod:`adapters.psc.login`). A session is
   opened (``drimbox-session`` cookie); with several activities the practitioner picks one.
-* ``GET /auth/activity``, ``POST /auth/activity``: the activity choice (a server page).
+* ``GET /auth/activity``, ``POST /auth/activity``: the activity choice (a server page). With
+  several activities, a pre-selector (``app.state.activity_preselectors``; the consumer's
+  ``Situation``, R13) may name one at the callback: it is chosen and the page skipped (it
+  stays reachable to change it).
 * ``GET /auth/logout``: a confirmation page whose form posts the logout with the session's
   anti-CSRF token (:func:`dicomweb.session_cookies.form_token`); ``POST /auth/logout`` with
   that token deletes the session row, clears the cookie and sends the browser to PSC's
@@ -41,7 +44,7 @@ from dicomweb.session_cookies import (
 from dicomweb.urls import request_public_url
 from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.principal import Principal
-from gateway.sessions import PENDING_LOGIN_SECONDS
+from gateway.sessions import PENDING_LOGIN_SECONDS, Activity
 
 router = APIRouter()
 
@@ -144,10 +147,13 @@ def callback(request: Request, code: str | None = None, state: str | None = None
         return _failed(request, "no_activity", 403, result.subject_name_id)
     settings = request.app.state.runtime.settings
     chosen = result.activities[0].id if len(result.activities) == 1 else ""
+    preselected = "" if chosen else _preselected(request, result.activities)
+    chosen = chosen or preselected
     raw = sessions(request).create("practitioner", result.subject_name_id, activity=chosen,
                                    activities=result.activities, id_token=result.id_token)
     _audit(request, result.subject_name_id, "login", ALLOWED, activity=chosen or None,
-           reason="" if chosen else "activity_to_choose")
+           reason="activity_preselected" if preselected else
+           "" if chosen else "activity_to_choose")
     base = request_public_url(request)
     target = pending.return_to if chosen else f"/auth/activity?next={quote(pending.return_to)}"
     response = RedirectResponse(base + target, 303)
@@ -155,6 +161,18 @@ def callback(request: Request, code: str | None = None, state: str | None = None
     set_cookie(response, settings, SESSION, raw,
                timedelta(hours=settings.viewer_session_hours))
     return response
+
+
+def _preselected(request: Request, activities: tuple[Activity, ...]) -> str:
+    """The activity a pre-selector names for this browser (the consumer's ``Situation``, R13):
+    the callables in ``app.state.activity_preselectors`` are asked in order; an answer that is
+    not one of the practitioner's activities is ignored. '' when none applies."""
+    ids = {a.id for a in activities}
+    for preselect in getattr(request.app.state, "activity_preselectors", ()):
+        chosen = preselect(request)
+        if chosen and chosen in ids:
+            return chosen
+    return ""
 
 
 @router.get("/auth/activity", include_in_schema=False)

@@ -351,6 +351,17 @@ class Settings(BaseSettings):
         """Session cookies are Secure (and ``__Host-`` prefixed) unless on plain-http loopback."""
         return self.effective_public_url.startswith("https://")
 
+    # --- Roles: DRIM-M Source and/or Consommatrice (R13-R16; gateway/consumer/). ---
+    roles: Literal["source", "consumer", "both"] = "source"
+    """What this DRIMbox does: ``source`` (publishes and serves its centre's exams; every
+    route of the Source), ``consumer`` (a clinician's DRIMbox: the appel contextuel and the
+    consumer pages under ``/consumer``), or ``both``. The consumer routes answer 404 unless
+    the consumer role is on; the Source routes run whatever this says (for now)."""
+
+    @property
+    def consumer_enabled(self) -> bool:
+        return self.roles in ("consumer", "both")
+
     # --- Publication workflow and outbox (issue #5; R4-R8, gateway/publication.py). ---
     auto_publish: bool | None = None
     """Publish each study that becomes stable with a publishable INS (a new KOS replaces the

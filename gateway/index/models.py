@@ -367,3 +367,32 @@ class PublicationEvent(Base):
     kos_uid: Mapped[str] = mapped_column(UID, default="", server_default="")
     outbox_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+# --- The consumer role (R13-R16; gateway/consumer/): the patient an appel contextuel names. ---
+
+
+class ConsumerContext(Base):
+    """A patient context of the consumer DRIMbox: the strict INS traits an appel contextuel
+    (R13) or the search form gave, kept server-side, never in a URL.
+
+    It is first *pending*: bound to the browser that posted it by a short-lived cookie whose
+    SHA-256 is ``pending_sha256`` (a cross-site POST from the clinician's software carries no
+    session cookie). The consumer page *claims* it for the practitioner's session
+    (``session_sha256`` = the ``viewer_sessions`` key; ``pending_sha256`` cleared); a session
+    has one current context, its latest claimed one. Later steps (the DMP search, retrieval,
+    export) hang their rows off ``id``. ``traits`` is JSON (:class:`gateway.consumer.context.
+    PatientContext`); ``ins_matricule`` is repeated for lookups and the audit."""
+
+    __tablename__ = "consumer_contexts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    pending_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    session_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    ins_matricule: Mapped[str] = mapped_column(String(15))
+    traits: Mapped[str] = mapped_column(Text)
+    situation: Mapped[str] = mapped_column(Text, default="")
+    source: Mapped[str] = mapped_column(String(16))
+    """``appel-contextuel`` (another origin) or ``search-form`` (our page)."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
