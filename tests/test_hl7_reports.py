@@ -253,6 +253,14 @@ def test_hl7_send_command(hl7_gateway, tmp_path: Path) -> None:
          "--set", "idMessage=CLI2"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "MSA|AE|CLI2" in proc.stdout and "ERR||OBX^1^5^1^5|102" in proc.stdout
+    # A file whose MSH-18 we do not read goes as it is: the listener's AR is printed.
+    path.write_bytes(_msh18(sample("informatif/OMI_O23-ImagingOrder.hl7"), "8859/99",
+                            "CLI3").encode())
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "hl7", "send", str(path), "--port", str(gw.hl7_port)],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "MSA|AR|CLI3" in proc.stdout and "ERR||MSH^1^18|103" in proc.stdout, proc.stdout
 
 
 def _mllp(sock, text: str) -> None:  # noqa: ANN001
