@@ -1,8 +1,12 @@
-"""Request-side checks shared by the metadata and rendered routes: UIDs, Accept, caching.
+"""Request-side checks shared by the metadata and rendered routes: UIDs, Accept, caching,
+integer parameters.
 
 UIDs in a path are checked before anything else (400 naming the bad one); they must pass
 :func:`gateway.uids.is_safe_uid`, the rule every stored UID passed at ingest, so a UID we
-refuse here can never name a stored resource.
+refuse here can never name a stored resource. Integer query parameters go through
+:func:`int_param` (the rule of :mod:`gateway.integers`, which QIDO-RS uses too): anything but
+ASCII digits within explicit bounds is a 400 naming the parameter, never a 500 from
+``int()`` or from the database.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 
+from gateway.integers import BadInteger, parse_int
 from gateway.uids import is_safe_uid
 
 
@@ -20,6 +25,18 @@ def check_uids(**uids: str) -> None:
         if not is_safe_uid(value):
             shown = value if len(value) <= 80 else value[:80] + "..."
             raise HTTPException(400, f"{name} UID {shown!r} is not a valid UID")
+
+
+def int_param(name: str, raw: str | None, minimum: int, maximum: int,
+              default: int | None = None) -> int | None:
+    """The integer query parameter ``name`` (``default`` when absent); 400 naming it when it is
+    not ASCII digits within ``minimum``..``maximum``."""
+    if raw is None:
+        return default
+    try:
+        return parse_int(name, raw, minimum, maximum)
+    except BadInteger as exc:
+        raise HTTPException(400, exc.message) from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,9 @@ The search itself (parameters, matching rules, paging, order, server maxima) is
 * Unknown parameters and malformed values: 400 with a JSON body
   ``{"error": "...", "parameter": "<name>"}``. A matching key we do not index is refused
   (400), never silently ignored; an ``includefield`` we do not index is simply absent.
+  ``limit`` (1..2^63-1), ``offset`` (0..2^63-1) and integer matching keys (within their VR,
+  e.g. SeriesNumber -2^31..2^31-1) outside their range or not plain ASCII digits are 400
+  ``"offset must be an integer between 0 and 9223372036854775807, not '...'"``.
 * More matches than the server maximum (studies 1000, series 1000, instances 10000):
   the first page and ``Warning: 299 <host>: The number of results exceeded the maximum
   supported by the server. Additional results can be requested.`` (PS3.18 8.3.4.4 wording).

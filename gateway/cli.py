@@ -567,9 +567,13 @@ def hl7_send(file: Path, host: str, port: int, timeout: float,
     """
     from gateway.hl7_reader import charset_of, normalise
     from gateway.mllp import ack_summary, send_message
+    from gateway.reports import ReportRefused
 
     raw = file.read_bytes()
-    charset = charset_of(raw)
+    try:
+        charset = charset_of(raw)
+    except ReportRefused:  # an MSH-18 we do not read: its bytes go as they are (the peer judges)
+        charset = "latin-1"
     text = raw.decode(charset)
     for item in substitutions:
         name, sep, value = item.partition("=")

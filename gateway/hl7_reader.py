@@ -10,6 +10,8 @@ the v2.5 ORU_R01 structure, and its validation ends with "Missing required child
 ORU_R01_ORDER_OBSERVATION.OBR". The checks that matter are made here, each naming the field
 in error as an HL7 ERR location (``PID^1^3``):
 
+* MSH-2 must be 4 (or 5) distinct delimiters; MSH-18 names the character set
+  (:func:`charset_of`: UTF-8 or ISO 8859, anything else is refused naming it);
 * the CDA travels base64 in OBX-5 of the ``ED`` OBX (``^TEXT^XML^Base64^<data>``);
 * ``PID-3`` carries the INS (with its OID) and the IPP (``PI``), ``PID-32`` the identity status;
 * MetaDMPMSS flags are OBX ``<FLAG>^<text>^MetaDMPMSS`` with OBX-5 ``Y`` or ``N``;
@@ -23,10 +25,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import re
 
 import hl7
-from hl7.exceptions import ParseException
 
 from gateway.cda import CdaError, read_cda
 from gateway.ins_codecs import ins_from_pid3
@@ -53,14 +55,41 @@ def normalise(text: str) -> str:
     return "\r".join(line for line in lines if line.strip())
 
 
+_UTF8_NAMES = ("", "ASCII", "UNICODE", "UNICODE UTF-8")
+_ISO_8859 = re.compile(r"8859/([0-9]{1,2})")
+CHARSETS_READ = "UNICODE UTF-8, ASCII, UNICODE or 8859/1 to 8859/16"
+"""What :func:`charset_of` accepts in MSH-18, as said to a sender it refuses."""
+
+
 def charset_of(block: bytes) -> str:
-    """The Python codec for MSH-18 (UTF-8 unless an ISO 8859 character set is named)."""
+    """The Python codec for MSH-18 (HL7 table 0211): UTF-8 when it is empty, ``ASCII``,
+    ``UNICODE`` or ``UNICODE UTF-8`` (ASCII is a subset), ``iso8859-N`` for ``8859/N`` (any ISO
+    8859 part Python has: 1 to 16 but 12). Case and surrounding spaces do not matter; of a
+    repeated MSH-18 only the first repetition (the default character set) counts. Any other
+    value (``8859/``, ``8859/99``, ``UNICODE UTF-16``, ``ISO IR87``...) raises
+    :class:`~gateway.reports.ReportRefused`: AR, ERR ``MSH^1^18`` code 103, naming the value.
+    """
     first = block.split(b"\r", 1)[0].split(b"\n", 1)[0]
-    fields = first.split(first[3:4] or b"|") if first.startswith(b"MSH") else []
-    value = fields[17].decode("ascii", "replace").strip().upper() if len(fields) > 17 else ""
-    if value.startswith("8859/"):
-        return "iso8859-" + value[5:].split()[0]
-    return "utf-8"
+    if not first.startswith(b"MSH") or len(first) < 4:
+        return "utf-8"
+    fields = first.split(first[3:4])
+    raw = fields[17].decode("ascii", "replace") if len(fields) > 17 else ""
+    repetition = first[5:6].decode("ascii", "replace") if len(first) > 5 else "~"
+    value = raw.split(repetition or "~", 1)[0].strip().upper()
+    if value in _UTF8_NAMES:
+        return "utf-8"
+    m = _ISO_8859.fullmatch(value)
+    if m is not None:
+        codec = f"iso8859-{int(m.group(1))}"
+        try:
+            codecs.lookup(codec)
+        except LookupError:
+            pass
+        else:
+            return codec
+    shown = raw if len(raw) <= 40 else raw[:40] + "..."
+    raise refuse("MSH^1^18", 103, f"MSH-18 character set '{shown.strip()}' is not supported "
+                 f"(HL7 table 0211: {CHARSETS_READ})", Ack.REJECTED)
 
 
 def _f(segment: hl7.Segment, n: int) -> str:
@@ -88,6 +117,10 @@ def parse(text: str) -> hl7.Message:
     text = normalise(text)
     if not text.startswith("MSH"):
         raise refuse("MSH", 100, "the message does not begin with an MSH segment", Ack.REJECTED)
+    encoding = text[4:].split(text[3:4] or "|", 1)[0].split("\r", 1)[0] if len(text) > 3 else ""
+    if not (4 <= len(encoding) <= 5 and len(set(encoding + text[3])) == len(encoding) + 1):
+        raise refuse("MSH^1^2", 102, f"MSH-2 (encoding characters) '{encoding}' must be 4 or 5 "
+                     "distinct delimiters other than MSH-1 (usually ^~\\&)", Ack.REJECTED)
     seen: dict[str, int] = {}
     previous = "MSH^1"
     for n, line in enumerate(text.split("\r"), start=1):
@@ -101,8 +134,10 @@ def parse(text: str) -> hl7.Message:
         previous = f"{seg_id}^{seen[seg_id]}"
     try:
         message = hl7.parse(text)
-    except (ParseException, IndexError, ValueError) as exc:
-        raise refuse("MSH", 100, f"the message cannot be parsed ({exc})", Ack.REJECTED) from None
+    except Exception as exc:  # noqa: BLE001 - python-hl7 also fails with IndexError,
+        # ValueError or AssertionError (MSH-2 repeating a delimiter): all mean "unparseable".
+        detail = str(exc) or type(exc).__name__
+        raise refuse("MSH", 100, f"the message cannot be parsed ({detail})", Ack.REJECTED) from None
     msh = message.segment("MSH")
     if not _f(msh, 10).strip():
         raise refuse("MSH^1^10", 101, "MSH-10 (message control id) is empty", Ack.REJECTED)
@@ -218,7 +253,7 @@ def _obx(message: hl7.Message) -> list[tuple[int, hl7.Segment]]:
     out = []
     for pos, seg in enumerate((s for s in message if str(s[0]) == "OBX"), start=1):
         set_id = _f(seg, 1).strip()
-        out.append((int(set_id) if set_id.isdigit() else pos, seg))
+        out.append((int(set_id) if set_id.isascii() and set_id.isdigit() else pos, seg))
     return out
 
 

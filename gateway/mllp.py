@@ -11,8 +11,10 @@ one original-mode ACK, on the same connection, after the message is durably reco
   code, ERR-4 the severity, ERR-8 a message for the sender's operator.
 
 A repeated message (same MSH-3, MSH-4, MSH-10) is answered with the same ACK and not processed
-again (the ``reports`` table). Logs name the message type, MSH-10 and the outcome, never a
-patient name or INS.
+again (the ``reports`` table). No message ends its connection without an ACK: an MSH-18 we do
+not read is AR ``MSH^1^18`` (the ACK in UTF-8, saying so in its MSH-18), and anything
+unexpected is AR 207; the connection then serves the next message. Logs name the message
+type, MSH-10 and the outcome, never a patient name or INS.
 """
 
 from __future__ import annotations
@@ -51,21 +53,24 @@ def escape(text: str) -> str:
 
 
 def build_ack(message: hl7.Message | None, outcome: Outcome, *, application: str,
-              facility: str) -> str:
-    """The ACK for ``message`` (None when it could not be parsed) with ``outcome``."""
+              facility: str, charset: str | None = None) -> str:
+    """The ACK for ``message`` (None when it could not be parsed) with ``outcome``. Its MSH-18
+    is ``charset`` when given (the ACK is not in the message's character set), else the
+    message's own (first repetition), else ``UNICODE UTF-8``."""
     msh = message.segment("MSH") if message is not None else None
 
     def f(n: int) -> str:
         return str(msh[n]) if msh is not None and len(msh) > n else ""
 
     event = f(9).split("^")[1] if "^" in f(9) else ""
+    charset = charset or f(18).split("~", 1)[0] or "UNICODE UTF-8"
     version = f(12) or "2.5"
     now = datetime.now().strftime("%Y%m%d%H%M%S")
     control = uuid.uuid4().hex[:20]
     segments = [
         "|".join(["MSH", "^~\\&", application, facility, f(3), f(4), now, "",
                   f"ACK^{event}^ACK" if event else "ACK", control, f(11) or "P", version,
-                  "", "", "", "", "", f(18) or "UNICODE UTF-8"]),
+                  "", "", "", "", "", charset]),
         f"MSA|{outcome.ack.value}|{f(10)}",
     ]
     if outcome.error is not None:
@@ -97,13 +102,31 @@ class MessageProcessor:
         self.facility = facility
 
     def process(self, block: bytes) -> bytes:
-        charset = charset_of(block)
+        """The ACK for ``block``. Never raises: whatever goes wrong with one message, its
+        sender gets an ACK (AR 207 for the unexpected) and the connection stays usable."""
+        try:
+            return self._process(block)
+        except Exception:  # a bug on some input: the sender still gets an answer
+            log.exception("HL7 message: internal error before the ACK")
+            outcome = Outcome(Ack.REJECTED, FieldError(
+                "MSH", 207, "internal error, the message was not processed: send it again"))
+            return self._ack(_header_only(block.decode("utf-8", "replace")), outcome, "utf-8",
+                             "UNICODE UTF-8")
+
+    def _process(self, block: bytes) -> bytes:
+        try:
+            charset = charset_of(block)
+        except ReportRefused as refused:  # unknown MSH-18: answered in UTF-8, saying so
+            log.warning("HL7 message refused before reading: AR MSH^1^18 (character set)")
+            return self._ack(_header_only(block.decode("utf-8", "replace")), refused.outcome,
+                             "utf-8", "UNICODE UTF-8")
         message: hl7.Message | None = None
         text = ""
         try:
             try:
                 text = block.decode(charset)
             except UnicodeDecodeError:
+                text = block.decode(charset, "replace")  # for the ACK's MSA-2 only
                 raise ReportRefused(Ack.ERROR, FieldError(
                     "MSH^1^18", 102, f"the message is not valid {charset} (MSH-18)")) from None
             message = parse(text)
@@ -134,9 +157,11 @@ class MessageProcessor:
                  f" {err.location} {err.code}" if err else "")
         return self._ack(message, outcome, charset)
 
-    def _ack(self, message: hl7.Message | None, outcome: Outcome, charset: str) -> bytes:
-        ack = build_ack(message, outcome, application=self.application, facility=self.facility)
-        return ack.encode(charset, "replace")
+    def _ack(self, message: hl7.Message | None, outcome: Outcome, codec: str,
+             charset: str | None = None) -> bytes:
+        ack = build_ack(message, outcome, application=self.application, facility=self.facility,
+                        charset=charset)
+        return ack.encode(codec, "replace")
 
 
 def _header_only(text: str) -> hl7.Message | None:
@@ -147,6 +172,12 @@ def _header_only(text: str) -> hl7.Message | None:
         return None
     try:
         return hl7.parse(first)
+    except Exception:  # noqa: BLE001 - MSH-2 unusable (a delimiter twice...): read the fields
+        pass          # with the standard encoding characters instead
+    sep = first[3]
+    fields = first.split(sep)
+    try:
+        return hl7.parse(sep.join(["MSH", "^~\\&", *fields[2:]]))
     except Exception:  # noqa: BLE001 - then the ACK names no message
         return None
 

@@ -34,13 +34,15 @@ Matching rules (PS3.4 C.2.2.2), on values as stored (as received, without paddin
 * ModalitiesInStudy matches when any series of the study matches one of the values
   (``CT,MR`` or ``CT\\MR``; wildcards allowed).
 
-Paging: ``limit`` / ``offset``; each level has a server maximum (:data:`MAX_RESULTS`). When
-more matches exist than the maximum allows, the first page is returned and ``truncated`` is
-set (the HTTP face adds PS3.18's ``Warning: 299``). The order is deterministic, so pages are
-stable: studies newest first (StudyDate, StudyTime descending, then insertion order
-descending); series and instances in their study's order, then SeriesNumber, InstanceNumber
-ascending (missing numbers last) and insertion order. Offset paging is stable while the
-index does not change; an instance stored between two pages can shift later pages.
+Paging: ``limit`` (1 or more) / ``offset`` (0 or more), both at most 2^63-1 (SQL ``BIGINT``,
+see :mod:`gateway.integers`; integer matching values must fit their VR, IS: 32 bits). Each
+level has a server maximum (:data:`MAX_RESULTS`). When more matches exist than the maximum
+allows, the first page is returned and ``truncated`` is set (the HTTP face adds PS3.18's
+``Warning: 299``). The order is deterministic, so pages are stable: studies newest first
+(StudyDate, StudyTime descending, then insertion order descending); series and instances
+in their study's order, then SeriesNumber, InstanceNumber ascending (missing numbers last)
+and insertion order. Offset paging is stable while the index does not change; an instance
+stored between two pages can shift later pages.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, 
 
 from gateway.index.models import Instance, Patient, Series, Study
 from gateway.index.store import InstanceIndex
+from gateway.integers import INT64_MAX, VR_RANGES, BadInteger, parse_int
 from gateway.uids import is_safe_uid
 
 
@@ -311,10 +314,14 @@ def parse_condition(parameter: str, attribute: Attribute, raw: str, fuzzy: bool
     if vr in _NUMERIC_VRS:
         if has_wildcard:
             raise QueryError(parameter, f"{name}: wildcards are not supported for numbers")
+        # A value the VR cannot carry matches nothing stored, and one beyond 64 bits would
+        # fail in SQL: refused, naming the parameter and the VR's range.
+        low, high = VR_RANGES.get(vr, (-INT64_MAX - 1, INT64_MAX))
+        label = parameter if parameter == name else f"{parameter} ({name})"
         try:
-            return Condition(attribute, Match.SINGLE, (int(value),))
-        except ValueError:
-            raise QueryError(parameter, f"{name}: {value!r} is not an integer") from None
+            return Condition(attribute, Match.SINGLE, (parse_int(label, value, low, high),))
+        except BadInteger as exc:
+            raise QueryError(parameter, exc.message) from None
     if name == "ModalitiesInStudy":
         values = tuple(v.strip() for v in re.split(r"[,\\]", value) if v.strip())
         return Condition(attribute, Match.LIST, values)
@@ -354,14 +361,11 @@ def scope_levels(level: Level, study_uid: str | None, series_uid: str | None) ->
     return [lv for lv in Level if top <= lv <= level]
 
 
-def _int_param(parameter: str, value: str, minimum: int) -> int:
+def _int_param(parameter: str, value: str, minimum: int, maximum: int = INT64_MAX) -> int:
     try:
-        n = int(value.strip())
-    except ValueError:
-        raise QueryError(parameter, f"{parameter}: {value!r} is not an integer") from None
-    if n < minimum:
-        raise QueryError(parameter, f"{parameter} must be at least {minimum}")
-    return n
+        return parse_int(parameter, value, minimum, maximum)
+    except BadInteger as exc:
+        raise QueryError(exc.parameter, exc.message) from None
 
 
 def _attribute_key(name: str, parameter: str | None = None) -> str:

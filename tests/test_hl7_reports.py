@@ -253,6 +253,14 @@ def test_hl7_send_command(hl7_gateway, tmp_path: Path) -> None:
          "--set", "idMessage=CLI2"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "MSA|AE|CLI2" in proc.stdout and "ERR||OBX^1^5^1^5|102" in proc.stdout
+    # A file whose MSH-18 we do not read goes as it is: the listener's AR is printed.
+    path.write_bytes(_msh18(sample("informatif/OMI_O23-ImagingOrder.hl7"), "8859/99",
+                            "CLI3").encode())
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "hl7", "send", str(path), "--port", str(gw.hl7_port)],
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "MSA|AR|CLI3" in proc.stdout and "ERR||MSH^1^18|103" in proc.stdout, proc.stdout
 
 
 def _mllp(sock, text: str) -> None:  # noqa: ANN001
@@ -300,4 +308,67 @@ def test_mllp_connections(gateway_factory) -> None:  # noqa: ANN001
         assert _read_ack(sock) is None
     again, control_id = fill(sample("informatif/OMI_O23-ImagingOrder.hl7").replace("|001|", "|002|"))
     assert send(port, again)["ack"] == "AA"
+    assert gw.proc.poll() is None
+
+
+def _msh18(text: str, value: str, control_id: str) -> str:
+    """``text`` with MSH-18 set to ``value`` and MSH-10 to ``control_id``."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    fields = lines[0].split("|")
+    fields += [""] * (18 - len(fields))
+    fields[9], fields[17] = control_id, value
+    return "\r".join(["|".join(fields), *lines[1:]]) + "\r"
+
+
+def test_bad_msh_header_gets_an_ack_and_the_connection_stays_usable(hl7_gateway) -> None:  # noqa: ANN001
+    """MSH-18 naming no character set we read (``8859/``, ``8859/99``...), or MSH-2 repeating a
+    delimiter, used to end the MLLP task with no ACK (IndexError, LookupError, AssertionError)
+    and close the connection: now an AR naming the field and the value, and the next message on
+    the same connection is processed as usual."""
+    import socket
+
+    from gateway.mllp import ack_summary
+
+    gw = hl7_gateway
+    order = sample("informatif/OMI_O23-ImagingOrder.hl7")
+    cases = [
+        # (MSH-18, MSH-2 replacement or None, ERR-2, ERR-3, words ERR-8 must hold)
+        ("8859/", None, "MSH^1^18", "103", ["MSH-18", "'8859/'"]),
+        ("8859/99", None, "MSH^1^18", "103", ["MSH-18", "'8859/99'"]),
+        ("8859/12", None, "MSH^1^18", "103", ["MSH-18", "'8859/12'"]),
+        ("8859/1 8859/2", None, "MSH^1^18", "103", ["MSH-18"]),
+        ("UNICODE UTF-16", None, "MSH^1^18", "103", ["MSH-18", "UTF-16"]),
+        ("8859/abc~UNICODE UTF-8", None, "MSH^1^18", "103", ["MSH-18", "8859/abc"]),
+        ("", "^^^^", "MSH^1^2", "102", ["MSH-2"]),
+        ("", "^~", "MSH^1^2", "102", ["MSH-2"]),
+    ]
+    with socket.create_connection(("127.0.0.1", gw.hl7_port), timeout=60) as sock:
+        for n, (charset, msh2, location, code, words) in enumerate(cases):
+            control_id = f"BAD{n}"
+            text = _msh18(order, charset, control_id)
+            if msh2 is not None:
+                text = text.replace("MSH|^~\\&|", f"MSH|{msh2}|", 1)
+            sock.sendall(b"\x0b" + text.encode() + b"\x1c\r")
+            raw = _read_ack(sock)
+            assert raw is not None, (charset, msh2, gw.log())  # the connection was closed
+            ack = ack_summary(raw)
+            assert (ack["ack"], ack["control_id"]) == ("AR", control_id), (charset, msh2, raw)
+            assert (ack["location"], ack["code"]) == (location, code), (charset, msh2, raw)
+            for word in words:
+                assert word in ack["message"], (word, raw)
+            assert raw.split("\r")[0].split("|")[17] == "UNICODE UTF-8", raw  # how it is sent
+
+        # The same connection still serves: an ISO 8859-15 message (the first repetition of
+        # MSH-18 counts), then a UTF-8 one; both accepted.
+        latin = _msh18(order.replace("Doe^John", "Doé^Jöhn"), "8859/15~ISO IR87", "GOOD1")
+        sock.sendall(b"\x0b" + latin.encode("iso8859-15") + b"\x1c\r")
+        raw = _read_ack(sock)
+        assert raw is not None, gw.log()
+        assert (ack_summary(raw)["ack"], ack_summary(raw)["control_id"]) == ("AA", "GOOD1"), raw
+        assert raw.split("\r")[0].split("|")[17] == "8859/15", raw
+        sock.sendall(b"\x0b" + _msh18(order, "UNICODE UTF-8", "GOOD2").encode() + b"\x1c\r")
+        raw = _read_ack(sock)
+        assert raw is not None and ack_summary(raw)["ack"] == "AA", raw
+    assert sorted(r["msh10"] for r in reports(gw)) == ["GOOD1", "GOOD2"]  # the ARs: not recorded
+    assert "Task exception was never retrieved" not in gw.log()
     assert gw.proc.poll() is None

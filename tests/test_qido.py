@@ -226,6 +226,49 @@ def test_bad_requests_name_the_parameter(loaded: Loaded) -> None:
         assert parameter in body["error"], (path, params, body)
 
 
+INT64_MAX = 2**63 - 1
+INT32 = (-(2**31), 2**31 - 1)
+# Every integer query parameter of QIDO-RS: (path, parameter, minimum, maximum).
+INTEGER_PARAMETERS = [
+    ("/studies", "offset", 0, INT64_MAX),
+    ("/studies", "limit", 1, INT64_MAX),
+    ("/instances", "offset", 0, INT64_MAX),
+    ("/series", "SeriesNumber", *INT32),
+    ("/series", "00200011", *INT32),  # the same key by tag
+    ("/instances", "InstanceNumber", *INT32),
+    ("/instances", "NumberOfFrames", *INT32),
+    ("/instances", "Rows", 0, 65535),
+    ("/instances", "Columns", 0, 65535),
+    ("/instances", "BitsAllocated", 0, 65535),
+]
+
+
+def test_integer_parameters_are_bounded(loaded: Loaded) -> None:
+    """An integer out of range (beyond 64 bits included: it used to reach SQL and answer 500),
+    negative, or not plain ASCII digits is 400 naming the parameter and its range; the bounds
+    themselves are accepted."""
+    for path, parameter, low, high in INTEGER_PARAMETERS:
+        for bad in (str(high + 1), str(low - 1), "9" * 30, "-" + "9" * 30, "ten", "1.5",
+                    "1_0", "\u00b2", "\u0661", "0x10", "1e3"):
+            r = loaded.get(path, {parameter: bad})
+            assert r.status_code == 400, (path, parameter, bad, r.text)
+            body = r.json()
+            assert body["parameter"] == parameter, (parameter, bad, body)
+            assert body["error"].startswith(parameter), body
+            assert f" must be an integer between {low} and {high}, not " in body["error"], body
+        for good in (str(low), str(high), f" {low} "):
+            r = loaded.get(path, {parameter: good})
+            assert r.status_code == 200, (path, parameter, good, r.text)
+    # In-range values still select what they should.
+    assert study_uids(loaded.json("/studies", {"offset": "1", "limit": "2"})) == [S1, S2]
+    assert study_uids(loaded.json("/studies", {"limit": str(INT64_MAX)})) == [S3, S1, S2, S4]
+    assert loaded.json("/studies", {"offset": str(INT64_MAX)}) == []
+    assert [tag(s, "0020000E")[0] for s in loaded.json(f"/studies/{S1}/series",
+                                                        {"SeriesNumber": "2"})] == [uid(1, 2)]
+    assert len(loaded.json("/instances", {"Rows": "32", "Columns": "48"})) == 6
+    assert loaded.json("/instances", {"Rows": "65535"}) == []
+
+
 def test_head_and_accept(loaded: Loaded) -> None:
     head = httpx.head(loaded.url + "/studies", timeout=30)
     assert head.status_code == 200 and head.content == b""

@@ -144,3 +144,30 @@ def test_a_copy_arriving_while_the_first_is_processed_is_not_processed_twice(
     crashed = SqlReportStore(index, stale_after=0)  # the first copy's process died
     assert ReportWorkflow(crashed).handle(report).ack.value == "AA"
     assert busy.previous(report.key).ack.value == "AA"
+
+
+def test_obx_set_id_in_other_digits_is_not_an_internal_error() -> None:
+    """OBX-1 ``²`` passes ``str.isdigit`` but not ``int``: it used to raise ValueError (an AR 207
+    "internal error, send it again" for a message that can never succeed); it is now an OBX-1
+    that is not a number, so the OBX counts by its position."""
+    from gateway.hl7_reader import read_message
+
+    text, _ = fill(g_message().replace("OBX|1|ED|", "OBX|\u00b2|ED|", 1))
+    report = read_message(parse(text))
+    assert report.cda_field == "OBX^1^5" and report.cda is not None
+
+
+def test_an_unexpected_error_still_gets_an_ack(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever fails while one message is handled, its sender gets an AR naming it (MSA-2)
+    rather than a connection closed without an ACK."""
+    import gateway.mllp
+
+    def broken(message):  # noqa: ANN001, ANN202
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway.mllp, "message_key", broken)
+    text, control_id = fill(sample("informatif/OMI_O23-ImagingOrder.hl7").replace("|001|",
+                                                                                  "|E1|"))
+    ack = run(MessageProcessor(ReportWorkflow(SqlReportStore(None))), text)  # type: ignore[arg-type]
+    assert (ack["ack"], ack["control_id"], ack["code"]) == ("AR", "E1", "207"), ack
+    assert "send it again" in ack["message"]
