@@ -215,7 +215,7 @@ def _parse_frame_list(text: str, limit: int) -> list[int]:
     numbers = []
     for item in text.split(","):
         item = item.strip()
-        if not item.isdigit() or len(item) > 9 or int(item) < 1:
+        if not (item.isascii() and item.isdigit()) or len(item) > 9 or int(item) < 1:
             raise HTTPException(400, f"frame list {text!r}: {item!r} is not a frame number (1-based)")
         numbers.append(int(item))
     return numbers

@@ -294,6 +294,10 @@ def test_absurd_rendering_parameters_are_400(loaded) -> None:
     assert r.status_code == 400, r.text[:200]
     r = get(gw, f"{base}/frames/{huge}/thumbnail")
     assert r.status_code == 400, r.text[:200]
+    for frames in ("\u00b2", "1,\u0661", "\uff11"):  # digits of other scripts: not frame numbers
+        for suffix in ("/rendered", ""):
+            r = get(gw, f"{base}/frames/{frames}{suffix}")
+            assert r.status_code == 400, (frames, suffix, r.status_code, r.text[:200])
 
 
 def test_frame_list_is_capped_not_multiplied(loaded) -> None:
