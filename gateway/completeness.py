@@ -17,7 +17,7 @@ pixel data least of all):
 * encapsulated Pixel Data (PS3.5 A.4) is a Basic Offset Table item (empty, or one offset per
   frame), at least one fragment (one per frame, but for video), and the sequence delimiter;
 * a dataset of an image storage SOP class whose IOD requires the Image Pixel module has Pixel
-  Data;
+  Data (or a Pixel Data Provider URL, JPIP referenced pixel data: PS3.5 A.6);
 * explicit VR bytes announced as implicit VR little endian are named as such (their first
   length would otherwise read as a few hundred kilobytes).
 
@@ -97,9 +97,10 @@ _FRAMES = 0x0028_0008
 _ROWS = 0x0028_0010
 _COLUMNS = 0x0028_0011
 _BITS_ALLOCATED = 0x0028_0100
+_PIXEL_DATA_PROVIDER_URL = 0x0028_7FE0  # JPIP referenced pixel data: none in the dataset
 _PIXEL_TAGS = (0x7FE0_0010, 0x7FE0_0008, 0x7FE0_0009)  # Pixel Data, Float, Double Float
 _KEPT = frozenset((_SOP_CLASS, _SAMPLES, _PHOTOMETRIC, _FRAMES, _ROWS, _COLUMNS,
-                   _BITS_ALLOCATED, *_PIXEL_TAGS))
+                   _BITS_ALLOCATED, _PIXEL_DATA_PROVIDER_URL, *_PIXEL_TAGS))
 _VIDEO_PREFIXES = ("1.2.840.10008.1.2.4.10", "1.2.840.10008.1.2.4.11")  # MPEG-2/4, HEVC
 
 
@@ -295,7 +296,7 @@ def _check_pixel_data(w: _Walker, ts: UID) -> None:
     pixel_tag = next((t for t in _PIXEL_TAGS if t in w.top), None)
     if pixel_tag is None:
         sop_class = w.text(_SOP_CLASS)
-        if sop_class in PIXEL_DATA_REQUIRED:
+        if sop_class in PIXEL_DATA_REQUIRED and _PIXEL_DATA_PROVIDER_URL not in w.top:
             raise PixelDataMissing(f"no Pixel Data (7FE0,0010) in an instance of "
                                    f"{UID(sop_class).name}")
         return

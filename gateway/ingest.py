@@ -2,7 +2,9 @@
 
 :meth:`Ingestor.ingest` takes the encoded dataset exactly as received and either keeps it or
 refuses it with an :class:`IngestRejected` naming a :class:`Rejection`. Keeping means, in this
-order: header read and checked, file written and fsync'ed under ``storage/`` (atomic rename),
+order: header read, dataset found whole (:mod:`gateway.completeness`: no element cut short,
+Pixel Data complete, present in an image, VR form as the transfer syntax says), header
+checked, file written and fsync'ed under ``storage/`` (atomic rename),
 directory entry fsync'ed and index row committed (both shared with concurrent ingests by
 :class:`~gateway.index.group_commit.GroupCommitter`). Only then does it return, so a caller
 that acknowledges after :meth:`ingest` returns never acknowledges an instance that a crash

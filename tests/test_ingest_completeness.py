@@ -260,6 +260,8 @@ def test_image_classes_need_pixel_data_other_classes_do_not() -> None:
     del ct.PixelData
     with pytest.raises(PixelDataMissing, match="no Pixel Data .* CT Image Storage"):
         check_complete(encode_dataset(ct), ExplicitVRLittleEndian)
+    ct.PixelDataProviderURL = "https://jpip.example/ct"  # JPIP referenced pixel data
+    check_complete(encode_dataset(ct), "1.2.840.10008.1.2.4.94")
     check_complete(encode_dataset(make_instance(sop_class=EncapsulatedPDFStorage)),
                    ExplicitVRLittleEndian)
 
