@@ -19,10 +19,11 @@ Series UID) is missing; 0xC002 a UID is malformed; 0xC003 dataset SOP Instance U
 from the request; 0xC004 dataset truncated or corrupt (an element runs past the end, Pixel Data
 shorter than its Rows x Columns x samples x bits x frames, encapsulated pixel data without its
 items or delimiter: :mod:`gateway.completeness`); 0xC005 an image storage SOP class without
-Pixel Data; 0xC006 explicit VR bytes on an implicit VR presentation context; 0x0111 same SOP Instance UID with other content under ``duplicate_policy =
-refuse``; 0x0122 the request's SOP Class is not the presentation context's; 0x0110 any other
-processing failure. Every failure carries an Error Comment (0000,0902). Success is sent only
-after the instance is on disk (fsync) and committed to the index.
+Pixel Data; 0xC006 explicit VR bytes on an implicit VR presentation context; 0x0111 same SOP
+Instance UID with other content under ``duplicate_policy = refuse``; 0x0122 the request's SOP
+Class is not the presentation context's; 0x0110 any other processing failure. Every failure
+carries an Error Comment (0000,0902). Success is sent only after the instance is on disk
+(fsync) and committed to the index.
 """
 
 from __future__ import annotations
