@@ -12,7 +12,9 @@ instances belong to one study; Referenced SOP Sequence (0008,1199) with each sto
 instance's classes, UIDs and Retrieve URL; Failed SOP Sequence (0008,1198) with Failure
 Reason (0008,1197), the DICOM status the C-STORE face would answer for the same rejection
 (``gateway.dimse.STATUS_FOR_REJECTION``: 0xC000 cannot be parsed, 0xC001 missing UID, 0xC002
-malformed UID, 0xC003/0xA900 meta information and dataset disagree, 0x0111 duplicate refused,
+malformed UID, 0xC003/0xA900 meta information and dataset disagree, 0xC004 truncated or
+corrupt dataset, 0xC005 image without Pixel Data, 0xC006 explicit VR bytes labelled implicit
+VR, 0x0111 duplicate refused,
 0xA700 out of resources, 0x0110 processing failure), 0xA900 for an instance of another study
 than the URL's, 0xC000 for a part that is not ``application/dicom``.
 

@@ -16,10 +16,14 @@ C-STORE statuses (PS3.4 B.2.3, PS3.7 C): 0x0000 success, also for an identical r
 0xA700 out of resources (disk full); 0xA900 dataset SOP Class differs from the request;
 0xC000 dataset cannot be parsed; 0xC001 a required attribute (SOP Class/Instance, Study,
 Series UID) is missing; 0xC002 a UID is malformed; 0xC003 dataset SOP Instance UID differs
-from the request; 0x0111 same SOP Instance UID with other content under ``duplicate_policy =
-refuse``; 0x0122 the request's SOP Class is not the presentation context's; 0x0110 any other
-processing failure. Every failure carries an Error Comment (0000,0902). Success is sent only
-after the instance is on disk (fsync) and committed to the index.
+from the request; 0xC004 dataset truncated or corrupt (an element runs past the end, Pixel Data
+shorter than its Rows x Columns x samples x bits x frames, encapsulated pixel data without its
+items or delimiter: :mod:`gateway.completeness`); 0xC005 an image storage SOP class without
+Pixel Data; 0xC006 explicit VR bytes on an implicit VR presentation context; 0x0111 same SOP
+Instance UID with other content under ``duplicate_policy = refuse``; 0x0122 the request's SOP
+Class is not the presentation context's; 0x0110 any other processing failure. Every failure
+carries an Error Comment (0000,0902). Success is sent only after the instance is on disk
+(fsync) and committed to the index.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ STATUS_FOR_REJECTION: dict[Rejection, int] = {
     Rejection.MISSING_ATTRIBUTE: 0xC001,
     Rejection.INVALID_UID: 0xC002,
     Rejection.SOP_INSTANCE_MISMATCH: 0xC003,
+    Rejection.INCOMPLETE: 0xC004,
+    Rejection.PIXEL_DATA_MISSING: 0xC005,
+    Rejection.VR_ENCODING: 0xC006,
     Rejection.SOP_CLASS_MISMATCH: 0xA900,
     Rejection.DUPLICATE_CONFLICT: 0x0111,
     Rejection.OUT_OF_RESOURCES: 0xA700,

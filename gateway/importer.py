@@ -25,9 +25,9 @@ whose meta information starts the file (no preamble) are accepted too: the meta 
 the transfer syntax. Datasets without any meta information are *rejected* ("no File Meta
 Information"): their transfer syntax would be a guess. Files that are not DICOM at all
 (``README.TXT``, ``AUTORUN.INF``, viewers...) are *skipped*, counted but not reported one by
-one. DICOMDIR files (Media Storage Directory) are never ingested. Before ingest the whole
-dataset's element structure is walked (no value decoded) so that a truncated file from a
-damaged disc is rejected instead of stored.
+one. DICOMDIR files (Media Storage Directory) are never ingested. A truncated file from a
+damaged disc is rejected instead of stored by the ingest path's completeness check
+(:mod:`gateway.completeness`, shared with C-STORE and STOW-RS).
 
 How it reports: a progress bar on stderr when stderr is a terminal (``--quiet`` hides it;
 without a terminal a line every 10 seconds, unless ``--quiet``), then a summary on stdout:
@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import re
-import struct
 import sys
 import time
 import warnings
@@ -63,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from pydicom import dcmread
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from gateway.config import Settings
 from gateway.ingest import Incoming, IngestRejected, Outcome, Rejection
@@ -191,143 +190,6 @@ def split_part10(data: bytes | memoryview) -> Part10:
     if group_end is not None and ts == DeflatedExplicitVRLittleEndian and start < group_end < pos:
         offset = group_end
     return Part10(uid(0x0002), uid(0x0003), ts, offset)
-
-
-# -- dataset completeness -----------------------------------------------------------------
-
-
-class _Incomplete(Exception):
-    pass
-
-
-_UNDEFINED = 0xFFFFFFFF
-_MAX_DEPTH = 64
-
-
-def check_complete(dataset: bytes | memoryview, transfer_syntax_uid: str) -> None:
-    """Walk every element of an encoded dataset (values are skipped, never decoded) and raise
-    :class:`BadFile` when a length runs past the end or a sequence is not terminated: what a
-    truncated file looks like. Trailing zero padding is tolerated. Unknown transfer syntaxes
-    are left to the ingest (which rejects them)."""
-    ts = UID(transfer_syntax_uid)
-    if not ts.is_transfer_syntax:
-        return
-    buf: bytes | memoryview = dataset
-    if ts == DeflatedExplicitVRLittleEndian:
-        inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-        try:
-            buf = inflater.decompress(bytes(dataset))
-        except zlib.error as exc:
-            raise BadFile(f"deflated dataset does not inflate: {exc}") from None
-        if not inflater.eof:
-            raise BadFile("deflated dataset is truncated")
-    try:
-        _walk(buf, 0, len(buf), ts.is_implicit_VR, ts.is_little_endian, 0, False)
-    except _Incomplete as exc:
-        raise BadFile(f"dataset is truncated or corrupt: {exc}") from None
-    except struct.error:
-        raise BadFile("dataset is truncated or corrupt") from None
-
-
-def _walk(buf, pos: int, end: int, implicit: bool, little: bool, depth: int, in_item: bool) -> int:
-    """Walk a dataset from ``pos`` to ``end`` (or to its item delimiter when ``in_item``)."""
-    if depth > _MAX_DEPTH:
-        raise _Incomplete("sequences nested too deeply")
-    order = "<" if little else ">"
-    while pos < end:
-        if end - pos < 8:
-            if not in_item and not any(bytes(buf[pos:end])):
-                return end
-            raise _Incomplete(f"{end - pos} stray bytes at offset {pos}")
-        group, elem, length = struct.unpack_from(order + "HHL", buf, pos)
-        if group == 0xFFFE:
-            if elem == 0xE00D and in_item:
-                return pos + 8
-            raise _Incomplete(f"unexpected delimiter (FFFE,{elem:04X}) at offset {pos}")
-        if group == 0 and elem == 0 and not in_item and not any(bytes(buf[pos:end])):
-            return end  # trailing zero padding
-        vr: bytes | None = None
-        head = 8
-        if not implicit:
-            candidate = bytes(buf[pos + 4 : pos + 6])
-            if candidate in _LONG_VRS:
-                if end - pos < 12:
-                    raise _Incomplete(f"element ({group:04X},{elem:04X}) is cut short")
-                vr = candidate
-                (length,) = struct.unpack_from(order + "L", buf, pos + 8)
-                head = 12
-            elif _VR.match(candidate):
-                vr = candidate
-                (length,) = struct.unpack_from(order + "H", buf, pos + 6)
-            # else: a writer slipped into implicit VR for this element (tolerated like pydicom)
-        pos += head
-        tag = f"({group:04X},{elem:04X})"
-        if length == _UNDEFINED:
-            if vr in (None, b"SQ"):
-                pos = _sequence(buf, pos, end, implicit, little, depth + 1, tag)
-            elif vr == b"UN":
-                pos = _sequence(buf, pos, end, True, True, depth + 1, tag)
-            elif vr in (b"OB", b"OW"):
-                pos = _fragments(buf, pos, end, order, tag)
-            else:
-                raise _Incomplete(f"element {tag} has undefined length with VR {vr.decode()}")
-            continue
-        if pos + length > end:
-            raise _Incomplete(f"element {tag} declares {length} bytes but only {end - pos} remain")
-        if vr == b"SQ":
-            _sequence(buf, pos, pos + length, implicit, little, depth + 1, tag, defined=True)
-        pos += length
-    if in_item:
-        raise _Incomplete("an item of undefined length is not terminated")
-    return pos
-
-
-def _sequence(
-    buf,
-    pos: int,
-    end: int,
-    implicit: bool,
-    little: bool,
-    depth: int,
-    tag: str,
-    defined: bool = False,
-) -> int:
-    order = "<" if little else ">"
-    while True:
-        if defined and pos >= end:
-            return pos
-        if pos + 8 > end:
-            raise _Incomplete(f"sequence {tag} is not terminated")
-        group, elem, length = struct.unpack_from(order + "HHL", buf, pos)
-        pos += 8
-        if (group, elem) == (0xFFFE, 0xE0DD) and not defined:
-            return pos
-        if (group, elem) != (0xFFFE, 0xE000):
-            raise _Incomplete(f"sequence {tag} holds ({group:04X},{elem:04X}) instead of an item")
-        if length == _UNDEFINED:
-            pos = _walk(buf, pos, end, implicit, little, depth, True)
-        elif pos + length > end:
-            raise _Incomplete(f"an item of sequence {tag} runs past the end")
-        else:
-            _walk(buf, pos, pos + length, implicit, little, depth, False)
-            pos += length
-
-
-def _fragments(buf, pos: int, end: int, order: str, tag: str) -> int:
-    while True:
-        if pos + 8 > end:
-            raise _Incomplete(f"encapsulated {tag} is not terminated")
-        group, elem, length = struct.unpack_from(order + "HHL", buf, pos)
-        pos += 8
-        if (group, elem) == (0xFFFE, 0xE0DD):
-            return pos
-        if (group, elem) != (0xFFFE, 0xE000) or length == _UNDEFINED:
-            raise _Incomplete(f"encapsulated {tag} holds a malformed fragment")
-        if pos + length > end:
-            raise _Incomplete(
-                f"a fragment of {tag} declares {length} bytes but only {end - pos} remain"
-            )
-        pos += length
 
 
 # -- DICOMDIR resolution ------------------------------------------------------------------
@@ -793,7 +655,6 @@ def _import_entry(
         if meta.sop_class_uid == MEDIA_STORAGE_DIRECTORY:
             return  # a DICOMDIR under another name: never an instance
         dataset = memoryview(data)[meta.dataset_offset :]
-        check_complete(dataset, meta.transfer_syntax_uid)
         result = runtime.ingestor.ingest(
             Incoming(
                 dataset=dataset,

@@ -2,7 +2,9 @@
 
 :meth:`Ingestor.ingest` takes the encoded dataset exactly as received and either keeps it or
 refuses it with an :class:`IngestRejected` naming a :class:`Rejection`. Keeping means, in this
-order: header read and checked, file written and fsync'ed under ``storage/`` (atomic rename),
+order: header read, dataset found whole (:mod:`gateway.completeness`: no element cut short,
+Pixel Data complete, present in an image, VR form as the transfer syntax says), header
+checked, file written and fsync'ed under ``storage/`` (atomic rename),
 directory entry fsync'ed and index row committed (both shared with concurrent ingests by
 :class:`~gateway.index.group_commit.GroupCommitter`). Only then does it return, so a caller
 that acknowledges after :meth:`ingest` returns never acknowledges an instance that a crash
@@ -25,6 +27,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway import __version__
+from gateway.completeness import (
+    DatasetDefect,
+    PixelDataMissing,
+    WrongVREncoding,
+    check_complete,
+)
 from gateway.header import HeaderError, InstanceHeader, read_header
 from gateway.index.group_commit import GroupCommitter
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
@@ -55,6 +63,9 @@ class Rejection(enum.Enum):
     """Why an instance was not kept. Each face maps these to its own status codes."""
 
     UNPARSEABLE = "dataset cannot be parsed"
+    INCOMPLETE = "dataset is truncated or corrupt"
+    PIXEL_DATA_MISSING = "an image without pixel data"
+    VR_ENCODING = "dataset is not encoded in its transfer syntax's VR form"
     MISSING_ATTRIBUTE = "a required attribute is missing"
     INVALID_UID = "a UID is malformed"
     SOP_CLASS_MISMATCH = "SOP Class UID does not match the request"
@@ -162,8 +173,22 @@ def _check_header(h: InstanceHeader, incoming: Incoming) -> None:
         )
 
 
+def _check_complete(incoming: Incoming) -> None:
+    """Refuse a dataset that is not whole (:mod:`gateway.completeness`): before the store or
+    the index is looked at, so a cut copy never replaces a good one."""
+    try:
+        check_complete(incoming.dataset, incoming.transfer_syntax_uid)
+    except PixelDataMissing as exc:
+        raise IngestRejected(Rejection.PIXEL_DATA_MISSING, str(exc)) from None
+    except WrongVREncoding as exc:
+        raise IngestRejected(Rejection.VR_ENCODING, str(exc)) from None
+    except DatasetDefect as exc:
+        raise IngestRejected(Rejection.INCOMPLETE, str(exc)) from None
+
+
 class Ingestor:
-    """Keeps instances: header check, durable file, index commit, in that order."""
+    """Keeps instances: header and completeness checks, durable file, index commit, in that
+    order."""
 
     def __init__(
         self,
@@ -214,6 +239,7 @@ class Ingestor:
             header = read_header(incoming.dataset, incoming.transfer_syntax_uid)
         except HeaderError as exc:
             raise IngestRejected(Rejection.UNPARSEABLE, str(exc)) from None
+        _check_complete(incoming)
         _check_header(header, incoming)
 
         digest = hashlib.sha256(incoming.dataset).hexdigest()

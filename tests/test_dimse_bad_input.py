@@ -95,6 +95,19 @@ def _class_not_the_context() -> dict:
                 sop_instance=str(ds.SOPInstanceUID), data=encode_dataset(ds))
 
 
+def _pixel_data_cut() -> dict:
+    ds = _ct()
+    data = encode_dataset(ds)
+    return dict(context=CTImageStorage, sop_class=CTImageStorage,
+                sop_instance=str(ds.SOPInstanceUID), data=data[: len(data) - 1000])
+
+
+def _no_pixel_data() -> dict:
+    ds, uid = _without("PixelData")
+    return dict(context=CTImageStorage, sop_class=CTImageStorage, sop_instance=uid,
+                data=encode_dataset(ds))
+
+
 CASES: dict[str, tuple[Callable[[], dict], int]] = {
     "garbage-bytes": (_garbage, 0xC000),
     "garbage-text": (_text_garbage, 0xC000),
@@ -108,6 +121,8 @@ CASES: dict[str, tuple[Callable[[], dict], int]] = {
     "sop-class-differs-from-request": (_sop_class_differs, 0xA900),
     "sop-instance-differs-from-request": (_sop_instance_differs, 0xC003),
     "request-class-not-the-context": (_class_not_the_context, 0x0122),
+    "pixel-data-cut-short": (_pixel_data_cut, 0xC004),
+    "image-without-pixel-data": (_no_pixel_data, 0xC005),
 }
 
 

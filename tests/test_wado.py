@@ -596,20 +596,49 @@ def test_whole_study_retrieve_streams_in_constant_memory(gateway, big_study) -> 
 # -- a stored instance that cannot be decoded ------------------------------------------------
 
 
-def test_transcoding_failure_is_never_a_silent_short_answer(gateway, tmp_path: Path) -> None:
+def _keep_unchecked(gateway: Gateway, ds: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store ``ds`` as a version without the ingest completeness check did (it is refused
+    now, see tests/test_ingest_completeness.py): an Ingestor on the gateway's data directory
+    and index, next to the running ``serve`` like ``drimbox import``, check left out."""
+    from gateway import ingest
+    from gateway.index.engine import create_index_engine
+    from gateway.index.store import InstanceIndex
+    from gateway.storage import FileStore
+
+    monkeypatch.setattr(ingest, "check_complete", lambda *args: None)
+    index = InstanceIndex(create_index_engine(gateway.database_url))
+    try:
+        store = FileStore(gateway.data_dir)
+        store.prepare(clear_staging=False)
+        data = dataset_bytes_of(ds)
+        result = ingest.Ingestor(store, index).ingest(ingest.Incoming(
+            dataset=data, transfer_syntax_uid=ExplicitVRLittleEndian, source="OLDSCU"))
+        assert result.outcome is ingest.Outcome.STORED
+    finally:
+        index.engine.dispose()
+
+
+def dataset_bytes_of(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return _dataset_bytes_of(buf.getvalue())
+
+
+def test_transcoding_failure_is_never_a_silent_short_answer(
+    gateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The gateway stores what it receives without decoding it; an instance whose pixel data
-    is truncated can only fail when a consumer asks for another transfer syntax."""
+    is truncated (kept by an earlier version: ingest refuses it now) can only fail when a
+    consumer asks for another transfer syntax."""
     study_uid, series_uid = generate_uid(TEST_ROOT), generate_uid(TEST_ROOT)
     good = make_instance(study_uid=study_uid, series_uid=series_uid, instance_number=1)
     bad = make_instance(study_uid=study_uid, series_uid=series_uid, instance_number=2)
     bad.PixelData = b"\x00" * 10  # 64 x 64 x 16 bits announced
     folder = tmp_path / "broken"
     folder.mkdir()
-    files = []
-    for name, ds in (("good", good), ("bad", bad)):
-        files.append(folder / f"{name}.dcm")
-        ds.save_as(files[-1], enforce_file_format=True)
-    storescu(files, gateway.dicom_port)
+    good.save_as(folder / "good.dcm", enforce_file_format=True)
+    storescu([folder / "good.dcm"], gateway.dicom_port)
+    _keep_unchecked(gateway, bad, monkeypatch)
     jls = f"{MR}; transfer-syntax={JLS}"
     series = f"/studies/{study_uid}/series/{series_uid}"
 
