@@ -10,7 +10,10 @@ differ; this check finds out:
 * **missing** — rows whose file is gone (a disk or an operator problem): reported, never
   "repaired" by dropping the row; the instance must be sent again.
 * **damaged** — the file's dataset is not the bytes the index recorded (size, and with
-  ``verify`` the SHA-256): reported.
+  ``verify`` the SHA-256), or, with ``verify``, it is not whole
+  (:func:`gateway.completeness.check_complete`, the check every ingest path makes now: a copy
+  cut short that an earlier version acknowledged has a matching hash but is still damaged):
+  reported.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.completeness import DatasetDefect, check_complete
 from gateway.index.store import InstanceIndex
 from gateway.part10 import split_part10
 from gateway.storage import FileStore
@@ -46,10 +50,11 @@ class StoreReport:
                 "damaged": self.damaged, "clean": self.clean}
 
 
-def _dataset_digest(path: Path) -> tuple[int, str]:
+def _read_dataset(path: Path) -> tuple[memoryview, str]:
+    """The stored file's dataset bytes and their transfer syntax."""
     data = path.read_bytes()
-    dataset = memoryview(data)[split_part10(data).dataset_offset:]
-    return len(dataset), hashlib.sha256(dataset).hexdigest()
+    part10 = split_part10(data)
+    return memoryview(data)[part10.dataset_offset:], part10.transfer_syntax_uid
 
 
 def check_store(store: FileStore, index: InstanceIndex, *, repair: bool = False,
@@ -73,12 +78,17 @@ def check_store(store: FileStore, index: InstanceIndex, *, repair: bool = False,
             continue
         if verify:
             try:
-                size, digest = _dataset_digest(path)
+                dataset, transfer_syntax = _read_dataset(path)
             except (OSError, ValueError) as exc:
                 report.damaged.append(f"{key}: unreadable ({exc})")
                 continue
-            if (size, digest) != (row.size, row.sha256):
+            if (len(dataset), hashlib.sha256(dataset).hexdigest()) != (row.size, row.sha256):
                 report.damaged.append(f"{key}: content differs from the index")
+                continue
+            try:
+                check_complete(dataset, transfer_syntax)
+            except DatasetDefect as exc:
+                report.damaged.append(f"{key}: incomplete ({exc})")
         elif path.stat().st_size < row.size:
             report.damaged.append(f"{key}: shorter than the {row.size} bytes indexed")
     for key, row in by_key.items():

@@ -484,3 +484,48 @@ def test_store_check_finds_orphans_missing_and_damaged_files(tmp_path: Path,
     assert report["orphans"] == [] and len(report["missing"]) == 1
     assert len(list((data / "storage").rglob("*.dcm"))) == 3
     assert len(files) == 4
+
+
+def test_store_check_verify_finds_a_cut_copy_an_earlier_version_kept(
+        tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A copy cut short inside its Pixel Data that an earlier version acknowledged (before every
+    ingest path checked completeness) has a hash that matches its index row; ``store check
+    --verify`` still reports it damaged, naming what is missing, and leaves it in place."""
+    from gateway import ingest
+    from gateway.index.engine import upgrade
+    from gateway.storage import FileStore
+
+    data = tmp_path / "data"
+    whole = to_bytes(make_instance())
+    cut = dataset_bytes_of_part10(whole)[:-500]
+    monkeypatch.setattr(ingest, "check_complete", lambda *args: None)  # the earlier version
+    engine = create_index_engine(database_url)
+    upgrade(engine)
+    index = InstanceIndex(engine)
+    try:
+        store = FileStore(data)
+        store.prepare(clear_staging=False)
+        result = ingest.Ingestor(store, index).ingest(ingest.Incoming(
+            dataset=cut, transfer_syntax_uid="1.2.840.10008.1.2.1", source="OLDSCU"))
+        assert result.outcome is ingest.Outcome.STORED
+    finally:
+        index.engine.dispose()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
+    env.update(DRIMBOX_DATA_DIR=str(data), DRIMBOX_DATABASE_URL=database_url)
+    run = [sys.executable, "-m", "gateway.cli", "store", "check", "--json"]
+    plain = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 0, plain.stderr  # sizes agree: only --verify reads the bytes
+    proc = subprocess.run([*run, "--verify"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 1 and not report["clean"]
+    assert len(report["damaged"]) == 1, report
+    assert "incomplete" in report["damaged"][0] and "(7FE0,0010)" in report["damaged"][0]
+    assert len(list((data / "storage").rglob("*.dcm"))) == 1  # reported, not removed
+
+
+def dataset_bytes_of_part10(part10: bytes) -> bytes:
+    from gateway.part10 import split_part10
+
+    return part10[split_part10(part10).dataset_offset:]
