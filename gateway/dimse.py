@@ -10,7 +10,11 @@ Conformance (what a modality or PACS vendor needs to know):
   MPEG-2/MPEG-4/HEVC video and the other non-private syntaxes pydicom lists. The dataset is
   kept exactly as received: it is never decoded past its header nor re-encoded.
 * Association policy: the called AE title must be ours (``check_called_ae``); with
-  ``restrict_callers`` only calling AE titles listed in ``peers`` are accepted.
+  ``restrict_callers`` only calling AE titles listed in ``peers`` are accepted. At most
+  ``max_associations`` at once (A-ASSOCIATE-RJ transient, local limit exceeded beyond);
+  a connection must deliver its A-ASSOCIATE-RQ within ``artim_timeout`` seconds and at most
+  ``max_pending_per_address`` connections of one address may be doing so at once
+  (:mod:`gateway.dimse_guard`).
 
 C-STORE statuses (PS3.4 B.2.3, PS3.7 C): 0x0000 success, also for an identical re-send;
 0xA700 out of resources (disk full); 0xA900 dataset SOP Class differs from the request;
@@ -40,6 +44,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway import metrics
 from gateway.config import Settings
+from gateway.dimse_guard import ConnectionGuard
 from gateway.ingest import Incoming, IngestRejected, Ingestor, Rejection
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,9 @@ STATUS_FOR_REJECTION: dict[Rejection, int] = {
     Rejection.PROCESSING_FAILURE: 0x0110,
 }
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+#: pynetdicom's own association limit counts every connection's thread, also those still
+#: negotiating; :class:`ConnectionGuard` counts instead, so pynetdicom's never applies.
+UNLIMITED = 1_000_000
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -93,7 +101,26 @@ class _ReactorQueue(queue.Queue):
         return super().get(block, timeout)
 
 
-class SharedSocketServer(ThreadedAssociationServer):
+class GuardedAssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with a :class:`ConnectionGuard` at the door.
+
+    ``verify_request`` and ``shutdown_request`` are :mod:`socketserver`'s own hooks: the
+    first runs on the accept thread for each new connection (``False``: socketserver closes
+    it at once), the second whenever a connection is done with (pynetdicom calls it when an
+    association's thread ends, socketserver when a refused or failed one is dropped)."""
+
+    guard: ConnectionGuard | None = None
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        return self.guard is None or self.guard.accept(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        if self.guard is not None:
+            self.guard.release(request)
+        super().shutdown_request(request)
+
+
+class SharedSocketServer(GuardedAssociationServer):
     """pynetdicom's threaded server on a listening socket made elsewhere (the ``serve``
     process shares one among its DICOM workers, see :mod:`gateway.workers`).
 
@@ -122,8 +149,10 @@ class SharedSocketServer(ThreadedAssociationServer):
         # Left alone, the worker that is already awake (it just accepted the previous one)
         # wins a burst of connections: 4 storescu started together went 3 + 1. A short wait
         # per association in hand gives the less busy worker the lead (at most 40 ms).
+        # Only associations count: connections still negotiating (perhaps stalled on
+        # purpose) are no work, and would slow the accepting of every connection behind them.
         if self.accept_delay_per_association:
-            busy = len(self.active_associations)
+            busy = self.guard.admitted if self.guard is not None else len(self.active_associations)
             if busy:
                 time.sleep(min(busy * self.accept_delay_per_association, 0.04))
         return super().get_request()
@@ -147,9 +176,11 @@ class DicomService:
         self.server: Any = None
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_pdu_size = settings.max_pdu_size
-        ae.maximum_associations = settings.max_associations
+        ae.maximum_associations = UNLIMITED  # the guard counts (see UNLIMITED)
         ae.network_timeout = settings.network_timeout
-        ae.acse_timeout = settings.network_timeout
+        # For an acceptor, pynetdicom's ACSE timeout is the ARTIM timer: how long it waits
+        # for the A-ASSOCIATE-RQ, and for the peer to close after a reject or a release.
+        ae.acse_timeout = settings.artim_timeout
         ae.dimse_timeout = settings.network_timeout
         ae.require_called_aet = settings.check_called_ae
         if settings.restrict_callers:
@@ -160,6 +191,12 @@ class DicomService:
         # A module-level switch of pynetdicom: when on, unknown abstract syntaxes are storage.
         _config.UNRESTRICTED_STORAGE_SERVICE = settings.accept_unknown_sop_classes
         self.ae = ae
+        self.guard = ConnectionGuard(
+            artim_timeout=settings.artim_timeout,
+            io_timeout=settings.network_timeout,
+            max_pending_per_address=settings.max_pending_per_address,
+            max_associations=settings.max_associations,
+        )
 
     @property
     def port(self) -> int:
@@ -172,26 +209,25 @@ class DicomService:
         handlers = [
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_CONN_OPEN, self._on_open),
         ]
-        address = (self.settings.host, self.settings.dicom_port)
         if listen_socket is None:
-            self.server = self.ae.start_server(address, block=False, evt_handlers=handlers)
+            address = (self.settings.host, self.settings.dicom_port)
+            server_class: type[GuardedAssociationServer] = GuardedAssociationServer
         else:
-            # What AE.start_server(block=False) does, with our server class.
-            server = self.ae.make_server(
-                listen_socket.getsockname()[:2],
-                evt_handlers=handlers,
-                server_class=SharedSocketServer.on_socket(listen_socket, shared),
-            )
-            threading.Thread(
-                target=server.serve_forever, name="AcceptorServer", daemon=True
-            ).start()
-            self.ae._servers.append(server)
-            self.server = server
+            address = listen_socket.getsockname()[:2]
+            server_class = SharedSocketServer.on_socket(listen_socket, shared)
+        # What AE.start_server(block=False) does, with our server class.
+        server = self.ae.make_server(address, evt_handlers=handlers, server_class=server_class)
+        server.guard = self.guard
+        self.guard.start()
+        threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
+        self.ae._servers.append(server)
+        self.server = server
         log.info(
             "DICOM SCP %s listening on %s:%d",
             self.settings.ae_title,
@@ -207,6 +243,7 @@ class DicomService:
         server = self.server
         socketserver.BaseServer.shutdown(server)  # stop the accept loop
         server.socket.close()  # refuse new connections at once
+        self.guard.close_pending()  # no association yet: nothing to drain
         deadline = time.monotonic() + grace
         while server.active_associations and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -216,6 +253,7 @@ class DicomService:
             for assoc in left:
                 assoc.abort()
         self.ae.shutdown()
+        self.guard.stop()
         self.server = None
 
     # -- event handlers -----------------------------------------------------------------
@@ -224,9 +262,11 @@ class DicomService:
         return 0x0000
 
     def _on_open(self, event: evt.Event) -> None:
-        # Fired before the association's threads start. pynetdicom 3.0 has no public knob
-        # for the network thread's idle sleep (DULServiceProvider._run_loop_delay, 1 ms),
-        # which each C-STORE waits out for the request and again for the response.
+        # Fired before the association's threads start.
+        self.guard.attach(getattr(event.assoc.dul.socket, "socket", None), event.assoc)
+        # pynetdicom 3.0 has no public knob for the network thread's idle sleep
+        # (DULServiceProvider._run_loop_delay, 1 ms), which each C-STORE waits out for the
+        # request and again for the response.
         dul = event.assoc.dul
         if hasattr(dul, "_run_loop_delay"):
             dul._run_loop_delay = self.settings.dul_poll_interval
@@ -236,6 +276,19 @@ class DicomService:
                                                      queue.Queue) and dimse.msg_queue.empty():
             dimse.msg_queue = _ReactorQueue(self.settings.reactor_wait)
 
+    def _on_requested(self, event: evt.Event) -> None:
+        # The A-ASSOCIATE-RQ arrived whole; pynetdicom negotiates after this event unless
+        # it rejected the association (the way its own local-limit rejection does it).
+        assoc = event.assoc
+        if self.guard.request_received(assoc):
+            return
+        log.warning("association from %r (%s) over max_associations (%d)",
+                    assoc.requestor.ae_title, assoc.requestor.address,
+                    self.settings.max_associations)
+        assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, provider (presentation), limit
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()  # returns once the A-ASSOCIATE-RJ is sent and the connection closed
+
     def _on_accepted(self, event: evt.Event) -> None:
         metrics.ASSOCIATIONS.inc()
         metrics.ASSOCIATIONS_ACTIVE.inc()
@@ -244,11 +297,13 @@ class DicomService:
         log.info("association from %s (%s)", req.ae_title, req.address)
 
     def _on_rejected(self, event: evt.Event) -> None:
+        self.guard.release(assoc=event.assoc)
         metrics.ASSOCIATIONS_REJECTED.inc()
         req = event.assoc.requestor
         log.warning("association from %r (%s) rejected", req.ae_title, req.address)
 
     def _on_closed(self, event: evt.Event) -> None:
+        self.guard.release(assoc=event.assoc)
         if event.assoc.__dict__.pop("_drimbox_counted", False):
             metrics.ASSOCIATIONS_ACTIVE.dec()
 
