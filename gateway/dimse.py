@@ -22,7 +22,10 @@ C-STORE statuses (PS3.4 B.2.3, PS3.7 C): 0x0000 success, also for an identical r
 Series UID) is missing; 0xC002 a UID is malformed; 0xC003 dataset SOP Instance UID differs
 from the request; 0x0111 same SOP Instance UID with other content under ``duplicate_policy =
 refuse``; 0x0122 the request's SOP Class is not the presentation context's; 0x0110 any other
-processing failure. Every failure carries an Error Comment (0000,0902). Success is sent only
+processing failure. A request without Affected SOP Instance UID (or another mandatory
+command element) gets 0xC001 at once, naming the element in Offending Element (0000,0901);
+one we cannot answer (no Message ID, unknown presentation context) is aborted. Every
+failure carries an Error Comment (0000,0902). Success is sent only
 after the instance is on disk (fsync) and committed to the index.
 """
 
@@ -37,8 +40,10 @@ import time
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.datadict import tag_for_keyword
 from pydicom.uid import AllTransferSyntaxes, PrivateTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -65,6 +70,7 @@ STATUS_FOR_REJECTION: dict[Rejection, int] = {
     Rejection.PROCESSING_FAILURE: 0x0110,
 }
 SOP_CLASS_NOT_SUPPORTED = 0x0122
+MISSING_ATTRIBUTE = STATUS_FOR_REJECTION[Rejection.MISSING_ATTRIBUTE]
 #: pynetdicom's own association limit counts every connection's thread, also those still
 #: negotiating; :class:`ConnectionGuard` counts instead, so pynetdicom's never applies.
 UNLIMITED = 1_000_000
@@ -86,19 +92,30 @@ class _ReactorQueue(queue.Queue):
     then polls this queue without blocking (``DIMSEServiceProvider.get_msg(block=False)``):
     a C-STORE request that the network thread has finished decoding waits 0.5 ms on
     average (up to 1 ms) before our handler sees it. Here a non-blocking ``get`` waits up
-    to ``patience`` seconds instead, so the request is taken the moment it is queued. The
-    loop's other checks (release, abort, network timeout) then run at least every
-    ``patience`` + 1 ms instead of every 1 ms. Blocking ``get`` calls are unchanged.
+    to ``patience`` seconds instead (0: does not wait), so the request is taken the moment
+    it is queued. The loop's other checks (release, abort, network timeout) then run at
+    least every ``patience`` + 1 ms instead of every 1 ms. Blocking ``get`` calls are
+    unchanged.
+
+    The reactor's ``get`` also hands each message to ``screen`` first, on the association
+    thread: pynetdicom drops a request that lacks a mandatory command element without any
+    answer (``Association._serve_request``: "Received unexpected ... service message"), so
+    the peer waits out its timeout; ``screen`` answers it and returns ``True`` (the reactor
+    then sees an empty queue).
     """
 
-    def __init__(self, patience: float) -> None:
+    def __init__(self, patience: float, screen: Any = None) -> None:
         super().__init__()
         self.patience = patience
+        self.screen = screen
 
     def get(self, block: bool = True, timeout: float | None = None):  # noqa: ANN201
-        if not block:
-            return super().get(True, self.patience)
-        return super().get(block, timeout)
+        if block:
+            return super().get(block, timeout)
+        item = super().get(True, self.patience) if self.patience else super().get(False)
+        if self.screen is not None and self.screen(item):
+            raise queue.Empty
+        return item
 
 
 class GuardedAssociationServer(ThreadedAssociationServer):
@@ -271,10 +288,12 @@ class DicomService:
         if hasattr(dul, "_run_loop_delay"):
             dul._run_loop_delay = self.settings.dul_poll_interval
         # Nothing is queued yet: the network thread starts after this event.
-        dimse = event.assoc.dimse
-        if self.settings.reactor_wait and isinstance(getattr(dimse, "msg_queue", None),
-                                                     queue.Queue) and dimse.msg_queue.empty():
-            dimse.msg_queue = _ReactorQueue(self.settings.reactor_wait)
+        assoc = event.assoc
+        dimse = assoc.dimse
+        if isinstance(getattr(dimse, "msg_queue", None), queue.Queue) and dimse.msg_queue.empty():
+            dimse.msg_queue = _ReactorQueue(
+                self.settings.reactor_wait, lambda item: self._screen(assoc, item)
+            )
 
     def _on_requested(self, event: evt.Event) -> None:
         # The A-ASSOCIATE-RQ arrived whole; pynetdicom negotiates after this event unless
@@ -337,6 +356,35 @@ class DicomService:
         metrics.INSTANCES_RECEIVED.labels("dimse").inc()
         metrics.BYTES_RECEIVED.labels("dimse").inc(result.size)
         return 0x0000
+
+    def _screen(self, assoc: Any, item: Any) -> bool:
+        """Answer a request pynetdicom would drop unanswered (see :class:`_ReactorQueue`);
+        ``True`` if it was handled here."""
+        context_id, msg = item if isinstance(item, tuple) else (None, None)
+        if (msg is None or msg.is_valid_request or getattr(msg, "Status", None) is not None
+                or getattr(msg, "MessageIDBeingRespondedTo", None) is not None):
+            return False  # nothing, a good request, or a response: pynetdicom's business
+        missing = [k for k in msg.REQUEST_KEYWORDS if getattr(msg, k) is None]
+        calling = assoc.requestor.ae_title
+        contexts = {cx.context_id for cx in assoc.accepted_contexts}
+        if not isinstance(msg, C_STORE) or msg.MessageID is None or context_id not in contexts:
+            log.warning("%s request from %s without %s (presentation context %s): cannot be "
+                        "answered, aborting the association", msg.msg_type, calling,
+                        ", ".join(missing), context_id)
+            assoc.abort()
+            return True
+        comment = "request lacks " + ", ".join(missing)
+        log.warning("C-STORE from %s refused: %s", calling, comment)
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = msg.MessageID
+        rsp.AffectedSOPClassUID = msg.AffectedSOPClassUID
+        rsp.AffectedSOPInstanceUID = msg.AffectedSOPInstanceUID
+        status = self._fail(MISSING_ATTRIBUTE, comment)
+        rsp.Status = status.Status
+        rsp.ErrorComment = status.ErrorComment
+        rsp.OffendingElement = [tag_for_keyword(k) for k in missing if tag_for_keyword(k)]
+        assoc.dimse.send_msg(rsp, context_id)
+        return True
 
     @staticmethod
     def _fail(code: int, comment: str) -> Dataset:
