@@ -260,15 +260,20 @@ class DicomService:
         server = self.server
         socketserver.BaseServer.shutdown(server)  # stop the accept loop
         server.socket.close()  # refuse new connections at once
-        self.guard.close_pending()  # no association yet: nothing to drain
+        # Connections that never delivered their A-ASSOCIATE-RQ have nothing to drain: shut
+        # down, their threads end within artim_timeout, or are aborted below.
+        self.guard.close_pending()
         deadline = time.monotonic() + grace
-        while server.active_associations and time.monotonic() < deadline:
+        while time.monotonic() < deadline and any(
+            not self.guard.never_requested(a) for a in server.active_associations
+        ):
             time.sleep(0.05)
         left = server.active_associations
-        if left:
-            log.warning("aborting %d association(s) still open after %.0f s", len(left), grace)
-            for assoc in left:
-                assoc.abort()
+        stuck = [a for a in left if not self.guard.never_requested(a)]
+        if stuck:
+            log.warning("aborting %d association(s) still open after %.0f s", len(stuck), grace)
+        for assoc in left:
+            assoc.abort()
         self.ae.shutdown()
         self.guard.stop()
         self.server = None

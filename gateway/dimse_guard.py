@@ -154,6 +154,12 @@ class ConnectionGuard:
         with self._lock:
             self._forget(sock)
 
+    def never_requested(self, assoc: Any) -> bool:
+        """The association's connection came through this guard and has not delivered its
+        A-ASSOCIATE-RQ (it may be shut down already)."""
+        conn: Connection | None = assoc.__dict__.get("_drimbox_conn")
+        return conn is not None and conn.pending
+
     def close_pending(self) -> None:
         """Shut down every connection still sending its request (the server is stopping)."""
         with self._lock:
@@ -216,7 +222,7 @@ class ConnectionGuard:
                 metrics.DICOM_CONNECTIONS_CLOSED.labels("artim").inc()
                 log.warning(
                     "DICOM connection from %s closed: no complete A-ASSOCIATE-RQ within "
-                    "%.0f s (ARTIM, artim_timeout)", conn.host, self.artim_timeout,
+                    "%g s (ARTIM, artim_timeout)", conn.host, self.artim_timeout,
                 )
                 _shutdown(conn.sock)
 

@@ -220,3 +220,19 @@ def test_pdu_stalled_after_acceptance_is_aborted(start_gateway) -> None:
         s.close()
     result = echo(gw.dicom_port)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_stop_is_clean_with_stalled_connections(start_gateway) -> None:
+    """SIGTERM while connections are stalled inside their A-ASSOCIATE-RQ: they have nothing
+    to drain, so they are closed and the gateway stops cleanly (exit status 0) without
+    waiting for them."""
+    gw = start_gateway(DRIMBOX_ARTIM_TIMEOUT="600")
+    socks = stall(gw.dicom_port, 12)
+    try:
+        result = echo(gw.dicom_port)  # the workers have taken the stalled connections by now
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert gw.stop(signal.SIGTERM, timeout=WAIT * 2) == 0, gw.log()
+        assert still_open(socks) == 0
+    finally:
+        close_all(socks)
+    assert "still open after" not in gw.log()
