@@ -156,7 +156,7 @@ class Settings(BaseSettings):
 
     max_associations: int = Field(default=32, ge=1, le=1000)
     """Associations open at once (per DICOM worker). An association counts from the moment
-    its A-ASSOCIATE-RQ has arrived whole until its connection ends; connections still
+    its A-ASSOCIATE-RQ has arrived whole until it is released or aborted; connections still
     sending their request do not count (``max_pending_per_address``, ``artim_timeout``).
     One over the limit is rejected (A-ASSOCIATE-RJ, local limit exceeded)."""
     network_timeout: float = Field(default=60.0, gt=0)

@@ -229,6 +229,8 @@ class DicomService:
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_ended),
+            (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_CONN_OPEN, self._on_open),
         ]
@@ -325,6 +327,11 @@ class DicomService:
         metrics.ASSOCIATIONS_REJECTED.inc()
         req = event.assoc.requestor
         log.warning("association from %r (%s) rejected", req.ae_title, req.address)
+
+    def _on_ended(self, event: evt.Event) -> None:
+        # Released or aborted: the association's slot is free, even though its connection
+        # may linger until the peer closes it (at most artim_timeout).
+        self.guard.release(assoc=event.assoc)
 
     def _on_closed(self, event: evt.Event) -> None:
         self.guard.release(assoc=event.assoc)

@@ -24,8 +24,8 @@ association events (see :class:`gateway.dimse.GuardedAssociationServer`):
 * **pending connections per address**: at most ``max_pending_per_address`` connections from
   one IP address may be still sending their A-ASSOCIATE-RQ; more are closed at once;
 * **association limit**: ``max_associations`` counts the associations whose request arrived
-  whole and was let through (from then until their connection ends), never the connections
-  still negotiating.
+  whole and was let through, from then until they are rejected, released or aborted (or
+  their connection ends), never the connections still negotiating.
 
 Each DICOM worker process (:mod:`gateway.workers`) has its own guard: the limits hold per
 worker, as ``max_associations`` always did.

@@ -236,3 +236,27 @@ def test_stop_is_clean_with_stalled_connections(start_gateway) -> None:
     finally:
         close_all(socks)
     assert "still open after" not in gw.log()
+
+
+def test_association_limit_still_holds_for_accepted_associations(start_gateway) -> None:
+    """max_associations = 1 (one worker): while one association is open the next is rejected
+    (local limit exceeded); once it is released, associations are accepted again, one after
+    the other."""
+    gw = start_gateway(DRIMBOX_MAX_ASSOCIATIONS="1", DRIMBOX_DICOM_WORKERS="1")
+    s = socket.create_connection(("127.0.0.1", gw.dicom_port), timeout=WAIT)
+    try:
+        s.sendall(association_rq())
+        pdu_type, _, length = struct.unpack(">BBL", s.recv(6, socket.MSG_WAITALL))
+        assert pdu_type == 0x02, "A-ASSOCIATE-AC expected"
+        s.recv(length, socket.MSG_WAITALL)
+        refused = echo(gw.dicom_port)
+        assert refused.returncode != 0
+        assert "Local Limit Exceeded" in refused.stdout + refused.stderr
+        s.sendall(struct.pack(">BBL", 0x05, 0, 4) + b"\x00" * 4)  # A-RELEASE-RQ
+        pdu_type, _, length = struct.unpack(">BBL", s.recv(6, socket.MSG_WAITALL))
+        assert pdu_type == 0x06, "A-RELEASE-RP expected"
+    finally:
+        s.close()
+    for _ in range(3):
+        result = echo(gw.dicom_port)
+        assert result.returncode == 0, result.stdout + result.stderr
