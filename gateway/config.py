@@ -155,7 +155,21 @@ class Settings(BaseSettings):
     ``max_associations`` applies per worker."""
 
     max_associations: int = Field(default=32, ge=1, le=1000)
+    """Associations open at once (per DICOM worker). An association counts from the moment
+    its A-ASSOCIATE-RQ has arrived whole until it is released or aborted; connections still
+    sending their request do not count (``max_pending_per_address``, ``artim_timeout``).
+    One over the limit is rejected (A-ASSOCIATE-RJ, local limit exceeded)."""
     network_timeout: float = Field(default=60.0, gt=0)
+    """Seconds of silence before an association is aborted: no PDU at all, or no byte while
+    a PDU is half received, or the peer not reading what we send
+    (:mod:`gateway.dimse_guard`)."""
+    artim_timeout: float = Field(default=30.0, gt=0, le=3600)
+    """The ARTIM timer (PS3.8 9.1.5): seconds a new DICOM connection has to deliver its whole
+    A-ASSOCIATE-RQ before it is closed; also how long we wait for the peer to close after
+    rejecting or releasing an association."""
+    max_pending_per_address: int = Field(default=8, ge=1, le=10_000)
+    """DICOM connections from one IP address that may be still sending their A-ASSOCIATE-RQ
+    at once (per DICOM worker); more are closed at once and logged."""
     shutdown_grace: float = Field(default=30.0, ge=0)
     """Seconds SIGTERM waits for in-flight associations before aborting them."""
 

@@ -28,6 +28,13 @@ ASSOCIATIONS = Counter("drimbox_associations_total", "DICOM associations accepte
 ASSOCIATIONS_REJECTED = Counter(
     "drimbox_associations_rejected_total", "DICOM associations rejected or aborted"
 )
+DICOM_CONNECTIONS_CLOSED = Counter(
+    "drimbox_dicom_connections_closed_total",
+    "DICOM connections closed before their A-ASSOCIATE-RQ was read, by reason: "
+    "pending_per_address (too many from one address still negotiating), artim (request "
+    "not complete within artim_timeout)",
+    ["reason"],
+)
 ASSOCIATIONS_ACTIVE = Gauge(
     "drimbox_associations_active",
     "DICOM associations now open",

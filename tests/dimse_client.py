@@ -64,12 +64,13 @@ def raw_c_store(
     *,
     context: str,
     sop_class: str,
-    sop_instance: str,
+    sop_instance: str | None,
     data: bytes,
 ) -> C_STORE:
     """Send a C-STORE request with these exact command values and dataset bytes on the
     accepted presentation context whose abstract syntax is ``context``; return the response
-    primitive (``Status``, ``ErrorComment``...)."""
+    primitive (``Status``, ``ErrorComment``...). ``sop_instance=None`` leaves the Affected
+    SOP Instance UID out of the command."""
     req = C_STORE()
     req.MessageID = next(_message_ids) % 65536
     req.Priority = 2

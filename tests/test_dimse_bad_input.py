@@ -60,6 +60,12 @@ def _missing_sop_instance() -> dict:
                 data=encode_dataset(ds))
 
 
+def _request_without_sop_instance() -> dict:
+    ds = _ct()
+    return dict(context=CTImageStorage, sop_class=CTImageStorage, sop_instance=None,
+                data=encode_dataset(ds))
+
+
 def _missing_study() -> dict:
     ds, uid = _without("StudyInstanceUID")
     return dict(context=CTImageStorage, sop_class=CTImageStorage, sop_instance=uid,
@@ -113,6 +119,8 @@ CASES: dict[str, tuple[Callable[[], dict], int]] = {
     "garbage-text": (_text_garbage, 0xC000),
     "missing-sop-instance-uid": (_missing_sop_instance, 0xC001),
     "missing-study-instance-uid": (_missing_study, 0xC001),
+    # pynetdicom drops such a request unanswered; the gateway answers it (gateway/dimse.py).
+    "request-without-affected-sop-instance-uid": (_request_without_sop_instance, 0xC001),
     "sop-instance-uid-not-digits": (_bad_uid("SOPInstanceUID", "1.2.abc"), 0xC002),
     "sop-instance-uid-path-traversal": (_bad_uid("SOPInstanceUID", "../../etc"), 0xC002),
     "study-uid-path-traversal": (
@@ -190,6 +198,27 @@ def test_bad_input_status_and_nothing_kept(shared_gateway: Gateway, case: str) -
         assoc.release()
     final = snapshot(gateway.data_dir, gateway.database_url)
     assert final.counts.instances == before.counts.instances + 1
+
+
+def test_request_without_affected_sop_instance_uid_answered_at_once(
+        shared_gateway: Gateway) -> None:
+    """A C-STORE-RQ without Affected SOP Instance UID (0000,1000) is answered at once (not
+    after the association times out) with 0xC001 naming the element, and nothing is kept."""
+    gateway = shared_gateway
+    assoc = associate(gateway.dicom_port, CONTEXTS)
+    assoc.dimse_timeout = 10  # the bound of the wait for the answer below
+    try:
+        before = snapshot(gateway.data_dir, gateway.database_url)
+        rsp = raw_c_store(assoc, **_request_without_sop_instance())
+        assert rsp.Status == 0xC001, f"0x{rsp.Status:04X}"
+        offending = rsp.OffendingElement  # one tag, or a list of them
+        assert (offending if isinstance(offending, list) else [offending]) == [0x00001000]
+        assert "AffectedSOPInstanceUID" in rsp.ErrorComment
+        assert snapshot(gateway.data_dir, gateway.database_url) == before
+        assert store_dataset(assoc, _ct()).Status == 0x0000
+    finally:
+        assoc.release()
+    assert "C-STORE from BADSCU refused: request lacks AffectedSOPInstanceUID" in gateway.log()
 
 
 def _pair() -> tuple[Dataset, Dataset]:
