@@ -1,11 +1,11 @@
 """The shared record's transport the settings choose (``dmp_transport``), for the outbox worker
-(:mod:`gateway.outbox`): ``xds`` → :class:`adapters.dmp.transport.XdsTransport` (IHE XDS.b, the
+(:mod:`gateway.publication.outbox`): ``xds`` → :class:`adapters.dmp.transport.XdsTransport` (IHE XDS.b, the
 DMP today); ``mhd`` → the FHIR PDSm / IHE MHD transport (``adapters/mhd``, issue #5)."""
 
 from __future__ import annotations
 
 from gateway.config import Settings
-from gateway.publication_transport import DocumentTransport
+from gateway.publication.transport import DocumentTransport
 
 
 def publication_transport(settings: Settings) -> DocumentTransport:

@@ -5,7 +5,7 @@
 (ISO 8601 date or date-time, UTC when no offset is given) keeps the events recorded from then
 on. Only principals with the ``admin`` role get it (``AdminAccess``; 401 without credentials,
 403 without the role); the export itself is audited as action ``admin``. The formats are
-described in :mod:`gateway.audit_export`.
+described in :mod:`gateway.access.audit_export`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from dicomweb.deps import AdminAccess, RuntimeDep
-from gateway.audit_export import fhir_audit_bundle, kpi_csv
+from gateway.access.audit_export import fhir_audit_bundle, kpi_csv
 
 router = APIRouter()
 

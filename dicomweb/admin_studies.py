@@ -2,7 +2,7 @@
 (issue #7 item 4): received content, the CR in force (idCDA, received_at), the publication
 (current KOS, entryUUID, outbox rows: published, replaced, withdrawn, refused, errors) with its
 timestamped history, and the R18 viewer link. The body is what ``drimbox study show UID
---json`` prints (:func:`gateway.study_status.study_status`). Role ``admin`` only
+--json`` prints (:func:`gateway.publication.study_status.study_status`). Role ``admin`` only
 (``AdminAccess``: 401 without credentials, 403 without the role); every call is audited as
 action ``admin`` with the study's UID.
 """
@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from dicomweb.deps import AdminAccess, RuntimeDep
 from gateway.index.facts import UnknownStudy
-from gateway.study_status import study_status
-from gateway.uids import is_safe_uid
+from gateway.publication.study_status import study_status
+from gateway.ingest.uids import is_safe_uid
 
 router = APIRouter()
 

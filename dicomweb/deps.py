@@ -12,13 +12,13 @@
    too low ``acr``, RFC 9470); PSC unreachable or not configured is 503.
 2. Each async callable in ``request.app.state.principal_resolvers`` (the viewer's PSC login
    session, local staff, share links append theirs): the first ``Principal`` returned wins.
-3. ``dicomweb_auth = none`` (loopback development only): :data:`~gateway.principal.ANONYMOUS`.
+3. ``dicomweb_auth = none`` (loopback development only): :data:`~gateway.access.principal.ANONYMOUS`.
 4. Otherwise 401 with ``WWW-Authenticate: Bearer realm="DRIMbox"``.
 
 The access gates (``QidoAccess``, ``WadoAccess``, ``MetadataAccess``, ``RenderedAccess``,
-``StowAccess``, ``AdminAccess``) then ask the policy (:func:`gateway.access.decide`) with the
+``StowAccess``, ``AdminAccess``) then ask the policy (:func:`gateway.access.policy.decide`) with the
 request's path UIDs and its ``KOS-SOPInstanceUID`` header, record the decision, allowed or
-denied, in the audit trail (:mod:`gateway.audit`) before the answer leaves, and either raise
+denied, in the audit trail (:mod:`gateway.access.audit`) before the answer leaves, and either raise
 the denial (403, or 404 when the policy hides the resource's existence) or hand the route a
 :class:`Granted` whose ``visible`` scope the route applies to what it sends.
 Tokens are never logged nor stored; the audit keeps the SubjectNameID.
@@ -38,14 +38,14 @@ from starlette.concurrency import run_in_threadpool
 from adapters.psc.bearer import BearerChecker, BearerConfig
 from adapters.psc.tokens import TokenRejected
 from dicomweb.urls import client_address
-from gateway.access import KOS_HEADER, AccessRequest, Action, Decision, Visibility, decide
-from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.policy import KOS_HEADER, AccessRequest, Action, Decision, Visibility, decide
+from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.config import Settings
 from gateway.index.manifests import manifest_scope
 from gateway.index.models import Study
-from gateway.principal import ANONYMOUS, Principal
+from gateway.access.principal import ANONYMOUS, Principal
 from gateway.runtime import Runtime
-from gateway.uids import is_safe_uid
+from gateway.ingest.uids import is_safe_uid
 
 log = logging.getLogger("drimbox.access")
 

@@ -1,6 +1,6 @@
 """DICOM JSON (PS3.18 Annex F) for index rows: the QIDO-RS response body (issue #3 item 1).
 
-Input: the attributes to return (each with tag and VR, from ``gateway.query``) and rows
+Input: the attributes to return (each with tag and VR, from ``gateway.imaging.query``) and rows
 mapping keywords to plain values as the index holds them (strings as received, integers,
 lists). Output, per PS3.18 F.2:
 

@@ -2,7 +2,7 @@
 
 The answer is ``application/dicom+json``: an array with one DICOM JSON object per instance,
 binary values as ``BulkDataURI`` built from the configured public URL (see
-:mod:`gateway.metadata`). Study and series metadata come precomputed and gzip-compressed:
+:mod:`gateway.imaging.metadata`). Study and series metadata come precomputed and gzip-compressed:
 a client sending ``Accept-Encoding: gzip`` receives the stored bytes as they are
 (``Content-Encoding: gzip``), others the decompressed array. Every answer carries a weak
 ``ETag`` derived from the series versions and honours ``If-None-Match`` with 304; it is
@@ -23,7 +23,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from dicomweb.deps import Granted, MetadataAccess, RuntimeDep
 from dicomweb.params import accepts_gzip, check_uids, etag_matches, media_matches, parse_accept
-from gateway.metadata import CachedJson, restricted
+from gateway.imaging.metadata import CachedJson, restricted
 
 router = APIRouter()
 

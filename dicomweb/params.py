@@ -2,9 +2,9 @@
 integer parameters.
 
 UIDs in a path are checked before anything else (400 naming the bad one); they must pass
-:func:`gateway.uids.is_safe_uid`, the rule every stored UID passed at ingest, so a UID we
+:func:`gateway.ingest.uids.is_safe_uid`, the rule every stored UID passed at ingest, so a UID we
 refuse here can never name a stored resource. Integer query parameters go through
-:func:`int_param` (the rule of :mod:`gateway.integers`, which QIDO-RS uses too): anything but
+:func:`int_param` (the rule of :mod:`gateway.imaging.integers`, which QIDO-RS uses too): anything but
 ASCII digits within explicit bounds is a 400 naming the parameter, never a 500 from
 ``int()`` or from the database.
 """
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from fastapi import HTTPException
 
-from gateway.integers import BadInteger, parse_int
-from gateway.uids import is_safe_uid
+from gateway.imaging.integers import BadInteger, parse_int
+from gateway.ingest.uids import is_safe_uid
 
 
 def check_uids(**uids: str) -> None:

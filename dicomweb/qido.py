@@ -7,7 +7,7 @@ Routes (GET and HEAD, under ``/dicom-web``)::
     /studies/{study}/series/{series}/instances
 
 The search itself (parameters, matching rules, paging, order, server maxima) is
-``gateway.query``; this module translates HTTP to it and its results to DICOM JSON
+``gateway.imaging.query``; this module translates HTTP to it and its results to DICOM JSON
 (``dicomweb.dicom_json``). Choices, documented here for clients:
 
 * **Empty result: 200 with ``[]``**, as Orthanc and dcm4chee answer (PS3.18 also allows 204;
@@ -23,7 +23,7 @@ The search itself (parameters, matching rules, paging, order, server maxima) is
 * More matches than the server maximum (studies 1000, series 1000, instances 10000):
   the first page and ``Warning: 299 <host>: The number of results exceeded the maximum
   supported by the server. Additional results can be requested.`` (PS3.18 8.3.4.4 wording).
-* ``fuzzymatching=true`` is supported for person names (see ``gateway.query``), so no
+* ``fuzzymatching=true`` is supported for person names (see ``gateway.imaging.query``), so no
   ``Warning`` is sent for it.
 * RetrieveURL (0008,1190) is built from the configured public URL
   (``DRIMBOX_PUBLIC_URL``), never from the request's Host header.
@@ -43,8 +43,8 @@ from fastapi.responses import JSONResponse
 from dicomweb import dicom_json
 from dicomweb.deps import Granted, QidoAccess, RuntimeDep
 from dicomweb.urls import DicomWebURLs
-from gateway.query import Level, QueryError, SearchScope, parse_query, search, uids_of
-from gateway.uids import is_safe_uid
+from gateway.imaging.query import Level, QueryError, SearchScope, parse_query, search, uids_of
+from gateway.ingest.uids import is_safe_uid
 
 router = APIRouter()
 

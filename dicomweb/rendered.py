@@ -56,7 +56,7 @@ from dicomweb.deps import Granted, RenderedAccess, RuntimeDep
 from dicomweb.params import check_uids, etag_matches, media_matches, parse_accept
 from dicomweb.urls import DicomWebURLs
 from gateway.index.lookup import InstanceRef, find_instance, series_instances, series_versions
-from gateway.rendering import (
+from gateway.imaging.rendering import (
     IMAGE_TYPES,
     FrameOutOfRange,
     Limits,

@@ -3,13 +3,13 @@
 Three cookies, all HttpOnly, SameSite=Lax, path ``/``, and Secure with the ``__Host-``
 prefix unless the public URL is plain-http loopback (development):
 
-* ``drimbox-session``: a PSC login's session (:class:`gateway.sessions.SessionStore`);
+* ``drimbox-session``: a PSC login's session (:class:`gateway.access.sessions.SessionStore`);
 * ``drimbox-share``: a share link's session, limited to one study;
 * ``drimbox-login``: a login under way (state, nonce and PKCE verifier stay server-side).
 
 :func:`session_principal` and :func:`share_principal` are registered in
 ``app.state.principal_resolvers`` (the seam of :mod:`dicomweb.deps`): each returns a
-:class:`~gateway.principal.Principal` or None. The cookie value is a random id; the browser
+:class:`~gateway.access.principal.Principal` or None. The cookie value is a random id; the browser
 never holds a PSC token.
 """
 
@@ -23,10 +23,10 @@ from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.config import Settings
-from gateway.access import ROLE_VIEWER
-from gateway.principal import Principal
-from gateway.sessions import SessionStore
-from gateway.share_links import ShareLinks
+from gateway.access.policy import ROLE_VIEWER
+from gateway.access.principal import Principal
+from gateway.access.sessions import SessionStore
+from gateway.access.share_links import ShareLinks
 
 SESSION = "drimbox-session"
 SHARE = "drimbox-share"

@@ -1,5 +1,5 @@
 """Patient share links over HTTP (issue #6 item 4; the domain rules are in
-:mod:`gateway.share_links`).
+:mod:`gateway.access.share_links`).
 
 Patient side (the token is the secret; pages carry ``Referrer-Policy: no-referrer`` so it
 does not leak to other sites):
@@ -34,10 +34,10 @@ from pydantic import BaseModel, Field
 from dicomweb.deps import principal_or_none
 from dicomweb.session_cookies import SHARE, set_cookie, share_links, sessions
 from dicomweb.urls import request_public_url
-from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
-from gateway.handout import handout_html, share_url
-from gateway.principal import Principal
-from gateway.share_links import CannotShare, ShareLinkDenied, ShareLinkInfo, ShareLinks
+from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.handout import handout_html, share_url
+from gateway.access.principal import Principal
+from gateway.access.share_links import CannotShare, ShareLinkDenied, ShareLinkInfo, ShareLinks
 
 router = APIRouter()
 

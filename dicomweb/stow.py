@@ -3,7 +3,7 @@
 The request is ``multipart/related; type="application/dicom"``, each part a Part 10 file.
 The body is read as it arrives: each part is spooled to ``<data_dir>/staging`` (emptied at
 start-up), split into File Meta Information and dataset, and handed to the one ingest path
-(:meth:`gateway.ingest.Ingestor.ingest`, ``source="stow"``) in a worker thread before the
+(:meth:`gateway.ingest.ingestor.Ingestor.ingest`, ``source="stow"``) in a worker thread before the
 next part is read, so one part at a time is held, and the same durability rule as C-STORE
 holds: an instance is listed as stored only once it is fsync'ed and indexed.
 
@@ -11,7 +11,7 @@ Response (``application/dicom+json``): Retrieve URL (0008,1190) of the study whe
 instances belong to one study; Referenced SOP Sequence (0008,1199) with each stored
 instance's classes, UIDs and Retrieve URL; Failed SOP Sequence (0008,1198) with Failure
 Reason (0008,1197), the DICOM status the C-STORE face would answer for the same rejection
-(``gateway.dimse.STATUS_FOR_REJECTION``: 0xC000 cannot be parsed, 0xC001 missing UID, 0xC002
+(``gateway.ingest.dimse.STATUS_FOR_REJECTION``: 0xC000 cannot be parsed, 0xC001 missing UID, 0xC002
 malformed UID, 0xC003/0xA900 meta information and dataset disagree, 0xC004 truncated or
 corrupt dataset, 0xC005 image without Pixel Data, 0xC006 explicit VR bytes labelled implicit
 VR, 0x0111 duplicate refused,
@@ -53,11 +53,11 @@ from dicomweb.multipart_reader import (
 )
 from dicomweb.urls import DicomWebURLs, URLsDep
 from gateway import metrics
-from gateway.dimse import STATUS_FOR_REJECTION
-from gateway.header import HeaderError, read_header
-from gateway.ingest import Incoming, IngestRejected, Ingestor
-from gateway.part10 import Part10Error, split_part10
-from gateway.uids import is_safe_uid
+from gateway.ingest.dimse import STATUS_FOR_REJECTION
+from gateway.ingest.header import HeaderError, read_header
+from gateway.ingest.ingestor import Incoming, IngestRejected, Ingestor
+from gateway.ingest.part10 import Part10Error, split_part10
+from gateway.ingest.uids import is_safe_uid
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
-from gateway.uids import is_safe_uid
+from gateway.ingest.uids import is_safe_uid
 
 DICOMWEB_PREFIX = "/dicom-web"
 

@@ -26,11 +26,11 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from dicomweb.login import activity_redirect, login_redirect
 from dicomweb.session_cookies import SESSION, read_cookie, roles_of, sessions
 from dicomweb.urls import client_address, request_public_url
-from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.index.models import Study
 from gateway.index.reports import current_report
-from gateway.principal import Principal
-from gateway.uids import is_safe_uid
+from gateway.access.principal import Principal
+from gateway.ingest.uids import is_safe_uid
 
 router = APIRouter()
 

@@ -27,7 +27,7 @@ frame in its media type (or decoded to ``application/octet-stream`` if that is w
 Accept header allows). Any other element: one ``application/octet-stream`` part with its
 value bytes as stored.
 
-Negotiation rules: :mod:`dicomweb.accept`. Re-encoding: :mod:`gateway.transcode` (lossless
+Negotiation rules: :mod:`dicomweb.accept`. Re-encoding: :mod:`gateway.imaging.transcode` (lossless
 only). Errors: a malformed UID → 400 naming it; unknown study, series (in that study) or
 instance (in that series) → 404; nothing acceptable → 406 naming what can be produced.
 Paths are only built from index storage keys (:meth:`FileStore.path_of`), never from the
@@ -53,10 +53,11 @@ from fastapi.responses import StreamingResponse
 from dicomweb import accept
 from dicomweb.deps import Granted, RuntimeDep, WadoAccess
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
-from gateway import pixels, retrieval
-from gateway.retrieval import InstanceRef
+from gateway.imaging import pixels
+from gateway.imaging import retrieval
+from gateway.imaging.retrieval import InstanceRef
 from gateway.runtime import Runtime
-from gateway.transcode import PRODUCIBLE, TranscodeError, can_produce, transcode
+from gateway.imaging.transcode import PRODUCIBLE, TranscodeError, can_produce, transcode
 
 log = logging.getLogger("drimbox.wado")
 router = APIRouter()

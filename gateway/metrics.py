@@ -54,7 +54,7 @@ OUTBOX_ROWS = Gauge(
 
 def exposition() -> tuple[bytes, str]:
     """The ``/metrics`` body and content type. With DICOM worker processes
-    (``PROMETHEUS_MULTIPROC_DIR`` set, see :mod:`gateway.workers`) the values of every
+    (``PROMETHEUS_MULTIPROC_DIR`` set, see :mod:`gateway.ingest.workers`) the values of every
     process, summed; otherwise this process's registry."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()

@@ -8,11 +8,11 @@ from dicomweb.urls import DicomWebURLs
 from gateway.config import Settings
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
-from gateway.ingest import Incoming, Ingestor, IngestResult
-from gateway.metadata import MetadataCache, MetadataWarmer
-from gateway.storage import FileStore
-from gateway.hl7_service import build_report_workflow
-from gateway.reports import ReportWorkflow
+from gateway.ingest.ingestor import Incoming, Ingestor, IngestResult
+from gateway.imaging.metadata import MetadataCache, MetadataWarmer
+from gateway.ingest.storage import FileStore
+from gateway.reports.wiring import build_report_workflow
+from gateway.reports.workflow import ReportWorkflow
 
 
 class _WarmingIngestor(Ingestor):
@@ -36,7 +36,7 @@ class Runtime:
     index: InstanceIndex
     ingestor: Ingestor
     metadata: MetadataCache
-    """WADO-RS metadata, precomputed per series (see :mod:`gateway.metadata`)."""
+    """WADO-RS metadata, precomputed per series (see :mod:`gateway.imaging.metadata`)."""
     warmer: MetadataWarmer
     reports: ReportWorkflow | None = None
     """Reports from the RIS (issue #7): attach publication to its hooks."""
@@ -66,7 +66,7 @@ class Runtime:
             commit_batch_max=settings.commit_batch_max,
             warmer=warmer,
         )
-        from gateway.iocm import RejectionHandler
+        from gateway.ingest.iocm import RejectionHandler
 
         ingestor.rejections = RejectionHandler(store, index, settings)  # IOCM (issue #7)
         return cls(settings, store, index, ingestor, metadata, warmer,

@@ -1,5 +1,5 @@
 """``drimbox serve``: the HTTP app, and the DICOM SCP in ``dicom_workers`` worker processes
-(:mod:`gateway.workers`; with ``dicom_workers = 0``, in this process).
+(:mod:`gateway.ingest.workers`; with ``dicom_workers = 0``, in this process).
 
 SIGTERM (or SIGINT) stops the HTTP server, then stops accepting associations and lets those
 in flight finish (``shutdown_grace`` seconds at most) before the process exits, so that a
@@ -16,11 +16,11 @@ import uvicorn
 
 from dicomweb.app import create_app
 from gateway.config import Settings
-from gateway.dimse import DicomService
-from gateway.hl7_service import build_hl7_listener
+from gateway.ingest.dimse import DicomService
+from gateway.reports.wiring import build_hl7_listener
 from gateway.runtime import Runtime
-from gateway.stability import StabilityMonitor
-from gateway.workers import WorkerPool
+from gateway.manifest.stability import StabilityMonitor
+from gateway.ingest.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,13 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
     """Issue #5: auto-publication of stable studies and, when a DMP is configured, the outbox
     worker that sends what is queued. A DMP configuration that cannot work (a missing VIHF
     value, an unreadable certificate) stops start-up with exit status 2."""
-    from gateway.outbox import OutboxWorker
-    from gateway.publication import PublicationWorkflow
+    from gateway.publication.outbox import OutboxWorker
+    from gateway.publication.workflow import PublicationWorkflow
 
     workflow = PublicationWorkflow(runtime.index, settings)
     if settings.effective_auto_publish:
         if runtime.reports is not None:  # issue #7: CRs publish; ``publication_trigger``
-            from gateway.report_publication import ReportPublisher
+            from gateway.publication.report_trigger import ReportPublisher
 
             publisher = ReportPublisher(workflow, settings)
             publisher.attach(runtime.reports)

@@ -3,7 +3,7 @@ test tokens, and the recording of a published manifest.
 
 :func:`publish_manifest` records a manifest by hand for the policy's negative matrix
 (tests/test_dicomweb_access.py), where a DMP round trip per study would only add time: it
-builds the real KOS of the stored study (``gateway.manifests.build_study_manifest``) and
+builds the real KOS of the stored study (``gateway.manifest.manifests.build_study_manifest``) and
 records it as published in the gateway's own database (``record_manifest`` +
 ``mark_published``), which is what the outbox does once the DMP acknowledges the KOS. The same
 policy against a real publication (outbox → dmp-sim → ITI-18/43 → WADO-RS) is
@@ -32,7 +32,7 @@ from gateway.config import Settings
 from gateway.index.engine import create_index_engine
 from gateway.index.manifests import mark_published, record_manifest
 from gateway.index.store import InstanceIndex
-from gateway.manifests import build_study_manifest
+from gateway.manifest.manifests import build_study_manifest
 
 REALM = "/auth/realms/esante-wallet"
 CLIENT_ID = "drimbox-source"

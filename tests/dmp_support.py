@@ -23,8 +23,8 @@ from test_xds_metadata import CTX
 
 from adapters.dmp.client import DmpClient, DmpEndpoints, tls_context
 from adapters.dmp.vihf import Role, VihfContext
-from gateway.kos import build_kos
-from gateway.xds_metadata import (
+from gateway.manifest.kos import build_kos
+from gateway.manifest.xds_metadata import (
     Code,
     DocumentEntry,
     SubmissionSet,
@@ -65,7 +65,7 @@ class Publication:
 
 
 def publication(accession: str | None = None, modality_facts=None) -> Publication:  # noqa: ANN001
-    """A real KOS (gateway.kos.build_kos) with fresh UIDs and its XDS metadata (R3, R4)."""
+    """A real KOS (gateway.manifest.kos.build_kos) with fresh UIDs and its XDS metadata (R3, R4)."""
     accession = accession or f"ACN{uuid.uuid4().hex[:10].upper()}"
     f = replace(modality_facts or facts(series_count=2, per_series=2), accession_number=accession)
     uid = new_oid()

@@ -16,7 +16,7 @@ from dicom_factory import make_instance
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from gateway.mllp import ack_summary, send_message
+from gateway.reports.mllp import ack_summary, send_message
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "drim-m-samples"
 if not SAMPLES.is_dir():

@@ -1,4 +1,4 @@
-"""The access policy (R10; issue #6 item 3), unit by unit: :func:`gateway.access.decide` is
+"""The access policy (R10; issue #6 item 3), unit by unit: :func:`gateway.access.policy.decide` is
 pure, so each rule is checked here on its own; the HTTP enforcement is tested end to end in
 ``test_dicomweb_access.py``."""
 
@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.access import EVERYTHING, AccessRequest, decide
+from gateway.access.policy import EVERYTHING, AccessRequest, decide
 from gateway.index.manifests import ManifestScope
-from gateway.principal import ANONYMOUS, Principal
+from gateway.access.principal import ANONYMOUS, Principal
 
 STUDY, OTHER = "1.2.3.1", "1.2.3.2"
 SERIES_A, SERIES_B = "1.2.3.1.1", "1.2.3.1.2"

@@ -23,7 +23,7 @@ from test_consumer_context import BAD, GOOD, pairs
 from test_viewer_login import psc_answer
 
 from dimse_client import open_index
-from gateway.audit_export import fhir_audit_bundle, kpi_csv
+from gateway.access.audit_export import fhir_audit_bundle, kpi_csv
 from gateway.index.models import AuditEvent, ConsumerContext, ViewerSession
 
 CABINET, HOSPITAL = "R499999000000101", "R499999000000202"

@@ -41,7 +41,7 @@ from test_manifest_e2e import INS, ROOT, cli, stored_instances, write_study
 from test_publication_e2e import PATIENT_ID, IndexView, dmp_env, of_study
 
 from gateway.index.models import AuditEvent
-from gateway.kos import referenced_instances
+from gateway.manifest.kos import referenced_instances
 
 CONSUMER_ID, CONSUMER_SECRET = "drimbox-conso", "conso-secret"
 CONSUMER_CALLBACK = "https://conso.example/auth/callback"  # never followed: the code is read

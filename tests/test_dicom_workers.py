@@ -1,4 +1,4 @@
-"""``drimbox serve`` with DICOM worker processes (``dicom_workers``, gateway/workers.py).
+"""``drimbox serve`` with DICOM worker processes (``dicom_workers``, gateway/ingest/workers.py).
 
 * with 2 workers, concurrent associations are spread over both processes, and /metrics sums
   the counters of every process;

@@ -47,7 +47,7 @@ from sqlalchemy import create_engine, select
 from test_manifest_e2e import INS, INS_TEST_OID, ROOT, write_study
 
 from gateway.index.models import AuditEvent
-from gateway.kos import referenced_instances
+from gateway.manifest.kos import referenced_instances
 
 PRACTITIONER = "899999000001"
 CONSUMER_CLIENT = "drimbox-conso"  # the PSC client of a consumer DRIMbox, listed as accepted

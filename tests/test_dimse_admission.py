@@ -1,5 +1,5 @@
 """Connections that stall before or inside a PDU cannot lock the DICOM service
-(gateway/dimse_guard.py).
+(gateway/ingest/dimse_guard.py).
 
 The attack: many TCP connections each send the first 20 bytes of an A-ASSOCIATE-RQ and
 then nothing. pynetdicom blocks in ``recv`` for the rest of the PDU for ever and counts

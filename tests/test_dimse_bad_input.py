@@ -119,7 +119,7 @@ CASES: dict[str, tuple[Callable[[], dict], int]] = {
     "garbage-text": (_text_garbage, 0xC000),
     "missing-sop-instance-uid": (_missing_sop_instance, 0xC001),
     "missing-study-instance-uid": (_missing_study, 0xC001),
-    # pynetdicom drops such a request unanswered; the gateway answers it (gateway/dimse.py).
+    # pynetdicom drops such a request unanswered; the gateway answers it (gateway/ingest/dimse.py).
     "request-without-affected-sop-instance-uid": (_request_without_sop_instance, 0xC001),
     "sop-instance-uid-not-digits": (_bad_uid("SOPInstanceUID", "1.2.abc"), 0xC002),
     "sop-instance-uid-path-traversal": (_bad_uid("SOPInstanceUID", "../../etc"), 0xC002),
@@ -159,7 +159,7 @@ def _no_outside_files() -> set[str]:
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_status_and_nothing_kept(shared_gateway: Gateway, case: str) -> None:
     """issue #2 acceptance: each bad input gets its status (conformance list in
-    gateway/dimse.py) with an Error Comment, nothing is written anywhere, the index is
+    gateway/ingest/dimse.py) with an Error Comment, nothing is written anywhere, the index is
     unchanged, and the association stays usable."""
     gateway = shared_gateway
     tree = gateway.data_dir.parent
@@ -183,7 +183,7 @@ def test_bad_input_status_and_nothing_kept(shared_gateway: Gateway, case: str) -
         assert after == before
         assert after.staging == []
         # No file or directory appeared anywhere in the test's tree, nor outside it.
-        # The metadata warmer (gateway/metadata.py) writes the metadata of the good
+        # The metadata warmer (gateway/imaging/metadata.py) writes the metadata of the good
         # instances (this case's and the previous cases') 0.5 s after they arrived: on a
         # loaded machine that falls inside this window. It is fed only by kept instances.
         new = {p for p in all_paths(tree) - paths_before

@@ -51,8 +51,8 @@ def test_vihf_subject_is_the_reports_author() -> None:
     DocumentEntry's authorPerson); one without a report for the configured ``dmp_author_*``."""
     from adapters.dmp.transport import SystemPublisher
     from adapters.dmp.vihf import Role
-    from gateway.ins import Ins
-    from gateway.xds_metadata import Author
+    from gateway.identity.ins import Ins
+    from gateway.manifest.xds_metadata import Author
 
     publisher = SystemPublisher(author_id="899700367909", author_name="Alain PAT-SIX",
                                 structure_id="499700367909006", activity_sector="SA07",

@@ -2,7 +2,7 @@
 """DmpClient ↔ ``drimbox dmp-sim`` over real mutual TLS on loopback (R4-R8).
 
 The simulator runs as its own process (``python -m gateway.cli dmp-sim``) with a test PKI; every
-publication is a real KOS built by gateway.kos and described by gateway.xds_metadata.
+publication is a real KOS built by gateway.manifest.kos and described by gateway.manifest.xds_metadata.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from adapters.dmp.errors import (
 )
 from adapters.dmp.ns import RIM, SAML2, q
 from adapters.dmp.vihf import build_vihf
-from gateway.xds_metadata import Code
+from gateway.manifest.xds_metadata import Code
 
 
 def _mine(entries, pub):  # noqa: ANN001, ANN202

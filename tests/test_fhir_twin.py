@@ -10,9 +10,9 @@ from fhir.resources.R4B.bundle import Bundle
 from test_kos import CREATED, PUBLISHER, facts
 from test_xds_metadata import CTX, kos_and_bytes
 
-from gateway.fhir_twin import build_fhir_twin
-from gateway.kos import referenced_instances
-from gateway.xds_metadata import kos_document_entry
+from gateway.manifest.fhir_twin import build_fhir_twin
+from gateway.manifest.kos import referenced_instances
+from gateway.manifest.xds_metadata import kos_document_entry
 
 
 def twin() -> tuple[Bundle, set[str]]:

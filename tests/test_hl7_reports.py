@@ -183,7 +183,7 @@ def test_malformed_input_is_refused_naming_the_field(hl7_gateway, tmp_path: Path
 
     # The images of study G with another INS: the report's INS disagrees with them.
     other = "1" + INS[1:13]
-    from gateway.ins import check_key
+    from gateway.identity.ins import check_key
     other_ins = other + f"{check_key(other):02d}"
     storescu(study_g_images(tmp_path / "x", patient_id=other_ins, study_uid="1.2.250.1.999.77"),
              gw.dicom_port)
@@ -283,7 +283,7 @@ def test_mllp_connections(gateway_factory) -> None:  # noqa: ANN001
     connection closes; bytes outside MLLP framing close it; the listener keeps serving."""
     import socket
 
-    from gateway.mllp import ack_summary
+    from gateway.reports.mllp import ack_summary
 
     port = free_port()
     gw = gateway_factory(DRIMBOX_HL7_PORT=str(port), DRIMBOX_HL7_MAX_MESSAGE_BYTES="4096").start()
@@ -327,7 +327,7 @@ def test_bad_msh_header_gets_an_ack_and_the_connection_stays_usable(hl7_gateway)
     the same connection is processed as usual."""
     import socket
 
-    from gateway.mllp import ack_summary
+    from gateway.reports.mllp import ack_summary
 
     gw = hl7_gateway
     order = sample("informatif/OMI_O23-ImagingOrder.hl7")

@@ -22,8 +22,8 @@ from pydicom import dcmread
 from pydicom.fileset import FileSet
 from pydicom.uid import RLELossless
 
-from gateway.completeness import DatasetDefect, check_complete
-from gateway.importer import (
+from gateway.ingest.completeness import DatasetDefect, check_complete
+from gateway.ingest.importer import (
     BadFile,
     DiskResolver,
     NameIndex,
@@ -491,9 +491,9 @@ def test_store_check_verify_finds_a_cut_copy_an_earlier_version_kept(
     """A copy cut short inside its Pixel Data that an earlier version acknowledged (before every
     ingest path checked completeness) has a hash that matches its index row; ``store check
     --verify`` still reports it damaged, naming what is missing, and leaves it in place."""
-    from gateway import ingest
+    from gateway.ingest.ingestor import ingestor as ingest
     from gateway.index.engine import upgrade
-    from gateway.storage import FileStore
+    from gateway.ingest.storage import FileStore
 
     data = tmp_path / "data"
     whole = to_bytes(make_instance())
@@ -526,6 +526,6 @@ def test_store_check_verify_finds_a_cut_copy_an_earlier_version_kept(
 
 
 def dataset_bytes_of_part10(part10: bytes) -> bytes:
-    from gateway.part10 import split_part10
+    from gateway.ingest.part10 import split_part10
 
     return part10[split_part10(part10).dataset_offset:]

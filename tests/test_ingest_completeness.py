@@ -1,6 +1,6 @@
 """A dataset that is not whole is refused on every ingest path, and never replaces a stored copy.
 
-:mod:`gateway.completeness` walks the element headers of every dataset before the ingest path
+:mod:`gateway.ingest.completeness` walks the element headers of every dataset before the ingest path
 looks at the store or the index: C-STORE answers 0xC004 (truncated or corrupt), 0xC005 (an
 image storage SOP class without Pixel Data) or 0xC006 (explicit VR bytes on an implicit VR
 presentation context) with an Error Comment; STOW-RS answers 409 with the same code as the
@@ -45,14 +45,14 @@ from pydicom.uid import (
 from pynetdicom import AE
 from pynetdicom.association import Association
 
-from gateway.completeness import (
+from gateway.ingest.completeness import (
     PixelDataMissing,
     Truncated,
     WrongVREncoding,
     check_complete,
 )
-from gateway.ingest import file_meta_bytes
-from gateway.part10 import split_part10 as dataset_offset_of
+from gateway.ingest.ingestor import file_meta_bytes
+from gateway.ingest.part10 import split_part10 as dataset_offset_of
 
 STUDIES = "/dicom-web/studies"
 PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"

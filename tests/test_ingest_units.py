@@ -21,17 +21,17 @@ from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from gateway.ins_codecs import ins_from_dicom
-from gateway.header import InstanceHeader, read_header
+from gateway.identity.codecs import ins_from_dicom
+from gateway.ingest.header import InstanceHeader, read_header
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.group_commit import GroupCommitter
 from gateway.index.store import InstanceIndex, StoredFile
-from gateway.ingest import (
+from gateway.ingest.ingestor import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
     file_meta_bytes,
 )
-from gateway.storage import FileStore
+from gateway.ingest.storage import FileStore
 
 # -- file meta ---------------------------------------------------------------------------
 
@@ -343,7 +343,7 @@ def test_ingest_syncs_directory_before_commit_and_returns_after(
     database_url: str, tmp_path: Path
 ) -> None:
     """The acknowledgement rule at the Ingestor level, with group commit in the path."""
-    from gateway.ingest import Incoming, Ingestor
+    from gateway.ingest.ingestor import Incoming, Ingestor
 
     store = FileStore(tmp_path / "data")
     store.prepare()

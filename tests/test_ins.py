@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.ins import (
+from gateway.identity.ins import (
     OID_INS_C,
     OID_NIA,
     OID_NIR,

@@ -10,8 +10,8 @@ from fhir.resources.patient import Patient
 from lxml import etree
 from pydicom.dataset import Dataset
 
-from gateway.ins import OID_INS_C, OID_NIR, OID_NIR_TEST, IdentityStatus, Ins
-from gateway.ins_codecs import (
+from gateway.identity.ins import OID_INS_C, OID_NIR, OID_NIR_TEST, IdentityStatus, Ins
+from gateway.identity.codecs import (
     CDA_NS,
     ins_from_cda,
     ins_from_dicom,

@@ -1,4 +1,4 @@
-"""The one rule for integers received as text (``gateway.integers``) and its HTTP form
+"""The one rule for integers received as text (``gateway.imaging.integers``) and its HTTP form
 (``dicomweb.params.int_param``, a 400 naming the parameter). End-to-end checks through a real
 gateway are in ``test_qido.py::test_integer_parameters_are_bounded``."""
 
@@ -8,7 +8,7 @@ import pytest
 from fastapi import HTTPException
 
 from dicomweb.params import int_param
-from gateway.integers import INT64_MAX, BadInteger, parse_int
+from gateway.imaging.integers import INT64_MAX, BadInteger, parse_int
 
 
 @pytest.mark.parametrize("raw", [str(INT64_MAX + 1), "-1", "9" * 5000, "ten", "", " ", "1_0",

@@ -21,7 +21,7 @@ from test_manifest_e2e import stored_instances
 from test_publication_e2e import IndexView, dmp_entries, dmp_env, of_study, view  # noqa: F401
 from test_report_publication_e2e import images_g, sim  # noqa: F401
 
-from gateway.kos import referenced_instances
+from gateway.manifest.kos import referenced_instances
 
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
 

@@ -11,15 +11,15 @@ import pytest
 from peers import require_tool
 from pydicom import dcmread
 
-from gateway.ins import OID_NIR_TEST, Ins
-from gateway.kos import (
+from gateway.identity.ins import OID_NIR_TEST, Ins
+from gateway.manifest.kos import (
     KOS_SOP_CLASS_UID,
     ManifestError,
     build_kos,
     referenced_instances,
     series_retrieve_urls,
 )
-from gateway.study_facts import InstanceRef, PatientFacts, Publisher, SeriesFacts, StudyFacts
+from gateway.manifest.facts import InstanceRef, PatientFacts, Publisher, SeriesFacts, StudyFacts
 
 STUDY = "1.2.250.1.213.4.5.2.1.108"
 PUBLISHER = Publisher(

@@ -30,7 +30,7 @@ from pydicom.uid import (
 from gateway.index.engine import create_index_engine
 from gateway.index.facts import PublicationPolicy, study_state
 from gateway.index.store import InstanceIndex
-from gateway.kos import KOS_SOP_CLASS_UID, referenced_instances, series_retrieve_urls
+from gateway.manifest.kos import KOS_SOP_CLASS_UID, referenced_instances, series_retrieve_urls
 
 INS = "279035121518989"
 INS_TEST_OID = "1.2.250.1.213.1.4.10"

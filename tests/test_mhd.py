@@ -42,8 +42,8 @@ from adapters.mhd.transport import MhdTransport
 from gateway.config import load_settings
 from gateway.index.engine import create_index_engine
 from gateway.index.store import InstanceIndex
-from gateway.manifests import build_study_manifest, document_entry
-from gateway.publication_transport import OutgoingDocument, TransportRefused, TransportUnavailable
+from gateway.manifest.manifests import build_study_manifest, document_entry
+from gateway.publication.transport import OutgoingDocument, TransportRefused, TransportUnavailable
 
 _ = (client, pki, sim, publishing_gateway)  # fixtures
 
@@ -132,7 +132,7 @@ def test_bundle_validates_with_fhir_resources_and_maps_the_r4_table() -> None:
 def test_people_and_patient_traits_round_trip() -> None:
     """Author person (XCN, the ANS sample's software author included), institution (XON), role
     and specialty, legal authenticator and sourcePatientInfo survive DocumentReference and back."""
-    from gateway.xds_metadata import Author
+    from gateway.manifest.xds_metadata import Author
 
     pub = publication()
     for person in ("899711256811^DRIMBox^ANS^^^^^^&1.2.250.1.71.4.2.1&ISO^U^^^EI",

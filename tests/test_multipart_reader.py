@@ -13,7 +13,7 @@ from dicomweb.multipart_reader import (
     PartStart,
     parse_media_type,
 )
-from gateway.part10 import Part10Error, split_part10
+from gateway.ingest.part10 import Part10Error, split_part10
 
 
 

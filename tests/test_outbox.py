@@ -25,9 +25,9 @@ from test_kos import facts
 from gateway.index import outbox
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
-from gateway.ins import Ins
-from gateway.outbox import OutboxWorker, backoff_delay
-from gateway.publication_transport import OutgoingDocument, TransportRefused, TransportUnavailable
+from gateway.identity.ins import Ins
+from gateway.publication.outbox import OutboxWorker, backoff_delay
+from gateway.publication.transport import OutgoingDocument, TransportRefused, TransportUnavailable
 
 PATIENT = Ins("279035121518989", "1.2.250.1.213.1.4.10")
 
@@ -161,7 +161,7 @@ def test_document_entry_round_trips_through_json() -> None:
 def transport(sim: Sim):  # noqa: ANN201
     from adapters.dmp.transport import SystemPublisher, XdsTransport
     from adapters.dmp.vihf import Role
-    from gateway.xds_metadata import Author
+    from gateway.manifest.xds_metadata import Author
 
     publisher = SystemPublisher(
         author_id="899700367909", author_name="Alain PAT-SIX", structure_id="499700367909006",
@@ -210,7 +210,7 @@ def test_xds_transport_maps_errors(transport, sim: Sim) -> None:  # noqa: ANN001
 
 def test_log_lines_carry_no_ins() -> None:
     """A DMP error text may quote the patientId; the worker's log lines mask the matricule."""
-    from gateway.outbox import redact
+    from gateway.publication.outbox import redact
 
     text = "XDSPatientIdDoesNotMatch: VIHF resource-id '279035121518989^^^&1.2.250.1.213.1.4.10&ISO^NH'"
     assert "279035121518989" not in redact(text) and "27903**********^^^" in redact(text)
@@ -220,7 +220,7 @@ def test_log_lines_carry_no_ins() -> None:
 # ------------------------------------------------------- the outbox row and its cause, one commit
 
 def _stored_study(index: InstanceIndex, study: str, n: int = 2) -> None:
-    from gateway.header import InstanceHeader
+    from gateway.ingest.header import InstanceHeader
     from gateway.index.store import StoredFile
 
     for i in range(n):
@@ -235,7 +235,7 @@ def _stored_study(index: InstanceIndex, study: str, n: int = 2) -> None:
 
 def _workflow(index: InstanceIndex):  # noqa: ANN202
     from gateway.config import Settings
-    from gateway.publication import PublicationWorkflow
+    from gateway.publication.workflow import PublicationWorkflow
 
     settings = Settings(repository_oid="1.2.250.1.999.1.1", healthcare_facility_type="SA07",
                         institution_name="CENTRE", data_dir="/nonexistent")
@@ -259,7 +259,7 @@ def test_stability_mark_manifest_and_outbox_row_commit_together(index: InstanceI
     fails keeps neither manifest nor row but does not stop the others, and says why."""
     import time
 
-    from gateway.stability import StabilityMonitor
+    from gateway.manifest.stability import StabilityMonitor
 
     _stored_study(index, "1.2.3")
     _stored_study(index, "1.2.4")
@@ -298,7 +298,7 @@ class ScriptedRecord:
     finishing an earlier, timed-out try), then refuses the second copy as a duplicate."""
 
     def __init__(self) -> None:
-        from gateway.publication_transport import RegisteredDocument
+        from gateway.publication.transport import RegisteredDocument
 
         self.stored: dict[str, RegisteredDocument] = {}
         self.submits = 0
@@ -308,7 +308,7 @@ class ScriptedRecord:
         return self.stored.get(unique_id)
 
     def submit(self, doc):  # noqa: ANN001, ANN201
-        from gateway.publication_transport import Refusal
+        from gateway.publication.transport import Refusal
 
         self.submits += 1
         uid = doc.entry.unique_id

@@ -25,8 +25,8 @@ from gateway.index import outbox
 from gateway.index.engine import create_index_engine
 from gateway.index.manifests import manifest_scope
 from gateway.index.store import InstanceIndex
-from gateway.kos import referenced_instances
-from gateway.xds_metadata import PublishedEntry
+from gateway.manifest.kos import referenced_instances
+from gateway.manifest.xds_metadata import PublishedEntry
 
 PATIENT_ID = f"{INS}^^^&{INS_TEST_OID}&ISO^NH"
 

@@ -1,6 +1,6 @@
 """QIDO-RS search in domain terms (issue #3 item 1; PS3.4 C.2.2.2, PS3.18 10.6).
 
-First the pure rules of ``gateway.query`` (parsing, wildcard and range translation), then
+First the pure rules of ``gateway.imaging.query`` (parsing, wildcard and range translation), then
 the SQL they become, run on both index back-ends (SQLite and PostgreSQL) through
 ``InstanceIndex.record``: the same matches on both, one SQL statement per search.
 """
@@ -13,11 +13,11 @@ import pytest
 from sqlalchemy import event
 
 from dicomweb import dicom_json
-from gateway import query as q
-from gateway.header import InstanceHeader
+from gateway.imaging import query as q
+from gateway.ingest.header import InstanceHeader
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex, StoredFile
-from gateway.query import ATTRIBUTES, Level, Match, QueryError, parse_condition, parse_query
+from gateway.imaging.query import ATTRIBUTES, Level, Match, QueryError, parse_condition, parse_query
 
 # -- pure rules ----------------------------------------------------------------------------
 

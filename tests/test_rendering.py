@@ -1,4 +1,4 @@
-"""Unit tests of gateway/rendering.py: window math, MONOCHROME1, viewport, frames, colour."""
+"""Unit tests of gateway/imaging/rendering.py: window math, MONOCHROME1, viewport, frames, colour."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dicom_factory import make_instance
 from PIL import Image
 from pydicom.uid import EncapsulatedPDFStorage, SecondaryCaptureImageStorage
 
-from gateway.rendering import (
+from gateway.imaging.rendering import (
     JPEG,
     PNG,
     FrameOutOfRange,

@@ -8,13 +8,13 @@ from __future__ import annotations
 import pytest
 from hl7_support import CDA_G1_MAJ, INS, STUDY_G, fill, sample, with_cda
 
-from gateway.header import InstanceHeader
-from gateway.hl7_reader import parse
+from gateway.ingest.header import InstanceHeader
+from gateway.reports.hl7_reader import parse
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.reports import SqlReportStore
 from gateway.index.store import InstanceIndex, StoredFile
-from gateway.mllp import MessageProcessor, ack_summary
-from gateway.reports import ReportKind, ReportWorkflow
+from gateway.reports.mllp import MessageProcessor, ack_summary
+from gateway.reports.workflow import ReportKind, ReportWorkflow
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_images_without_ins_are_matched_on_the_ipp(index: InstanceIndex, patient
 
 def test_flags_become_confidentiality_codes() -> None:
     """Exam C ORU flags INVISIBLE_PATIENT = Y: N + INVISIBLE_PATIENT (SPEC 2.1, R4)."""
-    from gateway.hl7_reader import read_message
+    from gateway.reports.hl7_reader import read_message
 
     text, _ = fill(with_cda(sample("referencement/Examen_C/CR_C-ORU.abridged.hl7"),
                             CDA_G1_MAJ.read_bytes()))
@@ -103,9 +103,9 @@ def test_flags_become_confidentiality_codes() -> None:
 
 def test_publication_context_from_the_report_of_exam_g() -> None:
     """What the report adds to the KOS DocumentEntry (R4; SPEC 2.1): values of CR_G1_MAJ."""
-    from gateway.hl7_reader import read_message
-    from gateway.reports import publication_context
-    from gateway.xds_metadata import Author, Code, PublicationContext
+    from gateway.reports.hl7_reader import read_message
+    from gateway.reports.workflow import publication_context
+    from gateway.manifest.xds_metadata import Author, Code, PublicationContext
 
     base = PublicationContext(healthcare_facility_type=Code("SA07", "1.2.250.1.71.4.2.4", "SA07"),
                               practice_setting=Code("X", "1.2.250.1.213.1.1.4.9", "X"),
@@ -131,7 +131,7 @@ def test_a_copy_arriving_while_the_first_is_processed_is_not_processed_twice(
         index: InstanceIndex) -> None:
     """A copy that arrives while the first is still in flight gets AR 206 (send again); a row
     left ``received`` by a process that died is taken over by the next copy."""
-    from gateway.hl7_reader import read_message
+    from gateway.reports.hl7_reader import read_message
 
     add_study(index)
     text, _ = fill(g_message())
@@ -150,7 +150,7 @@ def test_obx_set_id_in_other_digits_is_not_an_internal_error() -> None:
     """OBX-1 ``²`` passes ``str.isdigit`` but not ``int``: it used to raise ValueError (an AR 207
     "internal error, send it again" for a message that can never succeed); it is now an OBX-1
     that is not a number, so the OBX counts by its position."""
-    from gateway.hl7_reader import read_message
+    from gateway.reports.hl7_reader import read_message
 
     text, _ = fill(g_message().replace("OBX|1|ED|", "OBX|\u00b2|ED|", 1))
     report = read_message(parse(text))
@@ -160,12 +160,12 @@ def test_obx_set_id_in_other_digits_is_not_an_internal_error() -> None:
 def test_an_unexpected_error_still_gets_an_ack(monkeypatch: pytest.MonkeyPatch) -> None:
     """Whatever fails while one message is handled, its sender gets an AR naming it (MSA-2)
     rather than a connection closed without an ACK."""
-    import gateway.mllp
+    import gateway.reports.mllp
 
     def broken(message):  # noqa: ANN001, ANN202
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(gateway.mllp, "message_key", broken)
+    monkeypatch.setattr(gateway.reports.mllp, "message_key", broken)
     text, control_id = fill(sample("informatif/OMI_O23-ImagingOrder.hl7").replace("|001|",
                                                                                   "|E1|"))
     ack = run(MessageProcessor(ReportWorkflow(SqlReportStore(None))), text)  # type: ignore[arg-type]

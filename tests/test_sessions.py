@@ -1,4 +1,4 @@
-"""Viewer sessions in the index (R15; :mod:`gateway.sessions`): lifetime, idle timeout,
+"""Viewer sessions in the index (R15; :mod:`gateway.access.sessions`): lifetime, idle timeout,
 single-use pending logins, activity choice limited to the practitioner's own. A clock the
 test moves stands for time passing. Both index back-ends."""
 
@@ -12,7 +12,7 @@ import pytest
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.models import ViewerSession
 from gateway.index.store import InstanceIndex
-from gateway.sessions import Activity, SessionStore, digest
+from gateway.access.sessions import Activity, SessionStore, digest
 
 
 class Clock:

@@ -17,9 +17,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from gateway.header import HeaderError, read_header
-from gateway.storage import FileStore, StorageFullError, storage_key
-from gateway.uids import is_conformant_uid, is_safe_uid
+from gateway.ingest.header import HeaderError, read_header
+from gateway.ingest.storage import FileStore, StorageFullError, storage_key
+from gateway.ingest.uids import is_conformant_uid, is_safe_uid
 
 SHA = "0123456789abcdef" * 4
 

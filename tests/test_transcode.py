@@ -1,4 +1,4 @@
-"""gateway/transcode.py: lossless re-encoding keeps pixels, UIDs and attributes."""
+"""gateway/imaging/transcode.py: lossless re-encoding keeps pixels, UIDs and attributes."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from gateway.transcode import PRODUCIBLE, TranscodeError, can_produce, transcode
+from gateway.imaging.transcode import PRODUCIBLE, TranscodeError, can_produce, transcode
 
 TARGETS = [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, RLELossless, JPEGLSLossless,
            JPEG2000Lossless, JPEG2000]

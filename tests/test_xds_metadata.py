@@ -9,8 +9,8 @@ from dataclasses import replace
 import pytest
 from test_kos import CREATED, PUBLISHER, facts
 
-from gateway.kos import build_kos
-from gateway.xds_metadata import (
+from gateway.manifest.kos import build_kos
+from gateway.manifest.xds_metadata import (
     Author,
     Code,
     MetadataError,

@@ -62,8 +62,8 @@ from lxml import etree
 from adapters.dmp import ns as N
 from adapters.dmp.errors import XdsError
 from adapters.dmp.ns import LCM, RIM, XDSB, q
-from gateway import ins as insmod
-from gateway.xds_metadata import (
+from gateway.identity import ins as insmod
+from gateway.manifest.xds_metadata import (
     KOS_FORMAT_CODE,
     MASKING_FLAGS,
     SCHEME_CLASS,
@@ -163,7 +163,7 @@ def valid_dtm(value: str) -> bool:
 
 
 def check_patient_id(value: str, where: str) -> list[XdsError]:
-    """``<INS>^^^&<INS OID>&ISO^NH`` with a valid INS (key check, gateway.ins; R4, R19)."""
+    """``<INS>^^^&<INS OID>&ISO^NH`` with a valid INS (key check, gateway.identity.ins; R4, R19)."""
     m = PATIENT_ID.match(value)
     if not m:
         return [XdsError("XDSUnknownPatientId",

@@ -31,7 +31,7 @@ from adapters.dmp import dsg
 from adapters.dmp import ns as N
 from adapters.dmp.ns import LCM, RIM, XDSB, q
 from adapters.dmp.soap import xop_include
-from gateway.xds_metadata import (
+from gateway.manifest.xds_metadata import (
     SCHEME_CONFIDENTIALITY_DMP,
     SCHEME_CONFIDENTIALITY_HL7,
     Author,
@@ -265,7 +265,7 @@ def _name_of(el: etree._Element, tag: str = "Name") -> str:
 def entry_from_extrinsic(eo: etree._Element) -> DocumentEntry:
     """The inverse of :func:`extrinsic_object`: a registered ExtrinsicObject as a DocumentEntry
     (the simulator answers ITI-67 with it, whichever transaction registered the document)."""
-    from gateway.xds_metadata import ReferenceId
+    from gateway.manifest.xds_metadata import ReferenceId
 
     codes: dict[str, list[Code]] = {}
     author = Author()

@@ -1,4 +1,4 @@
-"""``XdsTransport``: the publication outbox's :class:`~gateway.publication_transport.DocumentTransport`
+"""``XdsTransport``: the publication outbox's :class:`~gateway.publication.transport.DocumentTransport`
 over the DMP's XDS.b transactions (R4-R8).
 
 ==========  ==========================================================================
@@ -10,9 +10,9 @@ withdraw    ITI-57 UpdateAvailabilityStatus Approved → Deprecated (R8 un-publi
 
 Errors follow the seam's contract: :class:`~adapters.dmp.errors.DmpTransientError` (the DMP may
 or may not have acted: connection, TLS, timeout, 5xx, SOAP Receiver fault, unreadable answer)
-becomes :class:`~gateway.publication_transport.TransportUnavailable`;
+becomes :class:`~gateway.publication.transport.TransportUnavailable`;
 :class:`~adapters.dmp.errors.DmpRefusedError` (RegistryResponse Failure, WS-Security fault)
-becomes :class:`~gateway.publication_transport.TransportRefused` with each XDS error code and
+becomes :class:`~gateway.publication.transport.TransportRefused` with each XDS error code and
 codeContext.
 
 The VIHF of a publication without a report (R6; SPEC 3.4, FAQ 8801 "build it from the author and
@@ -32,8 +32,8 @@ from pydicom.uid import generate_uid
 from adapters.dmp.client import DmpClient
 from adapters.dmp.errors import DmpRefusedError, DmpTransientError, XdsError
 from adapters.dmp.vihf import Role, VihfContext
-from gateway.ins import Ins
-from gateway.publication_transport import (
+from gateway.identity.ins import Ins
+from gateway.publication.transport import (
     OutgoingDocument,
     Refusal,
     RegisteredDocument,
@@ -41,7 +41,7 @@ from gateway.publication_transport import (
     TransportRefused,
     TransportUnavailable,
 )
-from gateway.xds_metadata import (
+from gateway.manifest.xds_metadata import (
     SCHEME_CONTENT_TYPE,
     Author,
     Code,
@@ -114,7 +114,7 @@ class SystemPublisher:
         if settings.dmp_author_specialty:
             roles.append(Role(settings.dmp_author_specialty, SPECIALTY_SCHEME))
         content = settings.dmp_content_type
-        from gateway.manifests import structure_author
+        from gateway.manifest.manifests import structure_author
 
         return cls(author_id=author_id, author_name=author_name,
                    structure_id=settings.dmp_structure_id,
@@ -134,7 +134,7 @@ def _refusals(errors: list[XdsError]) -> list[Refusal]:
 
 
 class XdsTransport:
-    """:class:`~gateway.publication_transport.DocumentTransport` over :class:`DmpClient`."""
+    """:class:`~gateway.publication.transport.DocumentTransport` over :class:`DmpClient`."""
 
     def __init__(self, client: DmpClient, publisher: SystemPublisher) -> None:
         self.client = client

@@ -2,6 +2,6 @@
 
 ``resources`` maps XDS metadata to and from DocumentReference / SubmissionSet List,
 ``bundle`` builds the ITI-65 transaction, ``transport`` is :class:`MhdTransport` (the
-:class:`gateway.publication_transport.DocumentTransport` over FHIR), ``recipient`` is the
+:class:`gateway.publication.transport.DocumentTransport` over FHIR), ``recipient`` is the
 ``/fhir`` face of ``drimbox dmp-sim``.
 """

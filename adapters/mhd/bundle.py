@@ -34,8 +34,8 @@ from adapters.mhd.resources import (
     fhir_time,
     submission_set_list,
 )
-from gateway.ins import Ins
-from gateway.xds_metadata import DocumentEntry, SubmissionSet
+from gateway.identity.ins import Ins
+from gateway.manifest.xds_metadata import DocumentEntry, SubmissionSet
 
 PATCH_PROFILE = "https://profiles.ihe.net/ITI/MHD/StructureDefinition/IHE.MHD.Patch.Parameters"
 

@@ -71,7 +71,7 @@ from adapters.mhd.resources import (
     scheme_of,
     submission_set_from_list,
 )
-from gateway.xds_metadata import DocumentEntry
+from gateway.manifest.xds_metadata import DocumentEntry
 
 log = logging.getLogger("drimbox.dmp_sim.fhir")
 

@@ -1,7 +1,7 @@
 """XDS metadata ↔ FHIR R4 resources, as IHE MHD 4.2 and the ANS PDSm guide map them (R4).
 
 One mapping, used in both directions: :func:`document_reference` writes the
-``DocumentReference`` of a :class:`~gateway.xds_metadata.DocumentEntry`, and
+``DocumentReference`` of a :class:`~gateway.manifest.xds_metadata.DocumentEntry`, and
 :func:`entry_from_document_reference` reads one back (the DMP simulator's FHIR face validates an
 MHD submission by reading it into the same domain type and running the XDS checks on it).
 :func:`submission_set_list` and :func:`submission_set_from_list` do the same for the
@@ -54,8 +54,8 @@ import datetime as dt
 import re
 from typing import Any
 
-from gateway.ins import Ins
-from gateway.xds_metadata import (
+from gateway.identity.ins import Ins
+from gateway.manifest.xds_metadata import (
     SCHEME_CONFIDENTIALITY_HL7,
     Author,
     Code,

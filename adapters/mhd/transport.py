@@ -1,4 +1,4 @@
-"""``MhdTransport``: the publication seam (:class:`gateway.publication_transport.DocumentTransport`)
+"""``MhdTransport``: the publication seam (:class:`gateway.publication.transport.DocumentTransport`)
 over IHE MHD / ANS PDSm, FHIR R4 JSON over HTTPS with mutual TLS (R4, R7, R8).
 
 ==========  =============================================================================
@@ -16,7 +16,7 @@ transport's ITI-57 deprecation. PDSm's logical deletion (``superseded`` plus the
 ``PDSm_IsDeleted`` extension, irreversible) is not used: un-publishing a KOS is not deleting the
 patient's record of it.
 
-Errors follow :mod:`gateway.publication_transport`: no connection, TLS failure (including our
+Errors follow :mod:`gateway.publication.transport`: no connection, TLS failure (including our
 certificate being refused), timeout, HTTP 5xx / 408 / 429, or a success answer we cannot read →
 :class:`TransportUnavailable` (the record may have acted: the outbox calls :meth:`find` before
 trying again); any other 4xx → :class:`TransportRefused` with one :class:`Refusal` per
@@ -37,8 +37,8 @@ import httpx
 from adapters.dmp.client import tls_context
 from adapters.mhd.bundle import identifier_query, provide_bundle, status_patch
 from adapters.mhd.resources import STATUS_FROM_FHIR, entry_uuid_from, unique_id_from
-from gateway.ins import Ins
-from gateway.publication_transport import (
+from gateway.identity.ins import Ins
+from gateway.publication.transport import (
     OutgoingDocument,
     Refusal,
     RegisteredDocument,
@@ -46,7 +46,7 @@ from gateway.publication_transport import (
     TransportRefused,
     TransportUnavailable,
 )
-from gateway.xds_metadata import SCHEME_CONTENT_TYPE, Code, submission_set
+from gateway.manifest.xds_metadata import SCHEME_CONTENT_TYPE, Code, submission_set
 
 log = logging.getLogger("drimbox.mhd")
 

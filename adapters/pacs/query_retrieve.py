@@ -1,6 +1,6 @@
 """Query/retrieve against the centre's PACS with pynetdicom (R2; SPEC.md section 1.2 step 3).
 
-:class:`PacsClient` is the :class:`~gateway.reports.StudyLocator` of the report workflow:
+:class:`PacsClient` is the :class:`~gateway.reports.workflow.StudyLocator` of the report workflow:
 
 * :meth:`PacsClient.find_study` runs a Study Root C-FIND at STUDY level on the
   StudyInstanceUID (PatientID, AccessionNumber), then at IMAGE level to list the instances;
@@ -8,10 +8,10 @@
   the PACS has when the report names one it does not);
 * :meth:`PacsClient.retrieve_study` runs a Study Root C-MOVE of the study with our own AE
   title as Move Destination: the PACS opens an association to our C-STORE SCP
-  (``gateway/dimse.py``), so **the PACS must know our AE title, host and DICOM port** (in
+  (``gateway/ingest/dimse.py``), so **the PACS must know our AE title, host and DICOM port** (in
   Orthanc: ``DicomModalities``; in dcm4chee: an AE entry).
 
-Association or DIMSE failures raise :class:`~gateway.reports.PacsUnavailable` naming the step.
+Association or DIMSE failures raise :class:`~gateway.reports.workflow.PacsUnavailable` naming the step.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from gateway.reports import PacsUnavailable, RemoteStudy
+from gateway.reports.workflow import PacsUnavailable, RemoteStudy
 
 log = logging.getLogger(__name__)
 

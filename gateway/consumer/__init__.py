@@ -7,7 +7,7 @@ practitioner's PSC session claims it), and whom it trusts (:mod:`gateway.consume
 the ANS whitelist's entries, R11). The DMP search (R16), the retrieval from Sources and the
 export (R17) hang off a context's id in later steps.
 
-May import: :mod:`gateway.ins` (the INS rules), :mod:`gateway.sessions` (the session key),
+May import: :mod:`gateway.identity.ins` (the INS rules), :mod:`gateway.access.sessions` (the session key),
 :mod:`gateway.index` (its tables), the standard library. Never the HTTP face (``dicomweb``)
 nor the adapters: they import this package, not the reverse.
 """

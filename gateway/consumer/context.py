@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import date
 
-from gateway.ins import INS_OIDS, InsError, validate_matricule, validate_oid
+from gateway.identity.ins import INS_OIDS, InsError, validate_matricule, validate_oid
 
 INS_VALUE = "Patient.identifier.value"
 INS_SYSTEM = "Patient.identifier.system"

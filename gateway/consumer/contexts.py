@@ -22,7 +22,7 @@ from sqlalchemy import delete, select
 from gateway.consumer.context import PatientContext
 from gateway.index.models import ConsumerContext, ViewerSession
 from gateway.index.store import InstanceIndex
-from gateway.sessions import aware, digest
+from gateway.access.sessions import aware, digest
 
 #: A context not claimed within this time (the PSC login included) is dropped.
 PENDING_CONTEXT_SECONDS = 900

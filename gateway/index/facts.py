@@ -1,7 +1,7 @@
 """Read what a study's manifest is built from, and whether it may be published (issue #4).
 
 :func:`study_state` answers "where is this study" (instances, stability, INS, publishable or
-why not); :func:`study_facts` returns the :class:`~gateway.study_facts.StudyFacts` the KOS, the
+why not); :func:`study_facts` returns the :class:`~gateway.manifest.facts.StudyFacts` the KOS, the
 XDS-I.b metadata and the FHIR twin are built from, or raises :class:`NotPublishable` with the
 reason (R19: only a valid, qualified INS is published).
 """
@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from gateway.index.models import Instance, Patient, Series, Study
 from gateway.index.store import InstanceIndex
-from gateway.ins import Ins, InsError, check_publishable
-from gateway.study_facts import InstanceRef, PatientFacts, SeriesFacts, StudyFacts
+from gateway.identity.ins import Ins, InsError, check_publishable
+from gateway.manifest.facts import InstanceRef, PatientFacts, SeriesFacts, StudyFacts
 
 
 class NotPublishable(Exception):

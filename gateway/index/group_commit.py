@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.header import InstanceHeader
+from gateway.ingest.header import InstanceHeader
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
 
 

@@ -16,7 +16,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from gateway.index.models import Manifest, ManifestInstance
-from gateway.study_facts import StudyFacts
+from gateway.manifest.facts import StudyFacts
 
 
 @dataclass(frozen=True, slots=True)

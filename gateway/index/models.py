@@ -312,8 +312,8 @@ class PendingLogin(Base):
 
 class OutboxItem(Base):
     """One publication, replacement or withdrawal to carry to the shared record (the DMP),
-    written in the same transaction as the change that causes it (:mod:`gateway.publication`)
-    and sent by the outbox worker (:mod:`gateway.outbox`). A publication keeps the KOS bytes and
+    written in the same transaction as the change that causes it (:mod:`gateway.publication.workflow`)
+    and sent by the outbox worker (:mod:`gateway.publication.outbox`). A publication keeps the KOS bytes and
     its DocumentEntry as built, so every retry sends the same uniqueId and bytes.
 
     ``state``: ``pending`` (due at ``next_attempt_at``), ``sending`` (claimed by ``claimed_by``

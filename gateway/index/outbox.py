@@ -1,8 +1,8 @@
 """The publication outbox and the publication history, in the index (issue #5; R4-R8).
 
-Rows are written by :mod:`gateway.publication` in the caller's transaction (the one that
+Rows are written by :mod:`gateway.publication.workflow` in the caller's transaction (the one that
 records the manifest, marks the study stable or takes the operator's command), and claimed,
-answered and listed here for the worker (:mod:`gateway.outbox`) and ``drimbox outbox``.
+answered and listed here for the worker (:mod:`gateway.publication.outbox`) and ``drimbox outbox``.
 
 Claiming: a due ``pending`` row, or a ``sending`` row whose lease expired (its process died),
 and only the oldest unfinished row of its study, so that a study's publication, replacements
@@ -21,8 +21,8 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from gateway.index.models import OutboxItem, PublicationEvent
-from gateway.ins import Ins
-from gateway.xds_metadata import Author, Code, DocumentEntry, ReferenceId
+from gateway.identity.ins import Ins
+from gateway.manifest.xds_metadata import Author, Code, DocumentEntry, ReferenceId
 
 PENDING, SENDING, DONE, REFUSED, SUPERSEDED = "pending", "sending", "done", "refused", "superseded"
 STATES = (PENDING, SENDING, DONE, REFUSED, SUPERSEDED)

@@ -1,6 +1,6 @@
 """The ``reports`` table: the durable record of the RIS's HL7 messages (R1; issue #7).
 
-:class:`SqlReportStore` is the :class:`~gateway.reports.ReportStore` of the workflow. A message
+:class:`SqlReportStore` is the :class:`~gateway.reports.workflow.ReportStore` of the workflow. A message
 is recorded when it arrives (state ``received``) and its outcome when it is done; the unique
 key (MSH-3, MSH-4, MSH-10) is what makes a repeated message be processed once. A message that
 ended ``failed`` (AR, a temporary failure) may be processed again when re-sent.
@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from gateway.index.models import Instance, Patient, Report, Series, Study
 from gateway.index.store import InstanceIndex
-from gateway.reports import (
+from gateway.reports.workflow import (
     Ack,
     FieldError,
     ImagingReport,

@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from gateway.header import InstanceHeader
+from gateway.ingest.header import InstanceHeader
 from gateway.index.models import Instance, Patient, Series, Study
 
 #: The columns of a :class:`StoredInstance`, joined up to its study.

@@ -1,0 +1,10 @@
+"""Imaging: what the DICOMweb face serves, in domain terms.
+
+Owns QIDO-RS searches on the index (:mod:`.query`, with the bounded integers of
+:mod:`.integers`), what a retrieve returns (:mod:`.retrieval`), instance metadata in the DICOM
+JSON model (:mod:`.metadata`), frames and bulk data (:mod:`.pixels`), transcoding
+(:mod:`.transcode`), rendering (:mod:`.rendering`) and the URLs published in manifests
+(:mod:`.locations`, R3).
+
+May import: the index and the file store, the domain. Never a face (:mod:`dicomweb`, the CLI).
+"""

@@ -1,0 +1,151 @@
+"""Frames and bulk data read from a stored instance file, without loading the whole file.
+
+* :func:`frame_info` reads the header only (Pixel Data is deferred) and tells how many frames
+  there are, in which transfer syntax, and where the Pixel Data value starts in the file.
+* :func:`read_frame` returns one frame (1-based) either as stored (a native frame is a slice
+  of the file; an encapsulated frame is its fragments joined) or decoded to native little
+  endian bytes (``application/octet-stream``), decoding only that frame.
+* :func:`read_bulk` returns the raw value of any element addressed by a tag path
+  (``[tag, item, tag, item, ..., tag]``; items 0-based), for BulkDataURIs.
+
+Frames can be produced as stored or as native Explicit VR Little Endian; no other frame
+re-encoding is offered (a client that wants another compressed syntax retrieves instances).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.encaps import get_frame
+from pydicom.pixels import pixel_array
+from pydicom.tag import Tag
+from pydicom.uid import UID
+
+PIXEL_DATA = 0x7FE00010
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+LITTLE_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
+_WHOLE_FILE = frozenset({"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.2"})
+"""Deflated (offsets are in the inflated stream) and big endian (bytes to swap)."""
+_NATIVE_FAMILY = LITTLE_NATIVE | _WHOLE_FILE
+
+
+class NoPixelData(LookupError):
+    """The instance has no Pixel Data (7FE0,0010)."""
+
+
+class NoSuchElement(LookupError):
+    """The tag path names no element of the instance."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrameInfo:
+    transfer_syntax: str
+    number_of_frames: int
+    value_offset: int
+    """File offset of the Pixel Data value."""
+    value_length: int
+    """Bytes of the value; 0xFFFFFFFF when encapsulated (undefined length)."""
+    frame_length: int
+    """Bytes of one native frame (0 when encapsulated)."""
+
+    @property
+    def encapsulated(self) -> bool:
+        return self.value_length == 0xFFFFFFFF
+
+
+def frame_info(path: Path) -> FrameInfo:
+    ds = dcmread(path, defer_size=256)
+    raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
+    if raw is None:
+        raise NoPixelData("the instance has no pixel data")
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if getattr(raw, "value_tell", None) is None:  # small enough not to be deferred
+        ds2 = dcmread(path, defer_size=0)  # every value deferred: offsets known
+        raw = ds2.get_item(PIXEL_DATA, keep_deferred=True)
+    bits = int(ds.get("BitsAllocated") or 8)
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    pixels = int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * samples
+    frame_length = (pixels * bits + 7) // 8 if raw.length != 0xFFFFFFFF else 0
+    return FrameInfo(ts, max(frames, 1), raw.value_tell, raw.length, frame_length)
+
+
+def read_frame(path: Path, info: FrameInfo, number: int, target: str) -> bytes:
+    """Frame ``number`` (1-based) as stored (``target == info.transfer_syntax``) or as
+    native little endian (``target`` Explicit VR Little Endian)."""
+    if not 1 <= number <= info.number_of_frames:
+        raise IndexError(number)
+    stored = info.transfer_syntax
+    as_stored = target == stored or (target == EXPLICIT_LE and stored in LITTLE_NATIVE)
+    if as_stored and not info.encapsulated:
+        with open(path, "rb") as f:
+            f.seek(info.value_offset + (number - 1) * info.frame_length)
+            return f.read(info.frame_length)
+    if as_stored:
+        with open(path, "rb") as f:
+            f.seek(info.value_offset)
+            return get_frame(f, number - 1, number_of_frames=info.number_of_frames)
+    if target != EXPLICIT_LE:
+        raise ValueError(f"frames are offered as stored or native, not {target}")
+    if stored in _WHOLE_FILE:  # no file offset to seek to: read the dataset, then slice
+        arr = dcmread(path).pixel_array
+        arr = arr[number - 1] if info.number_of_frames > 1 else arr
+    else:
+        arr = pixel_array(str(path), index=number - 1)
+    return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+
+
+def pixel_syntax(stored: str) -> str:
+    """What "as stored" means for the pixel data of an instance stored in ``stored``: the
+    native syntaxes (implicit, big endian, deflated) give native little endian, Explicit VR
+    Little Endian; a compressed syntax is its own."""
+    return EXPLICIT_LE if stored in _NATIVE_FAMILY else stored
+
+
+def can_produce_frame(source: str, target: str) -> bool:
+    if source == target or (target == EXPLICIT_LE and source in LITTLE_NATIVE):
+        return True
+    from gateway.imaging.transcode import DECODABLE
+
+    return target == EXPLICIT_LE and (
+        source in _WHOLE_FILE or (source in DECODABLE and UID(source).is_compressed))
+
+
+def parse_tag_path(segments: Sequence[str]) -> list[int]:
+    """``["00081111", "0", "7FE00010"]`` → ``[tag, item, tag]``; ``ValueError`` if malformed."""
+    if not segments or len(segments) % 2 == 0:
+        raise ValueError("a bulk data path is tag(/item/tag)*")
+    out: list[int] = []
+    for i, seg in enumerate(segments):
+        if i % 2 == 0:
+            if len(seg) != 8 or any(c not in "0123456789abcdefABCDEF" for c in seg):
+                raise ValueError(f"{seg!r} is not an 8-hex-digit tag")
+            out.append(int(seg, 16))
+        else:
+            if not seg.isdigit() or len(seg) > 6:
+                raise ValueError(f"{seg!r} is not an item index")
+            out.append(int(seg))
+    return out
+
+
+def read_bulk(path: Path, tag_path: list[int]) -> bytes:
+    """The raw value bytes of the element at ``tag_path`` (not for encapsulated Pixel Data)."""
+    ds = dcmread(path)
+    node = ds
+    for depth, key in enumerate(tag_path):
+        if depth % 2 == 0:
+            elem = node.get(Tag(key)) if hasattr(node, "get") else None
+            if elem is None:
+                raise NoSuchElement("no such element")
+            node = elem
+        else:
+            if node.VR != "SQ" or key >= len(node.value):
+                raise NoSuchElement("no such item")
+            node = node.value[key]
+    value = node.value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    raise NoSuchElement("the element holds no bulk data")

@@ -1,0 +1,177 @@
+"""Durable instance storage on the local file system.
+
+Layout under ``<data_dir>``::
+
+    staging/<pid>-<random>.tmp    files being written (never indexed; a dead writer's are
+                                  removed at start-up)
+    storage/<study>/<series>/<sop>.<hash12>.dcm
+
+A file is written to ``staging/``, flushed and fsync'ed, renamed atomically into
+``storage/`` and the directory entry fsync'ed: after :meth:`FileStore.put` returns, the file
+survives a crash or power loss. The storage key embeds the first 12 hex digits of the
+content hash, so a replacement never overwrites the file it replaces (the index switches to the
+new key in one transaction, then the old file is removed).
+
+Paths are built only from UIDs that pass :func:`gateway.ingest.uids.is_safe_uid` and from our own
+hex digests; anything else raises :class:`ValueError` before touching the disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+from gateway.ingest.processes import alive
+from gateway.ingest.uids import is_safe_uid
+
+
+class StorageFullError(OSError):
+    """The file system has no room (ENOSPC / EDQUOT)."""
+
+
+def storage_key(study_uid: str, series_uid: str, sop_uid: str, sha256_hex: str) -> str:
+    """The relative path of an instance's file, from validated UIDs and its content hash."""
+    for name, uid in (("study", study_uid), ("series", series_uid), ("instance", sop_uid)):
+        if not is_safe_uid(uid):
+            raise ValueError(f"{name} UID {uid!r} is not a valid UID")
+    if len(sha256_hex) != 64 or any(c not in "0123456789abcdef" for c in sha256_hex):
+        raise ValueError("content hash must be a lower-case SHA-256 hex digest")
+    return f"{study_uid}/{series_uid}/{sop_uid}.{sha256_hex[:12]}.dcm"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _writer_alive(staging_name: str) -> bool:
+    """Whether the process that named this staging file still runs (``<pid>-<hex>.tmp``)."""
+    pid_text, sep, _ = staging_name.partition("-")
+    if not sep or not pid_text.isdigit():
+        return False  # an older layout's file: its writer is long gone
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False  # left by an earlier process that had our pid; we have none in flight yet
+    return alive(pid)
+
+
+class FileStore:
+    """Files of instances under one data directory."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.root = Path(data_dir).resolve()
+        self.storage_dir = self.root / "storage"
+        self.staging_dir = self.root / "staging"
+        self._storage_prefix = str(self.storage_dir) + os.sep
+        self._dir_lock = threading.Lock()
+        self._known_dirs: set[Path] = set()
+
+    def prepare(self, clear_staging: bool = True) -> None:
+        """Create the layout and remove what a crashed writer left in staging (never indexed).
+
+        Staging files carry their writer's process id: only those of processes that no longer
+        run are removed, so a ``serve`` starting while ``drimbox import`` (or another worker)
+        writes never deletes a file in flight. ``clear_staging=False`` skips the sweep.
+        """
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        if not clear_staging:
+            return
+        for leftover in self.staging_dir.iterdir():
+            if leftover.is_file() and not _writer_alive(leftover.name):
+                leftover.unlink(missing_ok=True)
+
+    def path_of(self, key: str) -> Path:
+        """The absolute path of a storage key; refuses keys that would leave the store.
+
+        A lexical check (no ``resolve()``: its ``lstat`` per path component cost ~0.1 ms per
+        instance on the C-STORE path): keys are built by :func:`storage_key` from validated
+        UIDs, and nothing but the gateway creates entries under ``storage/``.
+        """
+        path = os.path.normpath(os.path.join(self._storage_prefix, key))
+        if not path.startswith(self._storage_prefix) or path == self._storage_prefix:
+            raise ValueError(f"storage key {key!r} escapes the store")
+        return Path(path)
+
+    def exists(self, key: str) -> bool:
+        return self.path_of(key).is_file()
+
+    def put(
+        self, key: str, chunks: Iterable[bytes | memoryview], *, sync_dir: bool = True
+    ) -> int:
+        """Write ``chunks`` durably at ``key``; return the number of bytes written.
+
+        With ``sync_dir=False`` the file's content is durable but its directory entry is not
+        yet: the caller must pass the parent directory to :meth:`sync_dirs` before relying on
+        it (the ingest path does this once per directory for a whole group commit).
+        Raises :class:`StorageFullError` when the disk is full; nothing is left behind then.
+        """
+        final = self.path_of(key)
+        tmp = self.staging_dir / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
+        size = 0
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        n = os.write(fd, view)
+                        view = view[n:]
+                        size += n
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._ensure_dir(final.parent)
+            os.replace(tmp, final)
+            if sync_dir:
+                _fsync_dir(final.parent)
+        except OSError as exc:
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFullError(exc.errno, "no space left for the instance") from exc
+            raise
+        return size
+
+    def sync_dirs(self, directories: Iterable[Path]) -> None:
+        """fsync each directory once: makes the entries renamed into them durable."""
+        for d in set(directories):
+            _fsync_dir(d)
+
+    def delete(self, key: str) -> None:
+        """Remove a stored file (missing is fine)."""
+        path = self.path_of(key)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(path.parent)
+
+    def open(self, key: str):  # noqa: ANN201 - a binary file object
+        return open(self.path_of(key), "rb")
+
+    def _ensure_dir(self, directory: Path) -> None:
+        if directory in self._known_dirs:
+            return
+        with self._dir_lock:
+            missing = []
+            d = directory
+            while not d.exists():
+                missing.append(d)
+                d = d.parent
+            for d in reversed(missing):
+                try:
+                    d.mkdir()
+                except FileExistsError:
+                    pass
+                _fsync_dir(d.parent)
+            self._known_dirs.add(directory)

@@ -1,0 +1,46 @@
+"""A study's state as the operator sees it (issue #5, issue #7 item 4): what was received, its
+CR, its publication and history, and the R18 viewer link. ``drimbox study show UID --json``
+prints it and ``GET /admin/studies/{uid}`` answers it: one function, the same data."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from urllib.parse import quote
+
+from gateway.config import Settings
+from gateway.index.facts import study_state
+from gateway.index.reports import current_report, study_reports
+from gateway.index.store import InstanceIndex
+from gateway.manifest.manifests import policy
+from gateway.publication.workflow import publication_status
+
+
+def viewer_link(settings: Settings, study_uid: str, id_cda: str) -> str:
+    """The R18 link (``viewer_link_template``) for a study and the idCDA of its CR."""
+    return settings.viewer_link_template.format(
+        public_url=settings.effective_public_url.rstrip("/"),
+        study_uid=quote(study_uid, safe=""), id_cda=quote(id_cda, safe=""))
+
+
+def study_status(index: InstanceIndex, settings: Settings, study_uid: str) -> dict:
+    """JSON-ready state of one study; raises :class:`~gateway.index.facts.UnknownStudy`."""
+    state = study_state(index, study_uid, policy(settings))
+    publication = publication_status(index, study_uid)
+    with index.read() as s:
+        messages = study_reports(s, study_uid)
+        current = current_report(s, study_uid)
+    report = None
+    if current is not None:
+        report = {"id_cda": current.id_cda, "message_type": current.message_type,
+                  "replaces_id_cda": current.replaces_id_cda,
+                  "received_at": current.received_at,
+                  "confidentiality": current.confidentiality}
+    return asdict(state) | {
+        "stable": state.stable,
+        "report": report,
+        "report_messages": [
+            {"kind": m.kind, "message_type": m.message_type, "id_cda": m.id_cda,
+             "received_at": m.received_at} for m in messages],
+        "viewer_link": viewer_link(settings, study_uid, current.id_cda) if current else None,
+        "publication": asdict(publication),
+    }
