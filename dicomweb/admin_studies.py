@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from dicomweb.deps import AdminAccess, RuntimeDep
 from gateway.index.facts import UnknownStudy
-from gateway.publication.study_status import study_status
 from gateway.ingest.uids import is_safe_uid
+from gateway.publication.study_status import study_status
 
 router = APIRouter()
 

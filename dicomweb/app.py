@@ -14,9 +14,9 @@ from fastapi import FastAPI, Response
 from sqlalchemy import text
 
 from dicomweb import admin_audit, metadata, qido, rendered, stow, viewer, wado
-from dicomweb.urls import DICOMWEB_PREFIX
 from gateway import __version__
 from gateway import metrics as gateway_metrics
+from gateway.imaging.locations import DICOMWEB_PREFIX
 from gateway.runtime import Runtime
 
 

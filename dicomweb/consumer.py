@@ -48,6 +48,8 @@ from dicomweb.session_cookies import (
 )
 from dicomweb.urls import client_address, request_public_url
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.principal import Principal
+from gateway.access.sessions import SessionInfo
 from gateway.consumer import context as ctx
 from gateway.consumer.contexts import (
     PENDING_CONTEXT_SECONDS,
@@ -56,8 +58,6 @@ from gateway.consumer.contexts import (
     ContextStore,
     CurrentContext,
 )
-from gateway.access.principal import Principal
-from gateway.access.sessions import SessionInfo
 
 router = APIRouter()
 

@@ -38,14 +38,14 @@ from starlette.concurrency import run_in_threadpool
 from adapters.psc.bearer import BearerChecker, BearerConfig
 from adapters.psc.tokens import TokenRejected
 from dicomweb.urls import client_address
-from gateway.access.policy import KOS_HEADER, AccessRequest, Action, Decision, Visibility, decide
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.policy import KOS_HEADER, AccessRequest, Action, Decision, Visibility, decide
+from gateway.access.principal import ANONYMOUS, Principal
 from gateway.config import Settings
 from gateway.index.manifests import manifest_scope
 from gateway.index.models import Study
-from gateway.access.principal import ANONYMOUS, Principal
-from gateway.runtime import Runtime
 from gateway.ingest.uids import is_safe_uid
+from gateway.runtime import Runtime
 
 log = logging.getLogger("drimbox.access")
 

@@ -55,7 +55,6 @@ from pydicom.dataset import Dataset
 from dicomweb.deps import Granted, RenderedAccess, RuntimeDep
 from dicomweb.params import check_uids, etag_matches, media_matches, parse_accept
 from dicomweb.urls import DicomWebURLs
-from gateway.index.lookup import InstanceRef, find_instance, series_instances, series_versions
 from gateway.imaging.rendering import (
     IMAGE_TYPES,
     FrameOutOfRange,
@@ -70,6 +69,7 @@ from gateway.imaging.rendering import (
     number_of_frames,
     render,
 )
+from gateway.index.lookup import InstanceRef, find_instance, series_instances, series_versions
 from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from datetime import timedelta
 from fastapi import Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from gateway.config import Settings
 from gateway.access.policy import ROLE_VIEWER
 from gateway.access.principal import Principal
 from gateway.access.sessions import SessionStore
 from gateway.access.share_links import ShareLinks
+from gateway.config import Settings
 
 SESSION = "drimbox-session"
 SHARE = "drimbox-share"

@@ -32,7 +32,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from dicomweb.deps import principal_or_none
-from dicomweb.session_cookies import SHARE, set_cookie, share_links, sessions
+from dicomweb.session_cookies import SHARE, sessions, set_cookie, share_links
 from dicomweb.urls import request_public_url
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.access.handout import handout_html, share_url

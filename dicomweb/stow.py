@@ -55,7 +55,7 @@ from dicomweb.urls import DicomWebURLs, URLsDep
 from gateway import metrics
 from gateway.ingest.dimse import STATUS_FOR_REJECTION
 from gateway.ingest.header import HeaderError, read_header
-from gateway.ingest.ingestor import Incoming, IngestRejected, Ingestor
+from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected
 from gateway.ingest.part10 import Part10Error, split_part10
 from gateway.ingest.uids import is_safe_uid
 

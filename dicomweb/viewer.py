@@ -30,13 +30,13 @@ import threading
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
+from anyio.from_thread import run as run_async
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
 
-from anyio.from_thread import run as run_async
-
 from dicomweb.deps import RuntimeDep, principal_or_none
-from dicomweb.urls import DICOMWEB_PREFIX, PublicURLDep
+from dicomweb.urls import PublicURLDep
+from gateway.imaging.locations import DICOMWEB_PREFIX
 
 router = APIRouter()
 

@@ -27,9 +27,9 @@ from dicomweb.login import activity_redirect, login_redirect
 from dicomweb.session_cookies import SESSION, read_cookie, roles_of, sessions
 from dicomweb.urls import client_address, request_public_url
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.principal import Principal
 from gateway.index.models import Study
 from gateway.index.reports import current_report
-from gateway.access.principal import Principal
 from gateway.ingest.uids import is_safe_uid
 
 router = APIRouter()

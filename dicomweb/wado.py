@@ -53,11 +53,10 @@ from fastapi.responses import StreamingResponse
 from dicomweb import accept
 from dicomweb.deps import Granted, RuntimeDep, WadoAccess
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
-from gateway.imaging import pixels
-from gateway.imaging import retrieval
+from gateway.imaging import pixels, retrieval
 from gateway.imaging.retrieval import InstanceRef
-from gateway.runtime import Runtime
 from gateway.imaging.transcode import PRODUCIBLE, TranscodeError, can_produce, transcode
+from gateway.runtime import Runtime
 
 log = logging.getLogger("drimbox.wado")
 router = APIRouter()

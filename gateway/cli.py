@@ -170,8 +170,8 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
 
     from gateway.index.facts import UnknownStudy, study_state
     from gateway.manifest.manifests import policy
-    from gateway.publication.workflow import publication_status
     from gateway.publication.study_status import study_status
+    from gateway.publication.workflow import publication_status
 
     settings = _settings(config_file)
     index = _runtime_index(settings)
@@ -520,7 +520,12 @@ def mhd_bundle(config_file: Path | None, study_uid: str, replaces: str | None,
     from adapters.mhd.transport import new_oid
     from gateway.index.facts import NotPublishable
     from gateway.manifest.manifests import document_entry
-    from gateway.manifest.xds_metadata import SCHEME_CONTENT_TYPE, Code, MetadataError, submission_set
+    from gateway.manifest.xds_metadata import (
+        SCHEME_CONTENT_TYPE,
+        Code,
+        MetadataError,
+        submission_set,
+    )
 
     settings = _settings(config_file)
     source = settings.dmp_source_id or settings.repository_oid

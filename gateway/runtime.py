@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dicomweb.urls import DicomWebURLs
 from gateway.config import Settings
+from gateway.imaging.locations import DicomWebURLs
+from gateway.imaging.metadata import MetadataCache, MetadataWarmer
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestResult
-from gateway.imaging.metadata import MetadataCache, MetadataWarmer
 from gateway.ingest.storage import FileStore
 from gateway.reports.wiring import build_report_workflow
 from gateway.reports.workflow import ReportWorkflow

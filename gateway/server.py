@@ -17,10 +17,10 @@ import uvicorn
 from dicomweb.app import create_app
 from gateway.config import Settings
 from gateway.ingest.dimse import DicomService
-from gateway.reports.wiring import build_hl7_listener
-from gateway.runtime import Runtime
-from gateway.manifest.stability import StabilityMonitor
 from gateway.ingest.workers import WorkerPool
+from gateway.manifest.stability import StabilityMonitor
+from gateway.reports.mllp import build_hl7_listener
+from gateway.runtime import Runtime
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import websocket
-
 from peers import require_tool
 
 FLAGS = [

@@ -21,7 +21,6 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-
 from peers import free_port, in_ci
 
 PG_ADMIN = os.environ.get("DRIMBOX_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -24,7 +24,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from peers import free_port, in_ci, require_tool
 
 PLUGIN_DIRS = [Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc/plugins")]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from gateway.access.policy import EVERYTHING, AccessRequest, decide
-from gateway.index.manifests import ManifestScope
 from gateway.access.principal import ANONYMOUS, Principal
+from gateway.index.manifests import ManifestScope
 
 STUDY, OTHER = "1.2.3.1", "1.2.3.2"
 SERIES_A, SERIES_B = "1.2.3.1.1", "1.2.3.1.2"

@@ -9,8 +9,8 @@ import re
 import pytest
 from hl7_support import CDA_G1_MAJ, CDA_POC_2023, POC_CDA, POC_ORU
 
-from gateway.reports.cda import CdaError, read_cda
 from gateway.manifest.xds_metadata import Code
+from gateway.reports.cda import CdaError, read_cda
 
 
 def test_update_report_of_exam_g() -> None:

@@ -17,12 +17,12 @@ from urllib.parse import unquote
 
 import httpx
 import pytest
+from dimse_client import open_index
 from psc_support import OUTSIDER, STAFF, PscSim, psc_env
 from sqlalchemy import select
 from test_consumer_context import BAD, GOOD, pairs
 from test_viewer_login import psc_answer
 
-from dimse_client import open_index
 from gateway.access.audit_export import fhir_audit_bundle, kpi_csv
 from gateway.index.models import AuditEvent, ConsumerContext, ViewerSession
 

@@ -22,6 +22,8 @@ from pydicom import dcmread
 from pydicom.fileset import FileSet
 from pydicom.uid import RLELossless
 
+from gateway.index.engine import create_index_engine
+from gateway.index.store import InstanceIndex
 from gateway.ingest.completeness import DatasetDefect, check_complete
 from gateway.ingest.importer import (
     BadFile,
@@ -32,8 +34,6 @@ from gateway.ingest.importer import (
     split_components,
     split_part10,
 )
-from gateway.index.engine import create_index_engine
-from gateway.index.store import InstanceIndex
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
@@ -491,8 +491,8 @@ def test_store_check_verify_finds_a_cut_copy_an_earlier_version_kept(
     """A copy cut short inside its Pixel Data that an earlier version acknowledged (before every
     ingest path checked completeness) has a hash that matches its index row; ``store check
     --verify`` still reports it damaged, naming what is missing, and leaves it in place."""
-    from gateway.ingest.ingestor import ingestor as ingest
     from gateway.index.engine import upgrade
+    from gateway.ingest.ingestor import ingestor as ingest
     from gateway.ingest.storage import FileStore
 
     data = tmp_path / "data"

@@ -9,10 +9,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from gateway.ingest.header import InstanceHeader
 from gateway.index.engine import create_index_engine, current_revision, head_revision, upgrade
 from gateway.index.models import Base
 from gateway.index.store import InstanceIndex, StoredFile
+from gateway.ingest.header import InstanceHeader
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from gateway.identity.codecs import ins_from_dicom
-from gateway.ingest.header import InstanceHeader, read_header
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.group_commit import GroupCommitter
 from gateway.index.store import InstanceIndex, StoredFile
+from gateway.ingest.header import InstanceHeader, read_header
 from gateway.ingest.ingestor import (
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,

@@ -10,7 +10,6 @@ from fhir.resources.patient import Patient
 from lxml import etree
 from pydicom.dataset import Dataset
 
-from gateway.identity.ins import OID_INS_C, OID_NIR, OID_NIR_TEST, IdentityStatus, Ins
 from gateway.identity.codecs import (
     CDA_NS,
     ins_from_cda,
@@ -22,6 +21,7 @@ from gateway.identity.codecs import (
     ins_to_fhir_identifier,
     ins_to_pid3,
 )
+from gateway.identity.ins import OID_INS_C, OID_NIR, OID_NIR_TEST, IdentityStatus, Ins
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "drim-m-samples"
 TEST_INS = "279035121518989"  # PAT-TROIS DOMINIQUE, INS-NIR test

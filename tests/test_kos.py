@@ -12,6 +12,7 @@ from peers import require_tool
 from pydicom import dcmread
 
 from gateway.identity.ins import OID_NIR_TEST, Ins
+from gateway.manifest.facts import InstanceRef, PatientFacts, Publisher, SeriesFacts, StudyFacts
 from gateway.manifest.kos import (
     KOS_SOP_CLASS_UID,
     ManifestError,
@@ -19,7 +20,6 @@ from gateway.manifest.kos import (
     referenced_instances,
     series_retrieve_urls,
 )
-from gateway.manifest.facts import InstanceRef, PatientFacts, Publisher, SeriesFacts, StudyFacts
 
 STUDY = "1.2.250.1.213.4.5.2.1.108"
 PUBLISHER = Publisher(

@@ -16,7 +16,6 @@ from dicomweb.multipart_reader import (
 from gateway.ingest.part10 import Part10Error, split_part10
 
 
-
 def dataset_bytes_from(data: bytes) -> bytes:
     group_len = int.from_bytes(data[140:144], "little")
     return data[144 + group_len :]

@@ -11,10 +11,10 @@ TransportUnavailable / TransportRefused with the XDS code and codeContext.
 from __future__ import annotations
 
 import random
-import time
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -22,10 +22,10 @@ import pytest
 from dmp_support import Sim, new_oid, pki, publication, sim  # noqa: F401
 from test_kos import facts
 
+from gateway.identity.ins import Ins
 from gateway.index import outbox
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
-from gateway.identity.ins import Ins
 from gateway.publication.outbox import OutboxWorker, backoff_delay
 from gateway.publication.transport import OutgoingDocument, TransportRefused, TransportUnavailable
 
@@ -220,8 +220,8 @@ def test_log_lines_carry_no_ins() -> None:
 # ------------------------------------------------------- the outbox row and its cause, one commit
 
 def _stored_study(index: InstanceIndex, study: str, n: int = 2) -> None:
-    from gateway.ingest.header import InstanceHeader
     from gateway.index.store import StoredFile
+    from gateway.ingest.header import InstanceHeader
 
     for i in range(n):
         h = InstanceHeader(

@@ -15,8 +15,8 @@ from hl7_support import CDA_G1_MAJ, STUDY_G, fill, sample, send, study_g_images
 from orthanc import Orthanc
 from peers import free_port
 from pydicom import dcmread
-from test_hl7_reports import one_report
 from sqlalchemy import select
+from test_hl7_reports import one_report
 from test_manifest_e2e import stored_instances
 
 from gateway.index.engine import create_index_engine

@@ -14,10 +14,10 @@ from sqlalchemy import event
 
 from dicomweb import dicom_json
 from gateway.imaging import query as q
-from gateway.ingest.header import InstanceHeader
+from gateway.imaging.query import ATTRIBUTES, Level, Match, QueryError, parse_condition, parse_query
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex, StoredFile
-from gateway.imaging.query import ATTRIBUTES, Level, Match, QueryError, parse_condition, parse_query
+from gateway.ingest.header import InstanceHeader
 
 # -- pure rules ----------------------------------------------------------------------------
 

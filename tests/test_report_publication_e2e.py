@@ -10,12 +10,11 @@ publishing a study without a CR. The study's state is read back through ``drimbo
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
-from dicom_factory import make_instance
-import subprocess
-
 import pytest
+from dicom_factory import make_instance
 from dmp_support import Sim, pki, start_sim  # noqa: F401
 from hl7_support import (
     ACCESSION_G,

@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 from hl7_support import CDA_G1_MAJ, INS, STUDY_G, fill, sample, with_cda
 
-from gateway.ingest.header import InstanceHeader
-from gateway.reports.hl7_reader import parse
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.reports import SqlReportStore
 from gateway.index.store import InstanceIndex, StoredFile
+from gateway.ingest.header import InstanceHeader
+from gateway.reports.hl7_reader import parse
 from gateway.reports.mllp import MessageProcessor, ack_summary
 from gateway.reports.workflow import ReportKind, ReportWorkflow
 
@@ -103,9 +103,9 @@ def test_flags_become_confidentiality_codes() -> None:
 
 def test_publication_context_from_the_report_of_exam_g() -> None:
     """What the report adds to the KOS DocumentEntry (R4; SPEC 2.1): values of CR_G1_MAJ."""
+    from gateway.manifest.xds_metadata import Author, Code, PublicationContext
     from gateway.reports.hl7_reader import read_message
     from gateway.reports.workflow import publication_context
-    from gateway.manifest.xds_metadata import Author, Code, PublicationContext
 
     base = PublicationContext(healthcare_facility_type=Code("SA07", "1.2.250.1.71.4.2.4", "SA07"),
                               practice_setting=Code("X", "1.2.250.1.213.1.1.4.9", "X"),

@@ -9,10 +9,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gateway.access.sessions import Activity, SessionStore, digest
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.models import ViewerSession
 from gateway.index.store import InstanceIndex
-from gateway.access.sessions import Activity, SessionStore, digest
 
 
 class Clock:

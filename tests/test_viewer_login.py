@@ -13,10 +13,10 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
 import pytest
+from dimse_client import open_index
 from psc_support import OUTSIDER, STAFF, PscSim, psc_env, seed_study
 from sqlalchemy import select
 
-from dimse_client import open_index
 from gateway.index.models import AuditEvent, PendingLogin, ViewerSession
 
 

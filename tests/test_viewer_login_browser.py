@@ -21,11 +21,11 @@ import httpx
 import pytest
 from browser import Browser
 from conftest import ARTIFACTS
+from peers import in_ci
 from psc_support import STAFF, PscSim, psc_env, seed_study
 from test_viewer import DRAWN
 
 from gateway.config import DEFAULT_VIEWER_DIR as VIEWER_DIR
-from peers import in_ci
 
 
 @pytest.fixture

@@ -600,9 +600,9 @@ def _keep_unchecked(gateway: Gateway, ds: Dataset, monkeypatch: pytest.MonkeyPat
     """Store ``ds`` as a version without the ingest completeness check did (it is refused
     now, see tests/test_ingest_completeness.py): an Ingestor on the gateway's data directory
     and index, next to the running ``serve`` like ``drimbox import``, check left out."""
-    from gateway.ingest.ingestor import ingestor as ingest
     from gateway.index.engine import create_index_engine
     from gateway.index.store import InstanceIndex
+    from gateway.ingest.ingestor import ingestor as ingest
     from gateway.ingest.storage import FileStore
 
     monkeypatch.setattr(ingest, "check_complete", lambda *args: None)

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
+from dmp_pki import make_pki
+from whitelist_support import ANCHORS, INFORMATIF, SIGNED, UNSIGNED, make_signer, resign
 
 from adapters.whitelist import WhitelistKeeper, WhitelistRefused, WhitelistVerifier
 from adapters.whitelist.keeper import LAST_GOOD
-from dmp_pki import make_pki
 from gateway.config import ConfigError, load_settings
 from gateway.consumer.trust import Whitelist
-from whitelist_support import (ANCHORS, INFORMATIF, SIGNED, UNSIGNED, make_signer, resign)
 
 DB3 = "https://db3.test.mesimagesmedicales.fr/drim/wado/studies/1.2.3"
 

@@ -33,14 +33,6 @@ from adapters.dmp.client import DmpClient
 from adapters.dmp.errors import DmpRefusedError, DmpTransientError, XdsError
 from adapters.dmp.vihf import Role, VihfContext
 from gateway.identity.ins import Ins
-from gateway.publication.transport import (
-    OutgoingDocument,
-    Refusal,
-    RegisteredDocument,
-    SubmitReceipt,
-    TransportRefused,
-    TransportUnavailable,
-)
 from gateway.manifest.xds_metadata import (
     SCHEME_CONTENT_TYPE,
     Author,
@@ -48,6 +40,14 @@ from gateway.manifest.xds_metadata import (
     SubmissionSet,
     submission_set,
     xds_patient_id,
+)
+from gateway.publication.transport import (
+    OutgoingDocument,
+    Refusal,
+    RegisteredDocument,
+    SubmitReceipt,
+    TransportRefused,
+    TransportUnavailable,
 )
 
 PROFESSION_SCHEME = "1.2.250.1.71.1.2.7"  # TRE_G15 profession

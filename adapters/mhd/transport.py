@@ -38,6 +38,7 @@ from adapters.dmp.client import tls_context
 from adapters.mhd.bundle import identifier_query, provide_bundle, status_patch
 from adapters.mhd.resources import STATUS_FROM_FHIR, entry_uuid_from, unique_id_from
 from gateway.identity.ins import Ins
+from gateway.manifest.xds_metadata import SCHEME_CONTENT_TYPE, Code, submission_set
 from gateway.publication.transport import (
     OutgoingDocument,
     Refusal,
@@ -46,7 +47,6 @@ from gateway.publication.transport import (
     TransportRefused,
     TransportUnavailable,
 )
-from gateway.manifest.xds_metadata import SCHEME_CONTENT_TYPE, Code, submission_set
 
 log = logging.getLogger("drimbox.mhd")
 

@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from sqlalchemy import Engine, event, text
 from sqlalchemy.orm import Session
 
+from gateway.access.principal import Principal
 from gateway.index.models import AuditEvent
 from gateway.index.store import InstanceIndex
-from gateway.access.principal import Principal
 
 ALLOWED = "allowed"
 DENIED = "denied"

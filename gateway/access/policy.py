@@ -30,8 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gateway.index.manifests import ManifestScope
 from gateway.access.principal import Principal
+from gateway.index.manifests import ManifestScope
 
 Action = Literal["qido", "wado", "metadata", "rendered", "stow", "admin"]
 READ_ACTIONS = frozenset({"qido", "wado", "metadata", "rendered"})

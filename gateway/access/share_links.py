@@ -25,9 +25,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from sqlalchemy import delete, select
 
+from gateway.access.sessions import aware, digest
 from gateway.index.models import Patient, ShareLink, Study, ViewerSession
 from gateway.index.store import InstanceIndex
-from gateway.access.sessions import aware, digest
 
 
 class ShareLinkDenied(Exception):

@@ -19,10 +19,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
 
+from gateway.access.sessions import aware, digest
 from gateway.consumer.context import PatientContext
 from gateway.index.models import ConsumerContext, ViewerSession
 from gateway.index.store import InstanceIndex
-from gateway.access.sessions import aware, digest
 
 #: A context not claimed within this time (the PSC login included) is dropped.
 PENDING_CONTEXT_SECONDS = 900

@@ -58,9 +58,9 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, select
 
+from gateway.imaging.integers import INT64_MAX, VR_RANGES, BadInteger, parse_int
 from gateway.index.models import Instance, Patient, Series, Study
 from gateway.index.store import InstanceIndex
-from gateway.imaging.integers import INT64_MAX, VR_RANGES, BadInteger, parse_int
 from gateway.ingest.uids import is_safe_uid
 
 

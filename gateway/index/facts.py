@@ -15,9 +15,9 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from gateway.identity.ins import Ins, InsError, check_publishable
 from gateway.index.models import Instance, Patient, Series, Study
 from gateway.index.store import InstanceIndex
-from gateway.identity.ins import Ins, InsError, check_publishable
 from gateway.manifest.facts import InstanceRef, PatientFacts, SeriesFacts, StudyFacts
 
 

@@ -21,8 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.ingest.header import InstanceHeader
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
+from gateway.ingest.header import InstanceHeader
 
 
 @dataclass(eq=False)

@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from gateway.index.models import OutboxItem, PublicationEvent
 from gateway.identity.ins import Ins
+from gateway.index.models import OutboxItem, PublicationEvent
 from gateway.manifest.xds_metadata import Author, Code, DocumentEntry, ReferenceId
 
 PENDING, SENDING, DONE, REFUSED, SUPERSEDED = "pending", "sending", "done", "refused", "superseded"

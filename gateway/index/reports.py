@@ -26,6 +26,7 @@ from gateway.reports.workflow import (
     Outcome,
 )
 
+
 @dataclass(frozen=True, slots=True)
 class StoredReport:
     """An accepted message of the ``reports`` table, as the publication side needs it."""

@@ -14,20 +14,19 @@ foreign key fail; the cache is then cleared and the caller's retry takes the ful
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import threading
-
 from sqlalchemy import Engine, bindparam, delete, func, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from gateway.ingest.header import InstanceHeader
 from gateway.index.models import Instance, Patient, Series, Study
+from gateway.ingest.header import InstanceHeader
 
 #: The columns of a :class:`StoredInstance`, joined up to its study.
 _STORED_INSTANCES = (

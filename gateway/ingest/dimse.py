@@ -42,8 +42,8 @@ import threading
 import time
 from typing import Any
 
-from pydicom.dataset import Dataset
 from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset
 from pydicom.uid import AllTransferSyntaxes, PrivateTransferSyntaxes
 from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.dimse_primitives import C_STORE
@@ -53,7 +53,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from gateway import metrics
 from gateway.config import Settings
 from gateway.ingest.dimse_guard import ConnectionGuard
-from gateway.ingest.ingestor import Incoming, IngestRejected, Ingestor, Rejection
+from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
 
 log = logging.getLogger(__name__)
 

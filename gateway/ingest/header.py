@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
-from gateway.identity.ins import INS_ISSUER_NAME
 from gateway.identity.codecs import ins_from_dicom
+from gateway.identity.ins import INS_ISSUER_NAME
 
 
 class HeaderError(ValueError):

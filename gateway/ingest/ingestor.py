@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from gateway import __version__
+from gateway.index.group_commit import GroupCommitter
+from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
 from gateway.ingest.completeness import (
     DatasetDefect,
     PixelDataMissing,
@@ -34,8 +36,6 @@ from gateway.ingest.completeness import (
     check_complete,
 )
 from gateway.ingest.header import HeaderError, InstanceHeader, read_header
-from gateway.index.group_commit import GroupCommitter
-from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
 from gateway.ingest.storage import FileStore, StorageFullError, storage_key
 from gateway.ingest.uids import is_safe_uid
 

@@ -35,8 +35,8 @@ from gateway.index import outbox
 from gateway.index.rejections import RemovedInstance, remove_instances, study_instance_count
 from gateway.index.reports import current_report
 from gateway.index.store import InstanceIndex
-from gateway.manifest.kos import referenced_instances
 from gateway.ingest.storage import FileStore
+from gateway.manifest.kos import referenced_instances
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +146,8 @@ class RejectionHandler:
         return removed
 
     def _republish(self, s, study: str, note: RejectionNote):  # noqa: ANN001, ANN202
-        from gateway.publication.workflow import PublicationWorkflow, live_manifest
         from gateway.publication.report_trigger import stored_report_context
+        from gateway.publication.workflow import PublicationWorkflow, live_manifest
 
         if live_manifest(s, study) is None:
             return None

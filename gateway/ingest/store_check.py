@@ -24,8 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.ingest.completeness import DatasetDefect, check_complete
 from gateway.index.store import InstanceIndex
+from gateway.ingest.completeness import DatasetDefect, check_complete
 from gateway.ingest.part10 import split_part10
 from gateway.ingest.storage import FileStore
 

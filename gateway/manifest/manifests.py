@@ -17,11 +17,11 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from gateway.config import Settings
-from gateway.manifest.fhir_twin import build_fhir_twin
 from gateway.index.facts import NotPublishable, PublicationPolicy, study_facts
 from gateway.index.store import InstanceIndex
-from gateway.manifest.kos import build_kos
 from gateway.manifest.facts import Publisher, StudyFacts
+from gateway.manifest.fhir_twin import build_fhir_twin
+from gateway.manifest.kos import build_kos
 from gateway.manifest.xds_metadata import (
     SCHEME_FACILITY_TYPE,
     SCHEME_PRACTICE_SETTING,

@@ -28,15 +28,17 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from gateway.reports.cda import read_cda
+from gateway.access.sessions import aware
 from gateway.config import Settings
+from gateway.identity.codecs import PatientIds
 from gateway.index import outbox
 from gateway.index.facts import NotPublishable, UnknownStudy
-from gateway.index.reports import StoredReport, current_report
-from gateway.identity.codecs import PatientIds
-from gateway.manifest.manifests import publication_context as configured_context
 from gateway.index.models import Manifest
+from gateway.index.reports import StoredReport, current_report
+from gateway.manifest.manifests import publication_context as configured_context
+from gateway.manifest.xds_metadata import MASKING_FLAGS, PublicationContext
 from gateway.publication.workflow import PublicationWorkflow, live_manifest
+from gateway.reports.cda import read_cda
 from gateway.reports.workflow import (
     ImagingReport,
     MessageKey,
@@ -44,8 +46,6 @@ from gateway.reports.workflow import (
     ReportWorkflow,
     publication_context,
 )
-from gateway.access.sessions import aware
-from gateway.manifest.xds_metadata import MASKING_FLAGS, PublicationContext
 
 log = logging.getLogger(__name__)
 

@@ -36,10 +36,10 @@ from gateway.index.manifests import mark_withdrawn, record_manifest
 from gateway.index.models import Manifest, ManifestInstance, Study
 from gateway.index.outbox import PUBLISH, REPLACE, WITHDRAW, Event, OutboxRow
 from gateway.index.store import InstanceIndex
-from gateway.manifest.manifests import document_entry, manifest_from_facts, policy
-from gateway.publication.outbox import redact
 from gateway.manifest.facts import StudyFacts
+from gateway.manifest.manifests import document_entry, manifest_from_facts, policy
 from gateway.manifest.xds_metadata import MetadataError, PublicationContext, kos_document_entry
+from gateway.publication.outbox import redact
 
 log = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ import re
 
 import hl7
 
-from gateway.reports.cda import CdaError, read_cda
 from gateway.identity.codecs import ins_from_pid3
+from gateway.reports.cda import CdaError, read_cda
 from gateway.reports.workflow import (
     Ack,
     ImagingReport,

@@ -29,6 +29,7 @@ from datetime import datetime
 import hl7
 from hl7.mllp import InvalidBlockError, start_hl7_server
 
+from gateway.config import Settings
 from gateway.reports.hl7_reader import charset_of, message_key, message_type_of, parse, read_message
 from gateway.reports.workflow import (
     Ack,
@@ -37,6 +38,7 @@ from gateway.reports.workflow import (
     Outcome,
     ReportHandler,
     ReportRefused,
+    ReportWorkflow,
 )
 
 log = logging.getLogger(__name__)
@@ -307,3 +309,13 @@ def ack_summary(ack_text: str) -> dict[str, str]:
 
 __all__ = ["Hl7Listener", "MessageKey", "MessageProcessor", "ack_summary", "build_ack",
            "send_message"]
+
+
+def build_hl7_listener(settings: Settings, workflow: ReportWorkflow) -> Hl7Listener | None:
+    """The listener ``drimbox serve`` starts when ``hl7_port`` is set (else ``None``)."""
+    if not settings.hl7_port:
+        return None
+    processor = MessageProcessor(workflow, application=settings.hl7_application,
+                                 facility=settings.structure_id)
+    return Hl7Listener(processor, settings.effective_hl7_host, settings.hl7_port,
+                       max_message_bytes=settings.hl7_max_message_bytes)

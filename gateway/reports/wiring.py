@@ -1,7 +1,6 @@
-"""Wiring of issue #7: the report workflow (with the PACS when configured) and its MLLP
-listener, built from the settings. ``drimbox serve`` starts the listener when ``hl7_port`` is
-set; the publication outbox attaches to ``workflow.report_ready_hooks`` /
-``workflow.withdrawal_hooks``."""
+"""Wiring of the report workflow (with the PACS when configured), built from the settings. The
+publication outbox attaches to ``workflow.report_ready_hooks`` / ``workflow.withdrawal_hooks``;
+the MLLP listener that feeds it is built by :func:`gateway.reports.mllp.build_hl7_listener`."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from adapters.pacs.query_retrieve import PacsClient
 from gateway.config import Settings
 from gateway.index.reports import SqlReportStore
 from gateway.index.store import InstanceIndex
-from gateway.reports.mllp import Hl7Listener, MessageProcessor
 from gateway.reports.workflow import ReportWorkflow
 
 
@@ -21,12 +19,3 @@ def build_report_workflow(settings: Settings, index: InstanceIndex) -> ReportWor
                           move_timeout=settings.pacs_retrieve_timeout)
     return ReportWorkflow(SqlReportStore(index), pacs,
                           retrieve_timeout=settings.pacs_retrieve_timeout)
-
-
-def build_hl7_listener(settings: Settings, workflow: ReportWorkflow) -> Hl7Listener | None:
-    if not settings.hl7_port:
-        return None
-    processor = MessageProcessor(workflow, application=settings.hl7_application,
-                                 facility=settings.structure_id)
-    return Hl7Listener(processor, settings.effective_hl7_host, settings.hl7_port,
-                       max_message_bytes=settings.hl7_max_message_bytes)

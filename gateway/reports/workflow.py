@@ -24,9 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gateway.reports.cda import CdaHeader
-from gateway.identity.ins import Ins
 from gateway.identity.codecs import PatientIds
+from gateway.identity.ins import Ins
 from gateway.manifest.xds_metadata import (
     MASKING_FLAGS,
     SCHEME_CONFIDENTIALITY_DMP,
@@ -34,6 +33,7 @@ from gateway.manifest.xds_metadata import (
     Code,
     PublicationContext,
 )
+from gateway.reports.cda import CdaHeader
 
 log = logging.getLogger(__name__)
 
