@@ -1,6 +1,6 @@
 """The shared record's transport the settings choose (``dmp_transport``), for the outbox worker
 (:mod:`gateway.publication.outbox`): ``xds`` → :class:`adapters.dmp.transport.XdsTransport` (IHE XDS.b, the
-DMP today); ``mhd`` → the FHIR PDSm / IHE MHD transport (``adapters/mhd``, issue #5)."""
+DMP today); ``mhd`` → the FHIR PDSm / IHE MHD transport (``adapters/mhd``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #2's ingest benchmark in one run: Orthanc (TCP_NODELAY, its best) and this worktree's
+# The ingest benchmark in one run: Orthanc (TCP_NODELAY, its best) and this worktree's
 # gateway, same corpus, dcmtk storescu with TCP_NODELAY=1, 1 and 4 associations.
 #
 #   bench/compare.sh [LABEL] [REPS]      results in /tmp/h3-results/LABEL (REPORT.md)

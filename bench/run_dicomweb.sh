@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #3's DICOMweb benchmark in one run: the shared harness's QIDO-RS and WADO-RS steps
+# The DICOMweb benchmark in one run: the shared harness's QIDO-RS and WADO-RS steps
 # (../shared/bench/run_all.py, ingest steps skipped) against Orthanc (TCP_NODELAY, its best)
 # and this worktree's gateway, both emptied first and loaded by the harness (--load, C-STORE).
 #

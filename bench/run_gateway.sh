@@ -68,7 +68,7 @@ start() {
   mkdir -p "$DATA"
   local env=(DRIMBOX_DATA_DIR="$DATA" DRIMBOX_DICOM_PORT="$DICOM_PORT" DRIMBOX_HTTP_PORT="$HTTP_PORT"
              DRIMBOX_AE_TITLE="$AET" DRIMBOX_HOST=127.0.0.1 DRIMBOX_LOG_LEVEL="${DRIMBOX_LOG_LEVEL:-WARNING}"
-             DRIMBOX_DICOMWEB_AUTH="${DRIMBOX_DICOMWEB_AUTH:-none}")  # anonymous on loopback (issue #6)
+             DRIMBOX_DICOMWEB_AUTH="${DRIMBOX_DICOMWEB_AUTH:-none}")  # anonymous on loopback
   [[ -n "$DB_URL" ]] && env+=(DRIMBOX_DATABASE_URL="$DB_URL")
   env "${env[@]}" PYTHONPATH="$SRC" nohup "$VENV/bin/python" -m gateway.cli serve >> "$LOG" 2>&1 < /dev/null &
   local pid=$!

@@ -1,4 +1,4 @@
-"""``GET /admin/audit``: the audit trail for the centre's administrators (R15, R22; issue #6).
+"""``GET /admin/audit``: the audit trail for the centre's administrators (R15, R22).
 
 ``?format=fhir`` (default) answers a FHIR R4B Bundle of AuditEvents
 (``application/fhir+json``), ``?format=kpi`` the DRIM-M KPI file (``text/csv``); ``since``

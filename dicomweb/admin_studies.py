@@ -1,5 +1,5 @@
-"""``GET /admin/studies/{study_uid}``: one study's state for the centre's administrators
-(issue #7 item 4): received content, the CR in force (idCDA, received_at), the publication
+"""``GET /admin/studies/{study_uid}``: one study's state for the centre's administrators:
+received content, the CR in force (idCDA, received_at), the publication
 (current KOS, entryUUID, outbox rows: published, replaced, withdrawn, refused, errors) with its
 timestamped history, and the R18 viewer link. The body is what ``drimbox study show UID
 --json`` prints (:func:`gateway.publication.study_status.study_status`). Role ``admin`` only

@@ -24,7 +24,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(title="DRIMbox gateway", version=__version__)
     app.state.runtime = runtime
     # Modules that prove principals (viewer login, share links) append async callables here;
-    # see dicomweb/deps.py for the order in which they are asked (issue #6).
+    # see dicomweb/deps.py for the order in which they are asked.
     app.state.principal_resolvers = []
     for module in (qido, wado, metadata, rendered, stow):
         app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
@@ -33,7 +33,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.include_router(viewer_source.router, tags=["viewer"])  # R18 link: before /viewer/{rel}
     app.include_router(viewer.router, tags=["viewer"])
 
-    # Issue #6: viewer sessions (PSC login) and patient share links.
+    # Viewer sessions (PSC login) and patient share links.
     from dicomweb import login, session_cookies, share
 
     session_cookies.install(app)
@@ -60,11 +60,11 @@ def create_app(runtime: Runtime) -> FastAPI:
         body, content_type = gateway_metrics.exposition()
         return Response(body, media_type=content_type)
 
-    # --- Access control (issue #6): principal resolvers, admin audit export. ---
+    # --- Access control: principal resolvers, admin audit export. ---
     app.include_router(admin_audit.router, tags=["admin"])
     from dicomweb import admin_studies
 
-    app.include_router(admin_studies.router, tags=["admin"])  # issue #7: a study's state
+    app.include_router(admin_studies.router, tags=["admin"])  # a study's state
     settings = runtime.settings
     if settings.dicomweb_auth == "psc" and not settings.psc_issuer:
         logging.getLogger("drimbox.access").warning(

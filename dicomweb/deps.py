@@ -2,7 +2,7 @@
 
 ``RuntimeDep`` gives a route the gateway's wiring (settings, index, file store, ingestor).
 
-``PrincipalDep`` says who is asking (issue #6, R10/R15), in this order:
+``PrincipalDep`` says who is asking (R10/R15), in this order:
 
 1. ``Authorization: Bearer <token>``: a Pro Santé Connect access token (a consumer DRIMbox),
    checked by :class:`adapters.psc.bearer.BearerChecker` (JWT against PSC's JWKS, or RFC 7662

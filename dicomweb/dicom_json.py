@@ -1,4 +1,4 @@
-"""DICOM JSON (PS3.18 Annex F) for index rows: the QIDO-RS response body (issue #3 item 1).
+"""DICOM JSON (PS3.18 Annex F) for index rows: the QIDO-RS response body.
 
 Input: the attributes to return (each with tag and VR, from ``gateway.imaging.query``) and rows
 mapping keywords to plain values as the index holds them (strings as received, integers,

@@ -1,4 +1,4 @@
-"""Viewer login with Pro Santé Connect (R15; issue #6 item 1): the HTTP routes.
+"""Viewer login with Pro Santé Connect (R15): the HTTP routes.
 
 * ``GET /auth/login?next=/viewer…``: starts a login (state, nonce, PKCE verifier kept
   server-side, bound to this browser by the ``drimbox-login`` cookie) and redirects to PSC.

@@ -1,4 +1,4 @@
-"""QIDO-RS: search for studies, series and instances (issue #3 item 1; PS3.18 10.6).
+"""QIDO-RS: search for studies, series and instances (PS3.18 10.6).
 
 Routes (GET and HEAD, under ``/dicom-web``)::
 

@@ -1,4 +1,4 @@
-"""The viewer's cookies and the principals they prove (R15; issue #6 items 1 and 4).
+"""The viewer's cookies and the principals they prove (R15).
 
 Three cookies, all HttpOnly, SameSite=Lax, path ``/``, and Secure with the ``__Host-``
 prefix unless the public URL is plain-http loopback (development):
@@ -87,7 +87,7 @@ async def session_principal(request: Request) -> Principal | None:
         return None
     settings = request.app.state.runtime.settings
     roles = roles_of(settings, info.subject)
-    # R18 (issue #7): a practitioner who opened a CR's viewer link sees that study, even
+    # R18: a practitioner who opened a CR's viewer link sees that study, even
     # without the ``viewer`` role; with the role, every study as before.
     granted = info.study_uid if info.study_uid and ROLE_VIEWER not in roles else None
     return Principal(kind="practitioner", subject=info.subject, roles=roles,

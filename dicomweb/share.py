@@ -1,4 +1,4 @@
-"""Patient share links over HTTP (issue #6 item 4; the domain rules are in
+"""Patient share links over HTTP (the domain rules are in
 :mod:`gateway.access.share_links`).
 
 Patient side (the token is the secret; pages carry ``Referrer-Policy: no-referrer`` so it

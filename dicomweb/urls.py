@@ -2,7 +2,7 @@
 
 They are built from the configured public base URL, or from the ``Forwarded`` /
 ``X-Forwarded-*`` headers of a trusted reverse proxy (``trusted_proxies``), never from the
-request's Host header (issue #3 item 5). The URLs themselves are built by :class:`gateway.imaging.locations.DicomWebURLs` (every path
+request's Host header. The URLs themselves are built by :class:`gateway.imaging.locations.DicomWebURLs` (every path
 segment a validated UID). Routes take
 :data:`URLsDep` (or :data:`PublicURLDep`) to get the builder for the request at hand.
 """

@@ -1,4 +1,4 @@
-"""The OHIF viewer, served same-origin at ``/viewer`` (issue #3 item 4).
+"""The OHIF viewer, served same-origin at ``/viewer``.
 
 ``make setup`` puts ``@ohif/app``'s prebuilt ``dist/`` in ``.cache/ohif/dist`` (setting
 ``viewer_dir``). That build assumes it lives at ``/`` (``PUBLIC_URL``): its ``index.html``
@@ -221,7 +221,7 @@ def _base(public_url: str) -> str:
 
 def _login_needed(request: Request, runtime) -> Response | None:
     """With ``dicomweb_auth = psc`` the viewer's pages need a principal (a PSC session or a
-    share link): otherwise the browser goes to the login (issue #6, R15). Called from the
+    share link): otherwise the browser goes to the login (R15). Called from the
     route's worker thread; the resolvers are async."""
     if runtime.settings.dicomweb_auth != "psc":
         return None

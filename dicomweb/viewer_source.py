@@ -1,4 +1,4 @@
-"""``GET /viewer/source?studyUID=...&idCDA=...``: the R18 viewer link (issue #7 item 4).
+"""``GET /viewer/source?studyUID=...&idCDA=...``: the R18 viewer link.
 
 The link a CR names (``viewer_link_template``) opens the study's images in our viewer:
 

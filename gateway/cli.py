@@ -203,7 +203,7 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
 
 
 def _echo_publication(p) -> None:  # noqa: ANN001 - gateway.publication.workflow.PublicationStatus
-    """Issue #5: the study's publication state, its outbox rows still open, and its history."""
+    """The study's publication state, its outbox rows still open, and its history."""
     line = p.state
     if p.current_kos_uid:
         line += f" (current KOS {p.current_kos_uid}, entryUUID {p.current_entry_uuid or '?'})"
@@ -318,7 +318,7 @@ def audit_export(config_file: Path | None, fmt: str, since: str | None,
     else:
         output.write_text(text, encoding="utf-8")
 
-# --- Issue #5: publication to the shared record (DMP) and its outbox. ---
+# --- Publication to the shared record (DMP) and its outbox. ---
 
 
 @main.command("publish")
@@ -502,7 +502,7 @@ def dmp_sim(host: str, port: int, db: str, tls_cert: str | None, tls_key: str | 
               fault_count, fault_seconds, allow_sha1=allow_sha1)
 
 
-# --- issue #5 item 4: the ITI-65 Bundle of a study (IHE MHD / ANS PDSm) ---
+# --- The ITI-65 Bundle of a study (IHE MHD / ANS PDSm) ---
 @main.command("mhd-bundle")
 @config_option
 @click.argument("study_uid")
@@ -548,7 +548,7 @@ def mhd_bundle(config_file: Path | None, study_uid: str, replaces: str | None,
     else:
         output.write_text(text + "\n", encoding="utf-8")
 
-# -- issue #7: HL7 v2 (reports from the RIS) ---------------------------------------------
+# -- HL7 v2 (reports from the RIS) ---------------------------------------------
 
 
 @main.group()
@@ -621,7 +621,7 @@ def report_show(study_uid: str | None, control_id: str | None, limit: int,
     click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
     sys.exit(0 if rows else 1)
 
-# --- Issue #6: patient share links (the CD replacement). ---
+# --- Patient share links (the CD replacement). ---
 
 
 class _ShareGroup(click.Group):

@@ -181,7 +181,7 @@ class Settings(BaseSettings):
     (:mod:`gateway.access.policy`). ``none``: anonymous readers see everything; development only,
     accepted only while the HTTP side listens on a loopback address."""
 
-    # --- Manifests and publishability (issue #4; R3, R19). ---
+    # --- Manifests and publishability (R3, R19). ---
     repository_oid: str | None = None
     """This DRIMbox's repository OID: Retrieve Location UID in the KOS and the assigning
     authority of the studyInstanceUID reference id (XDS-I.b). Required to build a manifest."""
@@ -203,7 +203,7 @@ class Settings(BaseSettings):
     admit_validated_ins: bool = False
     """Also publish identities whose status is VALI (test platforms only; R19 says QUAL)."""
 
-    # --- DMP publication (issue #5; R4-R8). The outbox worker uses them. ---
+    # --- DMP publication (R4-R8). The outbox worker uses them. ---
     dmp_transport: Literal["xds", "mhd"] = "xds"
     """How we talk to the DMP: ``xds`` (IHE XDS.b SOAP, the DMP today) or ``mhd`` (FHIR PDSm /
     IHE MHD ITI-65/67, ``adapters.mhd.transport``; needs ``dmp_fhir_url``)."""
@@ -242,12 +242,12 @@ class Settings(BaseSettings):
     dmp_lps_homologation_id: str = ""
     """VIHF ``LPS_ID_HOMOLOGATION_DMP``."""
 
-    # --- FHIR (IHE MHD / ANS PDSm) transport, used when dmp_transport = "mhd" (issue #5)
+    # --- FHIR (IHE MHD / ANS PDSm) transport, used when dmp_transport = "mhd"
     dmp_fhir_url: str | None = None
     """Base URL of the record's FHIR endpoint (IHE MHD ITI-65/67, ANS PDSm), https only, e.g.
     ``https://dmp-sim.example:8443/fhir``. Same client certificate and CA bundle as XDS."""
 
-    # -- issue #7: HL7 v2 from the RIS, the centre's PACS ------------------------------
+    # -- HL7 v2 from the RIS, the centre's PACS ------------------------------
     hl7_port: int | None = Field(default=None, ge=1, le=65535)
     """TCP port of the HL7 v2 MLLP listener (reports from the RIS, R1); off when unset."""
     hl7_host: str | None = None
@@ -267,7 +267,7 @@ class Settings(BaseSettings):
     pacs_retrieve_timeout: float = Field(default=300.0, gt=0)
     """Seconds to wait for a C-MOVE and for the moved instances to be indexed."""
 
-    # --- Access control: PSC bearer tokens, roles (issue #6; R10, R15, R22). ---
+    # --- Access control: PSC bearer tokens, roles (R10, R15, R22). ---
     psc_issuer: str | None = None
     """PSC issuer, e.g. ``https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet``. Unset
     with ``dicomweb_auth = psc``: the gateway starts, logs a warning, and answers bearer
@@ -320,7 +320,7 @@ class Settings(BaseSettings):
                 raise ValueError("psc_token_check = introspection needs psc_client_secret")
         return self
 
-    # --- Viewer login sessions and share links (issue #6; R15). The PSC client above is
+    # --- Viewer login sessions and share links (R15). The PSC client above is
     # also the viewer's relying party (authorization code + PKCE).
     viewer_session_hours: float = Field(default=8.0, gt=0, le=24 * 7)
     """Lifetime of a viewer session (PSC login or share link) from its creation."""
@@ -376,13 +376,13 @@ class Settings(BaseSettings):
     def consumer_enabled(self) -> bool:
         return self.roles in ("consumer", "both")
 
-    # --- Publication workflow and outbox (issue #5; R4-R8, gateway/publication/workflow.py). ---
+    # --- Publication workflow and outbox (R4-R8, gateway/publication/workflow.py). ---
     auto_publish: bool | None = None
     """Publish each study that becomes stable with a publishable INS (a new KOS replaces the
     previous one, RPLC). Default: on when a DMP is configured (``dmp_registry_url`` and
     ``dmp_repository_url``), off otherwise."""
     publication_trigger: Literal["stable", "report"] | None = None
-    """What publishes a study automatically (R1, R4; issue #7): ``stable`` - the study became
+    """What publishes a study automatically (R1, R4): ``stable`` - the study became
     stable (``auto_publish``); ``report`` - an accepted report (CR) from the RIS: stability
     alone then publishes nothing for a study without an accepted CR, and a study that has one
     is re-published (RPLC) on its next stability when instances were added. An accepted CR

@@ -39,7 +39,7 @@ class Runtime:
     """WADO-RS metadata, precomputed per series (see :mod:`gateway.imaging.metadata`)."""
     warmer: MetadataWarmer
     reports: ReportWorkflow | None = None
-    """Reports from the RIS (issue #7): attach publication to its hooks."""
+    """Reports from the RIS: attach publication to its hooks."""
     whitelist: object | None = None
     """The ANS whitelist keeper (``adapters.whitelist.WhitelistKeeper``, R11), set by
     ``drimbox serve`` when ``whitelist_source`` is configured."""
@@ -68,7 +68,7 @@ class Runtime:
         )
         from gateway.ingest.iocm import RejectionHandler
 
-        ingestor.rejections = RejectionHandler(store, index, settings)  # IOCM (issue #7)
+        ingestor.rejections = RejectionHandler(store, index, settings)  # IOCM
         return cls(settings, store, index, ingestor, metadata, warmer,
                    reports=build_report_workflow(settings, index))
 

@@ -39,7 +39,7 @@ def serve(settings: Settings) -> None:
     stability.start()
     hl7 = build_hl7_listener(settings, runtime.reports) if runtime.reports else None
     if hl7 is not None:
-        hl7.start()  # issue #7: reports from the RIS over MLLP
+        hl7.start()  # reports from the RIS over MLLP
     config = uvicorn.Config(
         create_app(runtime),
         host=settings.effective_http_host,
@@ -83,7 +83,7 @@ def serve(settings: Settings) -> None:
 
 
 def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonitor):  # noqa: ANN202
-    """Issue #5: auto-publication of stable studies and, when a DMP is configured, the outbox
+    """Auto-publication of stable studies and, when a DMP is configured, the outbox
     worker that sends what is queued. A DMP configuration that cannot work (a missing VIHF
     value, an unreadable certificate) stops start-up with exit status 2."""
     from gateway.publication.outbox import OutboxWorker
@@ -91,7 +91,7 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
 
     workflow = PublicationWorkflow(runtime.index, settings)
     if settings.effective_auto_publish:
-        if runtime.reports is not None:  # issue #7: CRs publish; ``publication_trigger``
+        if runtime.reports is not None:  # CRs publish; ``publication_trigger``
             from gateway.publication.report_trigger import ReportPublisher
 
             publisher = ReportPublisher(workflow, settings)

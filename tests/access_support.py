@@ -1,4 +1,4 @@
-"""Helpers of the access-control tests (issue #6): a real PSC simulator process that issues
+"""Helpers of the access-control tests: a real PSC simulator process that issues
 test tokens, and the recording of a published manifest.
 
 :func:`publish_manifest` records a manifest by hand for the policy's negative matrix

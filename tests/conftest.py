@@ -79,7 +79,7 @@ class Gateway:
             DRIMBOX_HTTP_PORT=str(self.http_port),
             DRIMBOX_AE_TITLE=self.ae_title,
             DRIMBOX_SHUTDOWN_GRACE="20",
-            # Anonymous DICOMweb (loopback only) unless a test configures PSC (issue #6).
+            # Anonymous DICOMweb (loopback only) unless a test configures PSC.
             DRIMBOX_DICOMWEB_AUTH="none",
         )
         env.update(self.extra_env)

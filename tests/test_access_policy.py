@@ -1,4 +1,4 @@
-"""The access policy (R10; issue #6 item 3), unit by unit: :func:`gateway.access.policy.decide` is
+"""The access policy (R10), unit by unit: :func:`gateway.access.policy.decide` is
 pure, so each rule is checked here on its own; the HTTP enforcement is tested end to end in
 ``test_dicomweb_access.py``."""
 

@@ -1,4 +1,4 @@
-"""Access-control settings (issue #6 item 1; R10, R12): anonymous DICOMweb is off by default,
+"""Access-control settings (R10, R12): anonymous DICOMweb is off by default,
 ``none`` stays loopback-only, PSC settings are checked; a gateway with ``psc`` and no issuer
 still starts (``make run`` on a fresh checkout) and says why it refuses; the audit's client
 address honours trusted proxies only."""

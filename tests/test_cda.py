@@ -1,4 +1,4 @@
-"""Issue #7: the CDA R2 IMG-CR-IMG header (R1, R2, R18; SPEC.md section 2.5), read from the
+"""The CDA R2 IMG-CR-IMG header (R1, R2, R18; SPEC.md section 2.5), read from the
 official samples. Every expected value was read by eye from the sample file named."""
 
 from __future__ import annotations

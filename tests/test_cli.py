@@ -1,4 +1,4 @@
-"""The ``drimbox`` command line (issue #2 items 1 and 6)."""
+"""The ``drimbox`` command line."""
 
 from __future__ import annotations
 

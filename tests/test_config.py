@@ -1,6 +1,6 @@
 """Configuration of ``drimbox serve``: a wrong setting stops it with exit status 2 and a message
 naming the setting; a TOML file given with ``--config`` is used and ``DRIMBOX_*`` environment
-variables override it (issue #2 acceptance).
+variables override it.
 
 The error cases run the real command line in a child process and never reach the server start,
 so they are fast. One test starts the server from a TOML file to show its values really apply.
@@ -70,7 +70,7 @@ ENV_ERRORS: dict[str, tuple[dict[str, str], list[str]]] = {
 
 @pytest.mark.parametrize("case", list(ENV_ERRORS))
 def test_wrong_environment_setting_stops_serve(tmp_path: Path, case: str) -> None:
-    """issue #2 acceptance: a wrong DRIMBOX_* value ends ``drimbox serve`` with status 2 and a
+    """A wrong DRIMBOX_* value ends ``drimbox serve`` with status 2 and a
     message that names the setting; nothing is created on disk."""
     env, names = ENV_ERRORS[case]
     proc = _serve(tmp_path, **env)
@@ -94,7 +94,7 @@ TOML_ERRORS: dict[str, tuple[str, list[str]]] = {
 
 @pytest.mark.parametrize("case", list(TOML_ERRORS))
 def test_wrong_toml_file_stops_serve(tmp_path: Path, case: str) -> None:
-    """issue #2 acceptance: a TOML file with an unknown key, a wrong value or broken syntax
+    """A TOML file with an unknown key, a wrong value or broken syntax
     ends ``drimbox serve --config`` with status 2 and a message naming the key (or the file)."""
     text, names = TOML_ERRORS[case]
     config = tmp_path / "drimbox.toml"
@@ -109,7 +109,7 @@ def test_wrong_toml_file_stops_serve(tmp_path: Path, case: str) -> None:
 
 
 def test_missing_config_file_stops_serve(tmp_path: Path) -> None:
-    """issue #2 acceptance: ``--config`` naming a file that does not exist is an error (2)."""
+    """``--config`` naming a file that does not exist is an error (2)."""
     missing = tmp_path / "nowhere" / "drimbox.toml"
     proc = _serve(tmp_path, "--config", str(missing))
     assert proc.returncode == 2, proc.stderr
@@ -118,7 +118,7 @@ def test_missing_config_file_stops_serve(tmp_path: Path) -> None:
 
 def test_toml_values_apply_and_environment_overrides(tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """issue #2 acceptance: precedence environment > TOML file > defaults, as load_settings
+    """Precedence environment > TOML file > defaults, as load_settings
     builds it."""
     # load_settings sets DRIMBOX_CONFIG in os.environ: register it so that monkeypatch's undo
     # removes it again, then clear every DRIMBOX_* variable for the test.
@@ -153,7 +153,7 @@ def _echo(port: int, aec: str) -> int:
 
 
 def test_serve_uses_toml_file_with_environment_override(tmp_path: Path) -> None:
-    """issue #2 acceptance: ``drimbox serve --config FILE`` really runs with the file's values
+    """``drimbox serve --config FILE`` really runs with the file's values
     (AE title, HTTP port, data dir) except those the environment overrides (DICOM port)."""
     toml_dicom, env_dicom, http = free_port(), free_port(), free_port()
     data_dir = tmp_path / "toml-data"
@@ -192,7 +192,7 @@ def test_serve_uses_toml_file_with_environment_override(tmp_path: Path) -> None:
 
 
 def test_misspelled_environment_variable_is_refused(tmp_path: Path) -> None:
-    """A typo in a DRIMBOX_* variable stops start-up instead of being ignored (issue #2)."""
+    """A typo in a DRIMBOX_* variable stops start-up instead of being ignored."""
     env = {**os.environ, "DRIMBOX_DATA_DIR": str(tmp_path / "data"), "DRIMBOX_RESTRICT_CALERS": "true"}
     env = {k: v for k, v in env.items() if not (k.startswith("DRIMBOX_") and k not in (
         "DRIMBOX_DATA_DIR", "DRIMBOX_RESTRICT_CALERS"))}
@@ -211,7 +211,7 @@ def test_misspelled_environment_variable_is_refused(tmp_path: Path) -> None:
 ])
 def test_publication_trigger_default_follows_hl7(env: dict, trigger: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Issue #7 (R1): reports publish by default when the RIS can send them."""
+    """Reports publish by default when the RIS can send them."""
     monkeypatch.setenv("DRIMBOX_CONFIG", "")
     for k in list(os.environ):
         if k.startswith("DRIMBOX_"):

@@ -1,4 +1,4 @@
-"""Token-checked DICOMweb, the R10 KOS-scoped policy and the audit trail, end to end (issue #6
+"""Token-checked DICOMweb, the R10 KOS-scoped policy and the audit trail, end to end (
 items 2, 3, 5): a real ``drimbox serve`` checking tokens against a real ``drimbox psc-sim``
 process on loopback (JWT against the JWKS, and a second gateway on the same index checking by
 introspection), studies sent with storescu, a real HTTP client, on both index back-ends.

@@ -1,5 +1,5 @@
 """Bad C-STORE input gets the status the conformance statement promises, with an Error
-Comment, and leaves the store and the index exactly as they were (issue #2 acceptance).
+Comment, and leaves the store and the index exactly as they were.
 
 The requests come from a real pynetdicom SCU over TCP to ``drimbox serve``; :mod:`dimse_client`
 sends dataset bytes and command values chosen by the test. Each test runs on both index
@@ -158,7 +158,7 @@ def _no_outside_files() -> set[str]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_status_and_nothing_kept(shared_gateway: Gateway, case: str) -> None:
-    """issue #2 acceptance: each bad input gets its status (conformance list in
+    """Each bad input gets its status (conformance list in
     gateway/ingest/dimse.py) with an Error Comment, nothing is written anywhere, the index is
     unchanged, and the association stays usable."""
     gateway = shared_gateway
@@ -233,7 +233,7 @@ def _stored_dataset_bytes(data_dir: Path, key: str) -> bytes:
 
 
 def test_duplicate_with_other_content_refused(gateway_factory) -> None:
-    """issue #2 acceptance: with DRIMBOX_DUPLICATE_POLICY=refuse a re-sent SOP Instance UID
+    """With DRIMBOX_DUPLICATE_POLICY=refuse a re-sent SOP Instance UID
     with different content gets 0x0111 and the original bytes stay stored and indexed."""
     gw = gateway_factory(DRIMBOX_DUPLICATE_POLICY="refuse").start()
     original, changed = _pair()
@@ -256,7 +256,7 @@ def test_duplicate_with_other_content_refused(gateway_factory) -> None:
 
 
 def test_duplicate_with_other_content_replaces_by_default(gateway) -> None:
-    """issue #2 acceptance: under the default policy (replace) the corrected instance is
+    """Under the default policy (replace) the corrected instance is
     stored, the old file removed, and the index holds one row pointing at the new bytes."""
     original, changed = _pair()
     assoc = associate(gateway.dicom_port, CONTEXTS)

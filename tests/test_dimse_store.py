@@ -1,4 +1,4 @@
-"""C-ECHO and C-STORE through real dcmtk tools against ``drimbox serve`` (issue #2).
+"""C-ECHO and C-STORE through real dcmtk tools against ``drimbox serve``.
 
 Each test runs on both index back-ends (SQLite and PostgreSQL).
 """

@@ -47,7 +47,7 @@ def test_dmp_sim_command_refuses_inconsistent_options(pki) -> None:  # noqa: ANN
 
 
 def test_vihf_subject_is_the_reports_author() -> None:
-    """R6 / FAQ 8801 (issue #7): a publication from a CR is signed for the CR's author (the
+    """R6 / FAQ 8801: a publication from a CR is signed for the CR's author (the
     DocumentEntry's authorPerson); one without a report for the configured ``dmp_author_*``."""
     from adapters.dmp.transport import SystemPublisher
     from adapters.dmp.vihf import Role

@@ -1,4 +1,4 @@
-"""Durability and association policy of ``drimbox serve`` (issue #2 acceptance).
+"""Durability and association policy of ``drimbox serve``.
 
 * disk full: 0xA700, nothing half-written, index unchanged (a real, small tmpfs as data dir);
 * SIGKILL in the middle of a storescu run: everything acknowledged survives the restart,
@@ -61,7 +61,7 @@ def tiny_data_dir(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_disk_full_gives_a700_and_keeps_nothing(tiny_data_dir: Path, gateway_factory) -> None:
-    """issue #2 acceptance: when the data file system fills up in the middle of writing an
+    """When the data file system fills up in the middle of writing an
     instance, the C-STORE gets 0xA700 (out of resources) with an Error Comment, no partial file
     is left in staging or storage, the index is unchanged, and the gateway keeps serving."""
     gw = gateway_factory()
@@ -199,7 +199,7 @@ def _check_index_points_at_complete_files(gw) -> dict[str, str]:
 
 def test_sigkill_mid_run_loses_nothing_acknowledged(gateway_factory, tmp_path: Path,
                                                    corpus: list[Path]) -> None:
-    """issue #2 acceptance: ``kill -9`` of the gateway while storescu sends a few hundred
+    """``kill -9`` of the gateway while storescu sends a few hundred
     instances; after a restart on the same data dir and index, every instance storescu saw
     acknowledged is indexed, readable and byte-identical; no index row points to a missing or
     partial file; staging is emptied at start-up; re-sending the lot then completes."""
@@ -248,7 +248,7 @@ def test_sigkill_mid_run_loses_nothing_acknowledged(gateway_factory, tmp_path: P
 
 def test_sigterm_lets_the_running_association_finish(gateway_factory, tmp_path: Path,
                                                      corpus: list[Path]) -> None:
-    """issue #2 acceptance: SIGTERM while storescu is sending: the association in flight runs
+    """SIGTERM while storescu is sending: the association in flight runs
     to its end (storescu exits 0, every instance indexed), then the gateway exits with 0."""
     files = corpus
     gw = gateway_factory().start()
@@ -278,7 +278,7 @@ def _echo(port: int, aet: str, aec: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_association_policy_calling_and_called_ae(gateway_factory, tmp_path: Path) -> None:
-    """issue #2 acceptance: with DRIMBOX_RESTRICT_CALLERS=true only the calling AE titles in
+    """With DRIMBOX_RESTRICT_CALLERS=true only the calling AE titles in
     DRIMBOX_PEERS get an association (C-ECHO and C-STORE); a wrong called AE title is rejected
     (check_called_ae defaults to true)."""
     gw = gateway_factory(

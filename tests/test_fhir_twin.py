@@ -1,4 +1,4 @@
-"""The FHIR twin (issue #4 item 4): validates with fhir.resources (R4B) and references the same
+"""The FHIR twin: validates with fhir.resources (R4B) and references the same
 instances as the KOS."""
 
 from __future__ import annotations

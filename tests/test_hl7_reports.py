@@ -1,4 +1,4 @@
-"""Issue #7 acceptance, end to end: the RIS's HL7 v2 messages over a real MLLP socket to a real
+"""The RIS's HL7 v2 messages over a real MLLP socket to a real
 ``drimbox serve`` (R1, R2, R8). The images are sent with storescu; the outcome is read back
 from the ACK and from the ``reports`` table (``drimbox report show``).
 

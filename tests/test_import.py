@@ -1,4 +1,4 @@
-"""``drimbox import`` (issue #2 item 7): folders, CDs (DICOMDIR) and zips, run as the real
+"""``drimbox import``: folders, CDs (DICOMDIR) and zips, run as the real
 command in a subprocess against both index back-ends, plus unit tests of the helpers that
 find files on a disc and split Part 10 files.
 """

@@ -102,7 +102,7 @@ def test_concurrent_writers_create_one_study(index: InstanceIndex) -> None:
 
 
 def test_mark_stable_and_reopen(index: InstanceIndex) -> None:
-    """Issue #4 item 5: quiet studies become stable once; a new instance reopens them."""
+    """Quiet studies become stable once; a new instance reopens them."""
     import time
 
     from gateway.manifest.stability import StabilityMonitor

@@ -1,4 +1,4 @@
-"""Unit tests of the fast pieces of the ingest path (issue #2's benchmark work).
+"""Unit tests of the fast pieces of the ingest path (the ingest benchmark's work).
 
 Each fast piece is checked against the slow reference it replaced: the file meta encoder
 against pydicom's writer, the raw header reader against pydicom's converted values, the

@@ -1,5 +1,5 @@
 # ruff: noqa: F811 - pytest fixtures imported from dmp_support / the report tests
-"""Issue #7 item 4 acceptance, end to end: an IOCM rejection note (IHE RAD IOCM: a Key Object
+"""An IOCM rejection note (IHE RAD IOCM: a Key Object
 Selection titled (113001, DCM) "Rejected for Quality Reasons", ...) sent with a real storescu
 removes the instances it references from the index, is kept aside and never served, and the
 study's KOS in the real ``drimbox dmp-sim`` is replaced (RPLC) without them, or withdrawn when

@@ -1,4 +1,4 @@
-"""Issue #4 acceptance, end to end: studies sent with storescu to ``drimbox serve``, then the
+"""Studies sent with storescu to ``drimbox serve``, then the
 manifests shown by ``drimbox kos`` / ``drimbox manifest`` and the study state by ``drimbox study
 show`` (R3, R4, R19), and study stability (item 5). Both index back-ends."""
 

@@ -1,4 +1,4 @@
-"""WADO-RS Retrieve Metadata through a real HTTP client against ``drimbox serve`` (issue #3).
+"""WADO-RS Retrieve Metadata through a real HTTP client against ``drimbox serve``.
 
 Studies arrive through dcmtk ``storescu``; each test runs on both index back-ends.
 """

@@ -1,6 +1,6 @@
 # ruff: noqa: F811 - pytest fixtures imported from dmp_support and test_manifest_e2e
 """The FHIR (IHE MHD / ANS PDSm) transport against the real ``drimbox dmp-sim`` over mutual TLS
-(R4, R7, R8, R19; issue #5 item 4).
+(R4, R7, R8, R19).
 
 The simulator runs as its own process with the test PKI; ``/fhir`` shares its store with the
 XDS.b endpoints, so what ITI-65 registers is seen by ITI-18 / ITI-43 and the other way round.

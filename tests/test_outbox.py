@@ -1,5 +1,5 @@
 # ruff: noqa: F811 - pytest fixtures imported from dmp_support
-"""The publication outbox's rules on both index back-ends (issue #5), and ``XdsTransport``'s
+"""The publication outbox's rules on both index back-ends, and ``XdsTransport``'s
 error contract against the real ``drimbox dmp-sim`` (R4-R8).
 
 The end-to-end behaviour (storescu → stable → DMP, faults, restarts) is in
@@ -254,7 +254,7 @@ def _counts(index: InstanceIndex) -> tuple[int, int]:
 
 def test_stability_mark_manifest_and_outbox_row_commit_together(index: InstanceIndex,
                                                                 monkeypatch) -> None:  # noqa: ANN001
-    """Issue #5: the outbox row is written in the transaction that marks the study stable. A
+    """The outbox row is written in the transaction that marks the study stable. A
     hook that fails leaves the study unmarked (tried again next pass); a study whose planning
     fails keeps neither manifest nor row but does not stop the others, and says why."""
     import time

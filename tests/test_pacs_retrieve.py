@@ -1,4 +1,4 @@
-"""Issue #7 acceptance (R2): the study a report names is only in the centre's PACS, a real
+"""The study a report names is only in the centre's PACS, a real
 Orthanc started here; the report makes the gateway C-FIND it (STUDY, then IMAGE level) and
 C-MOVE it to our own AE title, and the instances end up indexed by us before the ACK.
 Orthanc knows our gateway as a DICOM modality (``DicomModalities``), as a real PACS must.

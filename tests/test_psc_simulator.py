@@ -1,4 +1,4 @@
-"""The PSC simulator is a conformant OpenID provider with PSC's quirks (issue #6 item 6):
+"""The PSC simulator is a conformant OpenID provider with PSC's quirks:
 discovery path, code flow with PKCE, RS256 tokens, userinfo JSON/JWT, introspection, logout.
 Runs as a real process; a real HTTP client plays the relying party."""
 
@@ -150,7 +150,7 @@ def test_login_page_lists_practitioners(sim: tuple[str, str]) -> None:
 
 
 def test_test_tokens_only_when_asked() -> None:
-    """``POST /test/tokens`` (issue #6 item 5) is closed unless ``--test-tokens`` opens it; when
+    """``POST /test/tokens`` is closed unless ``--test-tokens`` opens it; when
     open it issues the shapes a negative matrix needs, and a token marked not introspectable
     introspects as inactive."""
     from fastapi.testclient import TestClient

@@ -1,4 +1,4 @@
-"""Bearer token checks for API callers (R10, issue #6 item 2): the negative matrix against a
+"""Bearer token checks for API callers (R10): the negative matrix against a
 real PSC simulator process (JWKS over HTTP, introspection over HTTP)."""
 
 from __future__ import annotations

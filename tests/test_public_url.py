@@ -1,5 +1,5 @@
 """The base of every URI we emit: configured public URL, or a trusted proxy's forwarded headers
-(issue #3 item 5). Unit tests of ``dicomweb.urls`` and of the ``trusted_proxies`` setting; the
+. Unit tests of ``dicomweb.urls`` and of the ``trusted_proxies`` setting; the
 STOW tests check the same rule through a real server."""
 
 from __future__ import annotations

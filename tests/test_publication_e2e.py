@@ -1,5 +1,5 @@
 # ruff: noqa: F811 - pytest fixtures imported from dmp_support
-"""Issue #5 acceptance, end to end: studies sent with storescu to ``drimbox serve`` become
+"""Studies sent with storescu to ``drimbox serve`` become
 stable, the publication outbox publishes them to a real ``drimbox dmp-sim`` over mutual TLS
 (R4-R8), and the simulator is queried back over ITI-18 / ITI-43. Both index back-ends.
 
@@ -418,7 +418,7 @@ def _bad_ins_key(entry: dict, item) -> None:  # noqa: ANN001 - an OutboxItem
 def test_each_broken_submission_is_marked_refused_not_retried(
         gateway_factory, sim: Sim, view: IndexView, tmp_path: Path, mutate, code: str,  # noqa: ANN001
         words: str) -> None:
-    """Issue #5 acceptance: the outbox meets the DMP's refusal of a broken submission (the
+    """The outbox meets the DMP's refusal of a broken submission (the
     metadata kept in its row altered before the worker sends it) and marks the row refused
     with the DMP's code and text; it is never retried on its own. A row whose INS fails its key
     is refused by the worker itself (it never reaches the DMP) and does not block the outbox. (Unsigned or tampered VIHF:

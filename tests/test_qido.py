@@ -1,4 +1,4 @@
-"""QIDO-RS end to end (issue #3 item 1): studies loaded through a real dcmtk ``storescu``
+"""QIDO-RS end to end: studies loaded through a real dcmtk ``storescu``
 into a ``drimbox serve`` child process, searched over HTTP with httpx and with the
 ``dicomweb-client`` library. Every test runs on both index back-ends.
 """

@@ -1,4 +1,4 @@
-"""QIDO-RS search in domain terms (issue #3 item 1; PS3.4 C.2.2.2, PS3.18 10.6).
+"""QIDO-RS search in domain terms (PS3.4 C.2.2.2, PS3.18 10.6).
 
 First the pure rules of ``gateway.imaging.query`` (parsing, wildcard and range translation), then
 the SQL they become, run on both index back-ends (SQLite and PostgreSQL) through

@@ -1,5 +1,5 @@
 # ruff: noqa: F811 - pytest fixtures imported from dmp_support
-"""Issue #7 item 4 acceptance, end to end: the RIS's CR over a real MLLP socket publishes its
+"""The RIS's CR over a real MLLP socket publishes its
 study to a real ``drimbox dmp-sim`` over mutual TLS with the CR's metadata (R1, R4, R6), new
 instances after the CR replace the KOS (RPLC, R8), MDM^T04 withdraws it (ITI-57 Deprecated);
 ``publication_trigger = report`` (the default with ``hl7_port``) keeps stability alone from

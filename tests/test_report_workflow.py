@@ -1,4 +1,4 @@
-"""Issue #7: the report workflow in process, on both index back-ends (R1, R2, R8): the hooks
+"""The report workflow in process, on both index back-ends (R1, R2, R8): the hooks
 where publication will be enqueued run once per study of an accepted report, never for a
 refused or repeated one; a withdrawal finds its studies from the report it withdraws; when the
 images carry no INS, the report's IPP must be their PatientID."""

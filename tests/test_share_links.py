@@ -1,4 +1,4 @@
-"""Patient share links, the CD replacement (issue #6 item 4): made with ``drimbox share`` (a
+"""Patient share links, the CD replacement: made with ``drimbox share`` (a
 real CLI process) or ``POST /admin/share-links`` (a staff member logged in through a real
 ``drimbox psc-sim``), opened over real HTTP against ``drimbox serve`` with
 ``dicomweb_auth = psc``. Both index back-ends: the links, their attempt counters and locks,

@@ -130,7 +130,7 @@ def test_read_header_refuses_garbage() -> None:
 
 @pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless])
 def test_read_header_qido_attributes_without_pixel_data(tmp_path: Path, ts: str) -> None:
-    """Issue #3: Rows, Columns, BitsAllocated, NumberOfFrames and the performed procedure step
+    """Rows, Columns, BitsAllocated, NumberOfFrames and the performed procedure step
     start are indexed for QIDO-RS; the pixel data itself is never read (a dataset cut right
     after the Pixel Data tag still parses)."""
     ds = make_instance(sop_class=MRImageStorage, transfer_syntax=ts, rows=32, cols=48)

@@ -1,4 +1,4 @@
-"""STOW-RS (PS3.18 10.5, issue #3 item 3) against a real ``drimbox serve`` child process,
+"""STOW-RS (PS3.18 10.5) against a real ``drimbox serve`` child process,
 with httpx (multipart bodies built here, sent in odd-sized chunks) and with the
 ``dicomweb-client`` library. Each test runs on both index back-ends."""
 

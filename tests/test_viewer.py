@@ -1,4 +1,4 @@
-"""The OHIF viewer at /viewer (issue #3 item 4): served files, generated configuration, the
+"""The OHIF viewer at /viewer: served files, generated configuration, the
 single-page-app fallback, and real headless Chromium loading it from a ``drimbox serve``
 child process. Screenshots are kept in test-artifacts/.
 

@@ -1,4 +1,4 @@
-"""Issue #7 item 4 acceptance over real HTTP, MLLP and C-STORE: the R18 viewer link of a CR
+"""Over real HTTP, MLLP and C-STORE: the R18 viewer link of a CR
 (``GET /viewer/source?studyUID=&idCDA=``) after a PSC login with a real ``drimbox psc-sim``,
 and the admin endpoint ``GET /admin/studies/{uid}`` (401 / 403 / state). Both index
 back-ends (sessions, reports and the audit trail live in the index).

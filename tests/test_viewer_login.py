@@ -1,4 +1,4 @@
-"""PSC login of the viewer (R15; issue #6 item 1) over real HTTP: a ``drimbox serve`` child
+"""PSC login of the viewer (R15) over real HTTP: a ``drimbox serve`` child
 process with ``dicomweb_auth = psc`` against a real ``drimbox psc-sim``, httpx playing the
 browser (cookies kept, redirects followed by hand so each hop is checked). Both index
 back-ends: sessions and pending logins live in the index.

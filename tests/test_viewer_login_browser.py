@@ -1,4 +1,4 @@
-"""The viewer behind Pro Santé Connect, in a real browser (issue #6 items 1 and 4; R15):
+"""The viewer behind Pro Santé Connect, in a real browser (R15):
 headless Chromium opens ``/viewer`` of a ``drimbox serve`` with ``dicomweb_auth = psc``, is
 sent to a real ``drimbox psc-sim``, clicks a test practitioner on its login page, picks an
 activity on our page, and OHIF then lists and draws the study; the logout link OHIF shows in

@@ -1,4 +1,4 @@
-"""WADO-RS retrieve (issue #3 item 2) against a real ``drimbox serve``, on both back-ends.
+"""WADO-RS retrieve against a real ``drimbox serve``, on both back-ends.
 
 Studies are loaded over real C-STORE (dcmtk storescu, each file sent in its own transfer
 syntax), then read back with dicomweb-client (an independent WADO-RS client) and with httpx

@@ -1,4 +1,4 @@
-"""The DMP adapter (issue #5): IHE XDS.b over SOAP 1.2 / MTOM with a VIHF, and a DMP simulator.
+"""The DMP adapter: IHE XDS.b over SOAP 1.2 / MTOM with a VIHF, and a DMP simulator.
 
 =============  ==========================================================================
 ns.py          namespaces, ebRIM classification / identification scheme UUIDs, actions

@@ -76,7 +76,7 @@ class SystemPublisher:
 
     def vihf(self, patient: Ins, author: Author | None = None) -> VihfContext:
         """The VIHF for ``patient``; its subject is the DocumentEntry's ``author`` when that is
-        a professional (a publication from a CR: the report's author, FAQ 8801, issue #7),
+        a professional (a publication from a CR: the report's author, FAQ 8801),
         the configured ``dmp_author_*`` otherwise."""
         subject_id, subject_name = self.author_id, self.author_name
         person = (author.person if author is not None else "").split("^")

@@ -1,1 +1,1 @@
-"""The centre's PACS as a DIMSE peer: C-FIND and C-MOVE (R2; issue #7)."""
+"""The centre's PACS as a DIMSE peer: C-FIND and C-MOVE (R2)."""

@@ -1,2 +1,2 @@
-"""Pro Santé Connect (PSC, OpenID Connect): the relying-party client (issue #6) and a
+"""Pro Santé Connect (PSC, OpenID Connect): the relying-party client and a
 standards-conformant simulator for development and tests (``drimbox psc-sim``)."""

@@ -1,4 +1,4 @@
-"""The bearer-token checker the DICOMweb face uses (R10; issue #6 item 2): PSC's discovery
+"""The bearer-token checker the DICOMweb face uses (R10): PSC's discovery
 document read once (lazily, so that the gateway starts while PSC is unreachable), then a
 :class:`~adapters.psc.tokens.JwtVerifier` or an
 :class:`~adapters.psc.tokens.IntrospectionVerifier` as configured.

@@ -1,5 +1,5 @@
 """Logging a practitioner in with Pro Santé Connect: the OpenID Connect relying party of the
-viewer (R15; issue #6 item 1).
+viewer (R15).
 
 Authorization code flow with PKCE (S256), ``scope=openid scope_all``, ``acr_values=eidas1``,
 ``state`` and ``nonce`` (authlib's OAuth 2 client does the protocol: authorization URL, code

@@ -1,6 +1,6 @@
 """A Pro Santé Connect simulator: a standards-conformant OpenID provider on loopback that issues
 PSC-shaped tokens and userinfo for the test practitioners of :mod:`adapters.psc.practitioners`
-(issue #6 item 6; SPEC.md section 3).
+(SPEC.md section 3).
 
 It models what the real PSC does that a relying party must cope with:
 

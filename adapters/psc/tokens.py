@@ -1,5 +1,5 @@
 """Checking Pro Santé Connect bearer tokens presented by API callers (consumer DRIMboxes),
-requirement R10 and issue #6 item 2.
+requirement R10.
 
 Two ways, chosen in configuration:
 

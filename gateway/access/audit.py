@@ -1,4 +1,4 @@
-"""The audit trail (R15, R22; issue #6): every access decision, allowed or denied, appended to
+"""The audit trail (R15, R22): every access decision, allowed or denied, appended to
 ``audit_events`` before the answer leaves.
 
 Callers (the DICOMweb face, the viewer login, share links, the R18 viewer link) call
@@ -10,7 +10,7 @@ Durability: an audit row is committed before the answer leaves, but without the 
 that instances get (SQLite ``synchronous=NORMAL`` on a connection of its own, PostgreSQL
 ``synchronous_commit = off`` for the transaction): it survives a crash of the process, and a
 power loss may take the last few milliseconds of rows. A flush per request tripled the
-latency of a single-instance WADO-RS (bench/RESULTS.md, "Issue #6").
+latency of a single-instance WADO-RS (bench/RESULTS.md, "Access control").
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exports of the audit trail (R15, R22; issue #6 item 5): FHIR AuditEvent and the DRIM-M KPI
+"""Exports of the audit trail (R15, R22): FHIR AuditEvent and the DRIM-M KPI
 file. Both read ``audit_events`` (:mod:`gateway.access.audit`) from a given time on.
 
 **FHIR** (:func:`fhir_audit_bundle`): an R4B ``Bundle`` of type ``collection``, one

@@ -1,5 +1,5 @@
 """What the patient takes home instead of a CD: the share link's URL, its QR code and a
-printable handout (issue #6 item 4).
+printable handout.
 
 QR codes are made with ``segno`` (pure Python, no dependency, ISO/IEC 18004 conformant, writes
 SVG and PNG itself). The handout names the centre, the study date and description, and how to

@@ -1,4 +1,4 @@
-"""The access policy of the Source (R10; issue #6 item 3): who may see which instances.
+"""The access policy of the Source (R10): who may see which instances.
 
 Pure domain: given a :class:`~gateway.access.principal.Principal`, what it asks
 (:class:`AccessRequest`: the action, the study / series / instance UIDs of the request and the

@@ -1,4 +1,4 @@
-"""Who is asking: the domain's view of a caller, whatever proved it (R10, R15, R22; issue #6).
+"""Who is asking: the domain's view of a caller, whatever proved it (R10, R15, R22).
 
 The HTTP face builds a :class:`Principal` from a PSC bearer token (consumer DRIMbox), a viewer
 session opened by a PSC login, a local staff account, or a patient share link; the access

@@ -1,4 +1,4 @@
-"""Server-side viewer sessions (R15; issue #6): who a browser is, kept in the index.
+"""Server-side viewer sessions (R15): who a browser is, kept in the index.
 
 A session is opened by a Pro Santé Connect login (``practitioner``) or by a share link whose
 birth-date check passed (``share``, limited to one study). The browser holds only a random
@@ -148,7 +148,7 @@ class SessionStore:
             return chosen
 
     def grant_study(self, raw: str, study_uid: str) -> bool:
-        """R18 (issue #7): the practitioner opened the viewer link of a study's CR; the session
+        """R18: the practitioner opened the viewer link of a study's CR; the session
         may see that study (one at a time: a later link replaces the grant). False when the
         session is gone."""
         with self.index.write() as s:

@@ -1,4 +1,4 @@
-"""Patient share links: the CD replacement (issue #6; R15 for the sessions they open).
+"""Patient share links: the CD replacement (R15 for the sessions they open).
 
 A link opens one study to whoever holds it *and* knows the patient's birth date (compared
 with PatientBirthDate in the index). Design:

@@ -1,4 +1,4 @@
-"""QIDO-RS searches on the index, in domain terms (issue #3 item 1; PS3.18 10.6, PS3.4 C.2.2.2).
+"""QIDO-RS searches on the index, in domain terms (PS3.18 10.6, PS3.4 C.2.2.2).
 
 A search is parsed from ``(name, value)`` pairs into a :class:`Query` (:func:`parse_query`,
 pure, raises :class:`QueryError` naming the offending parameter) and run as **one** SQL

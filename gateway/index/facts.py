@@ -1,4 +1,4 @@
-"""Read what a study's manifest is built from, and whether it may be published (issue #4).
+"""Read what a study's manifest is built from, and whether it may be published.
 
 :func:`study_state` answers "where is this study" (instances, stability, INS, publishable or
 why not); :func:`study_facts` returns the :class:`~gateway.manifest.facts.StudyFacts` the KOS, the
@@ -101,7 +101,7 @@ def study_state(index: InstanceIndex, study_uid: str, policy: PublicationPolicy)
 def study_facts(index: InstanceIndex, study_uid: str, policy: PublicationPolicy, *,
                 session: Session | None = None) -> StudyFacts:
     """The manifest facts of a stored study. Raises :class:`UnknownStudy` or
-    :class:`NotPublishable`. With ``session``, read in the caller's transaction (issue #5: the
+    :class:`NotPublishable`. With ``session``, read in the caller's transaction (the
     publication workflow writes the outbox row in the transaction that reads the facts)."""
     with nullcontext(session) if session is not None else index.read() as s:
         study = s.scalar(select(Study).where(Study.study_instance_uid == study_uid))

@@ -90,7 +90,7 @@ class Study(Base):
 class Series(Base):
     __tablename__ = "series"
     __table_args__ = (
-        # ModalitiesInStudy (aggregate and matching) reads only this index (issue #3, QIDO-RS).
+        # ModalitiesInStudy (aggregate and matching) reads only this index (QIDO-RS).
         Index(None, "study_pk", "modality"),
     )
 
@@ -176,7 +176,7 @@ class ManifestInstance(Base):
 
 
 class AuditEvent(Base):
-    """One access decision (R15, R22; issue #6): append-only. ``subject`` is a SubjectNameID,
+    """One access decision (R15, R22): append-only. ``subject`` is a SubjectNameID,
     local user name or share-link id, never a token or a full identity; ``patient_ins`` is the
     INS matricule the data belongs to, when known."""
 
@@ -205,7 +205,7 @@ class AuditEvent(Base):
 
 
 class Report(Base):
-    """One HL7 message from the RIS (issue #7, R1): a report, a withdrawal, an order or an exam
+    """One HL7 message from the RIS (R1): a report, a withdrawal, an order or an exam
     cancellation. The key (MSH-3, MSH-4, MSH-10) makes processing idempotent: a repeated
     message is answered with the ACK stored here. Holds no name and no full identity besides
     the INS matricule the report was filed under."""
@@ -245,7 +245,7 @@ class Report(Base):
     error_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
 
-# --- Issue #6: viewer sessions and patient share links (R15; the CD replacement). ---
+# --- Viewer sessions and patient share links (R15; the CD replacement). ---
 
 
 class ShareLink(Base):
@@ -307,7 +307,7 @@ class PendingLogin(Base):
     return_to: Mapped[str] = mapped_column(Text, default="")
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
-# --- Issue #5: the publication outbox and each study's publication history (R4-R8). ---
+# --- The publication outbox and each study's publication history (R4-R8). ---
 
 
 class OutboxItem(Base):

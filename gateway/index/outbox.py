@@ -1,4 +1,4 @@
-"""The publication outbox and the publication history, in the index (issue #5; R4-R8).
+"""The publication outbox and the publication history, in the index (R4-R8).
 
 Rows are written by :mod:`gateway.publication.workflow` in the caller's transaction (the one that
 records the manifest, marks the study stable or takes the operator's command), and claimed,

@@ -1,4 +1,4 @@
-"""Removing instances from the index (IOCM rejection notes, issue #7 item 4; R8)."""
+"""Removing instances from the index (IOCM rejection notes; R8)."""
 
 from __future__ import annotations
 

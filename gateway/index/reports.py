@@ -1,4 +1,4 @@
-"""The ``reports`` table: the durable record of the RIS's HL7 messages (R1; issue #7).
+"""The ``reports`` table: the durable record of the RIS's HL7 messages (R1).
 
 :class:`SqlReportStore` is the :class:`~gateway.reports.workflow.ReportStore` of the workflow. A message
 is recorded when it arrives (state ``received``) and its outcome when it is done; the unique
@@ -199,7 +199,7 @@ def list_reports(index: InstanceIndex, *, study_uid: str | None = None,
 
 
 def study_reports(s: Session, study_uid: str) -> list[StoredReport]:
-    """The accepted reports and withdrawals of a study, oldest first, read in ``s`` (issue #7:
+    """The accepted reports and withdrawals of a study, oldest first, read in ``s`` (for
     the CR a publication carries, its idCDA for the R18 viewer link, the study's report
     state)."""
     rows = s.scalars(

@@ -305,10 +305,10 @@ class InstanceIndex:
                     on_stable: Callable[[Session, list[str]], None] | None = None) -> list[str]:
         """Mark stable the studies quiet for ``quiet_seconds`` that are not stable yet.
 
-        Returns their Study Instance UIDs (issue #4: "study completeness"). A study is stable
+        Returns their Study Instance UIDs ("study completeness"). A study is stable
         while ``stable_at >= updated_at``; an instance arriving later bumps ``updated_at`` and
         so reopens it, and it is marked again once quiet. ``on_stable(session, uids)`` runs in
-        the same transaction (issue #5: the publication outbox row is written with the change
+        the same transaction (the publication outbox row is written with the change
         that causes it); if it raises, nothing is marked.
         """
         now = now or datetime.now(UTC)

@@ -51,14 +51,14 @@ class InstanceHeader:
     series_description: str = ""
     body_part_examined: str = ""
     instance_number: int | None = None
-    # Added for QIDO-RS default return attributes (issue #3, PS3.18 Table 10.6.3-4/-5).
+    # Added for QIDO-RS default return attributes (PS3.18 Table 10.6.3-4/-5).
     performed_procedure_step_start_date: str = ""
     performed_procedure_step_start_time: str = ""
     rows: int | None = None
     columns: int | None = None
     bits_allocated: int | None = None
     number_of_frames: int | None = None
-    # The patient's INS as the images carry it (R19, issue #4): set when valid, else the reason.
+    # The patient's INS as the images carry it (R19): set when valid, else the reason.
     ins_matricule: str = ""
     ins_oid: str = ""
     ins_refusal: str = ""

@@ -1,4 +1,4 @@
-"""IOCM rejection notes (IHE RAD TF-1 IOCM; issue #7 item 4; R8): a modality or the PACS
+"""IOCM rejection notes (IHE RAD TF-1 IOCM; R8): a modality or the PACS
 rejects instances it sent us with a Key Object Selection whose ConceptNameCode is one of
 :data:`REJECTION_REASONS`.
 

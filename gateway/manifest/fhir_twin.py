@@ -1,5 +1,5 @@
 """The FHIR twin of the manifest (IHE MADO style): Patient, Endpoint, ImagingStudy and a
-DocumentReference for the KOS, as one ``collection`` Bundle (issue #4 item 4).
+DocumentReference for the KOS, as one ``collection`` Bundle.
 
 FHIR release: **R4B** models of ``fhir.resources`` (8.x ships R5 by default and R4B as a
 subpackage). The French profiles (FR Core), IHE MADO and the DMP's PDSm/MHD interfaces are

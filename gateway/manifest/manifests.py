@@ -1,4 +1,4 @@
-"""The manifests of a stored study as this DRIMbox would publish them (issue #4): the KOS, its
+"""The manifests of a stored study as this DRIMbox would publish them: the KOS, its
 XDS-I.b metadata and the FHIR twin, built from the index and the configuration.
 
 This is what ``drimbox kos`` and ``drimbox manifest`` show, and what the publication workflow

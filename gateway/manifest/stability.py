@@ -1,5 +1,5 @@
 """Study completeness: a study is *stable* after ``study_stable_seconds`` without a new
-instance (issue #4 item 5), the heuristic Orthanc (``StableAge``) and dcm4chee (IAN timeout)
+instance, the heuristic Orthanc (``StableAge``) and dcm4chee (IAN timeout)
 use when no MPPS says the exam is over.
 
 :class:`StabilityMonitor` runs in ``drimbox serve``: every few seconds it marks quiet studies
@@ -43,7 +43,7 @@ class StabilityMonitor:
 
     def subscribe_in_transaction(self, hook: StableHook) -> None:
         """``hook(session, uids)`` runs inside the transaction that marks the studies stable
-        (issue #5: the publication outbox row commits with the stability mark, or neither
+        (the publication outbox row commits with the stability mark, or neither
         does). A hook that raises rolls the pass back; it is tried again at the next one."""
         self._hooks.append(hook)
 

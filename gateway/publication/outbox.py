@@ -1,5 +1,5 @@
 """The outbox worker: carries queued publications, replacements and withdrawals to the shared
-record through a :class:`~gateway.publication.transport.DocumentTransport` (issue #5; R4, R8).
+record through a :class:`~gateway.publication.transport.DocumentTransport` (R4, R8).
 
 It runs as a thread in ``drimbox serve`` when a DMP is configured. Each pass claims one due row
 (:func:`gateway.index.outbox.claim_next`) and:

@@ -1,4 +1,4 @@
-"""Reports from the RIS drive the publication (issue #7 item 4; R1, R4, R6, R8): the seam
+"""Reports from the RIS drive the publication (R1, R4, R6, R8): the seam
 between :class:`~gateway.reports.workflow.ReportWorkflow` and :class:`~gateway.publication.workflow.PublicationWorkflow`.
 
 * An accepted CR (ORU^R01, MDM^T02, MDM^T10) publishes its study with the CR's metadata

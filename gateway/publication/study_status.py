@@ -1,4 +1,4 @@
-"""A study's state as the operator sees it (issue #5, issue #7 item 4): what was received, its
+"""A study's state as the operator sees it: what was received, its
 CR, its publication and history, and the R18 viewer link. ``drimbox study show UID --json``
 prints it and ``GET /admin/studies/{uid}`` answers it: one function, the same data."""
 

@@ -1,4 +1,4 @@
-"""The seam between the publication workflow and the shared record (R4-R8, issue #5).
+"""The seam between the publication workflow and the shared record (R4-R8).
 
 The outbox worker (:mod:`gateway.publication.outbox`) speaks only these domain types; an adapter turns
 them into a protocol: XDS.b ITI-41/18/57 to the DMP (:mod:`adapters.dmp.transport`) or IHE MHD

@@ -1,4 +1,4 @@
-"""The publication workflow (issue #5; R4, R8): decide what to publish, replace or withdraw, and
+"""The publication workflow (R4, R8): decide what to publish, replace or withdraw, and
 queue it in the outbox in the same transaction as the decision.
 
 The API other parts of the gateway call (stable; the HL7 report trigger will use it too):

@@ -1,4 +1,4 @@
-"""QIDO-RS (issue #3): indexed default return attributes and the ModalitiesInStudy index
+"""QIDO-RS: indexed default return attributes and the ModalitiesInStudy index
 
 Series: PerformedProcedureStepStartDate/Time (PS3.18 Table 10.6.3-4). Instances: Rows,
 Columns, BitsAllocated, NumberOfFrames (Table 10.6.3-5). Rows indexed before this revision

@@ -1,4 +1,4 @@
-"""Issue #4: the INS on studies (exact, indexed query by INS; the reason when there is none)
+"""The INS on studies (exact, indexed query by INS; the reason when there is none)
 and study stability (``stable_at``).
 
 Studies indexed before this revision get '' (no INS known) until an instance of theirs is

@@ -1,4 +1,4 @@
-"""Issue #5/#6: the manifests (KOS) this DRIMbox built to publish, and the instances each
+"""The manifests (KOS) this DRIMbox built to publish, and the instances each
 references: the publication outbox's key and the access policy's scope (R4, R8, R10).
 
 Revision ID: 0004

@@ -1,4 +1,4 @@
-"""Issue #5: the publication outbox (each publication, replacement or withdrawal, written with
+"""The publication outbox (each publication, replacement or withdrawal, written with
 the change that causes it, KOS bytes included) and each study's publication history.
 
 Revision ID: 0005

@@ -1,4 +1,4 @@
-"""Issue #6: the audit trail of access decisions (R15, R22).
+"""The audit trail of access decisions (R15, R22).
 
 Revision ID: 0006
 Revises: 0005

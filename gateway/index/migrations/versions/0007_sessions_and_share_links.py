@@ -1,4 +1,4 @@
-"""Issue #6: viewer sessions (PSC login), pending logins, patient share links (R15).
+"""Viewer sessions (PSC login), pending logins, patient share links (R15).
 
 Revision ID: 0007
 Revises: 0006

@@ -1,4 +1,4 @@
-"""Issue #7: the reports table (HL7 messages from the RIS, R1).
+"""The reports table (HL7 messages from the RIS, R1).
 
 Revision ID: 0009
 Revises: 0007
