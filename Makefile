@@ -18,7 +18,7 @@ OHIF_STAMP   = $(OHIF_DIR)/.installed-$(OHIF_VERSION)
 LOCK      = requirements.lock
 LOCK_VENV = .cache/lock-venv
 
-.PHONY: setup viewer run test lint lock clean
+.PHONY: setup viewer run test lint lock samples clean
 
 setup: $(STAMP) viewer
 
@@ -44,6 +44,9 @@ lock:                 ## re-resolve requirements.lock from pyproject.toml (UPGRA
 	[ -x $(LOCK_VENV)/bin/uv ] || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q uv; }
 	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra test --python-version 3.11 \
 		--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -q -o $(LOCK)
+
+samples:              ## refresh tests/data/drim-m-samples from ../shared/drim-m-samples
+	$(PYTHON) tests/data/refresh_samples.py
 
 run: setup            ## serve with SQLite and ./data (override with DRIMBOX_* variables)
 	$(VENV)/bin/drimbox serve $(if $(CONFIG),--config $(CONFIG))

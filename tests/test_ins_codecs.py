@@ -9,6 +9,7 @@ import pytest
 from fhir.resources.patient import Patient
 from lxml import etree
 from pydicom.dataset import Dataset
+from samples import SAMPLES
 
 from gateway.ins import OID_INS_C, OID_NIR, OID_NIR_TEST, IdentityStatus, Ins
 from gateway.ins_codecs import (
@@ -23,7 +24,6 @@ from gateway.ins_codecs import (
     ins_to_pid3,
 )
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "drim-m-samples"
 TEST_INS = "279035121518989"  # PAT-TROIS DOMINIQUE, INS-NIR test
 
 
