@@ -11,7 +11,14 @@ OHIF_SHA256  = fbabd410be33e5b9898931b725229b9da9553aac339914b5c29796d3aa5d4b2d
 OHIF_DIR     = .cache/ohif
 OHIF_STAMP   = $(OHIF_DIR)/.installed-$(OHIF_VERSION)
 
-.PHONY: setup viewer run test lint clean
+# Python dependencies: requirements.lock pins every package (runtime and test extra) that
+# `make setup` installs, exactly; pyproject.toml only bounds them. `make lock` re-resolves it
+# with uv (installed in a throwaway venv under .cache), keeping the current pins where they
+# still fit; `make lock UPGRADE=1` moves every pin to the newest release within the bounds.
+LOCK      = requirements.lock
+LOCK_VENV = .cache/lock-venv
+
+.PHONY: setup viewer run test lint lock samples clean
 
 setup: $(STAMP) viewer
 
@@ -26,11 +33,20 @@ $(OHIF_STAMP):
 	rm -rf $(OHIF_DIR)/tmp
 	touch $@
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -r $(LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
+
+lock:                 ## re-resolve requirements.lock from pyproject.toml (UPGRADE=1: newest pins)
+	[ -x $(LOCK_VENV)/bin/uv ] || { $(PYTHON) -m venv $(LOCK_VENV) && $(LOCK_VENV)/bin/pip install -q uv; }
+	$(LOCK_VENV)/bin/uv pip compile pyproject.toml --extra test --python-version 3.11 \
+		--custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) -q -o $(LOCK)
+
+samples:              ## refresh tests/data/drim-m-samples from ../shared/drim-m-samples
+	$(PYTHON) tests/data/refresh_samples.py
 
 run: setup            ## serve with SQLite and ./data (override with DRIMBOX_* variables)
 	$(VENV)/bin/drimbox serve $(if $(CONFIG),--config $(CONFIG))

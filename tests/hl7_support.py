@@ -15,12 +15,10 @@ from pathlib import Path
 from dicom_factory import make_instance
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from samples import SAMPLES
 
 from gateway.reports.mllp import ack_summary, send_message
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "drim-m-samples"
-if not SAMPLES.is_dir():
-    SAMPLES = Path("/work/shared/drim-m-samples")
 HL7 = SAMPLES / "hl7v2"
 CDA_G1_MAJ = SAMPLES / "cda" / "referencement" / "Examen_G" / "CR_G1_MAJ.abridged.xml"
 CDA_POC_2023 = SAMPLES / "cda" / "drimbox-poc" / "IMG_CR_IMG_2023.11_CDA-R2-Niveau-1.xml"

@@ -9,12 +9,12 @@ import copy
 import datetime as dt
 import hashlib
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 from dmp_support import pki, publication  # noqa: F401
 from lxml import etree
+from samples import SAMPLES as ALL_SAMPLES
 
 from adapters.dmp import checks, dsg, ebrim, query
 from adapters.dmp import ns as N
@@ -33,7 +33,7 @@ from adapters.dmp.soap import (
 )
 from adapters.dmp.vihf import REQUIRED_ATTRIBUTES, VihfError, build_vihf, verify_vihf
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "drim-m-samples" / "xds"
+SAMPLES = ALL_SAMPLES / "xds"
 
 
 def _sample(path: str) -> bytes:

@@ -9,6 +9,7 @@ import pytest
 from fhir.resources.patient import Patient
 from lxml import etree
 from pydicom.dataset import Dataset
+from samples import SAMPLES
 
 from gateway.identity.codecs import (
     CDA_NS,
@@ -23,7 +24,6 @@ from gateway.identity.codecs import (
 )
 from gateway.identity.ins import OID_INS_C, OID_NIR, OID_NIR_TEST, IdentityStatus, Ins
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "drim-m-samples"
 TEST_INS = "279035121518989"  # PAT-TROIS DOMINIQUE, INS-NIR test
 
 

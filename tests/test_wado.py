@@ -40,6 +40,7 @@ from pydicom.uid import (
     RLELossless,
     generate_uid,
 )
+from samples import SAMPLES as ALL_SAMPLES
 
 EXPLICIT = str(ExplicitVRLittleEndian)
 DEFLATED = str(DeflatedExplicitVRLittleEndian)
@@ -47,9 +48,7 @@ JLS = str(JPEGLSLossless)
 RLE = str(RLELossless)
 J2K = "1.2.840.10008.1.2.4.91"
 MR = 'multipart/related; type="application/dicom"'
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "drim-m-samples" / "wado-rs"
-if not SAMPLES.is_dir():
-    SAMPLES = Path("/work/shared/drim-m-samples/wado-rs")
+SAMPLES = ALL_SAMPLES / "wado-rs"
 
 
 # -- data ------------------------------------------------------------------------------------
