@@ -337,3 +337,126 @@ def test_an_unreachable_pacs_is_reported_and_nothing_is_half_done(tmp_path: Path
     assert report.refused or report.stopped
     if report.outcome == PARTIAL:  # C-STORE: the query found nothing, the association failed
         assert report.counts[NOT_SENT] == len(paths)
+
+
+# --- The route (a real ``drimbox serve`` with the consumer role, a real psc-sim) and the CLI. ---
+
+
+@pytest.fixture
+def consumer_with_pacs(tmp_path: Path, gateway_factory) -> Iterator[tuple]:  # noqa: ANN001
+    from psc_support import PscSim, psc_env
+
+    pacs = Pacs(tmp_path / "orthanc", aet="PACS", modalities=US)
+    pacs.start()
+    sim = PscSim(tmp_path)
+    gw = gateway_factory(**psc_env(sim, DRIMBOX_ROLES="consumer",
+                                   DRIMBOX_EXPORT_DESTINATION="orthanc",
+                                   DRIMBOX_EXPORT_ORTHANC_URL=pacs.url))
+    sim.start(gw.url)
+    gw.start()
+    try:
+        yield gw, pacs
+    finally:
+        sim.stop()
+        pacs.stop()
+
+
+def _token(page: str) -> str:
+    import re
+
+    (token,) = re.findall(r"name=csrf value='([0-9a-f]{64})'", page)
+    return token
+
+
+@pytest.mark.peer
+def test_route_exports_the_cached_study_with_the_contexts_ipp(consumer_with_pacs) -> None:
+    from psc_support import STAFF
+    from test_consumer_context import GOOD
+    from test_consumer_entry import HOSPITAL, Browser, audit, login_through_psc
+
+    gw, pacs = consumer_with_pacs
+    study, paths = write_study(gw.data_dir / "consumer" / "studies" / KOS_UID)
+    url = f"{gw.url}/consumer/studies/{KOS_UID}/export"
+    # No PSC session: nothing happens.
+    assert httpx_post(url, data={"csrf": "x"}).status_code == 401
+    browser = Browser()
+    try:
+        assert browser.send("POST", f"{gw.url}/consumer/context",
+                            data={**GOOD, "Situation": HOSPITAL}).status_code == 303
+        login_through_psc(browser, gw, STAFF)
+        assert browser.send("GET", f"{gw.url}/consumer").status_code == 200  # claims the context
+        page = browser.send("GET", url)
+        assert page.status_code == 200, page.text
+        token = _token(page.text)
+        # Without the session's token (a form on another site): refused, nothing sent.
+        r = browser.send("POST", url, data={"csrf": "0" * 64})
+        assert r.status_code == 403 and pacs.instance_ids() == []
+        # Not cached.
+        r = browser.send("POST", f"{gw.url}/consumer/studies/1.2.3.4/export",
+                         data={"csrf": token}, headers={"Accept": "application/json"})
+        assert r.status_code == 404
+        # The export: every instance, the appel contextuel's IPP and issuer, the INS kept.
+        r = browser.send("POST", url, data={"csrf": token}, headers={"Accept": "application/json"})
+        assert r.status_code == 200, r.text
+        report = r.json()
+        assert (report["outcome"], report["destination"], report["study_uid"]) == (
+            COMPLETE, "orthanc", study)
+        assert report["counts"][SENT] == len(paths) and report["coerced"]
+        held = dcmread(io.BytesIO(pacs.file_of(str(dcmread(paths[0]).SOPInstanceUID))))
+        assert (held.PatientID, held.IssuerOfPatientID) == ("IPP-000123", "CH TEST")
+        assert held.IssuerOfPatientIDQualifiersSequence[0].UniversalEntityID == "1.2.250.1.999.1.1"
+        assert [i.PatientID for i in held.OtherPatientIDsSequence] == [INS]
+        # Again, as an HTML page: everything already there, nothing twice.
+        r = browser.send("POST", url, data={"csrf": token})
+        assert r.status_code == 200 and "data-outcome='complete'" in r.text
+        assert r.text.count("<tr data-outcome='already_present'>") == len(paths)
+        assert len(pacs.instance_ids()) == len(paths)
+    finally:
+        browser.close()
+    rows = audit(gw, "consumer_export")
+    assert [(row.outcome, row.reason.split(";")[0]) for row in rows] == [
+        ("denied", "csrf_token_mismatch"), ("denied", "not_cached"),
+        ("allowed", "orthanc: complete"), ("allowed", "orthanc: complete")]
+    assert rows[2].patient_ins == INS and rows[2].kos_uid == KOS_UID
+    assert rows[2].study_instance_uid == study and rows[2].subject == STAFF
+    assert f"sent {len(paths)}" in rows[2].reason
+    assert all("IPP-000123" not in row.reason for row in rows)
+
+
+def httpx_post(url: str, **kw) -> "httpx.Response":  # noqa: ANN003, UP037
+    import httpx
+
+    return httpx.post(url, timeout=30, **kw)
+
+
+@pytest.mark.peer
+def test_cli_exports_and_reports_by_exit_status(pacs: Pacs, tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+    import sys
+
+    study, paths = write_study(tmp_path / "study")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
+    env.update(DRIMBOX_DATA_DIR=str(tmp_path / "data"),
+               DRIMBOX_EXPORT_STOW_URL=f"{pacs.url}/dicom-web",
+               DRIMBOX_EXPORT_AE_TITLE="PACS", DRIMBOX_EXPORT_HOST="127.0.0.1",
+               DRIMBOX_EXPORT_PORT=str(pacs.dicom_port))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway.cli", "consumer", "export", study,
+                               *args], env=env, capture_output=True, text=True, timeout=120)
+
+    wrong = run("--to", "stow", "--from", str(tmp_path / "study"), "--patient-id", IPP,
+                "--ins", OTHER_INS)
+    assert wrong.returncode == 1 and "another patient's INS" in wrong.stdout, wrong.stderr
+    assert pacs.instance_ids() == []
+    done = run("--to", "cstore", "--from", str(tmp_path / "study"), "--patient-id", IPP,
+               "--issuer", IPP_ISSUER, "--ins", INS, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["counts"][SENT] == len(paths)
+    again = run("--to", "stow", "--from", str(tmp_path / "study"), "--patient-id", IPP,
+                "--issuer", IPP_ISSUER, "--ins", INS)
+    assert again.returncode == 0 and f"already present {len(paths)}" in again.stdout
+    assert len(pacs.instance_ids()) == len(paths)
+    assert run("--to", "orthanc", "--from", str(tmp_path / "study")).returncode == 2  # no URL

@@ -44,6 +44,7 @@ from gateway.consumer.context import PatientContext
 from gateway.ins import INS_ISSUER_NAME
 from gateway.ins_codecs import ins_from_dicom
 from gateway.part10 import Part10Error, split_part10
+from gateway.uids import is_safe_uid
 
 DESTINATIONS = ("cstore", "stow", "orthanc")
 
@@ -58,7 +59,6 @@ SERIES_INSTANCE_UID = 0x0020_000E
 #: (0040,0033) Universal Entity ID Type, enumerated values (PS3.3 10.14).
 _ENTITY_ID_TYPES = {"DNS", "EUI64", "ISO", "URI", "UUID", "X400", "X500"}
 _DEFAULT_REPERTOIRE = re.compile(r"^[\x20-\x5b\x5d-\x7e]*$")  # printable ASCII, no backslash
-_UID_KEY = re.compile(r"^[0-9]+(?:\.[0-9]+)*$")
 
 # Outcomes of one instance.
 SENT = "sent"
@@ -94,7 +94,8 @@ class LocalIdentity:
     issuer: str
     """HL7 PID-3.4 as the appel contextuel gives it: ``name``, or ``name&OID&ISO``."""
     ins: str
-    ins_oid: str
+    ins_oid: str = ""
+    """The INS's OID; '' takes the one the instance carries."""
 
     @classmethod
     def of(cls, patient: PatientContext) -> LocalIdentity:
@@ -160,7 +161,8 @@ def coerced_elements(head: Dataset, identity: LocalIdentity) -> Dataset:
     ins.PatientID = identity.ins
     ins.IssuerOfPatientID = INS_ISSUER_NAME
     ins.TypeOfPatientID = "TEXT"
-    ins.IssuerOfPatientIDQualifiersSequence = [_qualifier(identity.ins_oid, "ISO")]
+    ins.IssuerOfPatientIDQualifiersSequence = [_qualifier(identity.ins_oid or found.ins.oid,
+                                                          "ISO")]
     others = [ins]
     seen = {_ids_key(ins)[0], identity.patient_id}
     # The identifier the Source gave as PatientID, when it was not the INS (its own IPP), is
@@ -283,7 +285,7 @@ class FolderCache:
     root: Path
 
     def instance_files(self, key: str) -> Iterable[Path] | None:
-        if not _UID_KEY.match(key) or len(key) > 64:
+        if not is_safe_uid(key):
             return None
         folder = self.root / key
         if not folder.is_dir():
