@@ -833,7 +833,13 @@ def consumer_export(config_file: Path | None, study_uid: str, kind: str | None,
 
     from adapters.pacs.export import destination
     from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
-    from gateway.consumer.export import COMPLETE, ExportError, FolderCache, LocalIdentity, run_export
+    from gateway.consumer.export import (
+        COMPLETE,
+        ExportError,
+        FolderCache,
+        LocalIdentity,
+        run_export,
+    )
     from gateway.principal import Principal
 
     settings = _settings(config_file)

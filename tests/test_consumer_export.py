@@ -14,13 +14,22 @@ report naming them, and a re-run completes the export without duplicates.
 from __future__ import annotations
 
 import io
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from dicom_factory import make_instance
 from orthanc import Orthanc
-from peers import free_port
+from peers import free_port, require_tool
+from psc_support import STAFF, PscSim, psc_env
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -68,11 +77,13 @@ IPP, IPP_ISSUER = "IPP-000123", "CHU-TEST&1.2.250.1.999.1.1.1&ISO"
 IDENTITY = LocalIdentity(IPP, IPP_ISSUER, INS, INS_OID)
 KOS_UID = "1.2.250.1.999.7.1"  # the KOS document unique id the cache files the study under
 KINDS = [(CTImageStorage, ExplicitVRLittleEndian), (CTImageStorage, ImplicitVRLittleEndian),
-         (MRImageStorage, RLELossless), (SecondaryCaptureImageStorage, DeflatedExplicitVRLittleEndian),
+         (MRImageStorage, RLELossless),
+         (SecondaryCaptureImageStorage, DeflatedExplicitVRLittleEndian),
          (EncapsulatedPDFStorage, ExplicitVRLittleEndian)]
 
 
-def write_study(folder: Path, ins: str = INS, kinds=KINDS) -> tuple[str, list[Path]]:  # noqa: ANN001
+def write_study(folder: Path, ins: str = INS,
+                kinds: list[tuple[str, str]] = KINDS) -> tuple[str, list[Path]]:
     """A cached study as the Source sent it: the INS as PatientID with its OID (R3)."""
     folder.mkdir(parents=True, exist_ok=True)
     study = generate_uid()
@@ -160,7 +171,6 @@ def test_coercion_keeps_the_sources_other_ids(tmp_path: Path) -> None:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     raw, ts = dataset_part(buf.getvalue())
-    out = Dataset()
     held = buf.getvalue()[: split_part10(buf.getvalue()).dataset_offset] + coerce_dataset(
         raw, ts, LocalIdentity(IPP, "CHU-TEST", INS, INS_OID))
     out = dcmread(io.BytesIO(held))
@@ -227,9 +237,10 @@ class Pacs(Orthanc):
     """The test Orthanc, optionally refusing MR images (a Lua ReceivedInstanceFilter)."""
 
     refuse_mr = False
+    extra: dict = {}
 
     def config(self) -> dict:
-        config = super().config()
+        config = {**super().config(), **self.extra}
         if self.refuse_mr:
             # REST and STOW-RS: a Lua filter refuses MR images (Orthanc answers "FilteredOut"
             # and a Failed SOP Sequence item). Its C-STORE SCP answers success to a filtered
@@ -344,8 +355,6 @@ def test_an_unreachable_pacs_is_reported_and_nothing_is_half_done(tmp_path: Path
 
 @pytest.fixture
 def consumer_with_pacs(tmp_path: Path, gateway_factory) -> Iterator[tuple]:  # noqa: ANN001
-    from psc_support import PscSim, psc_env
-
     pacs = Pacs(tmp_path / "orthanc", aet="PACS", modalities=US)
     pacs.start()
     sim = PscSim(tmp_path)
@@ -362,15 +371,12 @@ def consumer_with_pacs(tmp_path: Path, gateway_factory) -> Iterator[tuple]:  # n
 
 
 def _token(page: str) -> str:
-    import re
-
     (token,) = re.findall(r"name=csrf value='([0-9a-f]{64})'", page)
     return token
 
 
 @pytest.mark.peer
 def test_route_exports_the_cached_study_with_the_contexts_ipp(consumer_with_pacs) -> None:
-    from psc_support import STAFF
     from test_consumer_context import GOOD
     from test_consumer_entry import HOSPITAL, Browser, audit, login_through_psc
 
@@ -378,7 +384,7 @@ def test_route_exports_the_cached_study_with_the_contexts_ipp(consumer_with_pacs
     study, paths = write_study(gw.data_dir / "consumer" / "studies" / KOS_UID)
     url = f"{gw.url}/consumer/studies/{KOS_UID}/export"
     # No PSC session: nothing happens.
-    assert httpx_post(url, data={"csrf": "x"}).status_code == 401
+    assert httpx.post(url, data={"csrf": "x"}, timeout=30).status_code == 401
     browser = Browser()
     try:
         assert browser.send("POST", f"{gw.url}/consumer/context",
@@ -423,19 +429,8 @@ def test_route_exports_the_cached_study_with_the_contexts_ipp(consumer_with_pacs
     assert all("IPP-000123" not in row.reason for row in rows)
 
 
-def httpx_post(url: str, **kw) -> "httpx.Response":  # noqa: ANN003, UP037
-    import httpx
-
-    return httpx.post(url, timeout=30, **kw)
-
-
 @pytest.mark.peer
 def test_cli_exports_and_reports_by_exit_status(pacs: Pacs, tmp_path: Path) -> None:
-    import json
-    import os
-    import subprocess
-    import sys
-
     study, paths = write_study(tmp_path / "study")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
     env.update(DRIMBOX_DATA_DIR=str(tmp_path / "data"),
@@ -460,3 +455,84 @@ def test_cli_exports_and_reports_by_exit_status(pacs: Pacs, tmp_path: Path) -> N
     assert again.returncode == 0 and f"already present {len(paths)}" in again.stdout
     assert len(pacs.instance_ids()) == len(paths)
     assert run("--to", "orthanc", "--from", str(tmp_path / "study")).returncode == 2  # no URL
+
+
+@pytest.mark.peer
+def test_a_pacs_that_dies_mid_way_then_the_rerun_completes(tmp_path: Path) -> None:
+    """dcmtk storescp as the PACS, killed (by the command it runs on each reception) once it
+    has two files: the report says which instances are in, which one is unknown and which were
+    not sent. storescp answers no C-FIND, so the re-run sends everything again, harmlessly
+    (the same files, named by SOP Instance UID): no duplicate."""
+    exe = require_tool("storescp")
+    study, paths = write_study(tmp_path / "study")
+    out = tmp_path / "pacs"
+    out.mkdir()
+    port = free_port()
+
+    def storescp(*extra: str) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen([exe, "-od", str(out), "-aet", "PACS", "+xa", *extra, str(port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(200):  # listening?
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return proc
+            time.sleep(0.05)
+        proc.kill()
+        raise AssertionError("storescp did not listen")
+
+    dest = _Guarded(CStoreDestination(our_ae_title="DRIMBOX", ae_title="PACS",
+                                      host="127.0.0.1", port=port, timeout=20))
+    dying = storescp("-xcr", 'n=$(ls #p | wc -l); if [ "$n" -ge 2 ]; then kill -9 $PPID; fi')
+    try:
+        report = run_export(paths, dest, IDENTITY, study)
+        assert dying.wait(20) != 0
+    finally:
+        if dying.poll() is None:
+            dying.kill()
+    assert report.outcome == PARTIAL and report.stopped, report.to_json()
+    counts = report.counts
+    assert counts[SENT] >= 1 and counts[NOT_SENT] >= 1
+    assert sum(counts.values()) == len(paths) and counts[PRESENT] == 0
+    assert [o.outcome for o in report.outcomes] == sorted(
+        (o.outcome for o in report.outcomes), key=[SENT, FAILED, NOT_SENT].index)
+    assert len(list(out.iterdir())) < len(paths)
+    healthy = storescp()
+    try:
+        again = run_export(paths, dest, IDENTITY, study)
+    finally:
+        healthy.terminate()
+        healthy.wait(20)
+    assert again.outcome == COMPLETE and again.counts[SENT] == len(paths), again.to_json()
+    held = sorted(out.iterdir())
+    assert len(held) == len(paths)  # one file per instance
+    by_uid = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in paths}
+    for f in held:
+        source = by_uid.pop(f.name.split(".", 1)[1])
+        assert_local_identity(assert_same_apart_from_identifiers(source.read_bytes(),
+                                                                 f.read_bytes()))
+    assert by_uid == {}
+
+
+@pytest.mark.peer
+def test_cstore_falls_back_to_little_endian_for_a_native_syntax_the_pacs_refuses(
+        tmp_path: Path) -> None:
+    """The PACS takes no deflated syntax: the deflated instance goes in Explicit VR Little
+    Endian (same dataset, same pixel bytes); the others go as stored."""
+    study, paths = write_study(tmp_path / "study")
+    pacs = Pacs(tmp_path / "orthanc", aet="PACS", modalities=US)
+    pacs.extra = {"DeflatedTransferSyntaxAccepted": False}
+    pacs.start()
+    try:
+        report = run_export(paths, make_destination("cstore", pacs), IDENTITY, study)
+        assert report.outcome == COMPLETE, report.to_json()
+        deflated = str(dcmread(paths[3], stop_before_pixels=True).SOPInstanceUID)
+        assert {o.sop_instance_uid: o.reason for o in report.outcomes}[deflated] == (
+            "sent as Explicit VR Little Endian")
+        held = dcmread(io.BytesIO(pacs.file_of(deflated)))
+        source = dcmread(paths[3])
+        assert held.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert held.PixelData == source.PixelData
+        assert without_coerced(held) == without_coerced(source)
+        assert_local_identity(dcmread(io.BytesIO(pacs.file_of(deflated))))
+    finally:
+        pacs.stop()

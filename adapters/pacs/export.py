@@ -303,8 +303,9 @@ class StowDestination:
 
     def _post(self, batch: list[tuple[CachedInstance, bytes]]) -> Iterator[InstanceOutcome]:
         boundary = "drimbox-" + secrets.token_hex(16)
-        body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
-                        + data + b"\r\n" for _, data in batch) + b"--" + boundary.encode() + b"--\r\n"
+        dash = b"--" + boundary.encode()
+        body = b"".join(dash + b"\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n"
+                        for _, data in batch) + dash + b"--\r\n"
         headers = {"Content-Type": f'multipart/related; type="application/dicom"; '
                                    f"boundary={boundary}",
                    "Accept": "application/dicom+json"}
