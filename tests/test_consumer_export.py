@@ -213,6 +213,20 @@ def test_an_instance_of_another_patient_stops_the_job_before_anything_is_sent(
     assert report.outcome == COMPLETE and report.counts[SENT] == len(paths) + 1
 
 
+def test_a_damaged_cached_file_stops_the_job_naming_it(tmp_path: Path) -> None:
+    study, paths = write_study(tmp_path / "study")
+    cut = paths[1].read_bytes()
+    paths[1].write_bytes(cut[:200])  # cut inside the dataset
+    (tmp_path / "study" / "notes.txt").write_bytes(b"not DICOM")
+    dest = Recorder()
+    report = run_export(sorted((tmp_path / "study").iterdir()), dest, IDENTITY, study)
+    assert report.outcome == REFUSED and dest.sent == []
+    assert report.refused.startswith(paths[1].name + ": "), report.refused  # the first bad one
+    paths[1].write_bytes(cut)
+    report = run_export(sorted((tmp_path / "study").iterdir()), dest, IDENTITY, study)
+    assert report.refused.startswith("notes.txt: not a readable DICOM Part 10 file")
+
+
 def test_the_local_identifier_must_be_dicom_text() -> None:
     with pytest.raises(ExportError, match="default repertoire"):
         LocalIdentity("IPP\\1", "X", INS, INS_OID)

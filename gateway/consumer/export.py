@@ -55,6 +55,7 @@ OTHER_PATIENT_IDS = 0x0010_1002
 #: The only elements an export may change (R17 coercion); everything else is copied as is.
 COERCED_TAGS = (PATIENT_ID, ISSUER_OF_PATIENT_ID, ISSUER_QUALIFIERS, OTHER_PATIENT_IDS)
 SERIES_INSTANCE_UID = 0x0020_000E
+_PATIENT_GROUP_LENGTH = 0x0010_0000  # retired; dropped rather than left wrong
 
 #: (0040,0033) Universal Entity ID Type, enumerated values (PS3.3 10.14).
 _ENTITY_ID_TYPES = {"DNS", "EUI64", "ISO", "URI", "UUID", "X400", "X500"}
@@ -217,7 +218,10 @@ def element_spans(raw: bytes, implicit: bool, little: bool) -> list[tuple[int, i
 
 
 def _inflate(data: bytes) -> bytes:
-    return zlib.decompress(data, -zlib.MAX_WBITS)
+    try:
+        return zlib.decompress(data, -zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise CoercionRefused(f"the deflated dataset cannot be inflated: {exc}") from None
 
 
 def _deflate(data: bytes) -> bytes:
@@ -259,8 +263,8 @@ def coerce_dataset(dataset: bytes, transfer_syntax: str, identity: LocalIdentity
         if pending and pending[0][0] == tag:
             out += pending.pop(0)[1]
             continue
-        if tag in COERCED_TAGS:
-            continue  # not in the new set: removed
+        if tag in COERCED_TAGS or tag == _PATIENT_GROUP_LENGTH:
+            continue  # not in the new set: removed (a group length would now be wrong)
         out += raw[start:end]
     for _tag, value in pending:
         out += value
@@ -472,7 +476,7 @@ def run_export(files: Iterable[Path], destination: Destination,
             for instance in instances:  # dry run: nothing leaves if one instance is refused
                 try:
                     load(instance)
-                except ExportError as exc:
+                except (ExportError, Part10Error, OSError) as exc:
                     raise ExportError(f"instance {instance.sop_instance_uid}: {exc}") from None
     except ExportError as exc:
         report.refused = str(exc)
