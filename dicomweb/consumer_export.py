@@ -3,7 +3,7 @@ with the consumer role (``roles`` consumer or both).
 
 * ``GET /consumer/studies/{document_unique_id}/export``: a confirmation page whose form posts
   the export with the session's anti-CSRF token (a link on another site reaches only this GET,
-  which changes nothing). :func:`export_form` gives the same form for other consumer pages.
+  which changes nothing); without a PSC session, to the login and back. :func:`export_form` gives the same form for other consumer pages.
 * ``POST /consumer/studies/{document_unique_id}/export``: the export itself
   (:func:`gateway.consumer.export.run_export`) to the ``export_destination``. Form field
   ``csrf`` (:func:`dicomweb.session_cookies.form_token` of purpose ``consumer-export``). The
@@ -36,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.pacs.export import destination
 from dicomweb.consumer import _page
+from dicomweb.login import activity_redirect, login_redirect
 from dicomweb.session_cookies import SESSION, form_token, form_token_ok, read_cookie, sessions
 from dicomweb.urls import client_address, request_public_url
 from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
@@ -132,9 +133,8 @@ def _session(request: Request) -> tuple[str, SessionInfo | None]:
 @router.get(EXPORT_PATH, include_in_schema=False)
 def export_page(request: Request, document_unique_id: str) -> Response:
     _raw, info = _session(request)
-    if info is None:
-        return _answer(request, 401, "Connexion requise",
-                       "Connectez-vous avec Pro Santé Connect depuis la page du patient.")
+    if info is None:  # as the consumer page: to the PSC login (or the activity choice) and back
+        return activity_redirect(request) or login_redirect(request)
     if not is_safe_uid(document_unique_id):
         return _answer(request, 404, "Examen inconnu", "Identifiant de document invalide.")
     return _page("Importer l'examen dans le PACS",

@@ -399,6 +399,8 @@ def test_route_exports_the_cached_study_with_the_contexts_ipp(consumer_with_pacs
     url = f"{gw.url}/consumer/studies/{KOS_UID}/export"
     # No PSC session: nothing happens.
     assert httpx.post(url, data={"csrf": "x"}, timeout=30).status_code == 401
+    r = httpx.get(url, timeout=30)
+    assert r.status_code == 302 and r.headers["location"].startswith(f"{gw.url}/auth/login?next=")
     browser = Browser()
     try:
         assert browser.send("POST", f"{gw.url}/consumer/context",
