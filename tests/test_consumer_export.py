@@ -552,3 +552,22 @@ def test_cstore_falls_back_to_little_endian_for_a_native_syntax_the_pacs_refuses
         assert_local_identity(dcmread(io.BytesIO(pacs.file_of(deflated))))
     finally:
         pacs.stop()
+
+
+@pytest.mark.peer
+def test_each_cstore_status_is_read(gateway, tmp_path: Path) -> None:  # noqa: ANN001
+    """A real C-STORE SCP that refuses one instance with a status (our own gateway: Pixel Data
+    cut short is 0xC004): that instance is failed with the status and the SCP's comment, the
+    others are sent on the same association."""
+    study, paths = write_study(tmp_path / "study", kinds=KINDS[:3])
+    whole = paths[1].read_bytes()
+    paths[1].write_bytes(whole[:-100])  # Pixel Data cut short (its header still says all)
+    dest = _Guarded(CStoreDestination(our_ae_title="EXPORTER", ae_title=gateway.ae_title,
+                                      host="127.0.0.1", port=gateway.dicom_port, timeout=30))
+    report = run_export(paths, dest, None, study)  # as retrieved: no coercion
+    assert report.outcome == PARTIAL, report.to_json()
+    (failure,) = report.failures
+    assert failure.sop_instance_uid == str(
+        dcmread(io.BytesIO(whole), stop_before_pixels=True).SOPInstanceUID)
+    assert failure.reason.startswith("C-STORE status 0xC004"), failure.reason
+    assert report.counts[SENT] == 2
