@@ -69,7 +69,7 @@ from gateway.consumer.export import (
     element_spans,
     run_export,
 )
-from gateway.part10 import split_part10
+from gateway.ingest.part10 import split_part10
 
 INS, INS_OID = "279035121518989", "1.2.250.1.213.1.4.10"  # the ANS test INS (SPEC section 4)
 OTHER_INS = "248092700000067"
