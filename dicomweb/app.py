@@ -40,9 +40,10 @@ def create_app(runtime: Runtime) -> FastAPI:
     login.install(app)
     share.install(app)
     if runtime.settings.consumer_enabled:  # R13-R16: the consumer role's routes, else 404
-        from dicomweb import consumer
+        from dicomweb import consumer, consumer_export
 
         consumer.install(app)
+        consumer_export.install(app)  # R17: import of a retrieved study into the local PACS
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> Response:

@@ -1,6 +1,6 @@
 """The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``study show``, ``kos``,
 ``manifest``, ``publish``, ``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``,
-``whitelist check``.
+``whitelist check``, ``consumer export``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -801,6 +801,85 @@ def whitelist_check(config_file: Path | None, source: str | None, urls: tuple[st
         click.echo(f"{'TRUSTED' if decision else 'NOT TRUSTED'}: {url}: {decision.reason}")
     click.echo("ACCEPTED" if trusted else "ACCEPTED (but a --url is not trusted)")
     sys.exit(0 if trusted else 1)
+
+
+# --- The consumer (R13-R17): operators' commands. ---
+
+
+@main.group()
+def consumer() -> None:
+    """The consumer DRIMbox: retrieved studies."""
+
+
+@consumer.command("export")
+@config_option
+@click.argument("study_uid")
+@click.option("--to", "kind", type=click.Choice(["cstore", "stow", "orthanc"]), default=None,
+              help="Destination (default: the export_destination setting).")
+@click.option("--from", "folder", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              default=None, help="A folder of the study's Part 10 files instead of the cache.")
+@click.option("--patient-id", default=None,
+              help="Local PatientID (IPP) to put in the instances; needs --ins. Without it the "
+                   "instances go as retrieved.")
+@click.option("--issuer", default="", help="Its issuer, as HL7 PID-3.4 (name&OID&ISO).")
+@click.option("--ins", default=None,
+              help="The patient's INS matricule: every instance must carry it to be coerced.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def consumer_export(config_file: Path | None, study_uid: str, kind: str | None,
+                    folder: Path | None, patient_id: str | None, issuer: str, ins: str | None,
+                    as_json: bool) -> None:
+    """Export a retrieved study into the centre's PACS (R17): C-STORE, STOW-RS or Orthanc.
+
+    Instances the PACS already holds are skipped, so running it again completes an export
+    that stopped or was partly refused. Exit status: 0 every instance is in the PACS, 1 some
+    are not (or nothing was sent: the reason is printed), 2 usage or configuration.
+    """
+    import getpass
+
+    from adapters.pacs.export import destination
+    from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+    from gateway.consumer.export import (
+        COMPLETE,
+        ExportError,
+        FolderCache,
+        LocalIdentity,
+        run_export,
+    )
+    from gateway.access.principal import Principal
+
+    settings = _settings(config_file)
+    if (patient_id is None) != (ins is None):
+        raise click.UsageError("--patient-id and --ins go together")
+    try:
+        identity = LocalIdentity(patient_id, issuer, ins) if patient_id is not None else None
+        target = destination(settings, kind)
+    except ExportError as exc:
+        click.echo(f"drimbox: {exc}", err=True)
+        sys.exit(2)
+    if folder is not None:
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+    else:
+        files = FolderCache(settings.data_dir / "consumer" / "studies").instance_files(study_uid)
+        if files is None:
+            click.echo(f"drimbox: study {study_uid} is not in the cache (give --from DIR)",
+                       err=True)
+            sys.exit(1)
+    try:
+        report = run_export(files, target, identity, study_uid)
+    finally:
+        target.close()
+    who = Principal(kind="staff", subject=getpass.getuser(), via="cli")
+    record_access(_runtime_index(settings), AccessRecord(
+        who, "consumer_export", ALLOWED if report.outcome == COMPLETE else DENIED,
+        report.summary()[:255], study_uid=study_uid, patient_ins=ins or ""))
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        for o in report.outcomes:
+            click.echo(f"{o.outcome:16} {o.sop_instance_uid}" + (f"  {o.reason}" if o.reason
+                                                                  else ""))
+        click.echo(report.summary())
+    sys.exit(0 if report.outcome == COMPLETE else 1)
 
 
 if __name__ == "__main__":

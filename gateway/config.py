@@ -485,6 +485,65 @@ class Settings(BaseSettings):
                              "list's signature cannot be verified (R11)")
         return self
 
+    # --- Consumer: export of retrieved studies into the centre's PACS (R17 import;
+    # gateway/consumer/export.py, adapters/pacs/export.py, docs/consumer.md). ---
+    export_destination: Literal["cstore", "stow", "orthanc"] | None = None
+    """Where ``POST /consumer/studies/{id}/export`` and ``drimbox consumer export`` send a
+    retrieved study: ``cstore`` (DICOM C-STORE), ``stow`` (STOW-RS) or ``orthanc`` (Orthanc's
+    REST API). Unset: export is off (the route answers 503)."""
+    export_ae_title: str | None = None
+    """C-STORE: the PACS's AE title. Default ``pacs_ae_title``."""
+    export_host: str | None = None
+    """C-STORE: the PACS's host. Default ``pacs_host``."""
+    export_port: int | None = Field(default=None, ge=1, le=65535)
+    """C-STORE: the PACS's DICOM port. Default ``pacs_port``."""
+    export_stow_url: str | None = None
+    """STOW-RS: the PACS's DICOMweb base URL (``POST {url}/studies``; QIDO-RS
+    ``{url}/studies/{uid}/instances`` to skip what it has), e.g.
+    ``http://pacs:8042/dicom-web``."""
+    export_orthanc_url: str | None = None
+    """Orthanc: the base URL of its REST API, e.g. ``http://pacs:8042``."""
+    export_username: str | None = None
+    """HTTP Basic user for ``export_stow_url`` and ``export_orthanc_url``; unset: none."""
+    export_password: SecretStr | None = None
+    """Password of ``export_username``. Never logged."""
+    export_coerce_identifiers: bool = True
+    """Replace the instances' PatientID and IssuerOfPatientID (and its qualifiers) by the local
+    ones of the appel contextuel (``PatientID``, ``PatientIDIssuer``), keeping the INS in
+    Other Patient IDs Sequence; only for instances that carry the context's INS. Off: the
+    instances go exactly as retrieved."""
+    export_timeout: float = Field(default=60.0, gt=0)
+    """Seconds to wait for the PACS at each step (association, C-STORE response, HTTP)."""
+
+    @field_validator("export_stow_url", "export_orthanc_url")
+    @classmethod
+    def _export_url(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        v = v.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+(/\S*)?$", v, re.I):
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        return v
+
+    @model_validator(mode="after")
+    def _export(self) -> Settings:
+        if self.export_ae_title:
+            self.export_ae_title = validate_ae_title(self.export_ae_title)
+        if self.export_destination == "cstore" and not all(self.effective_export_cstore):
+            raise ValueError("export_destination cstore needs export_ae_title, export_host and "
+                             "export_port (or pacs_ae_title, pacs_host and pacs_port)")
+        if self.export_destination == "stow" and not self.export_stow_url:
+            raise ValueError("export_destination stow needs export_stow_url")
+        if self.export_destination == "orthanc" and not self.export_orthanc_url:
+            raise ValueError("export_destination orthanc needs export_orthanc_url")
+        return self
+
+    @property
+    def effective_export_cstore(self) -> tuple[str | None, str | None, int | None]:
+        """(AE title, host, port) of the C-STORE export destination."""
+        return (self.export_ae_title or self.pacs_ae_title, self.export_host or self.pacs_host,
+                self.export_port or self.pacs_port)
+
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:
