@@ -18,6 +18,12 @@ OHIF_STAMP   = $(OHIF_DIR)/.installed-$(OHIF_VERSION)
 LOCK      = requirements.lock
 LOCK_VENV = .cache/lock-venv
 
+# The suite runs on several pytest-xdist workers: most tests wait on child processes (gateways,
+# simulators, dcmtk, Orthanc), so more workers than cores pays. Tests sharing a module-scoped
+# fixture stay on one worker (tests/conftest.py). `make test PYTEST_WORKERS=0` runs serially.
+PYTEST_WORKERS ?= 4
+PYTEST_XDIST    = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
+
 .PHONY: setup viewer run test lint lock samples clean
 
 setup: $(STAMP) viewer
@@ -52,7 +58,7 @@ run: setup            ## serve with SQLite and ./data (override with DRIMBOX_* v
 	$(VENV)/bin/drimbox serve $(if $(CONFIG),--config $(CONFIG))
 
 test: setup           ## the whole suite (SQLite and PostgreSQL back-ends, real dcmtk peers)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_XDIST) --durations=20 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info test-artifacts .cache

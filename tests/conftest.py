@@ -47,6 +47,23 @@ def _pg_database() -> Iterator[str]:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``make test``: ``--dist loadgroup``) the tests that share a
+    module-scoped fixture (e.g. one gateway loaded once for many read-only tests) go to one
+    worker, so that it is set up once per back-end as in a serial run, not once per worker."""
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("xdist_group"):
+            continue
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        shared = sorted(f"{name}[{params.get(name, '')}]"
+                        for name, defs in info.name2fixturedefs.items()
+                        if defs and defs[-1].scope == "module")
+        if shared:
+            group = f"{item.module.__name__}:{','.join(shared)}"
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(params=BACKENDS)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """An empty index database URL, once per back-end."""
@@ -107,6 +124,8 @@ class Gateway:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
+        self.proc.kill()  # not left behind, serving nobody
+        self.proc.wait()
         raise RuntimeError(f"gateway did not start:\n{self.log()}")
 
     def log(self) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dmp_pki import Pki, make_pki
+from peers import free_port
 from test_kos import CREATED, PUBLISHER, facts
 from test_xds_metadata import CTX
 
@@ -77,12 +78,6 @@ def publication(accession: str | None = None, modality_facts=None) -> Publicatio
     entry = kos_document_entry(f, data, uid, CREATED, CTX)
     ss = submission_set(entry, new_oid(), SOURCE_ID, dt.datetime.now(dt.UTC), CONTENT_TYPE)
     return Publication(entry, ss, data, accession, new_oid())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

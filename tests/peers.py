@@ -8,9 +8,12 @@ otherwise.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,10 +36,40 @@ def require_tool(name: str) -> str:
     pytest.skip(message)
 
 
+#: Ports handed out by :func:`free_port`: below Linux's ephemeral range (32768-60999), so that
+#: no outgoing connection takes one between free_port() and the child's bind, and split in one
+#: block per pytest-xdist worker (gw0, gw1, ...), so that two workers never hand out the same.
+PORT_BASE, PORT_BLOCK, PORT_BLOCKS = 20000, 1500, 8
+
+
+def _port_candidates() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) % PORT_BLOCKS if worker[2:].isdigit() else 0
+    first = PORT_BASE + index * PORT_BLOCK
+    # A random start keeps two test runs of the same machine (same worker names) apart.
+    start = random.randrange(PORT_BLOCK)
+    while True:
+        for i in range(PORT_BLOCK):
+            yield first + (start + i) % PORT_BLOCK
+
+
+_ports = _port_candidates()
+_ports_lock = threading.Lock()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback TCP port nobody listens on, not handed out before by this process (until its
+    block wraps round)."""
+    with _ports_lock:
+        for _ in range(PORT_BLOCK):
+            port = next(_ports)
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))  # no SO_REUSEADDR: TIME_WAIT ports are passed over
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no free port in this worker's block of {PORT_BLOCK}")
 
 
 def storescu_profile(files: list[Path], path: Path) -> None:
