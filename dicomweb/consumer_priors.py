@@ -14,6 +14,7 @@ message on the page, never an error page.
 from __future__ import annotations
 
 import html
+import logging
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -27,6 +28,8 @@ from gateway.ins import Ins
 from gateway.principal import Principal
 from gateway.sessions import SessionInfo
 from gateway.xds_metadata import MODALITY_NAMES
+
+log = logging.getLogger("drimbox.consumer")
 
 ACTION_SEARCH = "dmp_search"
 STUDIES_PATH = "/consumer/studies"
@@ -43,6 +46,7 @@ PROBLEMS_FR = {
     "no_activity": "Votre activité ne permet pas d'interroger le DMP (structure, secteur ou "
                    "profession inconnus) : reconnectez-vous.",
     "bad_filters": "Filtres incorrects : la recherche n'a pas été faite.",
+    "search_failed": "La recherche dans le DMP a échoué (erreur interne, consignée).",
 }
 
 PRIORS_CSS = (
@@ -126,7 +130,11 @@ def priors_section(request: Request, info: SessionInfo, patient: PatientContext,
         problems = exc.problems
         outcome = srch.SearchOutcome("bad_filters", ",".join(sorted(problems)))
     else:
-        outcome = _search(request, info, patient, filters)
+        try:
+            outcome = _search(request, info, patient, filters)
+        except Exception:  # noqa: BLE001 - the page must say it, not answer 500
+            log.exception("DMP search failed")
+            outcome = srch.SearchOutcome("search_failed")
     if outcome.searched:
         _audit(request, principal, ALLOWED,
                f"found={outcome.total}" + (f" {filters.summary()}" if not filters.empty else ""),

@@ -49,7 +49,9 @@ def publish(c: DmpClient, ins: Ins, *, events=(MR,), author: Author | None = Non
     entry = replace(pub.entry, patient_id=pid, source_patient_id=pid, event_codes=tuple(events),
                     author=author or pub.entry.author,
                     confidentiality=pub.entry.confidentiality + flags,
-                    creation_time=created or pub.entry.creation_time)
+                    creation_time=created or pub.entry.creation_time,
+                    service_start=created or pub.entry.service_start,
+                    service_stop=created or pub.entry.service_stop)
     ss = replace(pub.ss, patient_id=pid, author=entry.author)
     c.provide_and_register(entry, ss, pub.kos, vihf_for(pid, **(publisher or {})),
                            pub.signature_uid)

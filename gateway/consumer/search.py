@@ -281,9 +281,9 @@ def search(dmp: DmpSearch, vihf: VihfContext, patient: Ins, consent: bool, filte
                                  access.detail)
         groups: list[tuple[Code, ...]] = []
         if filters.modality:
-            groups.append((Code(filters.modality, SCHEME_MODALITY),))
+            groups.append((Code(filters.modality, SCHEME_MODALITY, ""),))
         if filters.region:
-            groups.append((Code(filters.region, SCHEME_REGION),))
+            groups.append((Code(filters.region, SCHEME_REGION, ""),))
         refs = None
         if filters.accession and filters.accession_issuer:
             refs = [ReferenceId(filters.accession, filters.accession_issuer,
@@ -306,6 +306,7 @@ def search(dmp: DmpSearch, vihf: VihfContext, patient: Ins, consent: bool, filte
     kos = [e for e in entries if e.status == "Approved" and _is_kos(e)]
     if filters.accession and not filters.accession_issuer:
         kos = [e for e in kos if _accession_matches(e, filters.accession)]
-    priors = sorted((prior_of(e) for e in kos), key=lambda p: (p.date, p.document_unique_id),
-                    reverse=True)
+    kos.sort(key=lambda e: ((e.service_start or e.creation_time)[:14], e.creation_time,
+                            e.unique_id), reverse=True)
+    priors = [prior_of(e) for e in kos]
     return SearchOutcome(priors=priors[:max_results], total=len(priors))
