@@ -173,15 +173,12 @@ def _search(request: Request, info: SessionInfo, patient: PatientContext,
     if dmp is None:
         return srch.SearchOutcome("dmp_not_configured")
     settings = request.app.state.runtime.settings
-    activity = next((a for a in info.activities if a.id == info.activity), None)
     try:
         ins = Ins(patient.ins, patient.ins_oid)
     except ValueError:
         return srch.SearchOutcome("dmp_refused", "bad_ins")
     try:
-        if activity is None:
-            raise ValueError("no activity chosen")
-        vihf = srch.vihf_context(info.subject, activity, ins, srch.Lps.from_settings(settings))
+        vihf = srch.practitioner_vihf(settings, info, ins)
     except ValueError as exc:
         return srch.SearchOutcome("no_activity", str(exc)[:100])
     return srch.search(dmp, vihf, ins, patient.consent, filters,

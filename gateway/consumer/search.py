@@ -42,7 +42,7 @@ from adapters.dmp.errors import (
 from adapters.dmp.patients import CLOSED, NO_DMP, REFUSED, DmpAccess
 from adapters.dmp.vihf import Role, VihfContext
 from gateway.ins import Ins
-from gateway.sessions import Activity
+from gateway.sessions import Activity, SessionInfo
 from gateway.xds_metadata import (
     MODALITY_NAMES,
     SCHEME_MODALITY,
@@ -220,6 +220,16 @@ def vihf_context(subject_name_id: str, activity: Activity, patient: Ins, lps: Lp
         patient_id=xds_patient_id(patient), lps_id=lps.lps_id, lps_name=lps.lps_name,
         lps_version=lps.lps_version, lps_homologation_id=lps.lps_homologation_id,
         authentication_mode=lps.authentication_mode)
+
+
+def practitioner_vihf(settings, info: SessionInfo, patient: Ins) -> VihfContext:  # noqa: ANN001
+    """The VIHF of the session's practitioner acting under the activity chosen, about
+    ``patient``: every consumer DMP call (TD0.2, ITI-18, ITI-43) uses it. ``ValueError`` when
+    no activity is chosen or it lacks what a VIHF needs."""
+    activity = next((a for a in info.activities if a.id == info.activity), None)
+    if activity is None:
+        raise ValueError("no activity chosen")
+    return vihf_context(info.subject, activity, patient, Lps.from_settings(settings))
 
 
 def _dtm(day: dt.date, end: bool = False) -> str:
