@@ -118,6 +118,9 @@ def patients_calls(sim: Sim) -> int:
 
 def test_priors_of_the_patient_from_two_sources_filtered(
         tmp_path: Path, dmp: Sim, consumer, source_database_url: str) -> None:
+    """Two Sources' exams of the patient, newest first with modality, region, description,
+    author and centre, each linking to its retrieval; the filters narrow the list; a masked
+    document and another patient's never appear; every search audited (filters, never names)."""
     gw, _psc = consumer
     # Source 1: a gateway publishes the study storescu sends (flow A).
     source = Gateway(tmp_path / "source-data", source_database_url, **dmp_env(dmp))
@@ -188,9 +191,10 @@ def test_priors_of_the_patient_from_two_sources_filtered(
     assert all("PAT-TROIS" not in repr(a.__dict__) for a in rows)
 
 
-def test_no_consent_no_dmp_opposition_dmp_down_and_refused(
-        tmp_path: Path, dmp: Sim, consumer, gateway_factory) -> None:
-    gw, psc = consumer
+def test_no_consent_no_dmp_opposition_and_dmp_down(dmp: Sim, consumer) -> None:
+    """Consent false: no DMP call at all; no DMP, opposition, HTTP 500, the DMP stopped: each a
+    message on a 200 page and an audit row."""
+    gw, _psc = consumer
     # Consent false: the page says so and the DMP is not called at all (no TD0.2).
     before = patients_calls(dmp)
     browser = open_page(gw, consent=False)
