@@ -48,7 +48,7 @@ from dicomweb.session_cookies import (
     set_cookie,
 )
 from dicomweb.urls import client_address, request_public_url
-from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.consumer import context as ctx
 from gateway.consumer.contexts import (
     PENDING_CONTEXT_SECONDS,
@@ -57,8 +57,8 @@ from gateway.consumer.contexts import (
     ContextStore,
     CurrentContext,
 )
-from gateway.principal import Principal
-from gateway.sessions import SessionInfo
+from gateway.access.principal import Principal
+from gateway.access.sessions import SessionInfo
 
 router = APIRouter()
 

@@ -21,13 +21,13 @@ from fastapi import FastAPI, Request
 
 from adapters.dmp.client import DmpClient
 from dicomweb.urls import client_address, request_public_url
-from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.consumer import search as srch
 from gateway.consumer.context import PatientContext
-from gateway.ins import Ins
-from gateway.principal import Principal
-from gateway.sessions import SessionInfo
-from gateway.xds_metadata import MODALITY_NAMES
+from gateway.identity.ins import Ins
+from gateway.access.principal import Principal
+from gateway.access.sessions import SessionInfo
+from gateway.manifest.xds_metadata import MODALITY_NAMES
 
 log = logging.getLogger("drimbox.consumer")
 

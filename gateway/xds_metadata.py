@@ -24,8 +24,8 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
 
-from gateway.ins import Ins
-from gateway.study_facts import StudyFacts
+from gateway.identity.ins import Ins
+from gateway.manifest.facts import StudyFacts
 
 # Coding schemes (OIDs) of the R4 table.
 SCHEME_CLASS = "1.2.250.1.213.1.1.4.1"

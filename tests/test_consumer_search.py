@@ -34,8 +34,8 @@ from test_manifest_e2e import INS, INS_TEST_OID, write_study
 from test_publication_e2e import IndexView, dmp_env
 
 from adapters.dmp import patients
-from gateway.ins import Ins
-from gateway.xds_metadata import Code
+from gateway.identity.ins import Ins
+from gateway.manifest.xds_metadata import Code
 
 CONSENT = "InformationEtConsentement"
 #: The consumer waits for the DMP as long as a real one may take; the Source's 4 s (dmp_env) is

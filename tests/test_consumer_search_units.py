@@ -13,8 +13,8 @@ from adapters.dmp.patients import OPEN, REFUSED, DmpAccess
 from adapters.psc.login import activities_of
 from adapters.psc.practitioners import userinfo_claims
 from gateway.consumer import search as srch
-from gateway.ins import Ins
-from gateway.xds_metadata import Code, PublishedEntry
+from gateway.identity.ins import Ins
+from gateway.manifest.xds_metadata import Code, PublishedEntry
 
 INS = Ins("279035121518989", "1.2.250.1.213.1.4.10")
 LPS = srch.Lps("LPS-TEST", "DRIMbox", "0.1.0", "HOMOL-TEST")

@@ -22,8 +22,8 @@ from adapters.dmp import ns as N
 from adapters.dmp import patients, query
 from adapters.dmp.client import DmpClient
 from adapters.dmp.errors import DmpRefusedError, DmpSecurityError
-from gateway.ins import Ins
-from gateway.xds_metadata import Author, Code, xds_patient_id
+from gateway.identity.ins import Ins
+from gateway.manifest.xds_metadata import Author, Code, xds_patient_id
 
 TEST_OID = "1.2.250.1.213.1.4.10"
 MR = Code("MR", "1.2.250.1.213.1.1.5.618", "Magnetic Resonance")

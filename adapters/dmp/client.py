@@ -44,8 +44,8 @@ from adapters.dmp.soap import (
     unpack_mtom,
 )
 from adapters.dmp.vihf import VihfContext, build_vihf
-from gateway.ins import Ins
-from gateway.xds_metadata import (
+from gateway.identity.ins import Ins
+from gateway.manifest.xds_metadata import (
     Code,
     DocumentEntry,
     PublishedEntry,

@@ -1,7 +1,7 @@
 """ITI-18 stored queries, ITI-43 retrieve, and the registry's answers (ITI TF-2a 3.18, 3.43).
 
 Builders write the request bodies; parsers turn the answers into domain values
-(:class:`gateway.xds_metadata.PublishedEntry`) or :class:`~adapters.dmp.errors.XdsError` lists.
+(:class:`gateway.manifest.xds_metadata.PublishedEntry`) or :class:`~adapters.dmp.errors.XdsError` lists.
 Stored-query parameter values follow ITI TF-2a 3.18.4.1.2.3.5: strings in single quotes
 (inner quotes doubled), multiple values as ``('a','b')``.
 """
@@ -16,7 +16,7 @@ from adapters.dmp import ns as N
 from adapters.dmp.errors import XdsError
 from adapters.dmp.ns import QUERY, RIM, RS, XDSB, q
 from adapters.dmp.soap import element_bytes
-from gateway.xds_metadata import Code, PublishedEntry
+from gateway.manifest.xds_metadata import Code, PublishedEntry
 
 STATUS_NAMES = {N.STATUS_APPROVED: "Approved", N.STATUS_DEPRECATED: "Deprecated"}
 STATUS_URNS = {v: k for k, v in STATUS_NAMES.items()}

@@ -101,7 +101,7 @@ from adapters.dmp.soap import (
 )
 from adapters.dmp.vihf import VerifiedVihf, VihfError, verify_vihf
 from adapters.mhd.recipient import FhirFace, Issue, operation_outcome
-from gateway.xds_metadata import MODALITY_NAMES, SCHEME_MODALITY
+from gateway.manifest.xds_metadata import MODALITY_NAMES, SCHEME_MODALITY
 
 log = logging.getLogger("drimbox.dmp_sim")
 

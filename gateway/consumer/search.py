@@ -41,9 +41,9 @@ from adapters.dmp.errors import (
 )
 from adapters.dmp.patients import CLOSED, NO_DMP, REFUSED, DmpAccess
 from adapters.dmp.vihf import Role, VihfContext
-from gateway.ins import Ins
-from gateway.sessions import Activity, SessionInfo
-from gateway.xds_metadata import (
+from gateway.identity.ins import Ins
+from gateway.access.sessions import Activity, SessionInfo
+from gateway.manifest.xds_metadata import (
     MODALITY_NAMES,
     SCHEME_MODALITY,
     Code,
