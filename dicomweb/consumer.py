@@ -38,6 +38,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from dicomweb.consumer_banner import BANNER_CSS, identity_banner
+from dicomweb.consumer_priors import PRIORS_CSS, install_dmp, priors_section
 from dicomweb.login import activity_redirect, login_redirect
 from dicomweb.session_cookies import (
     SESSION,
@@ -76,7 +77,7 @@ def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
         "<!doctype html><html lang=fr><head><meta charset=utf-8>"
         f"<title>{html.escape(title)}</title>"
         "<meta name=viewport content='width=device-width, initial-scale=1'>"
-        f"<style>{BANNER_CSS}</style></head>"
+        f"<style>{BANNER_CSS}{PRIORS_CSS}</style></head>"
         f"<body><h1>{html.escape(title)}</h1>{body}</body></html>", status, headers=_HEADERS)
 
 
@@ -222,9 +223,8 @@ def _render(request: Request, info: SessionInfo, current: CurrentContext | None)
                "(InformationEtConsentement = false) : aucune recherche ne sera faite.</p>")
     return _page("Examens du patient",
                  header + identity_banner(patient) + consent
-                 + "<section id=exams><h2>Examens antérieurs</h2>"
-                 "<p>La recherche dans le DMP n'est pas encore disponible.</p></section>"
-                 "<details id=other-patient><summary>Autre patient</summary>"
+                 + priors_section(request, info, patient, principal)
+                 + "<details id=other-patient><summary>Autre patient</summary>"
                  + _search_form(base, info) + "</details>")
 
 
@@ -272,6 +272,7 @@ def _situation_of(request: Request) -> str:
 def install(app: FastAPI) -> None:
     """Mount the consumer routes and the ``Situation`` pre-selector (consumer role only)."""
     app.state.consumer_contexts = ContextStore(app.state.runtime.index)
+    install_dmp(app)
     app.include_router(router, tags=["consumer"])
     preselectors = getattr(app.state, "activity_preselectors", None)
     if preselectors is None:

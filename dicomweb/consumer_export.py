@@ -40,6 +40,8 @@ from dicomweb.login import activity_redirect, login_redirect
 from dicomweb.session_cookies import SESSION, form_token, form_token_ok, read_cookie, sessions
 from dicomweb.urls import client_address, request_public_url
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.principal import Principal
+from gateway.access.sessions import SessionInfo
 from gateway.consumer.export import (
     COMPLETE,
     REFUSED,
@@ -50,8 +52,6 @@ from gateway.consumer.export import (
     StudyFiles,
     run_export,
 )
-from gateway.access.principal import Principal
-from gateway.access.sessions import SessionInfo
 from gateway.ingest.uids import is_safe_uid
 
 router = APIRouter()

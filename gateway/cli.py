@@ -838,6 +838,7 @@ def consumer_export(config_file: Path | None, study_uid: str, kind: str | None,
 
     from adapters.pacs.export import destination
     from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+    from gateway.access.principal import Principal
     from gateway.consumer.export import (
         COMPLETE,
         ExportError,
@@ -845,7 +846,6 @@ def consumer_export(config_file: Path | None, study_uid: str, kind: str | None,
         LocalIdentity,
         run_export,
     )
-    from gateway.access.principal import Principal
 
     settings = _settings(config_file)
     if (patient_id is None) != (ins is None):

@@ -376,6 +376,22 @@ class Settings(BaseSettings):
     def consumer_enabled(self) -> bool:
         return self.roles in ("consumer", "both")
 
+    # --- Consumer: the DMP search of a patient's prior exams (R16; gateway/consumer/search.py).
+    dmp_patients_url: str | None = None
+    """The DMP's ``/patients`` service, where the consumer sends TD0.2 (the patient's DMP access
+    check) before it searches. Default: ``dmp_registry_url`` with its last path segment
+    replaced by ``patients`` (the DMP's layout, SPEC 2.6)."""
+    consumer_search_max_results: int = Field(default=200, ge=1, le=10000)
+    """At most this many priors are listed on the consumer page (newest first); the page says
+    when the DMP returned more."""
+
+    @field_validator("dmp_patients_url")
+    @classmethod
+    def _dmp_patients_url(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^https://[^/\s]+(/\S*)?$", v):
+            raise ValueError(f"{v!r} is not an https:// URL (every flow is encrypted, R7/R12)")
+        return v
+
     # --- Publication workflow and outbox (R4-R8, gateway/publication/workflow.py). ---
     auto_publish: bool | None = None
     """Publish each study that becomes stable with a publishable INS (a new KOS replaces the

@@ -7,6 +7,7 @@ dsg.py         the IHE DSG / XAdES "Signature01" document over the submission (R
 vihf.py        the VIHF 3.0 SAML 2.0 assertion, signed (R6)
 soap.py        SOAP 1.2 envelope, WS-Addressing, wsse:Security, MTOM/XOP both ways
 query.py       ITI-18 stored queries, ITI-43 / ITI-57 requests, and their responses
+patients.py    TD0.2, the consumer's DMP access check (HL7v3 PRPA_IN201307UV02; answer modelled)
 errors.py      typed errors: transient (retry) vs refusal (do not retry)
 client.py      DmpClient over httpx with mutual TLS (R7)
 checks.py      the strict structural / R4 checks the simulator applies

@@ -8,7 +8,8 @@ query by uniqueId — and :class:`DmpRefusedError` carrying the XDS error codes 
 when the DMP read the request and refused it.
 
 Transactions: ITI-41 :meth:`provide_and_register` / :meth:`replace` (RPLC), ITI-18
-:meth:`find_documents`, :meth:`find_documents_by_reference_id`, :meth:`get_documents`, ITI-43
+:meth:`find_documents`, :meth:`find_documents_by_reference_id`, :meth:`get_documents`, TD0.2
+:meth:`check_access` (the consumer's DMP access check, R16), ITI-43
 :meth:`retrieve_document`, ITI-57 :meth:`update_availability` / :meth:`deprecate` and ITI-62
 :meth:`delete`.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import httpx
 from lxml import etree
 
-from adapters.dmp import ebrim, query
+from adapters.dmp import ebrim, patients, query
 from adapters.dmp import ns as N
 from adapters.dmp.errors import (
     DmpProtocolError,
@@ -64,6 +65,14 @@ def _pid(patient: str | Ins) -> str:
 class DmpEndpoints:
     registry_url: str
     repository_url: str
+    patients_url: str = ""
+    """TD0.2 (``/patients``); empty: the registry URL with its last segment ``patients``."""
+
+    @property
+    def patients(self) -> str:
+        if self.patients_url:
+            return self.patients_url
+        return self.registry_url.rstrip("/").rsplit("/", 1)[0] + "/patients"
 
 
 def tls_context(ca_bundle: Path, client_cert: Path | None, client_key: Path | None) -> ssl.SSLContext:
@@ -96,7 +105,8 @@ class DmpClient:
         if settings.dmp_transport != "xds":
             raise ValueError(f"dmp_transport is {settings.dmp_transport!r}: the FHIR transport is "
                              "adapters.mhd.transport.MhdTransport.from_settings")
-        return cls(DmpEndpoints(settings.dmp_registry_url, settings.dmp_repository_url),
+        return cls(DmpEndpoints(settings.dmp_registry_url, settings.dmp_repository_url,
+                                getattr(settings, "dmp_patients_url", None) or ""),
                    ca_bundle=settings.dmp_ca_bundle, client_cert=settings.dmp_client_cert,
                    client_key=settings.dmp_client_key, sign_cert=settings.dmp_sign_cert,
                    sign_key=settings.dmp_sign_key, timeout=settings.dmp_timeout)
@@ -114,10 +124,12 @@ class DmpClient:
 
     def call(self, url: str, action: str, body: etree._Element, vihf: VihfContext | None,
              attachments: dict[str, bytes] | None = None, mtom: bool = False,
-             assertion: etree._Element | None = None):  # noqa: ANN201
+             assertion: etree._Element | None = None,
+             registry_status: bool = True):  # noqa: ANN201
         """One SOAP transaction (low level): returns (payload element, MTOM attachments) or
         raises a typed error. ``assertion`` replaces the VIHF built from ``vihf`` (tests and
-        vendors use it to send a deliberately broken one)."""
+        vendors use it to send a deliberately broken one). ``registry_status`` False: the
+        payload is not an ebXML registry answer (TD0.2's HL7v3), its status is not read."""
         if assertion is None and vihf is not None:
             assertion = build_vihf(vihf, self._sign_key, self._sign_cert)
         env = envelope(action, url, body, security=assertion)
@@ -161,6 +173,8 @@ class DmpClient:
             payload = body_payload(msg.envelope)
         except SoapError as exc:
             raise DmpProtocolError(str(exc)) from exc
+        if not registry_status:
+            return payload, msg.attachments
         status = query.response_status(payload)
         if status == N.RESPONSE_FAILURE:
             errors = query.registry_errors(payload)
@@ -194,6 +208,22 @@ class DmpClient:
         """Replace a published KOS (RPLC, R8): the old entry becomes Deprecated."""
         return self.provide_and_register(entry, ss, kos_bytes, vihf, signature_unique_id, old_entry_uuid)
 
+    # ------------------------------------------------------------------------------ TD0.2
+
+    def check_access(self, patient: Ins, vihf: VihfContext) -> patients.DmpAccess:
+        """TD0.2 (R16): does ``patient`` have a DMP this professional may open? An ``AE``
+        acknowledgement raises :class:`DmpRefusedError` with its code and text."""
+        body = patients.request(patient.matricule, patient.oid, vihf.lps_id)
+        payload, _ = self.call(self.endpoints.patients, N.ACTION_TD02, body, vihf,
+                               registry_status=False)
+        try:
+            answer = patients.parse_response(payload)
+        except ValueError as exc:
+            raise DmpProtocolError(f"unreadable TD0.2 answer: {exc}") from exc
+        if isinstance(answer, patients.AckError):
+            raise DmpRefusedError([XdsError(answer.code, answer.text)])
+        return answer
+
     # ---------------------------------------------------------------------------- ITI-18
 
     def _query(self, body: etree._Element, vihf: VihfContext) -> list[PublishedEntry]:
@@ -204,11 +234,14 @@ class DmpClient:
                        statuses: tuple[str, ...] = ("Approved",), creation_from: str = "",
                        creation_to: str = "", service_start_from: str = "",
                        service_stop_to: str = "",
-                       event_codes: tuple[Code, ...] = ()) -> list[PublishedEntry]:
-        """ITI-18 FindDocuments for a patient (an :class:`Ins` or its ``INS^^^&OID&ISO^NH``)."""
+                       event_codes: tuple[Code, ...] | tuple[tuple[Code, ...], ...] = (),
+                       reference_ids: list[str] | None = None) -> list[PublishedEntry]:
+        """ITI-18 FindDocuments for a patient (an :class:`Ins` or its ``INS^^^&OID&ISO^NH``);
+        with ``reference_ids`` (CXi values), FindDocumentsByReferenceId with the same filters.
+        ``event_codes``: one OR group of codes, or several groups (ANDed)."""
         return self._query(query.find_documents(_pid(patient), statuses, creation_from, creation_to,
-                                                service_start_from, service_stop_to, event_codes),
-                           vihf)
+                                                service_start_from, service_stop_to, event_codes,
+                                                reference_ids), vihf)
 
     def find_documents_by_reference_id(self, patient: str | Ins,
                                        reference_ids: list[str | ReferenceId],

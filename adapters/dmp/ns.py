@@ -28,6 +28,8 @@ ACTION_ITI18 = "urn:ihe:iti:2007:RegistryStoredQuery"
 ACTION_ITI43 = "urn:ihe:iti:2007:RetrieveDocumentSet"
 ACTION_ITI57 = "urn:ihe:iti:2010:UpdateDocumentSet"
 ACTION_ITI62 = "urn:ihe:iti:2010:DeleteDocumentSet"
+ACTION_TD02 = "urn:hl7-org:v3:PRPA_IN201307UV02"
+"""TD0.2, the DMP's patient existence / access check (HL7v3 Patient Registry Query by Id)."""
 RESPONSE_SUFFIX = "Response"
 
 # ebRIM object types and statuses.

@@ -48,22 +48,34 @@ def adhoc_query(query_id: str, params: dict[str, str | list[str]],
 def find_documents(patient_id: str, statuses: tuple[str, ...] = ("Approved",),
                    creation_from: str = "", creation_to: str = "",
                    service_start_from: str = "", service_stop_to: str = "",
-                   event_codes: tuple[Code, ...] = ()) -> etree._Element:
-    """FindDocuments by patientId (INS^NH) with status / date / eventCode filters."""
+                   event_codes: tuple[Code, ...] | tuple[tuple[Code, ...], ...] = (),
+                   reference_ids: list[str] | None = None) -> etree._Element:
+    """FindDocuments by patientId (INS^NH) with status / date / eventCode filters; with
+    ``reference_ids``, FindDocumentsByReferenceId with the same filters. ``event_codes`` is
+    either codes (one OR group) or groups of codes (each group ORed, the groups ANDed, ITI TF-2a
+    3.18.4.1.2.3.5: one Slot per group)."""
     params: dict[str, str | list[str]] = {
         "$XDSDocumentEntryPatientId": quote(patient_id),
         "$XDSDocumentEntryStatus": quote_list([STATUS_URNS[s] for s in statuses]),
     }
+    if reference_ids is not None:
+        params["$XDSDocumentEntryReferenceIdList"] = quote_list(reference_ids)
     for name, value in (("$XDSDocumentEntryCreationTimeFrom", creation_from),
                         ("$XDSDocumentEntryCreationTimeTo", creation_to),
                         ("$XDSDocumentEntryServiceStartTimeFrom", service_start_from),
                         ("$XDSDocumentEntryServiceStopTimeTo", service_stop_to)):
         if value:
             params[name] = value
-    if event_codes:
-        params["$XDSDocumentEntryEventCodeList"] = quote_list(
-            [f"{c.code}^^{c.scheme}" for c in event_codes])
-    return adhoc_query(N.SQ_FIND_DOCUMENTS, params)
+    groups = [g for g in ((event_codes,) if event_codes and isinstance(event_codes[0], Code)
+                          else event_codes) if g]
+    req = adhoc_query(N.SQ_FIND_BY_REFERENCE_ID if reference_ids is not None
+                      else N.SQ_FIND_DOCUMENTS, params)
+    aq = req.find(q(RIM, "AdhocQuery"))
+    for group in groups:
+        s = etree.SubElement(aq, q(RIM, "Slot"), name="$XDSDocumentEntryEventCodeList")
+        etree.SubElement(etree.SubElement(s, q(RIM, "ValueList")), q(RIM, "Value")).text = \
+            quote_list([f"{c.code}^^{c.scheme}" for c in group])
+    return req
 
 
 def find_documents_by_reference_id(patient_id: str, reference_ids: list[str],
@@ -133,6 +145,7 @@ def parse_extrinsic(eo: etree._Element) -> PublishedEntry:
     ext = {e.get("identificationScheme"): e.get("value", "")
            for e in eo.findall(q(RIM, "ExternalIdentifier"))}
     name = eo.find(f"{q(RIM, 'Name')}/{q(RIM, 'LocalizedString')}")
+    desc = eo.find(f"{q(RIM, 'Description')}/{q(RIM, 'LocalizedString')}")
     size = _slot_values(eo, "size")
 
     def one(scheme: str) -> Code | None:
@@ -158,6 +171,12 @@ def parse_extrinsic(eo: etree._Element) -> PublishedEntry:
                                   f"'{N.DE_AUTHOR}']")
             for v in _slot_values(c, "authorPerson")),
         legal_authenticator=next(iter(_slot_values(eo, "legalAuthenticator")), ""),
+        author_institutions=tuple(
+            v for c in eo.findall(f"{q(RIM, 'Classification')}[@classificationScheme="
+                                  f"'{N.DE_AUTHOR}']")
+            for v in _slot_values(c, "authorInstitution")),
+        service_start=next(iter(_slot_values(eo, "serviceStartTime")), ""),
+        comments=desc.get("value", "") if desc is not None else "",
     )
 
 

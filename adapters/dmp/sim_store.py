@@ -28,6 +28,8 @@ CREATE INDEX IF NOT EXISTS entries_patient ON entries (patient_id, status);
 CREATE INDEX IF NOT EXISTS entries_uid ON entries (unique_id);
 CREATE TABLE IF NOT EXISTS documents (
     unique_id TEXT PRIMARY KEY, mime_type TEXT NOT NULL, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS publishers (
+    entry_uuid TEXT PRIMARY KEY, subject TEXT NOT NULL, structure TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS associations (
     id TEXT PRIMARY KEY, type TEXT NOT NULL, source TEXT NOT NULL, target TEXT NOT NULL,
     xml TEXT NOT NULL);
@@ -80,6 +82,12 @@ class SimStore:
     def by_unique_id(self, unique_id: str) -> list[StoredEntry]:
         return self._entries("unique_id = ?", (unique_id,))
 
+    def publisher(self, entry_uuid: str) -> tuple[str, str] | None:
+        """(VIHF NameID, Identifiant_Structure) of who published the entry over ITI-41."""
+        r = self._db.execute("SELECT subject, structure FROM publishers WHERE entry_uuid = ?",
+                             (entry_uuid,)).fetchone()
+        return (r[0], r[1]) if r else None
+
     def submission_set_exists(self, unique_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM submission_sets WHERE unique_id = ?",
                                 (unique_id,)).fetchone() is not None
@@ -106,7 +114,8 @@ class SimStore:
                           entries: list[StoredEntry], ss_unique_id: str,
                           documents: list[tuple[str, str, bytes]],
                           associations: list[tuple[str, str, str, str, str]],
-                          deprecate: list[str]) -> None:
+                          deprecate: list[str],
+                          publisher: tuple[str, str] | None = None) -> None:
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
@@ -120,6 +129,9 @@ class SimStore:
                          e.size, e.creation_time, e.service_start, e.service_stop,
                          json.dumps(e.event_codes), json.dumps(e.reference_ids), ss_unique_id,
                          e.xml))
+                    if publisher is not None:
+                        db.execute("INSERT INTO publishers VALUES (?,?,?)",
+                                   (e.entry_uuid, *publisher))
                 for d in documents:
                     db.execute("INSERT INTO documents VALUES (?,?,?)", d)
                 for a in associations:

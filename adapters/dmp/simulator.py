@@ -14,8 +14,14 @@ POST /repository       ITI-41 Provide and Register Document Set-b, ITI-43 Retrie
 POST /registry         ITI-18 Registry Stored Query (FindDocuments,
                        FindDocumentsByReferenceId, GetDocuments), ITI-57 Update Document
                        Set (UpdateAvailabilityStatus), ITI-62 Delete Document Set
+POST /patients         TD0.2, the consumer's DMP access check (HL7v3 PRPA_IN201307UV02,
+                       modelled: :mod:`adapters.dmp.patients`)
 /fhir                  IHE MHD / PDSm: ITI-65, ITI-67, Binary (ITI-68), status PATCH, over the
                        same store (:mod:`adapters.mhd.recipient`; mutual TLS, no VIHF)
+POST /admin/patients   a patient's DMP state for TD0.2 and the queries, JSON
+                       ``{"patient_id": "<INS>^^^&<OID>&ISO^NH", "state": S}``, S one of
+                       ``open`` (the default of every patient), ``no_dmp``, ``closed``,
+                       ``refused`` (the patient opposed access)
 POST /admin/faults     fault injection, JSON ``{"mode": M, "count": N, "seconds": S}``
 GET  /admin/status     JSON: row counts and the pending fault
 =====================  =====================================================================
@@ -38,6 +44,17 @@ uniqueId already in the registry (``XDSDuplicateUniqueIdInRegistry``, or
 (``XDSRegistryError``), deprecated (``XDSRegistryDeprecatedDocumentError``) or another
 patient's. A replaced entry becomes Deprecated. Every refusal is a RegistryResponse
 ``Failure`` whose RegistryErrors name the object and slot/classification in codeContext.
+
+The consumer's queries (R16): FindDocuments / FindDocumentsByReferenceId refuse a parameter
+the stored query does not define, an eventCode that is not ``<code>^^<scheme>`` in a DRIM-M
+scheme (modality JDV 1.2.250.1.213.1.1.5.618 with a known modality, region ...5.695, acts
+...5.687, CCAM) and an unknown status (``XDSRegistryError`` naming the value); a missing
+patientId is ``XDSStoredQueryMissingParam``; a patient with no DMP is ``XDSUnknownPatientId``,
+a closed DMP or a patient's opposition ``XDSRegistryError``. A document masked to
+professionals (``MASQUE_PS``) is listed (and retrieved) only for its author and for the
+structure (VIHF ``Identifiant_Structure``) that published it; for anyone else it does not
+exist. Several Sources may publish to one simulator: each submission is checked and stored on
+its own, a query returns every Source's documents for the patient.
 
 Fault injection (``--fault MODE --fault-count N --fault-seconds S`` or ``/admin/faults``) for
 the next N SOAP calls: ``http500`` (plain HTTP 500, nothing done), ``soap_fault`` (SOAP
@@ -64,7 +81,7 @@ from dataclasses import dataclass, field
 from cryptography import x509
 from lxml import etree
 
-from adapters.dmp import checks, dsg
+from adapters.dmp import checks, dsg, patients
 from adapters.dmp import ns as N
 from adapters.dmp.errors import XdsError
 from adapters.dmp.ns import LCM, QUERY, RIM, RS, SAML2, WSSE, XDSB, q
@@ -84,13 +101,38 @@ from adapters.dmp.soap import (
 )
 from adapters.dmp.vihf import VerifiedVihf, VihfError, verify_vihf
 from adapters.mhd.recipient import FhirFace, Issue, operation_outcome
+from gateway.manifest.xds_metadata import MODALITY_NAMES, SCHEME_MODALITY
 
 log = logging.getLogger("drimbox.dmp_sim")
 
 ENDPOINT_ACTIONS = {
     "/repository": {N.ACTION_ITI41, N.ACTION_ITI43},
     "/registry": {N.ACTION_ITI18, N.ACTION_ITI57, N.ACTION_ITI62},
+    "/patients": {N.ACTION_TD02},
 }
+PATIENT_STATES = {patients.OPEN, patients.NO_DMP, patients.CLOSED, patients.REFUSED}
+STRUCTURE = "Identifiant_Structure"
+#: Parameters each FindDocuments query accepts (ITI TF-2a 3.18.4.1.2.3.7.1 / .7.14); the
+#: simulator filters on those it knows and refuses any other name.
+FIND_PARAMS = {
+    "$XDSDocumentEntryPatientId", "$XDSDocumentEntryClassCode", "$XDSDocumentEntryTypeCode",
+    "$XDSDocumentEntryPracticeSettingCode", "$XDSDocumentEntryCreationTimeFrom",
+    "$XDSDocumentEntryCreationTimeTo", "$XDSDocumentEntryServiceStartTimeFrom",
+    "$XDSDocumentEntryServiceStartTimeTo", "$XDSDocumentEntryServiceStopTimeFrom",
+    "$XDSDocumentEntryServiceStopTimeTo", "$XDSDocumentEntryHealthcareFacilityTypeCode",
+    "$XDSDocumentEntryEventCodeList", "$XDSDocumentEntryConfidentialityCode",
+    "$XDSDocumentEntryAuthorPerson", "$XDSDocumentEntryFormatCode", "$XDSDocumentEntryStatus",
+    "$XDSDocumentEntryType",
+}
+#: eventCodeList coding schemes a DRIM-M search may filter on (SPEC 1.3 step 4, 2.1), with the
+#: codes the simulator knows for each (None: any code).
+EVENT_SCHEMES: dict[str, set[str] | None] = {
+    SCHEME_MODALITY: set(MODALITY_NAMES),
+    "1.2.250.1.213.1.1.5.695": None,  # JDV_RegionAnatomique_CISIS (SNOMED CT)
+    "1.2.250.1.213.1.1.5.687": None,  # JDV_CodesDocumentImagerie_CISIS (LOINC acts)
+    "1.2.250.1.213.2.5": None,  # CCAM
+}
+MASKED_TO_PROFESSIONALS = "MASQUE_PS"
 FAULT_MODES = {"none", "http500", "soap_fault", "timeout", "drop_after_store"}
 RESOURCE_ID = "urn:oasis:names:tc:xacml:2.0:resource:resource-id"
 MAX_BODY = 256 * 1024 * 1024
@@ -168,6 +210,8 @@ class Simulator:
         self.repository_unique_id = repository_unique_id
         self.faults = faults or FaultPlan()
         self.fhir = FhirFace(store)
+        self.patient_states: dict[str, str] = {}
+        """TD0.2 state by patientId (``INS^^^&OID&ISO^NH``); absent: ``open``."""
 
     # ------------------------------------------------------------------------------ ASGI
 
@@ -198,6 +242,17 @@ class Simulator:
                 self.faults.set(spec.get("mode", "none"), spec.get("count", 1),
                                 spec.get("seconds", 5.0))
             except (ValueError, AttributeError) as exc:
+                return await _send(send, 400, "text/plain", str(exc).encode())
+            return await _send(send, 204, "text/plain", b"")
+        if path == "/admin/patients" and method == "POST":
+            try:
+                spec = json.loads(body or b"{}")
+                pid, state = spec["patient_id"], spec.get("state", patients.OPEN)
+                if state not in PATIENT_STATES or checks.check_patient_id(pid, "patient_id"):
+                    raise ValueError(f"state one of {sorted(PATIENT_STATES)}, patient_id "
+                                     "<INS>^^^&<OID>&ISO^NH")
+                self.patient_states[pid] = state
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 return await _send(send, 400, "text/plain", str(exc).encode())
             return await _send(send, 204, "text/plain", b"")
         if path == "/admin/status" and method == "GET":
@@ -267,7 +322,7 @@ class Simulator:
             handler = {
                 N.ACTION_ITI41: self.iti41, N.ACTION_ITI43: self.iti43,
                 N.ACTION_ITI18: self.iti18, N.ACTION_ITI57: self.iti57,
-                N.ACTION_ITI62: self.iti62,
+                N.ACTION_ITI62: self.iti62, N.ACTION_TD02: self.td02,
             }[action]
             result, attachments = handler(payload, msg.attachments, vihf)
         except _Fault as f:
@@ -291,6 +346,68 @@ class Simulator:
             raise _Refused([XdsError("XDSPatientIdDoesNotMatch",
                                      f"VIHF resource-id {rid!r} is not the patient {patient_id!r} "
                                      "of the request")])
+
+    # ------------------------------------------------------------------------------ TD0.2
+
+    def td02(self, req, attachments, vihf):  # noqa: ANN001, ANN201, ARG002
+        """TD0.2 (modelled, :mod:`adapters.dmp.patients`): the patient's DMP state for this
+        professional. Errors are HL7v3 ``AE`` acknowledgements, as the query was read."""
+        if req.tag != q(N.HL7, "PRPA_IN201307UV02"):
+            return patients.response("AE", error_code="XDSRegistryError",
+                                     error_text=f"{req.tag} is not a PRPA_IN201307UV02"), {}
+        queried = patients.queried_patient(req)
+        if queried is None:
+            return patients.response("AE", error_code="XDSStoredQueryMissingParam",
+                                     error_text="patientIdentifier/value (INS root and "
+                                     "extension) is required"), {}
+        pid = f"{queried[1]}^^^&{queried[0]}&ISO^NH"
+        errs = checks.check_patient_id(pid, "patientIdentifier")
+        if errs:
+            return patients.response("AE", error_code=errs[0].code,
+                                     error_text=errs[0].context), {}
+        rid = (vihf.attributes.get(RESOURCE_ID) or [""])[0]
+        if rid != pid:
+            return patients.response("AE", error_code="XDSPatientIdDoesNotMatch",
+                                     error_text=f"VIHF resource-id {rid!r} is not the patient "
+                                     f"{pid!r} of the request"), {}
+        state = self.patient_states.get(pid, patients.OPEN)
+        if state == patients.NO_DMP:
+            return patients.response("AA", found=False), {}
+        return patients.response(
+            "AA", found=True, ins=queried,
+            status="terminated" if state == patients.CLOSED else "active",
+            confidentiality="R" if state == patients.REFUSED else "N"), {}
+
+    def _access_errors(self, pid: str) -> list[XdsError]:
+        """What ITI-18 / ITI-43 answer for a patient whose DMP cannot be opened (modelled on
+        TD0.2's states)."""
+        state = self.patient_states.get(pid, patients.OPEN)
+        if state == patients.NO_DMP:
+            return [XdsError("XDSUnknownPatientId", f"{pid} has no DMP")]
+        if state == patients.CLOSED:
+            return [XdsError("XDSRegistryError", f"the DMP of {pid} is closed")]
+        if state == patients.REFUSED:
+            return [XdsError("XDSRegistryError", f"the patient {pid} refused access to this "
+                             "professional (opposition)")]
+        return []
+
+    def _visible(self, e: StoredEntry, vihf: VerifiedVihf) -> bool:
+        """A document masked to professionals (confidentialityCode ``MASQUE_PS``) is visible
+        only to its author(s) and to the structure that published it; any other is visible to
+        every professional (``INVISIBLE_PATIENT`` / ``INVISIBLE_REP_LEGAUX`` hide it from the
+        patient and legal representatives, who do not query through a VIHF of a professional)."""
+        eo = etree.fromstring(e.xml)
+        codes = {c.get("nodeRepresentation") for c in eo.findall(
+            f"{q(RIM, 'Classification')}[@classificationScheme='{N.DE_CONFIDENTIALITY}']")}
+        if MASKED_TO_PROFESSIONALS not in codes:
+            return True
+        authors = {v.split("^")[0] for c in eo.findall(
+            f"{q(RIM, 'Classification')}[@classificationScheme='{N.DE_AUTHOR}']")
+            for v in checks.slots(c).get("authorPerson", [])}
+        if vihf.subject_id in authors:
+            return True
+        publisher = self.store.publisher(e.entry_uuid)
+        return publisher is not None and bool(publisher[1]) and publisher[1] == _structure(vihf)
 
     # ---------------------------------------------------------------------------- ITI-41
 
@@ -354,11 +471,11 @@ class Simulator:
                 deprecate.append(target.entry_uuid)
         if errors:
             raise _Refused(errors)
-        self._store_submission(sub, docs, deprecate)
+        self._store_submission(sub, docs, deprecate, vihf)
         return registry_response(warnings, N.RESPONSE_SUCCESS), {}
 
     def _store_submission(self, sub: checks.ParsedSubmission, docs: dict[str, bytes],
-                          deprecate: list[str]) -> None:
+                          deprecate: list[str], vihf: VerifiedVihf) -> None:
         uuids = {sub.ss_id: f"urn:uuid:{uuid.uuid4()}"}
         uuids.update({e.id: f"urn:uuid:{uuid.uuid4()}" for e in sub.entries})
 
@@ -394,7 +511,8 @@ class Simulator:
             (sub.ss_unique_id, uuids[sub.ss_id], sub.ss_patient_id, sub.ss_source_id,
              etree.tostring(rewrite(sub.ss), encoding="unicode")),
             entries, sub.ss_unique_id,
-            [(e.unique_id, e.mime_type, docs[e.id]) for e in sub.entries], assocs, deprecate)
+            [(e.unique_id, e.mime_type, docs[e.id]) for e in sub.entries], assocs, deprecate,
+            (vihf.subject_id, _structure(vihf)))
         log.info("stored submission set %s (%d documents, %d replaced)", sub.ss_unique_id,
                  len(entries), len(deprecate))
 
@@ -456,11 +574,42 @@ class Simulator:
         return occ[0][0]
 
     def _find(self, params, vihf, by_reference: bool) -> list[StoredEntry]:  # noqa: ANN001
+        allowed = FIND_PARAMS | ({"$XDSDocumentEntryReferenceIdList"} if by_reference else set())
+        unknown = sorted(set(params) - allowed)
+        if unknown:
+            raise _Refused([XdsError("XDSRegistryError", f"{name} is not a parameter of "
+                                     f"{'FindDocumentsByReferenceId' if by_reference else 'FindDocuments'}")
+                            for name in unknown])
         pid = self._single(params, "$XDSDocumentEntryPatientId", True)
         errs = checks.check_patient_id(pid, "$XDSDocumentEntryPatientId")
         if errs:
             raise _Refused(errs)
         self._check_vihf_patient(vihf, pid)
+        errs = self._access_errors(pid)
+        if errs:
+            raise _Refused(errs)
+        errs = []
+        for occ in params.get("$XDSDocumentEntryEventCodeList", []):
+            if not occ:
+                errs.append(XdsError("XDSStoredQueryParamNumber",
+                                     "$XDSDocumentEntryEventCodeList has an empty value"))
+            for value in occ:
+                code, _, scheme = value.partition("^^")
+                if not code or scheme not in EVENT_SCHEMES:
+                    errs.append(XdsError("XDSRegistryError", f"$XDSDocumentEntryEventCodeList "
+                                         f"{value!r}: not <code>^^<scheme> with a known "
+                                         "eventCode scheme"))
+                elif EVENT_SCHEMES[scheme] is not None and code not in EVENT_SCHEMES[scheme]:
+                    errs.append(XdsError("XDSRegistryError", f"$XDSDocumentEntryEventCodeList "
+                                         f"{value!r}: {code!r} is not in the value set "
+                                         f"{scheme}"))
+        for occ in params.get("$XDSDocumentEntryStatus", []):
+            for value in occ:
+                if value not in STATUS_NAMES:
+                    errs.append(XdsError("XDSRegistryError",
+                                         f"$XDSDocumentEntryStatus {value!r} is not a status"))
+        if errs:
+            raise _Refused(errs)
         if "$XDSDocumentEntryStatus" not in params:
             raise _Refused([XdsError("XDSStoredQueryMissingParam",
                                      "$XDSDocumentEntryStatus is required")])
@@ -497,7 +646,8 @@ class Simulator:
                 have = getattr(e, attr)[: len(v)]
                 if not have or (have < v if lower else have >= v):
                     ok = False
-            if ok and all(group.intersection(e.event_codes) for group in events):
+            if ok and all(group.intersection(e.event_codes) for group in events) \
+                    and self._visible(e, vihf):
                 out.append(e)
         return out
 
@@ -537,6 +687,9 @@ class Simulator:
                 errors.append(XdsError("XDSDocumentUniqueIdError", f"document {uid} unknown", uid))
                 continue
             self._check_vihf_patient(vihf, entries[0].patient_id)
+            if not self._visible(entries[0], vihf):
+                errors.append(XdsError("XDSDocumentUniqueIdError", f"document {uid} unknown", uid))
+                continue
             out = etree.SubElement(resp, q(XDSB, "DocumentResponse"))
             etree.SubElement(out, q(XDSB, "RepositoryUniqueId")).text = repo
             etree.SubElement(out, q(XDSB, "DocumentUniqueId")).text = uid
@@ -609,6 +762,10 @@ class Simulator:
             self._check_vihf_patient(vihf, e.patient_id)
         self.store.delete(refs)
         return registry_response(), {}
+
+
+def _structure(vihf: VerifiedVihf) -> str:
+    return (vihf.attributes.get(STRUCTURE) or [""])[0]
 
 
 async def _send(send, status: int, ctype: str, body: bytes, *,  # noqa: ANN001

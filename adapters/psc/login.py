@@ -65,6 +65,11 @@ def activities_of(userinfo: dict[str, Any]) -> tuple[Activity, ...]:
     seen: dict[str, Activity] = {}
     ref = userinfo.get("SubjectRefPro") or {}
     for exercice in ref.get("exercices") or []:
+        person = " ".join(str(p) for p in (exercice.get("prenomDexercice"),
+                                           exercice.get("nomDexercice")) if p)
+        if not person:
+            person = " ".join(str(p) for p in (userinfo.get("given_name"),
+                                               userinfo.get("family_name")) if p)
         for act in exercice.get("activities") or []:
             ident = (act.get("identifiantTechniqueDeLaStructure")
                      or act.get("ancienIdentifiantDeLaStructure") or act.get("numeroFinessSite"))
@@ -72,7 +77,11 @@ def activities_of(userinfo: dict[str, Any]) -> tuple[Activity, ...]:
                 continue
             name = act.get("raisonSocialeSite") or act.get("enseigneCommercialeSite") or ident
             sector = act.get("codeSecteurDactivite")
-            seen[ident] = Activity(str(ident), f"{name} ({sector})" if sector else str(name))
+            seen[ident] = Activity(
+                str(ident), f"{name} ({sector})" if sector else str(name),
+                structure_id=str(act.get("ancienIdentifiantDeLaStructure") or ident),
+                sector=str(sector or ""), profession=str(exercice.get("codeProfession") or ""),
+                specialty=str(exercice.get("codeSavoirFaire") or ""), name=person)
     return tuple(seen.values())
 
 

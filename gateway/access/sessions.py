@@ -13,6 +13,7 @@ bound to the browser by a short-lived cookie, and are used once.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -45,10 +46,23 @@ def aware(value: datetime | None) -> datetime | None:
 
 @dataclass(frozen=True, slots=True)
 class Activity:
-    """One activity a practitioner may act under (``SubjectRefPro.exercices[].activities[]``)."""
+    """One activity a practitioner may act under (``SubjectRefPro.exercices[].activities[]``).
+
+    The fields after ``label`` are what a VIHF of this practitioner acting for this structure
+    needs (R16, SPEC 3.4): kept with the session because userinfo is read only at login."""
 
     id: str
     label: str
+    structure_id: str = ""
+    """``Identifiant_Structure``: ``ancienIdentifiantDeLaStructure`` (else the technical id)."""
+    sector: str = ""
+    """``Secteur_Activite`` code (TRE_R02), ``codeSecteurDactivite``."""
+    profession: str = ""
+    """``codeProfession`` (TRE_G15, 1.2.250.1.71.1.2.7)."""
+    specialty: str = ""
+    """``codeSavoirFaire`` (1.2.250.1.71.4.2.5), for doctors and pharmacists."""
+    name: str = ""
+    """The practitioner's "Prénom Nom" of exercise."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +90,9 @@ class PendingLogin:
 
 
 def _info(row: ViewerSession) -> SessionInfo:
-    acts = tuple(Activity(**a) for a in json.loads(row.activities or "[]"))
+    fields = {f.name for f in dataclasses.fields(Activity)}
+    acts = tuple(Activity(**{k: v for k, v in a.items() if k in fields})
+                 for a in json.loads(row.activities or "[]"))
     return SessionInfo(
         kind=row.kind, subject=row.subject, activity=row.activity, activities=acts,
         study_uid=row.study_instance_uid, share_link_id=row.share_link_id,
@@ -107,7 +123,7 @@ class SessionStore:
             s.execute(delete(ViewerSession).where(ViewerSession.expires_at < now))
             s.add(ViewerSession(
                 id_sha256=digest(raw), kind=kind, subject=subject, activity=activity,
-                activities=json.dumps([{"id": a.id, "label": a.label} for a in activities]),
+                activities=json.dumps([dataclasses.asdict(a) for a in activities]),
                 study_instance_uid=study_uid, share_link_id=share_link_id, id_token=id_token,
                 created_at=now, expires_at=now + (lifetime or self.lifetime), last_seen_at=now,
             ))

@@ -41,8 +41,8 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import UID
 
 from gateway.consumer.context import PatientContext
-from gateway.identity.ins import INS_ISSUER_NAME
 from gateway.identity.codecs import ins_from_dicom
+from gateway.identity.ins import INS_ISSUER_NAME
 from gateway.ingest.part10 import Part10Error, split_part10
 from gateway.ingest.uids import is_safe_uid
 

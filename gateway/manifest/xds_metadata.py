@@ -285,3 +285,7 @@ class PublishedEntry:
     author_persons: tuple[str, ...] = ()
     """``authorPerson`` (XCN) of each author classification."""
     legal_authenticator: str = ""
+    author_institutions: tuple[str, ...] = ()
+    """``authorInstitution`` (XON) values of the author classifications."""
+    service_start: str = ""
+    comments: str = ""
