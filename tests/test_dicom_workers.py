@@ -24,7 +24,7 @@ from dicom_factory import write_corpus
 from dimse_client import open_index
 from peers import require_tool, storescu
 
-_ASSOC = re.compile(r"INFO \[(\d+)\] gateway\.dimse: association from")
+_ASSOC = re.compile(r"INFO \[(\d+)\] gateway\.ingest\.dimse: association from")
 _WORKERS = re.compile(r"worker process\(es\), PIDs \[([\d, ]+)\]")
 
 
