@@ -492,7 +492,7 @@ def test_store_check_verify_finds_a_cut_copy_an_earlier_version_kept(
     ingest path checked completeness) has a hash that matches its index row; ``store check
     --verify`` still reports it damaged, naming what is missing, and leaves it in place."""
     from gateway.index.engine import upgrade
-    from gateway.ingest.ingestor import ingestor as ingest
+    from gateway.ingest import ingestor as ingest
     from gateway.ingest.storage import FileStore
 
     data = tmp_path / "data"

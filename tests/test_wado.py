@@ -601,7 +601,7 @@ def _keep_unchecked(gateway: Gateway, ds: Dataset, monkeypatch: pytest.MonkeyPat
     and index, next to the running ``serve`` like ``drimbox import``, check left out."""
     from gateway.index.engine import create_index_engine
     from gateway.index.store import InstanceIndex
-    from gateway.ingest.ingestor import ingestor as ingest
+    from gateway.ingest import ingestor as ingest
     from gateway.ingest.storage import FileStore
 
     monkeypatch.setattr(ingest, "check_complete", lambda *args: None)
