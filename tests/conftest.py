@@ -96,6 +96,11 @@ class Gateway:
             DRIMBOX_HTTP_PORT=str(self.http_port),
             DRIMBOX_AE_TITLE=self.ae_title,
             DRIMBOX_SHUTDOWN_GRACE="20",
+            # One DICOM worker process (the product's default is 2): every test still goes
+            # through a worker process and the shared listening socket, and each start costs
+            # one interpreter less. Several workers have tests of their own
+            # (test_dicom_workers.py, test_dimse_admission.py), which set this themselves.
+            DRIMBOX_DICOM_WORKERS="1",
             # Anonymous DICOMweb (loopback only) unless a test configures PSC.
             DRIMBOX_DICOMWEB_AUTH="none",
         )
