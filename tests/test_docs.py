@@ -101,6 +101,22 @@ def test_test_references_name_real_tests() -> None:
     assert not missing, f"references to tests that do not exist: {missing}"
 
 
+_CODE_PATH = re.compile(r"`((?:gateway|dicomweb|adapters|tests|bench|docker)/[\w./-]*)`")
+
+
+def test_code_paths_named_in_the_docs_exist() -> None:
+    """A newcomer finds a behaviour from the docs in one hop: every file or folder the README
+    and docs/ name in code spans (`gateway/ingest/dimse.py`, `adapters/dmp/`) exists."""
+    missing = []
+    for path in markdown_files():
+        for named in _CODE_PATH.findall(path.read_text(encoding="utf-8")):
+            if "*" in named or "<" in named:
+                continue
+            if not (REPO / named.split("::")[0]).exists():
+                missing.append(f"{path.relative_to(REPO)}: {named}")
+    assert not missing, f"paths the docs name that do not exist: {missing}"
+
+
 def _settings_fields() -> list[str]:
     tree = ast.parse((REPO / "gateway" / "config.py").read_text(encoding="utf-8"))
     (settings,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Settings"]
