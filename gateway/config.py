@@ -737,7 +737,7 @@ def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Se
     if unknown:
         raise ConfigError(
             "unknown environment variable(s) " + ", ".join(unknown)
-            + " (no such setting; see the configuration table in README.md)"
+            + " (no such setting; see docs/configuration.md)"
         )
     if config_file is not None:
         path = Path(config_file)
