@@ -43,6 +43,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         from dicomweb import consumer
 
         consumer.install(app)
+        from dicomweb import consumer_studies  # R17: retrieval, cache, consumer DICOMweb
+
+        consumer_studies.install(app)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> Response:
