@@ -150,7 +150,8 @@ def study_page(document_unique_id: str, request: Request) -> Response:
     if row is not None and row.state != FAILED:
         _audit(request, principal, ACTION_STUDY_VIEW, ALLOWED, row.state,
                study=row.study_instance_uid, ins=row.patient_ins, kos=row.kos_uid)
-        return _render(request, info, patient, document_unique_id, row_status(row))
+        return _render(request, info, patient, document_unique_id,
+                       {**row_status(row), "kos": row.kos_uid})
     token = sessions(request).access_token(raw)
     if not token:
         _audit(request, principal, ACTION_KOS, DENIED, "no_psc_access_token", ins=patient.ins,
@@ -194,7 +195,8 @@ def study_page(document_unique_id: str, request: Request) -> Response:
     if status is None:
         row = session_retrieval(index, key, kos_uid=document_unique_id)
         status = row_status(row) if row is not None else {"state": FAILED, "series": []}
-    return _render(request, info, patient, document_unique_id, status)
+    return _render(request, info, patient, document_unique_id,
+                   {**status, "kos": document_unique_id})
 
 
 @router.get(STUDIES_PATH + "/{document_unique_id}/status", include_in_schema=False)
@@ -208,19 +210,59 @@ def study_status(document_unique_id: str, request: Request) -> Response:
                             kos_uid=document_unique_id)
     if row is None:
         return JSONResponse({"error": "no retrieval"}, 404, headers=_HEADERS)
-    status = retriever(request).status(row.id) or row_status(row)
+    status = {**(retriever(request).status(row.id) or row_status(row)), "kos": row.kos_uid}
     return JSONResponse(_with_viewer(request, status), headers=_HEADERS)
 
 
 def _with_viewer(request: Request, status: dict) -> dict:
     if status["state"] in (COMPLETE, PARTIAL):
-        status = {**status, "viewer": viewer_url(request_public_url(request), status["study"])}
+        doc = status.get("kos") or ""
+        status = {**status,
+                  "viewer": f"{request_public_url(request)}{STUDIES_PATH}/{doc}/view"}
     return status
 
 
-def viewer_url(base: str, study_uid: str) -> str:
+def ohif_url(base: str, study_uid: str) -> str:
     """OHIF with the consumer's data source (``dicomweb.viewer``: ``consumer``)."""
     return f"{base}/viewer/viewer/consumer?StudyInstanceUIDs={quote(study_uid, safe='')}"
+
+
+@router.get(STUDIES_PATH + "/{document_unique_id}/view", include_in_schema=False)
+def study_view(document_unique_id: str, request: Request) -> Response:
+    """The retrieved study in OHIF (same origin, the ``consumer`` data source), framed under
+    the identity banner (R14) so that the clinician checks the patient while looking."""
+    raw, info, early = _session(request)
+    if early is not None:
+        return early
+    assert info is not None
+    base = request_public_url(request)
+    row = (session_retrieval(request.app.state.runtime.index, digest(raw),
+                             kos_uid=document_unique_id)
+           if is_safe_uid(document_unique_id) else None)
+    current = request.app.state.consumer_contexts.current(raw)
+    if row is None or row.state not in (COMPLETE, PARTIAL) or current is None:
+        _audit(request, _practitioner(info), ACTION_STUDY_VIEW, DENIED, "not_retrieved",
+               kos=document_unique_id if is_safe_uid(document_unique_id) else "")
+        return _page("Examen non disponible", "<p>Cet examen n'a pas été récupéré (ou plus "
+                     "entièrement) pour cette session.</p>"
+                     f"<p><a href='{base}/consumer'>Retour au patient</a></p>", 404)
+    if row.patient_ins != current.patient.ins:
+        _audit(request, _practitioner(info), ACTION_STUDY_VIEW, DENIED, "other_patient",
+               kos=row.kos_uid, study=row.study_instance_uid, ins=current.patient.ins)
+        return _page("Autre patient", "<p>Cet examen n'est pas celui du patient en cours."
+                     f"</p><p><a href='{base}/consumer'>Retour au patient</a></p>", 409)
+    _audit(request, _practitioner(info), ACTION_STUDY_VIEW, ALLOWED, "viewer",
+           kos=row.kos_uid, study=row.study_instance_uid, ins=row.patient_ins)
+    response = _page("Examen antérieur", identity_banner(current.patient)
+                     + (f"<p id=partial role=alert>Examen incomplet : certaines séries n'ont "
+                        f"pas pu être récupérées (<a href='{base}{STUDIES_PATH}/"
+                        f"{row.kos_uid}'>détail</a>).</p>" if row.state == PARTIAL else "")
+                     + f"<iframe id=viewer title='Visualiseur' src='"
+                     f"{html.escape(ohif_url(base, row.study_instance_uid))}' "
+                     "style='width:100%;height:80vh;border:0'></iframe>")
+    # Framing our own viewer only.
+    response.headers["Content-Security-Policy"] = "frame-ancestors 'none'; frame-src 'self'"
+    return response
 
 
 _STATES_FR = {"pending": "en attente", "retrieving": "récupération en cours",

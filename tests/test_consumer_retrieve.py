@@ -223,7 +223,11 @@ def test_retrieve_cache_and_serve_to_the_session_only(world: World) -> None:
         assert status["state"] == "complete", status
         assert all(s["state"] == "complete" and s["received"] == s["expected"]
                    for s in status["series"])
-        assert status["viewer"].endswith(f"/viewer/viewer/consumer?StudyInstanceUIDs={study}")
+        assert status["viewer"] == f"{world.b.url}/consumer/studies/{kos_uid}/view"
+        view = browser.client.get(status["viewer"])
+        assert view.status_code == 200 and "identity-banner" in view.text
+        assert f"/viewer/viewer/consumer?StudyInstanceUIDs={study}" in view.text
+        assert other.client.get(status["viewer"]).status_code == 404
         retried = sum(s["attempts"] for s in status["series"]) - len(status["series"])
         assert retried >= 1, status  # the cut answer was asked again
 
