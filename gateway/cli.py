@@ -798,10 +798,6 @@ def whitelist_check(config_file: Path | None, source: str | None, urls: tuple[st
     sys.exit(0 if trusted else 1)
 
 
-if __name__ == "__main__":
-    main()
-
-
 # --- The consumer's cache of retrieved studies (R17). ---
 
 
@@ -832,3 +828,7 @@ def consumer_cache_purge(config_file: Path | None, everything: bool) -> None:
         index.engine.dispose()
     click.echo(f"purged {studies} retrieved stud{'y' if studies == 1 else 'ies'}, "
                f"{freed} bytes")
+
+
+if __name__ == "__main__":
+    main()

@@ -307,3 +307,126 @@ def test_retrieve_cache_and_serve_to_the_session_only(world: World) -> None:
     assert world.front.refused_handshakes == refused + 1
     # No token in B's log.
     assert "eyJ" not in world.b.log_path.read_text(errors="replace")
+
+
+def _series_states(status: dict) -> list[tuple[str, str]]:
+    return [(s["state"], s["message"]) for s in status["series"]]
+
+
+def test_untrusted_refused_and_failing_sources(world: World) -> None:
+    """R11: a RetrieveURL whose host is not on the whitelist is never called (refused, with the
+    reason on the page). R10/R17: a Source refusing the token (401) fails the series at once,
+    without retry; a Source cutting every answer is retried, then the series fails with a clear
+    message, and nothing of it is cached nor served. The next request, Source healthy again,
+    completes."""
+    trusted_study, trusted_kos = world.publish("trusted", per_series=1)
+    world.restart_source(DRIMBOX_PUBLIC_URL=f"https://localhost:{world.front.port}")
+    _untrusted_study, untrusted_kos = world.publish("untrusted", per_series=1)
+    browser = Browser(world)
+    try:
+        before = world.front.connections
+        page = browser.open(untrusted_kos)
+        assert page.status_code == 200
+        status = browser.wait(untrusted_kos)
+        assert status["state"] == "failed"
+        assert all(state == "refused" and "localhost is not on the whitelist" in message
+                   for state, message in _series_states(status)), status
+        page = browser.open(untrusted_kos)  # failed: asked again, refused again
+        assert "localhost is not on the whitelist" in page.text and "refusée" in page.text
+        assert world.front.connections == before  # never called
+
+        # The Source does not accept the consumer's PSC client: 401, not retried.
+        world.restart_source(DRIMBOX_PUBLIC_URL=world.front.url,
+                             DRIMBOX_PSC_AUDIENCES='["another-client"]')
+        browser.open(trusted_kos)
+        status = browser.wait(trusted_kos)
+        assert status["state"] == "failed"
+        assert all(s["state"] == "failed" and "(401)" in s["message"]
+                   for s in status["series"]), status["series"]
+        refusals = [a for a in audit_b(world, "consumer_wado") if a.reason == "source_401"]
+        assert len(refusals) == len(status["series"])  # a 401 is not asked again
+
+        # The Source goes down in the middle of every answer: retried, then a clear error.
+        world.restart_source(DRIMBOX_PSC_AUDIENCES=f'["{CONSO_ID}"]')
+        world.front.cut_next(700, connections=100)
+        browser.open(trusted_kos)
+        status = browser.wait(trusted_kos)
+        world.front.clear_cuts()
+        assert status["state"] == "failed", status
+        assert all(s["state"] == "failed" and s["attempts"] == 3
+                   and "interrompu l'envoi (3 tentatives)" in s["message"] and s["received"] == 0
+                   for s in status["series"]), status
+        failed = retrievals(world)[-1]
+        assert failed.state == "failed" and cached_files(world, failed.id) == {}
+        dw = f"{world.b.url}/consumer/dicom-web/studies/{trusted_study}/series"
+        assert browser.client.get(dw).status_code == 404
+
+        # Healthy again: a new retrieval completes.
+        browser.open(trusted_kos)
+        assert browser.wait(trusted_kos)["state"] == "complete"
+        assert browser.client.get(dw).status_code == 200
+    finally:
+        browser.close()
+    reasons = [a.reason for a in audit_b(world, "consumer_wado") if a.outcome == "denied"]
+    assert "source_not_whitelisted" in reasons and "source_401" in reasons
+    assert "source_unavailable_network_attempt_3" in reasons
+
+
+def test_cache_full_evicts_the_least_recently_used_keeps_the_open_one(
+        tmp_path: Path, gateway_factory, sim: Sim) -> None:
+    """The cache's bound: with room for two studies and a half, a third retrieval evicts the
+    least recently used study that is not in use (X2), keeps the one the viewer is reading
+    (X1, although older); when every study is in use, the series fails with *cache local
+    plein* and nothing of it stays. ``drimbox consumer cache purge`` empties the cache."""
+    for w in make_world(tmp_path, gateway_factory, sim):
+        studies = [w.publish(f"x{i}", per_series=1) for i in range(1, 4)]
+        size = max(sum(Path(p).stat().st_size for p in _stored_paths(w, study))
+                   for study, _ in studies)
+        w.b.stop()
+        w.b.extra_env["DRIMBOX_CONSUMER_CACHE_MAX_BYTES"] = str(2 * size + size // 2)
+        w.b.start()
+        browser = Browser(w)
+        try:
+            (x1, k1), (x2, k2), (x3, k3) = studies
+            browser.open(k1)
+            assert browser.wait(k1)["state"] == "complete"
+            dw = f"{w.b.url}/consumer/dicom-web/studies"
+            assert browser.client.get(f"{dw}/{x1}/series").status_code == 200  # in use
+            browser.open(k2)
+            assert browser.wait(k2)["state"] == "complete"
+            browser.open(k3)
+            assert browser.wait(k3)["state"] == "complete"
+            kept = {r.kos_uid: r for r in retrievals(w)}
+            assert set(kept) == {k1, k3}  # X2 evicted, X1 (in use) kept
+            assert browser.client.get(f"{dw}/{x1}/series").status_code == 200
+            assert browser.client.get(f"{dw}/{x2}/series").status_code == 404
+            assert sorted(p.name for p in (w.b.data_dir / "consumer-cache").iterdir()) == \
+                sorted(str(r.id) for r in kept.values())
+
+            # Both in use now: X2 again finds no room.
+            assert browser.client.get(f"{dw}/{x3}/series").status_code == 200
+            browser.open(k2)
+            status = browser.wait(k2)
+            assert status["state"] in ("failed", "partial"), status
+            assert any("cache local plein" in s["message"] for s in status["series"])
+            assert {r.kos_uid for r in retrievals(w) if r.state == "complete"} == {k1, k3}
+            full = [r for r in retrievals(w) if r.kos_uid == k2][-1]
+            assert full.bytes == sum(p.stat().st_size for p in cached_files(w, full.id).values())
+        finally:
+            browser.close()
+        assert any(a.reason == "cache_full" for a in audit_b(w, "consumer_wado"))
+
+        proc = cli(w.b, "consumer", "cache", "purge")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith("purged 3 retrieved studies")
+        assert retrievals(w) == [] and not any((w.b.data_dir / "consumer-cache").iterdir())
+
+
+def _stored_paths(world: World, study: str) -> list[Path]:
+    index = InstanceIndex(create_index_engine(world.a.database_url))
+    store = FileStore(world.a.data_dir)
+    try:
+        return [store.path_of(r.storage_key) for r in index.all_instances()
+                if r.study_instance_uid == study]
+    finally:
+        index.engine.dispose()
