@@ -36,7 +36,16 @@ from gateway.consumer.cache import COMPLETE, PARTIAL
 from gateway.consumer.retrieve import SERIES_COMPLETE
 from gateway.index.models import ConsumerRetrieval
 from gateway.metadata import dataset_json
-from gateway.pixels import NoPixelData, frame_info, pixel_syntax, read_frame
+from gateway.pixels import (
+    PIXEL_DATA,
+    NoPixelData,
+    NoSuchElement,
+    frame_info,
+    parse_tag_path,
+    pixel_syntax,
+    read_bulk,
+    read_frame,
+)
 from gateway.principal import Principal
 from gateway.sessions import digest
 from gateway.uids import is_safe_uid
@@ -305,3 +314,31 @@ async def retrieve_frames(study: str, series: str, sop: str, frames: str,
     parts = [Part(part_type, [d]) for d in data]
     return StreamingResponse(stream(parts, boundary), headers=_HEADERS,
                              media_type=content_type(media, boundary, transfer_syntax=target))
+
+
+@router.get(PREFIX + "/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path:path}",
+            include_in_schema=False)
+def retrieve_bulkdata(study: str, series: str, sop: str, tag_path: str,
+                      request: Request) -> Response:
+    """A BulkDataURI of the metadata (e.g. an encapsulated PDF), as
+    ``application/octet-stream``; Pixel Data is read through ``frames``."""
+    st, refusal = _resolve(request, study, "wado_bulkdata")
+    if refusal is not None:
+        return refusal
+    files = st.files(series, sop)
+    if files is None:
+        return _not_found()
+    try:
+        tags = parse_tag_path(tag_path.strip("/").split("/"))
+    except ValueError:
+        return Response('{"error":"bad bulk data path"}', 400, media_type="application/json")
+    if tags == [PIXEL_DATA]:
+        return _not_found()
+    try:
+        value = read_bulk(files[0], tags)
+    except NoSuchElement:
+        return _not_found()
+    boundary = new_boundary()
+    return StreamingResponse(stream(iter([Part("application/octet-stream", [value])]), boundary),
+                             headers=_HEADERS,
+                             media_type=content_type("application/octet-stream", boundary))

@@ -215,7 +215,7 @@ def test_retrieve_cache_and_serve_to_the_session_only(world: World) -> None:
     browser = Browser(world)
     other = Browser(world, OTHER)
     try:
-        world.front.cut_next(3000)  # the first Source connection dies mid-answer
+        world.front.cut_next(700)  # the first Source connection dies mid-answer
         page = browser.open(kos_uid)
         assert page.status_code == 200, page.text
         assert "identity-banner" in page.text and "data-series=" in page.text
