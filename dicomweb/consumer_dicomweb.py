@@ -19,7 +19,7 @@ marks it in use (``viewed_at``): the cache does not evict it meanwhile.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
@@ -47,7 +47,7 @@ from gateway.pixels import (
     read_frame,
 )
 from gateway.principal import Principal
-from gateway.sessions import digest
+from gateway.sessions import aware, digest
 from gateway.uids import is_safe_uid
 
 router = APIRouter()
@@ -56,6 +56,8 @@ PREFIX = "/consumer/dicom-web"
 ACTION = "consumer_dicomweb"
 _JSON = "application/dicom+json"
 _HEADERS = {"Cache-Control": "no-store"}
+#: ``viewed_at`` is written at most this often (every frame the viewer reads resolves it).
+_TOUCH_EVERY = timedelta(seconds=30)
 
 
 class _Study:
@@ -81,8 +83,10 @@ class _Study:
         return [p for p in files if p.stem == sop] or None
 
 
-def _resolve(request: Request, study: str, what: str) -> tuple[_Study | None, Response | None]:
-    """The study of this session, or the refusal (401 without a session, 404 otherwise)."""
+def _resolve(request: Request, study: str, what: str,
+             touch: bool = True) -> tuple[_Study | None, Response | None]:
+    """The study of this session, or the refusal (401 without a session, 404 otherwise);
+    ``touch`` marks it in use (not for a mere listing)."""
     raw = read_cookie(request, SESSION)
     info = sessions(request).find(raw)
     index = request.app.state.runtime.index
@@ -99,18 +103,21 @@ def _resolve(request: Request, study: str, what: str) -> tuple[_Study | None, Re
     from sqlalchemy import select
 
     key = digest(raw)
-    with index.write() as s:
+    with index.read() as s:
         row = s.scalar(select(ConsumerRetrieval)
                        .where(ConsumerRetrieval.session_sha256 == key,
                               ConsumerRetrieval.study_instance_uid == study,
                               ConsumerRetrieval.state.in_((COMPLETE, PARTIAL)))
                        .order_by(ConsumerRetrieval.id.desc()).limit(1))
         if row is not None:
-            now = datetime.now(UTC)
-            row.viewed_at = now
-            row.last_used_at = now
-            s.flush()
             s.expunge(row)
+    now = datetime.now(UTC)
+    if row is not None and touch and (
+            row.viewed_at is None or aware(row.viewed_at) + _TOUCH_EVERY <= now):
+        with index.write() as s:
+            fresh = s.get(ConsumerRetrieval, row.id)
+            if fresh is not None:
+                fresh.viewed_at = fresh.last_used_at = now
     if row is None:
         record_access(index, AccessRecord(principal, ACTION, DENIED, "not_retrieved_by_session",
                                           study_uid=study,
@@ -167,14 +174,40 @@ def _study_json(st: _Study) -> dict:
 
 
 @router.get(PREFIX + "/studies", include_in_schema=False)
-def qido_studies(request: Request, StudyInstanceUID: str | None = None) -> Response:  # noqa: N803
+def qido_studies(request: Request, StudyInstanceUID: str | None = None,  # noqa: N803
+                 PatientID: str | None = None) -> Response:  # noqa: N803
+    """One study by ``StudyInstanceUID``, or the studies this session retrieved (the viewer's
+    study panel asks by ``PatientID``); never another session's."""
     wanted = [u for u in (StudyInstanceUID or "").replace("\\", ",").split(",") if u]
-    if len(wanted) != 1:  # the viewer asks for one study; a listing of the cache is not offered
+    if len(wanted) > 1:
         return _json([])
-    st, refusal = _resolve(request, wanted[0], "qido_study")
-    if refusal is not None:
-        return _json([]) if refusal.status_code == 404 else refusal
-    return _json([_study_json(st)])
+    if wanted:
+        st, refusal = _resolve(request, wanted[0], "qido_study")
+        if refusal is not None:
+            return _json([]) if refusal.status_code == 404 else refusal
+        return _json([_study_json(st)])
+    raw = read_cookie(request, SESSION)
+    info = sessions(request).find(raw)
+    if info is None or info.kind != "practitioner" or info.needs_activity:
+        return Response('{"error":"login required"}', 401, media_type="application/json")
+    from sqlalchemy import select
+
+    index = request.app.state.runtime.index
+    with index.read() as s:
+        studies = sorted({uid for uid in s.scalars(
+            select(ConsumerRetrieval.study_instance_uid)
+            .where(ConsumerRetrieval.session_sha256 == digest(raw),
+                   ConsumerRetrieval.state.in_((COMPLETE, PARTIAL))))})
+    out = []
+    for uid in studies:
+        st, _ = _resolve(request, uid, "qido_studies", touch=False)
+        if st is None:
+            continue
+        item = _study_json(st)
+        if PatientID and item["00100020"].get("Value", [""])[0] != PatientID:
+            continue
+        out.append(item)
+    return _json(out)
 
 
 @router.get(PREFIX + "/studies/{study}/series", include_in_schema=False)

@@ -264,6 +264,10 @@ def test_retrieve_cache_and_serve_to_the_session_only(world: World) -> None:
         frame = browser.client.get(f"{dw}/series/{ct}/instances/{sop}/frames/1")
         assert frame.status_code == 200 and "multipart/related" in frame.headers["content-type"]
         assert other.client.get(f"{dw}/series").status_code == 404
+        qido = f"{world.b.url}/consumer/dicom-web/studies?PatientID={GOOD['Patient.identifier.value']}"
+        (listed,) = browser.client.get(qido).json()
+        assert listed["0020000D"]["Value"] == [study]
+        assert other.client.get(qido).json() == []
         assert other.client.get(f"{dw}/series/{ct}/instances/{sop}/frames/1").status_code == 404
         assert httpx.get(f"{dw}/series", timeout=10).status_code == 401
         # Another session asking for the retrieval's progress: it has none.
