@@ -15,10 +15,11 @@ B runs on both index back-ends (``gateway_factory``); A on SQLite in a folder of
 from __future__ import annotations
 
 import hashlib
+import io
 import ssl
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -339,6 +340,17 @@ def test_untrusted_refused_and_failing_sources(world: World) -> None:
         assert "localhost is not on the whitelist" in page.text and "refusée" in page.text
         assert world.front.connections == before  # never called
 
+        # A KOS in the DMP that the Source never published (its RetrieveURLs name the Source):
+        # the Source refuses (403 kos_unknown, R10), not asked again.
+        forged = forged_kos(world)
+        browser.open(forged)
+        status = browser.wait(forged)
+        assert status["state"] == "failed"
+        assert all(s["state"] == "failed" and "(403)" in s["message"]
+                   for s in status["series"]), status["series"]
+        assert len([a for a in audit_b(world, "consumer_wado")
+                    if a.reason == "source_403"]) == len(status["series"])
+
         # The Source does not accept the consumer's PSC client: 401, not retried.
         world.restart_source(DRIMBOX_PUBLIC_URL=world.front.url,
                              DRIMBOX_PSC_AUDIENCES='["another-client"]')
@@ -434,3 +446,29 @@ def _stored_paths(world: World, study: str) -> list[Path]:
                 if r.study_instance_uid == study]
     finally:
         index.engine.dispose()
+
+
+def forged_kos(world: World) -> str:
+    """A KOS of the context's patient published straight to the DMP (ITI-41), naming the
+    Source's URL, for a study the Source never published; its uniqueId."""
+    import datetime as dt
+
+    from dmp_support import CONTENT_TYPE, SOURCE_ID, new_oid, vihf_for
+    from test_kos import CREATED, PUBLISHER, facts
+    from test_xds_metadata import CTX
+
+    from gateway.kos import build_kos
+    from gateway.xds_metadata import kos_document_entry, submission_set
+
+    f = facts(series_count=1, per_series=1)
+    uid = new_oid()
+    kos = build_kos(f, replace(PUBLISHER, public_url=world.front.url), sop_instance_uid=uid,
+                    series_instance_uid=new_oid(), created=CREATED)
+    buf = io.BytesIO()
+    kos.save_as(buf, enforce_file_format=True)
+    data = buf.getvalue()
+    entry = kos_document_entry(f, data, uid, CREATED, CTX)
+    ss = submission_set(entry, new_oid(), SOURCE_ID, dt.datetime.now(dt.UTC), CONTENT_TYPE)
+    with world.sim.client() as dmp:
+        dmp.provide_and_register(entry, ss, data, vihf_for(entry.patient_id), new_oid())
+    return uid
