@@ -122,7 +122,8 @@ class SessionStore:
                 id_sha256=digest(raw), kind=kind, subject=subject, activity=activity,
                 activities=json.dumps([{"id": a.id, "label": a.label} for a in activities]),
                 study_instance_uid=study_uid, share_link_id=share_link_id, id_token=id_token,
-                psc_access_token=sealed, created_at=now, expires_at=now + (lifetime or self.lifetime), last_seen_at=now,
+                psc_access_token=sealed, created_at=now,
+                expires_at=now + (lifetime or self.lifetime), last_seen_at=now,
             ))
         return raw
 

@@ -38,7 +38,7 @@ from test_publication_e2e import IndexView, dmp_env
 from test_viewer_login import psc_answer
 
 from dimse_client import open_index
-from gateway.index.models import AuditEvent, ConsumerRetrieval
+from gateway.index.models import AuditEvent, ConsumerRetrieval, ViewerSession
 from gateway.index.engine import create_index_engine
 from gateway.index.store import InstanceIndex
 from gateway.storage import FileStore
@@ -265,7 +265,8 @@ def test_retrieve_cache_and_serve_to_the_session_only(world: World) -> None:
         frame = browser.client.get(f"{dw}/series/{ct}/instances/{sop}/frames/1")
         assert frame.status_code == 200 and "multipart/related" in frame.headers["content-type"]
         assert other.client.get(f"{dw}/series").status_code == 404
-        qido = f"{world.b.url}/consumer/dicom-web/studies?PatientID={GOOD['Patient.identifier.value']}"
+        ins = GOOD["Patient.identifier.value"]
+        qido = f"{world.b.url}/consumer/dicom-web/studies?PatientID={ins}"
         (listed,) = browser.client.get(qido).json()
         assert listed["0020000D"]["Value"] == [study]
         assert other.client.get(qido).json() == []
@@ -309,8 +310,19 @@ def test_retrieve_cache_and_serve_to_the_session_only(world: World) -> None:
     with pytest.raises(httpx.HTTPError):
         httpx.get(world.front.url + "/healthz", timeout=10,
                   verify=ssl.create_default_context(cafile=str(world.sim.pki.ca_cert)))
+    deadline = time.monotonic() + 10  # the front's thread counts it after the client's error
+    while world.front.refused_handshakes == refused and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert world.front.refused_handshakes == refused + 1
-    # No token in B's log.
+    # The session's PSC access token is sealed in B's index; no token in B's log.
+    index = open_index(world.b.database_url)
+    try:
+        with index.read() as s:
+            sealed = [v for v in s.scalars(select(ViewerSession.psc_access_token)) if v]
+    finally:
+        index.engine.dispose()
+    # Fernet tokens (version byte 0x80), never a JWT's dotted parts.
+    assert len(sealed) == 2 and all(v.startswith("gAAAAA") and "." not in v for v in sealed)
     assert "eyJ" not in world.b.log_path.read_text(errors="replace")
 
 

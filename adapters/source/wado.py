@@ -4,10 +4,10 @@ Each request carries ``Authorization: Bearer <the clinician's PSC access token>`
 ``KOS-SOPInstanceUID`` header naming the KOS the DMP gave (R10 on the Source's side), and the
 ``Accept`` list of the CI-SIS sample (``OK_Requete_CISIS_TSLossless``): the lossless transfer
 syntaxes first, each with its q-value, then Explicit VR Little Endian; we add RLE Lossless
-(0.8) and, last, ``transfer-syntax=*`` at 0.1 (what the Source keeps, rather than a 406). It goes over TLS 1.2+
-with the structure's ORG client certificate (mutual TLS, R7) and trusts only the configured CA
-bundle. The ``multipart/related`` answer is read as it arrives (constant memory): each part is
-handed to the caller's ``on_part`` as an iterator of chunks.
+(0.8) and, last, ``transfer-syntax=*`` at 0.1 (what the Source keeps, rather than a 406).
+It goes over TLS 1.2+ with the structure's ORG client certificate (mutual TLS, R7) and
+trusts only the configured CA bundle. The ``multipart/related`` answer is read as it arrives
+(constant memory): each part is handed to the caller's ``on_part`` as an iterator of chunks.
 
 Failures are typed: :class:`SourceRefused` (401, 403, 404, 410 and other 4xx: retrying would
 not help) and :class:`SourceUnavailable` (connection, TLS, timeout, 5xx, a body cut short:
