@@ -88,41 +88,45 @@ class StudyCache:
 
     def make_room(self, retrieval_id: int, size: int) -> list[int]:
         """Count ``size`` more bytes for the running retrieval ``retrieval_id``, evicting what
-        must go first; return the evicted retrieval ids. Raises :class:`CacheFull`."""
-        evicted: list[int] = []
+        must go first; return the evicted retrieval ids. Raises :class:`CacheFull` (and then
+        evicts nothing) when even every study that may go would not make the room."""
         with self._lock:  # one decision at a time: two retrievals never evict the same room
-            while True:
-                live = dict(self._live)
-                with self.index.read() as s:
-                    stored = s.scalar(
-                        select(func.coalesce(func.sum(ConsumerRetrieval.bytes), 0))
-                        .where(ConsumerRetrieval.id.not_in(list(live) or [-1]))) or 0
-                used = int(stored) + sum(live.values())
-                if used + size <= self.max_bytes:
-                    self._live[retrieval_id] = self._live.get(retrieval_id, 0) + size
-                    return evicted
-                victim = self._victim(exclude=set(live) | {retrieval_id})
-                if victim is None:
-                    raise CacheFull(f"{used + size} bytes needed, limit {self.max_bytes}")
-                self._remove(victim)
-                evicted.append(victim)
-                log.info("consumer cache: evicted retrieval %s (least recently used)", victim)
+            live = dict(self._live)
+            with self.index.read() as s:
+                stored = s.scalar(
+                    select(func.coalesce(func.sum(ConsumerRetrieval.bytes), 0))
+                    .where(ConsumerRetrieval.id.not_in(list(live) or [-1]))) or 0
+            used = int(stored) + sum(live.values())
+            victims: list[int] = []
+            if used + size > self.max_bytes:
+                for rid, nbytes in self._victims(exclude=set(live) | {retrieval_id}):
+                    victims.append(rid)
+                    used -= nbytes
+                    if used + size <= self.max_bytes:
+                        break
+                else:
+                    raise CacheFull(f"{used + size} bytes needed after every eviction, "
+                                    f"limit {self.max_bytes}")
+            for rid in victims:
+                self._remove(rid)
+                log.info("consumer cache: evicted retrieval %s (least recently used)", rid)
+            self._live[retrieval_id] = self._live.get(retrieval_id, 0) + size
+            return victims
 
-    def _victim(self, exclude: set[int]) -> int | None:
+    def _victims(self, exclude: set[int]) -> list[tuple[int, int]]:
+        """(id, bytes) of the studies that may be evicted, least recently used first: finished,
+        not read by the viewer within ``in_use``."""
         cutoff = self.now() - self.in_use
         with self.index.read() as s:
             rows = s.execute(select(ConsumerRetrieval.id, ConsumerRetrieval.viewed_at,
-                                    ConsumerRetrieval.state)
+                                    ConsumerRetrieval.bytes)
                              .where(ConsumerRetrieval.state.in_(FINISHED))
                              .order_by(ConsumerRetrieval.last_used_at, ConsumerRetrieval.id)
                              ).all()
-        for rid, viewed_at, _state in rows:
-            if rid in exclude:
-                continue
-            if viewed_at is not None and aware(viewed_at) > cutoff:  # type: ignore[operator]
-                continue  # in use by the viewer
-            return rid
-        return None
+        return [(rid, int(nbytes or 0)) for rid, viewed_at, nbytes in rows
+                if rid not in exclude
+                and not (viewed_at is not None
+                         and aware(viewed_at) > cutoff)]  # type: ignore[operator]
 
     def _remove(self, retrieval_id: int) -> None:
         with self.index.write() as s:
