@@ -24,7 +24,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from access_support import CLIENT_ID, PscSim, gateway_psc_env, start_psc_sim
+from access_support import PscSim, gateway_psc_env, start_psc_sim
 from conftest import Gateway
 from dmp_support import Sim, pki, sim  # noqa: F401
 from peers import storescu
