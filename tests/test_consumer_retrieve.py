@@ -117,7 +117,7 @@ def make_world(tmp_path: Path, gateway_factory, sim: Sim, **b_env: str) -> Itera
         "DRIMBOX_CONSUMER_SOURCE_CLIENT_CERT": str(pki.client_cert),
         "DRIMBOX_CONSUMER_SOURCE_CLIENT_KEY": str(pki.client_key),
         "DRIMBOX_CONSUMER_SOURCE_CA_BUNDLE": str(pki.ca_cert),
-        "DRIMBOX_CONSUMER_SOURCE_TIMEOUT": "10",
+        "DRIMBOX_CONSUMER_SOURCE_TIMEOUT": "30",
         "DRIMBOX_CONSUMER_RETRIEVE_BACKOFF_SECONDS": "0.2",
         **b_env})
     a_view = IndexView(a.database_url)

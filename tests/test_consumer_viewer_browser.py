@@ -65,7 +65,8 @@ def test_retrieved_study_drawn_in_ohif_under_the_banner(world: World, browser: B
     browser.goto(f"{world.b.url}/consumer/studies/{kos_uid}")
     browser.wait_for("document.querySelector('#viewer-link') !== null", 90,
                      "the retrieval page's progress reaching the viewer link")
-    assert browser.evaluate("document.querySelector('#retrieval').dataset.state") == "complete"
+    assert browser.evaluate("document.querySelector('#retrieval').dataset.state") == "complete", \
+        browser.evaluate("document.querySelector('#retrieval').innerText")
     browser.evaluate("document.querySelector('#viewer-link').click()")
     frame = "document.querySelector('#viewer').contentDocument"
     drawn = DRAWN.replace("document.querySelectorAll", f"{frame}.querySelectorAll")
