@@ -199,6 +199,9 @@ class Job:
     series: list[SeriesProgress]
     state: str = RETRIEVING
     lock: threading.Lock = field(default_factory=threading.Lock)
+    save_lock: threading.Lock = field(default_factory=threading.Lock)
+    """Held from the snapshot to the commit of a save: a slower save never writes an older
+    snapshot over a newer one (the last series' end and another series' save race)."""
     left: int = 0
 
     def snapshot(self) -> dict:
@@ -386,6 +389,10 @@ class Retriever:
     # -- bookkeeping ----------------------------------------------------------------------------
 
     def _save(self, job: Job, state: str | None = None, size: int | None = None) -> None:
+        with job.save_lock:
+            self._save_locked(job, state, size)
+
+    def _save_locked(self, job: Job, state: str | None, size: int | None) -> None:
         with job.lock:
             series = json.dumps([p.as_json() for p in job.series])
         with self.index.write() as s:
