@@ -31,12 +31,12 @@ from dicomweb.accept import pixel_media_type
 from dicomweb.multipart import Part, content_type, file_chunks, new_boundary, stream
 from dicomweb.session_cookies import SESSION, read_cookie, sessions
 from dicomweb.urls import client_address, request_public_url
-from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.consumer.cache import COMPLETE, PARTIAL
 from gateway.consumer.retrieve import SERIES_COMPLETE
 from gateway.index.models import ConsumerRetrieval
-from gateway.metadata import dataset_json
-from gateway.pixels import (
+from gateway.imaging.metadata import dataset_json
+from gateway.imaging.pixels import (
     PIXEL_DATA,
     NoPixelData,
     NoSuchElement,
@@ -46,9 +46,9 @@ from gateway.pixels import (
     read_bulk,
     read_frame,
 )
-from gateway.principal import Principal
-from gateway.sessions import aware, digest
-from gateway.uids import is_safe_uid
+from gateway.access.principal import Principal
+from gateway.access.sessions import aware, digest
+from gateway.ingest.uids import is_safe_uid
 
 router = APIRouter()
 

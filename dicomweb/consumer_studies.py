@@ -33,7 +33,7 @@ from dicomweb.consumer_banner import BANNER_CSS, identity_banner
 from dicomweb.login import activity_redirect, login_redirect
 from dicomweb.session_cookies import SESSION, read_cookie, sessions
 from dicomweb.urls import client_address, request_public_url
-from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.consumer.cache import COMPLETE, FAILED, PARTIAL, StudyCache, cache_root
 from gateway.consumer.contexts import ContextStore
 from gateway.consumer.retrieve import (
@@ -46,9 +46,9 @@ from gateway.consumer.retrieve import (
     row_status,
     session_retrieval,
 )
-from gateway.principal import Principal
-from gateway.sessions import SessionInfo, digest
-from gateway.uids import is_safe_uid
+from gateway.access.principal import Principal
+from gateway.access.sessions import SessionInfo, digest
+from gateway.ingest.uids import is_safe_uid
 
 log = logging.getLogger("drimbox.consumer")
 router = APIRouter()

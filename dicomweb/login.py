@@ -42,9 +42,9 @@ from dicomweb.session_cookies import (
     set_cookie,
 )
 from dicomweb.urls import request_public_url
-from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
-from gateway.principal import Principal
-from gateway.sessions import PENDING_LOGIN_SECONDS, Activity
+from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.principal import Principal
+from gateway.access.sessions import PENDING_LOGIN_SECONDS, Activity
 
 router = APIRouter()
 

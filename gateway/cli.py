@@ -57,7 +57,7 @@ def main() -> None:
 def serve(config_file: Path | None) -> None:
     """Run the DICOM SCP and the HTTP app (upgrades the index first)."""
     settings = _settings(config_file)  # before the heavy imports: a wrong setting fails fast
-    from gateway.workers import LOG_FORMAT, prepare_multiprocess_metrics
+    from gateway.ingest.workers import LOG_FORMAT, prepare_multiprocess_metrics
 
     logging.getLogger().handlers[0].setFormatter(logging.Formatter(LOG_FORMAT))  # with the PID
     if settings.dicom_workers:
@@ -100,7 +100,7 @@ def import_(config_file: Path | None, paths: tuple[Path, ...], quiet: bool, as_j
 
     Exit status: 0 all DICOM files kept, 1 some rejected or missing, 2 usage or configuration.
     """
-    from gateway.importer import run_import
+    from gateway.ingest.importer import run_import
 
     settings = _settings(config_file).model_copy(update={"duplicate_policy": on_conflict})
     sys.exit(run_import(settings, list(paths), quiet=quiet, as_json=as_json))
@@ -135,8 +135,8 @@ def store_check(config_file: Path | None, repair: bool, verify: bool, min_age: f
     """
     import json as jsonlib
 
-    from gateway.storage import FileStore
-    from gateway.store_check import check_store
+    from gateway.ingest.storage import FileStore
+    from gateway.ingest.store_check import check_store
 
     settings = _settings(config_file)
     report = check_store(FileStore(settings.data_dir), _runtime_index(settings), repair=repair,
@@ -169,9 +169,9 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
     import json as jsonlib
 
     from gateway.index.facts import UnknownStudy, study_state
-    from gateway.manifests import policy
-    from gateway.publication import publication_status
-    from gateway.study_status import study_status
+    from gateway.manifest.manifests import policy
+    from gateway.publication.workflow import publication_status
+    from gateway.publication.study_status import study_status
 
     settings = _settings(config_file)
     index = _runtime_index(settings)
@@ -202,7 +202,7 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
     _echo_publication(publication)
 
 
-def _echo_publication(p) -> None:  # noqa: ANN001 - gateway.publication.PublicationStatus
+def _echo_publication(p) -> None:  # noqa: ANN001 - gateway.publication.workflow.PublicationStatus
     """Issue #5: the study's publication state, its outbox rows still open, and its history."""
     line = p.state
     if p.current_kos_uid:
@@ -225,7 +225,7 @@ def _echo_publication(p) -> None:  # noqa: ANN001 - gateway.publication.Publicat
 
 def _manifest_or_exit(settings: Settings, study_uid: str):  # noqa: ANN202
     from gateway.index.facts import NotPublishable, UnknownStudy
-    from gateway.manifests import build_study_manifest
+    from gateway.manifest.manifests import build_study_manifest
 
     try:
         return build_study_manifest(_runtime_index(settings), settings, study_uid)
@@ -264,8 +264,8 @@ def manifest(config_file: Path | None, study_uid: str, fhir: bool, output: Path 
     from dataclasses import asdict
 
     from gateway.index.facts import NotPublishable
-    from gateway.manifests import document_entry, fhir_bundle
-    from gateway.xds_metadata import MetadataError
+    from gateway.manifest.manifests import document_entry, fhir_bundle
+    from gateway.manifest.xds_metadata import MetadataError
 
     settings = _settings(config_file)
     built = _manifest_or_exit(settings, study_uid)
@@ -297,9 +297,9 @@ def audit() -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
 def audit_export(config_file: Path | None, fmt: str, since: str | None,
                  output: Path | None) -> None:
-    """Export the audit trail (formats: see gateway/audit_export.py)."""
+    """Export the audit trail (formats: see gateway/access/audit_export.py)."""
     from dicomweb.admin_audit import parse_since
-    from gateway.audit_export import fhir_audit_bundle, kpi_csv
+    from gateway.access.audit_export import fhir_audit_bundle, kpi_csv
 
     settings = _settings(config_file)
     try:
@@ -331,7 +331,7 @@ def publish(config_file: Path | None, study_uid: str) -> None:
     is printed: no usable INS, already published as is, unknown study).
     """
     from gateway.index.facts import UnknownStudy
-    from gateway.publication import PublicationWorkflow
+    from gateway.publication.workflow import PublicationWorkflow
 
     settings = _settings(config_file)
     try:
@@ -357,7 +357,7 @@ def publish(config_file: Path | None, study_uid: str) -> None:
 def unpublish(config_file: Path | None, study_uid: str, reason: str) -> None:
     """Withdraw a study's KOS from the DMP (ITI-57: Deprecated); access through it ends now."""
     from gateway.index.facts import UnknownStudy
-    from gateway.publication import PublicationWorkflow
+    from gateway.publication.workflow import PublicationWorkflow
 
     settings = _settings(config_file)
     try:
@@ -519,8 +519,8 @@ def mhd_bundle(config_file: Path | None, study_uid: str, replaces: str | None,
     from adapters.mhd.bundle import provide_bundle
     from adapters.mhd.transport import new_oid
     from gateway.index.facts import NotPublishable
-    from gateway.manifests import document_entry
-    from gateway.xds_metadata import SCHEME_CONTENT_TYPE, Code, MetadataError, submission_set
+    from gateway.manifest.manifests import document_entry
+    from gateway.manifest.xds_metadata import SCHEME_CONTENT_TYPE, Code, MetadataError, submission_set
 
     settings = _settings(config_file)
     source = settings.dmp_source_id or settings.repository_oid
@@ -565,9 +565,9 @@ def hl7_send(file: Path, host: str, port: int, timeout: float,
 
     CRLF or LF line ends in the file are sent as CR, as HL7 wants.
     """
-    from gateway.hl7_reader import charset_of, normalise
-    from gateway.mllp import ack_summary, send_message
-    from gateway.reports import ReportRefused
+    from gateway.reports.hl7_reader import charset_of, normalise
+    from gateway.reports.mllp import ack_summary, send_message
+    from gateway.reports.workflow import ReportRefused
 
     raw = file.read_bytes()
     try:
@@ -637,7 +637,7 @@ def share() -> None:
 def _share_links(settings: Settings):  # noqa: ANN202 - ShareLinks
     from datetime import timedelta
 
-    from gateway.share_links import ShareLinks
+    from gateway.access.share_links import ShareLinks
 
     return ShareLinks(_runtime_index(settings), settings.share_max_attempts,
                       timedelta(minutes=settings.share_lock_minutes),
@@ -647,8 +647,8 @@ def _share_links(settings: Settings):  # noqa: ANN202 - ShareLinks
 def _cli_audit(links, action: str, link_id: str, study_uid: str) -> None:  # noqa: ANN001
     import getpass
 
-    from gateway.audit import ALLOWED, AccessRecord, record_access
-    from gateway.principal import Principal
+    from gateway.access.audit import ALLOWED, AccessRecord, record_access
+    from gateway.access.principal import Principal
 
     who = Principal(kind="staff", subject=getpass.getuser(), via="cli")
     record_access(links.index, AccessRecord(who, action, ALLOWED, f"link {link_id}",
@@ -663,8 +663,8 @@ def _cli_audit(links, action: str, link_id: str, study_uid: str) -> None:  # noq
               show_default=True, help="Where to write share-<id>.png and share-<id>.svg.")
 def share_create(config_file: Path | None, study_uid: str, days: int | None, qr_dir: Path) -> None:
     """Make a share link for a study: prints its URL (shown once), writes its QR code."""
-    from gateway.handout import share_url, write_qr_files
-    from gateway.share_links import CannotShare
+    from gateway.access.handout import share_url, write_qr_files
+    from gateway.access.share_links import CannotShare
 
     settings = _settings(config_file)
     links = _share_links(settings)

@@ -135,7 +135,7 @@ class Settings(BaseSettings):
 
     reactor_wait: float = Field(default=0.005, ge=0, le=0.1)
     """Seconds pynetdicom's association thread waits for the next DIMSE message before
-    going round its loop again (``gateway.dimse._ReactorQueue``). pynetdicom itself polls
+    going round its loop again (``gateway.ingest.dimse._ReactorQueue``). pynetdicom itself polls
     every 1 ms, which delays each C-STORE by ~0.5 ms; waiting on the queue takes each
     request at once. Release, abort and timeout checks then run every ``reactor_wait`` +
     1 ms. ``0``: pynetdicom's own polling."""
@@ -147,7 +147,7 @@ class Settings(BaseSettings):
 
     dicom_workers: int = Field(default=2, ge=0, le=64)
     """Processes that accept DICOM associations (``drimbox serve``; see
-    :mod:`gateway.workers`). Each runs pynetdicom and the ingest path in its own interpreter,
+    :mod:`gateway.ingest.workers`). Each runs pynetdicom and the ingest path in its own interpreter,
     so concurrent associations use more than one core (one Python process tops out near 200
     CT slices/s under the GIL). ``0`` runs the DICOM SCP inside the main process, next to
     the HTTP app, as before. The main process keeps the HTTP app and shares one listening
@@ -162,7 +162,7 @@ class Settings(BaseSettings):
     network_timeout: float = Field(default=60.0, gt=0)
     """Seconds of silence before an association is aborted: no PDU at all, or no byte while
     a PDU is half received, or the peer not reading what we send
-    (:mod:`gateway.dimse_guard`)."""
+    (:mod:`gateway.ingest.dimse_guard`)."""
     artim_timeout: float = Field(default=30.0, gt=0, le=3600)
     """The ARTIM timer (PS3.8 9.1.5): seconds a new DICOM connection has to deliver its whole
     A-ASSOCIATE-RQ before it is closed; also how long we wait for the peer to close after
@@ -178,7 +178,7 @@ class Settings(BaseSettings):
     dicomweb_auth: Literal["psc", "none"] = "psc"
     """Who may read DICOMweb (R10). ``psc``: a Pro Santé Connect bearer token (consumer
     DRIMbox) or a principal from the viewer login / share links, then the access policy
-    (:mod:`gateway.access`). ``none``: anonymous readers see everything; development only,
+    (:mod:`gateway.access.policy`). ``none``: anonymous readers see everything; development only,
     accepted only while the HTTP side listens on a loopback address."""
 
     # --- Manifests and publishability (issue #4; R3, R19). ---
@@ -376,7 +376,7 @@ class Settings(BaseSettings):
     def consumer_enabled(self) -> bool:
         return self.roles in ("consumer", "both")
 
-    # --- Publication workflow and outbox (issue #5; R4-R8, gateway/publication.py). ---
+    # --- Publication workflow and outbox (issue #5; R4-R8, gateway/publication/workflow.py). ---
     auto_publish: bool | None = None
     """Publish each study that becomes stable with a publishable INS (a new KOS replaces the
     previous one, RPLC). Default: on when a DMP is configured (``dmp_registry_url`` and

@@ -5,7 +5,7 @@ birth-date check passed (``share``, limited to one study). The browser holds onl
 id in an HttpOnly cookie; the row is keyed by the id's SHA-256, so the table alone never
 yields a usable cookie. A session ends at ``expires_at`` (``viewer_session_hours`` after its
 creation), after ``viewer_session_idle_minutes`` unused, at logout, or, for a share session,
-when its link is revoked (rows deleted by :mod:`gateway.share_links`).
+when its link is revoked (rows deleted by :mod:`gateway.access.share_links`).
 
 A PSC login under way is a :class:`PendingLogin`: state, nonce and PKCE verifier stay here,
 bound to the browser by a short-lived cookie, and are used once.

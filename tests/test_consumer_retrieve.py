@@ -41,7 +41,7 @@ from dimse_client import open_index
 from gateway.index.models import AuditEvent, ConsumerRetrieval, ViewerSession
 from gateway.index.engine import create_index_engine
 from gateway.index.store import InstanceIndex
-from gateway.storage import FileStore
+from gateway.ingest.storage import FileStore
 
 CONSO_ID, CONSO_SECRET = "drimbox-conso", "conso-secret"
 PRACTITIONER = "899999000002"  # one activity: no choice page
@@ -471,8 +471,8 @@ def forged_kos(world: World) -> str:
     from test_kos import CREATED, PUBLISHER, facts
     from test_xds_metadata import CTX
 
-    from gateway.kos import build_kos
-    from gateway.xds_metadata import kos_document_entry, submission_set
+    from gateway.manifest.kos import build_kos
+    from gateway.manifest.xds_metadata import kos_document_entry, submission_set
 
     f = facts(series_count=1, per_series=1)
     uid = new_oid()

@@ -9,7 +9,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from gateway.header import InstanceHeader
+from gateway.ingest.header import InstanceHeader
 from gateway.index.engine import create_index_engine, current_revision, head_revision, upgrade
 from gateway.index.models import Base
 from gateway.index.store import InstanceIndex, StoredFile
@@ -105,7 +105,7 @@ def test_mark_stable_and_reopen(index: InstanceIndex) -> None:
     """Issue #4 item 5: quiet studies become stable once; a new instance reopens them."""
     import time
 
-    from gateway.stability import StabilityMonitor
+    from gateway.manifest.stability import StabilityMonitor
 
     index.record(header(1), stored(1))
     assert index.mark_stable(3600) == []  # not quiet for an hour yet

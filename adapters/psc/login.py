@@ -40,7 +40,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 
 from adapters.psc.tokens import ALLOWED_ALGORITHMS, JwksCache, JwtVerifier, TokenRejected
-from gateway.sessions import Activity
+from gateway.access.sessions import Activity
 
 SCOPE = "openid scope_all"
 ACR = "eidas1"

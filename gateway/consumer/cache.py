@@ -27,7 +27,7 @@ from sqlalchemy import delete, func, select
 
 from gateway.index.models import ConsumerRetrieval
 from gateway.index.store import InstanceIndex
-from gateway.sessions import aware
+from gateway.access.sessions import aware
 
 log = logging.getLogger("drimbox.consumer.cache")
 

@@ -43,7 +43,7 @@ from sqlalchemy import select
 
 from adapters.dmp.vihf import Role, VihfContext
 from adapters.source.wado import SourceClient, SourceError, SourceRefused
-from gateway.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.consumer.cache import (
     COMPLETE,
     FAILED,
@@ -55,8 +55,8 @@ from gateway.consumer.cache import (
 from gateway.consumer.context import PatientContext
 from gateway.index.models import ConsumerRetrieval
 from gateway.index.store import InstanceIndex
-from gateway.principal import Principal
-from gateway.uids import is_safe_uid
+from gateway.access.principal import Principal
+from gateway.ingest.uids import is_safe_uid
 
 log = logging.getLogger("drimbox.consumer.retrieve")
 

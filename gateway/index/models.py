@@ -294,7 +294,7 @@ class ViewerSession(Base):
     psc_access_token: Mapped[str] = mapped_column(Text, default="", server_default="")
     """R17: PSC's access token of a practitioner session, which the consumer presents to
     Source DRIMboxes; encrypted with a key derived from the cookie's random value
-    (:mod:`gateway.sessions`), so the table alone yields no usable token. '' for none."""
+    (:mod:`gateway.access.sessions`), so the table alone yields no usable token. '' for none."""
 
 
 class PendingLogin(Base):
@@ -316,8 +316,8 @@ class PendingLogin(Base):
 
 class OutboxItem(Base):
     """One publication, replacement or withdrawal to carry to the shared record (the DMP),
-    written in the same transaction as the change that causes it (:mod:`gateway.publication`)
-    and sent by the outbox worker (:mod:`gateway.outbox`). A publication keeps the KOS bytes and
+    written in the same transaction as the change that causes it (:mod:`gateway.publication.workflow`)
+    and sent by the outbox worker (:mod:`gateway.publication.outbox`). A publication keeps the KOS bytes and
     its DocumentEntry as built, so every retry sends the same uniqueId and bytes.
 
     ``state``: ``pending`` (due at ``next_attempt_at``), ``sending`` (claimed by ``claimed_by``
