@@ -44,6 +44,9 @@ def create_app(runtime: Runtime) -> FastAPI:
 
         consumer.install(app)
         consumer_export.install(app)  # R17: import of a retrieved study into the local PACS
+        from dicomweb import consumer_studies  # R17: retrieval, cache, consumer DICOMweb
+
+        consumer_studies.install(app)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> Response:

@@ -150,7 +150,8 @@ def callback(request: Request, code: str | None = None, state: str | None = None
     preselected = "" if chosen else _preselected(request, result.activities)
     chosen = chosen or preselected
     raw = sessions(request).create("practitioner", result.subject_name_id, activity=chosen,
-                                   activities=result.activities, id_token=result.id_token)
+                                   activities=result.activities, id_token=result.id_token,
+                                   access_token=result.access_token)
     _audit(request, result.subject_name_id, "login", ALLOWED, activity=chosen or None,
            reason="activity_preselected" if preselected else
            "" if chosen else "activity_to_choose")

@@ -882,5 +882,32 @@ def consumer_export(config_file: Path | None, study_uid: str, kind: str | None,
     sys.exit(0 if report.outcome == COMPLETE else 1)
 
 
+# --- The consumer's cache of retrieved studies (R17). ---
+
+
+@consumer.group("cache")
+def consumer_cache() -> None:
+    """The cache of studies retrieved from Source DRIMboxes (R17)."""
+
+
+@consumer_cache.command("purge")
+@config_option
+@click.option("--all", "everything", is_flag=True,
+              help="Also retrievals marked as running (only when no gateway runs).")
+def consumer_cache_purge(config_file: Path | None, everything: bool) -> None:
+    """Remove the retrieved studies from the cache (finished retrievals; with --all, also
+    those marked as running) and any stray folder. Exit 0; prints what was freed."""
+    from gateway.consumer.cache import cache_root, purge
+
+    settings = _settings(config_file)
+    index = _runtime_index(settings)
+    try:
+        studies, freed = purge(index, cache_root(settings.data_dir), everything)
+    finally:
+        index.engine.dispose()
+    click.echo(f"purged {studies} retrieved stud{'y' if studies == 1 else 'ies'}, "
+               f"{freed} bytes")
+
+
 if __name__ == "__main__":
     main()

@@ -560,6 +560,33 @@ class Settings(BaseSettings):
         return (self.export_ae_title or self.pacs_ae_title, self.export_host or self.pacs_host,
                 self.export_port or self.pacs_port)
 
+    # --- Consumer: retrieval from Source DRIMboxes and the local cache (R17; retrieve). ---
+    consumer_source_client_cert: Path | None = None
+    """PEM certificate the consumer presents to Source DRIMboxes (mutual TLS, the structure's
+    ORG authentication certificate, R7/R17). Default: ``dmp_client_cert``."""
+    consumer_source_client_key: Path | None = None
+    """PEM private key of ``consumer_source_client_cert``. Default: ``dmp_client_key``."""
+    consumer_source_ca_bundle: Path | None = None
+    """PEM bundle of the CAs trusted for Source DRIMboxes' https servers (IGC-Santé). Default:
+    ``dmp_ca_bundle``, else the system's CAs."""
+    consumer_source_timeout: float = Field(default=60.0, gt=0)
+    """Seconds a Source may stay silent (connect, or between two reads) before a series'
+    attempt is abandoned (then retried)."""
+    consumer_retrieve_attempts: int = Field(default=3, ge=1, le=10)
+    """Attempts per series when a Source answers 5xx or the connection fails or is cut."""
+    consumer_retrieve_backoff_seconds: float = Field(default=2.0, ge=0, le=300)
+    """Wait before the second attempt of a series; doubled at each further attempt."""
+    consumer_retrieve_parallel_series: int = Field(default=4, ge=1, le=32)
+    """Series retrieved at the same time, over all retrievals of the process."""
+    consumer_cache_max_bytes: int = Field(default=20 * 1024**3, ge=1)
+    """Size limit of the retrieved studies kept under ``<data_dir>/consumer-cache``. Past it,
+    the least recently used studies are evicted, never one being retrieved or in use."""
+    consumer_cache_in_use_minutes: float = Field(default=30.0, gt=0)
+    """A cached study read by the viewer within this time is in use: never evicted."""
+    consumer_trust_sources_without_whitelist: bool = False
+    """DEVELOPMENT ONLY: without a verified ANS whitelist (``whitelist_source`` unset), trust
+    every https Source. Off: without a list every series is refused (R11)."""
+
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, v: str) -> str:

@@ -14,7 +14,8 @@ kept by hand of who imports whom.
   speaks in domain types, so it imports the domain, never a workflow.
 * **domain**: value types and pure rules (INS, KOS and XDS-I.b metadata, CDA and HL7 reading,
   DICOM header and completeness rules, rendering and transcoding, principals, the consumer's
-  context and trust rules). A domain module imports only the domain.
+  context, trust rules and Source port, the multipart codec). A domain module imports only
+  the domain.
 
 A module may import modules of its own layer or of a layer below, and the import graph has
 no cycle between modules.
@@ -47,6 +48,10 @@ DOMAIN = (
     "gateway.ingest.uids", "gateway.ingest.completeness", "gateway.reports.cda",
     "gateway.reports.workflow", "gateway.reports.hl7_reader", "gateway.access.principal",
     "gateway.publication.transport", "gateway.consumer.context", "gateway.consumer.trust",
+    "gateway.consumer.source",
+    # A codec with no I/O of its own, read by a face (STOW-RS) and an adapter (the consumer's
+    # WADO-RS client): it imports nothing of the project.
+    "dicomweb.multipart_reader",
 )
 
 
@@ -55,7 +60,7 @@ def _under(module: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def layer_of(module: str) -> str:
-    for name, prefixes in (("face", FACES), ("domain", DOMAIN), ("store", STORE),
+    for name, prefixes in (("domain", DOMAIN), ("face", FACES), ("store", STORE),
                            ("wiring", WIRING)):
         if _under(module, prefixes):
             return name

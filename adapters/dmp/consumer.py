@@ -21,6 +21,8 @@ from adapters.dmp.errors import (
 )
 from adapters.dmp.vihf import Role, VihfContext
 from gateway.access.sessions import Activity, SessionInfo
+from gateway.consumer.context import PatientContext
+from gateway.consumer.retrieve import KosUnreadable
 from gateway.consumer.search import AccessCheck, DmpProblem
 from gateway.identity.ins import Ins
 from gateway.manifest.xds_metadata import Code, PublishedEntry, xds_patient_id
@@ -113,3 +115,39 @@ class _as_problem:  # noqa: N801 - used as a context manager
         if isinstance(exc, DmpTransientError):
             raise DmpProblem("dmp_unreachable", type(exc).__name__) from exc
         raise DmpProblem("dmp_refused", type(exc).__name__) from exc
+
+
+def retrieval_vihf(settings, subject: str, activity: str,  # noqa: ANN001 - Settings
+                   patient: PatientContext) -> VihfContext:
+    """The VIHF of a consumer's DMP call (R6; SPEC 1.3 step 4), from the PSC session: the
+    practitioner's SubjectNameID, the structure of the chosen activity, the centre's sector,
+    profession and LPS identifiers. The session keeps no display name: the subject id stands
+    in for ``subject-id``. (Not yet :func:`practitioner_vihf`, which the priors search uses.)"""
+    return VihfContext(
+        subject_id=subject, subject_name=subject,
+        structure_id=activity or settings.dmp_structure_id,
+        activity_sector=settings.dmp_activity_sector,
+        roles=(Role(settings.dmp_author_profession, SCHEME_PROFESSION),),
+        patient_id=f"{patient.ins}^^^&{patient.ins_oid}&ISO^NH",
+        lps_id=settings.dmp_lps_id, lps_name=settings.dmp_lps_name,
+        lps_version=settings.dmp_lps_version,
+        lps_homologation_id=settings.dmp_lps_homologation_id,
+        authentication_mode=settings.dmp_authentication_mode)
+
+
+def fetch_kos(dmp, vihf: VihfContext, unique_id: str, patient_ins: str) -> bytes:  # noqa: ANN001
+    """ITI-18 GetDocuments by uniqueId, then ITI-43 (``dmp``: a ``DmpClient``). The entry must
+    be an Approved KOS of ``patient_ins``: :class:`KosUnreadable` otherwise."""
+    entries = [e for e in dmp.get_documents(vihf, unique_ids=[unique_id])
+               if e.unique_id == unique_id]
+    entries = [e for e in entries if e.status == "Approved"] or entries
+    if not entries:
+        raise KosUnreadable("ce document n'existe pas (ou plus) dans le DMP")
+    entry = entries[0]
+    if entry.status != "Approved":
+        raise KosUnreadable("ce document n'est plus en vigueur dans le DMP")
+    if entry.patient_id.split("^", 1)[0] != patient_ins:
+        raise KosUnreadable("ce document n'est pas celui du patient en cours")
+    if entry.mime_type != "application/dicom":
+        raise KosUnreadable("ce document n'est pas un KOS d'imagerie")
+    return dmp.retrieve_document(entry.repository_unique_id, unique_id, vihf)

@@ -58,6 +58,8 @@ class PscLogin:
     sub: str
     activities: tuple[Activity, ...]
     id_token: str
+    access_token: str = ""
+    """Kept server-side only (R17: the consumer presents it to Source DRIMboxes)."""
 
 
 def activities_of(userinfo: dict[str, Any]) -> tuple[Activity, ...]:
@@ -162,7 +164,8 @@ class PscRelyingParty:
         subject = str(info.get("SubjectNameID") or claims.get("preferred_username") or "")
         if not subject:
             raise LoginFailed("no_subject_name_id")
-        return PscLogin(subject, str(claims["sub"]), activities_of(info), id_token)
+        return PscLogin(subject, str(claims["sub"]), activities_of(info), id_token,
+                        str(token.get("access_token") or ""))
 
     def _check_id_token(self, id_token: str, nonce: str) -> dict[str, Any]:
         assert self._jwks is not None

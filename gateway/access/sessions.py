@@ -13,6 +13,7 @@ bound to the browser by a short-lived cookie, and are used once.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import hashlib
 import json
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy import delete
 
 from gateway.index.models import PendingLogin as PendingLoginRow
@@ -35,6 +37,13 @@ _TOUCH_EVERY = timedelta(seconds=60)
 def digest(secret: str) -> str:
     """The SHA-256 (hex) under which a random cookie value or token is stored."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _token_cipher(raw: str) -> Fernet:
+    """R17: the key that seals a session's PSC access token, derived from the cookie's random
+    value (which the index never holds: it keys rows by :func:`digest`, another derivation)."""
+    key = hashlib.sha256(f"drimbox-psc-access-token\0{raw}".encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(key))
 
 
 def aware(value: datetime | None) -> datetime | None:
@@ -115,9 +124,13 @@ class SessionStore:
     def create(self, kind: str, subject: str, *, activity: str = "",
                activities: tuple[Activity, ...] = (), study_uid: str = "",
                share_link_id: str | None = None, id_token: str = "",
-               lifetime: timedelta | None = None) -> str:
-        """Open a session; return the random id for the cookie (not stored)."""
+               lifetime: timedelta | None = None, access_token: str = "") -> str:
+        """Open a session; return the random id for the cookie (not stored). PSC's
+        ``access_token`` (R17: the consumer presents it to Source DRIMboxes) is kept sealed
+        with a key only the cookie's value gives (:meth:`access_token`)."""
         raw = secrets.token_urlsafe(32)
+        sealed = (_token_cipher(raw).encrypt(access_token.encode()).decode()
+                  if access_token else "")
         now = self.now()
         with self.index.write() as s:
             s.execute(delete(ViewerSession).where(ViewerSession.expires_at < now))
@@ -125,7 +138,8 @@ class SessionStore:
                 id_sha256=digest(raw), kind=kind, subject=subject, activity=activity,
                 activities=json.dumps([dataclasses.asdict(a) for a in activities]),
                 study_instance_uid=study_uid, share_link_id=share_link_id, id_token=id_token,
-                created_at=now, expires_at=now + (lifetime or self.lifetime), last_seen_at=now,
+                psc_access_token=sealed, created_at=now,
+                expires_at=now + (lifetime or self.lifetime), last_seen_at=now,
             ))
         return raw
 
@@ -151,6 +165,21 @@ class SessionStore:
                 if row is not None:
                     row.last_seen_at = now
         return info
+
+    def access_token(self, raw: str) -> str:
+        """The PSC access token of the live session of this cookie value, '' when there is
+        none (no session, none kept, or not readable with this value)."""
+        if self.find(raw) is None:
+            return ""
+        with self.index.read() as s:
+            row = s.get(ViewerSession, digest(raw))
+            sealed = row.psc_access_token if row is not None else ""
+        if not sealed:
+            return ""
+        try:
+            return _token_cipher(raw).decrypt(sealed.encode()).decode()
+        except InvalidToken:
+            return ""
 
     def choose_activity(self, raw: str, activity_id: str) -> Activity | None:
         """Record the practitioner's choice; None when it is not one of the session's."""

@@ -272,8 +272,8 @@ class ViewerSession(Base):
     """A browser session of the viewer: a PSC login (``kind`` practitioner) or an opened share
     link (``kind`` share). The cookie holds a random id; the row is keyed by its SHA-256.
     ``activity`` is '' until the practitioner has chosen one (``activities`` holds the
-    choices, JSON). ``id_token`` is PSC's ID token, kept server-side for the logout hint; no
-    access token is kept."""
+    choices, JSON). ``id_token`` is PSC's ID token, kept server-side for the logout hint;
+    ``psc_access_token`` the access token, sealed (R17)."""
 
     __tablename__ = "viewer_sessions"
 
@@ -291,6 +291,10 @@ class ViewerSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    psc_access_token: Mapped[str] = mapped_column(Text, default="", server_default="")
+    """R17: PSC's access token of a practitioner session, which the consumer presents to
+    Source DRIMboxes; encrypted with a key derived from the cookie's random value
+    (:mod:`gateway.access.sessions`), so the table alone yields no usable token. '' for none."""
 
 
 class PendingLogin(Base):
@@ -396,3 +400,29 @@ class ConsumerContext(Base):
     """``appel-contextuel`` (another origin) or ``search-form`` (our page)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class ConsumerRetrieval(Base):
+    """R17: a study the consumer retrieved from a Source DRIMbox for a practitioner's session,
+    from the KOS ``kos_uid`` (the DMP document's uniqueId). Its files are under
+    ``<data_dir>/consumer-cache/<id>/``; ``state`` is ``retrieving``, ``complete`` (every
+    series whole), ``partial`` (finished, some series missing: refused, failed) or ``failed``
+    (none). ``series`` is JSON: one object per series of the KOS (uid, state, counts, the
+    reason shown). Only the session ``session_sha256`` may read it. ``last_used_at`` orders
+    evictions; ``viewed_at`` (the viewer read it) protects a study in use."""
+
+    __tablename__ = "consumer_retrievals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    subject: Mapped[str] = mapped_column(Text)
+    kos_uid: Mapped[str] = mapped_column(UID, index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, default="")
+    patient_ins: Mapped[str] = mapped_column(String(15), default="")
+    state: Mapped[str] = mapped_column(String(16))
+    series: Mapped[str] = mapped_column(Text, default="[]")
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    viewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
