@@ -73,6 +73,26 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield from _pg_database()
 
 
+#: Test modules about the DICOM service itself (ingest, durability, bad input, association
+#: admission, import, IOCM, the PACS peers): their gateways run the SCP in a worker process,
+#: as the product does (the multi-worker behaviour has its own tests, which set the count).
+DICOM_SERVICE_MODULES = frozenset({
+    "test_dimse_store", "test_dimse_bad_input", "test_durability", "test_dicom_workers",
+    "test_dimse_admission", "test_ingest_completeness", "test_import", "test_iocm",
+    "test_interop_orthanc", "test_pacs_retrieve", "test_storage_and_header",
+})
+
+
+def _dicom_workers_for_this_test() -> str:
+    """One DICOM worker process for the tests of the DICOM service; elsewhere (DICOMweb,
+    publication, access, consumer...), where DICOM only seeds the data, the SCP runs in the
+    main process (``dicom_workers = 0``, the same DicomService), which spares each start an
+    interpreter: half the suite's CPU goes into starting gateways. A test may set its own."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    module = Path(current.split("::", 1)[0]).stem
+    return "1" if module in DICOM_SERVICE_MODULES else "0"
+
+
 class Gateway:
     """``drimbox serve`` as a child process on free loopback ports."""
 
@@ -96,11 +116,7 @@ class Gateway:
             DRIMBOX_HTTP_PORT=str(self.http_port),
             DRIMBOX_AE_TITLE=self.ae_title,
             DRIMBOX_SHUTDOWN_GRACE="20",
-            # One DICOM worker process (the product's default is 2): every test still goes
-            # through a worker process and the shared listening socket, and each start costs
-            # one interpreter less. Several workers have tests of their own
-            # (test_dicom_workers.py, test_dimse_admission.py), which set this themselves.
-            DRIMBOX_DICOM_WORKERS="1",
+            DRIMBOX_DICOM_WORKERS=_dicom_workers_for_this_test(),
             # Anonymous DICOMweb (loopback only) unless a test configures PSC.
             DRIMBOX_DICOMWEB_AUTH="none",
         )
