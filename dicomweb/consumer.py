@@ -37,7 +37,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from dicomweb.consumer_banner import BANNER_CSS, identity_banner
+from dicomweb.consumer_banner import PAGE_HEADERS, identity_banner, render_page
 from dicomweb.consumer_priors import PRIORS_CSS, install_dmp, priors_section
 from dicomweb.login import activity_redirect, login_redirect
 from dicomweb.session_cookies import (
@@ -68,17 +68,11 @@ CONTEXT_COOKIE = "drimbox-context"
 MAX_BODY = 16 * 1024
 ACTION_CONTEXT = "consumer_context"
 ACTION_VIEW = "consumer_view"
-_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
-            "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+_HEADERS = PAGE_HEADERS
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(
-        "<!doctype html><html lang=fr><head><meta charset=utf-8>"
-        f"<title>{html.escape(title)}</title>"
-        "<meta name=viewport content='width=device-width, initial-scale=1'>"
-        f"<style>{BANNER_CSS}{PRIORS_CSS}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>", status, headers=_HEADERS)
+    return render_page(title, body, status, PRIORS_CSS)
 
 
 def _store(request: Request) -> ContextStore:

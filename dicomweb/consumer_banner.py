@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import html
 
+from fastapi.responses import HTMLResponse
+
 from gateway.consumer.context import PatientContext
 
 NOT_TRANSMITTED = "non transmis"
@@ -55,3 +57,20 @@ BANNER_CSS = (
     "#identity-banner dt{font-size:.8em;color:#555}#identity-banner dd{margin:0;"
     "font-weight:bold}"
 )
+
+
+#: Headers of every consumer page: never cached, never framed by another site, no referrer.
+PAGE_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
+                "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+
+
+def render_page(title: str, body: str, status: int = 200, css: str = "") -> HTMLResponse:
+    """A consumer page: ``title`` (escaped) over ``body`` (already escaped HTML), with the
+    banner's style and ``css``, under :data:`PAGE_HEADERS`."""
+    return HTMLResponse(
+        "<!doctype html><html lang=fr><head><meta charset=utf-8>"
+        f"<title>{html.escape(title)}</title>"
+        "<meta name=viewport content='width=device-width, initial-scale=1'>"
+        f"<style>{BANNER_CSS}{css}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>", status,
+        headers=PAGE_HEADERS)

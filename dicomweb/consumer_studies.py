@@ -30,7 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from adapters.dmp.consumer import fetch_kos, retrieval_vihf
 from adapters.source.wado import SourceClient
-from dicomweb.consumer_banner import BANNER_CSS, identity_banner
+from dicomweb.consumer_banner import PAGE_HEADERS, identity_banner, render_page
 from dicomweb.login import activity_redirect, login_redirect
 from dicomweb.session_cookies import SESSION, read_cookie, sessions
 from dicomweb.urls import client_address, request_public_url
@@ -54,17 +54,11 @@ router = APIRouter()
 
 STUDIES_PATH = "/consumer/studies"
 ACTION_STUDY_VIEW = "consumer_study_view"
-_HEADERS = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer",
-            "X-Frame-Options": "DENY", "Content-Security-Policy": "frame-ancestors 'none'"}
+_HEADERS = PAGE_HEADERS
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(
-        "<!doctype html><html lang=fr><head><meta charset=utf-8>"
-        f"<title>{html.escape(title)}</title>"
-        "<meta name=viewport content='width=device-width, initial-scale=1'>"
-        f"<style>{BANNER_CSS}.series li{{margin:.25em 0}}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>", status, headers=_HEADERS)
+    return render_page(title, body, status, ".series li{margin:.25em 0}")
 
 
 def retriever(request: Request) -> Retriever:
