@@ -1,9 +1,10 @@
 """The gateway's HTTP application (FastAPI). ``drimbox serve`` runs it on uvicorn.
 
 Routes: ``GET /healthz`` (liveness and index reachability, no patient data), ``GET /metrics``
-(Prometheus text format), DICOMweb under ``/dicom-web`` (``qido``, ``wado``, ``stow``
-modules), the viewer (``viewer`` module) and, with the consumer role (``roles``), the consumer
-pages under ``/consumer`` (``consumer`` module).
+(Prometheus text format), the viewer (``viewer`` module), the PSC login; with the Source role
+(``roles`` source or both) DICOMweb under ``/dicom-web`` (``qido``, ``wado``, ``stow``
+modules), the R18 viewer link, share links and the study admin; with the consumer role, the
+consumer pages under ``/consumer`` (``consumer`` module and its siblings).
 """
 
 from __future__ import annotations
@@ -26,19 +27,22 @@ def create_app(runtime: Runtime) -> FastAPI:
     # Modules that prove principals (viewer login, share links) append async callables here;
     # see dicomweb/deps.py for the order in which they are asked.
     app.state.principal_resolvers = []
-    for module in (qido, wado, metadata, rendered, stow):
-        app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
-    from dicomweb import viewer_source
+    source = runtime.settings.source_enabled
+    if source:  # the Source's archive: DICOMweb, the R18 viewer link
+        for module in (qido, wado, metadata, rendered, stow):
+            app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
+        from dicomweb import viewer_source
 
-    app.include_router(viewer_source.router, tags=["viewer"])  # R18 link: before /viewer/{rel}
+        app.include_router(viewer_source.router, tags=["viewer"])  # before /viewer/{rel}
     app.include_router(viewer.router, tags=["viewer"])
 
-    # Viewer sessions (PSC login) and patient share links.
+    # Viewer sessions (PSC login) and, for a Source, patient share links.
     from dicomweb import login, session_cookies, share
 
     session_cookies.install(app)
     login.install(app)
-    share.install(app)
+    if source:
+        share.install(app)
     if runtime.settings.consumer_enabled:  # R13-R16: the consumer role's routes, else 404
         from dicomweb import consumer, consumer_export
 
@@ -66,9 +70,10 @@ def create_app(runtime: Runtime) -> FastAPI:
 
     # --- Access control: principal resolvers, admin audit export. ---
     app.include_router(admin_audit.router, tags=["admin"])
-    from dicomweb import admin_studies
+    if source:
+        from dicomweb import admin_studies
 
-    app.include_router(admin_studies.router, tags=["admin"])  # a study's state
+        app.include_router(admin_studies.router, tags=["admin"])  # a study's state
     settings = runtime.settings
     if settings.dicomweb_auth == "psc" and not settings.psc_issuer:
         logging.getLogger("drimbox.access").warning(

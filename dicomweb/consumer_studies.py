@@ -47,6 +47,7 @@ from gateway.consumer.retrieve import (
     row_status,
     session_retrieval,
 )
+from gateway.consumer.trust import Decision
 from gateway.ingest.uids import is_safe_uid
 
 log = logging.getLogger("drimbox.consumer")
@@ -78,24 +79,24 @@ def _audit(request: Request, principal: Principal, action: str, outcome: str, re
 
 
 def _trust(request: Request):  # noqa: ANN202
-    """R11: whether a RetrieveURL may be called, and why (the keeper's verified list; without
-    one, ``consumer_trust_sources_without_whitelist`` decides, https only)."""
+    """R11: whether a RetrieveURL may be called, and why, with the list's entry (whose
+    certificate DN the Source must present); without a list,
+    ``consumer_trust_sources_without_whitelist`` decides, https only, no DN checked."""
     runtime = request.app.state.runtime
 
-    def trust(url: str) -> tuple[bool, str]:
+    def trust(url: str) -> Decision:
         keeper = runtime.whitelist
         if keeper is not None:
-            decision = keeper.is_trusted(url)
-            return bool(decision), decision.reason
+            return keeper.is_trusted(url)
         if not runtime.settings.consumer_trust_sources_without_whitelist:
-            return False, "aucune liste blanche ANS n'est configurée (whitelist_source)"
+            return Decision(False, "aucune liste blanche ANS n'est configurée (whitelist_source)")
         try:
             scheme = urlsplit(url).scheme.lower()
         except ValueError:
             scheme = ""
         if scheme != "https":
-            return False, f"{url!r} n'est pas en https (R12)"
-        return True, "sans liste blanche (consumer_trust_sources_without_whitelist)"
+            return Decision(False, f"{url!r} n'est pas en https (R12)")
+        return Decision(True, "sans liste blanche (consumer_trust_sources_without_whitelist)")
 
     return trust
 

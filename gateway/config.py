@@ -367,14 +367,20 @@ class Settings(BaseSettings):
 
     # --- Roles: DRIM-M Source and/or Consommatrice (R13-R16; gateway/consumer/). ---
     roles: Literal["source", "consumer", "both"] = "source"
-    """What this DRIMbox does: ``source`` (publishes and serves its centre's exams; every
-    route of the Source), ``consumer`` (a clinician's DRIMbox: the appel contextuel and the
-    consumer pages under ``/consumer``), or ``both``. The consumer routes answer 404 unless
-    the consumer role is on; the Source routes run whatever this says (for now)."""
+    """What this DRIMbox does: ``source`` (publishes and serves its centre's exams: the DICOM
+    SCP, the HL7 listener, the publication outbox, DICOMweb under ``/dicom-web``, the R18
+    viewer link, share links), ``consumer`` (a clinician's DRIMbox: the appel contextuel, the
+    pages under ``/consumer``, the consumer's DICOMweb and the viewer over retrieved studies,
+    the export into the PACS), or ``both``. The routes of a role that is off answer 404 and
+    its listeners do not open."""
 
     @property
     def consumer_enabled(self) -> bool:
         return self.roles in ("consumer", "both")
+
+    @property
+    def source_enabled(self) -> bool:
+        return self.roles in ("source", "both")
 
     # --- Consumer: the DMP search of a patient's prior exams (R16; gateway/consumer/search.py).
     dmp_patients_url: str | None = None

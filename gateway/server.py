@@ -27,19 +27,25 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings) -> None:
     runtime = Runtime.build(settings)  # clears staging: before any worker exists
+    source = settings.source_enabled  # roles: a consumer-only box opens no Source listener
     stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
-    outbox_worker = _publication(settings, runtime, stability)  # may exit: before the workers
+    outbox_worker = (_publication(settings, runtime, stability)  # may exit: before the workers
+                     if source else None)
     whitelist_refresher = _whitelist(settings, runtime)  # may exit: before the workers
-    dicom: DicomService | WorkerPool
-    if settings.dicom_workers:
-        dicom = WorkerPool(settings)
+    dicom: DicomService | WorkerPool | None = None
+    hl7 = None
+    if source:
+        if settings.dicom_workers:
+            dicom = WorkerPool(settings)
+        else:
+            dicom = DicomService(settings, runtime.ingestor)
+        dicom.start()
+        stability.start()
+        hl7 = build_hl7_listener(settings, runtime.reports) if runtime.reports else None
+        if hl7 is not None:
+            hl7.start()  # reports from the RIS over MLLP
     else:
-        dicom = DicomService(settings, runtime.ingestor)
-    dicom.start()
-    stability.start()
-    hl7 = build_hl7_listener(settings, runtime.reports) if runtime.reports else None
-    if hl7 is not None:
-        hl7.start()  # reports from the RIS over MLLP
+        log.info("roles = consumer: no DICOM SCP, HL7 listener nor publication (Source off)")
     config = uvicorn.Config(
         create_app(runtime),
         host=settings.effective_http_host,
@@ -69,8 +75,9 @@ def serve(settings: Settings) -> None:
         log.info("draining DICOM associations (up to %.0f s)", settings.shutdown_grace)
         if hl7 is not None:
             hl7.stop()
-        unclean = dicom.stop()  # WorkerPool: workers that did not exit cleanly
-        stability.stop()
+        unclean = dicom.stop() if dicom is not None else 0  # WorkerPool: unclean exits
+        if source:
+            stability.stop()
         if whitelist_refresher is not None:
             whitelist_refresher.stop()
         if outbox_worker is not None:

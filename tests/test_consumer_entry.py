@@ -11,6 +11,7 @@ ANS test server (see tests/test_consumer_context.py).
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote
@@ -285,3 +286,22 @@ def test_without_the_consumer_role_there_is_no_consumer(gateway_factory) -> None
         assert client.post(f"{gw.url}/consumer/context", data=GOOD).status_code == 404
         assert client.get(f"{gw.url}/consumer").status_code == 404
         assert client.get(f"{gw.url}/healthz").status_code == 200
+
+
+def test_a_consumer_only_box_opens_nothing_of_the_source(consumer) -> None:
+    """``roles = consumer``: the Source's DICOMweb, R18 link, share links and study admin
+    answer 404, no DICOM SCP listens, and the viewer knows only the retrieved studies."""
+    gw, _sim = consumer
+    with httpx.Client(timeout=30) as client:
+        for path in ("/dicom-web/studies", "/dicom-web/studies/1.2.3/metadata",
+                     "/admin/share-links", "/admin/studies/1.2.3"):
+            assert client.get(f"{gw.url}{path}").status_code == 404, path
+        assert client.get(f"{gw.url}/consumer").status_code == 302  # to the PSC login
+        config = client.get(f"{gw.url}/viewer/app-config.js")
+    assert config.status_code == 200, config.text  # the OHIF files (make setup)
+    assert '"defaultDataSourceName": "consumer"' in config.text
+    assert '"sourceName": "drimbox"' not in config.text
+    assert f'"qidoRoot": "{gw.url}/consumer/dicom-web"' in config.text
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", gw.dicom_port), timeout=5).close()
+

@@ -53,6 +53,7 @@ from adapters.pacs.export import (
     StowDestination,
     _Guarded,
 )
+from dicomweb.session_cookies import SESSION
 from gateway.consumer.export import (
     COERCED_TAGS,
     COMPLETE,
@@ -71,7 +72,6 @@ from gateway.consumer.export import (
     element_spans,
     run_export,
 )
-from dicomweb.session_cookies import SESSION
 from gateway.ingest.part10 import split_part10
 
 INS, INS_OID = "279035121518989", "1.2.250.1.213.1.4.10"  # the ANS test INS (SPEC section 4)

@@ -19,6 +19,7 @@ import io
 import ssl
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,14 +49,19 @@ PRACTITIONER = "899999000002"  # one activity: no choice page
 OTHER = "899999000001"
 
 
-def _whitelist(path: Path, host: str) -> Path:
+#: The subject of the test PKI's server certificate (tests/dmp_pki.py), which A's TLS front
+#: presents: the whitelist names it as the operator's certificate (R11).
+SOURCE_DN = "CN=localhost,O=CENTRE IMAGERIE TEST,C=FR"
+
+
+def _whitelist(path: Path, host: str, dn: str = SOURCE_DN) -> Path:
     path.write_text(
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<ListeBlancheDRIM-M xmlns="https://github.com/ansforge/DRIM-M_DATA" '
         'versionFormat="1.0.0"><DateDeGeneration>2026-12-01T00:00:00Z</DateDeGeneration>'
         f"<ListeDomaines><Domaine><Identifiant>1</Identifiant><db>{host}</db><vi></vi>"
-        "<Denomination>SOURCE DE TEST</Denomination><DNCertificatOperateur>CN=localhost"
-        "</DNCertificatOperateur><SupportContact>test@example.org</SupportContact>"
+        "<Denomination>SOURCE DE TEST</Denomination><DNCertificatOperateur>"
+        f"{dn}</DNCertificatOperateur><SupportContact>test@example.org</SupportContact>"
         "<DateMAJ>2026-12-01T00:00:00Z</DateMAJ></Domaine></ListeDomaines>"
         "</ListeBlancheDRIM-M>\n", encoding="utf-8")
     return path
@@ -400,6 +406,40 @@ def test_untrusted_refused_and_failing_sources(world: World) -> None:
     reasons = [a.reason for a in audit_b(world, "consumer_wado") if a.outcome == "denied"]
     assert "source_not_whitelisted" in reasons and "source_401" in reasons
     assert "source_unavailable_network_attempt_3" in reasons
+
+
+def test_a_source_presenting_another_certificate_never_gets_the_token(
+        tmp_path: Path, gateway_factory, sim: Sim) -> None:
+    """R11: the whitelist names, with each DRIMbox host, its operator's certificate
+    (``DNCertificatOperateur``). A Source on a listed host presenting a certificate of another
+    subject is refused at the TLS handshake: the series fails at once with the reason, the
+    request (and the practitioner's PSC token) never reaches the Source, and it is audited."""
+    listed = _whitelist(tmp_path / "other-operator.xml", "127.0.0.1",
+                        dn="CN=db3.test.mesimagesmedicales.fr,OU=318751275100020,O=ANS,C=FR")
+    with contextmanager(make_world)(tmp_path, gateway_factory, sim,
+                                    DRIMBOX_WHITELIST_SOURCE=str(listed)) as world:
+        _study, kos = world.publish("impostor", per_series=2)
+        before = world.front.connections
+        browser = Browser(world)
+        try:
+            assert browser.open(kos).status_code == 200
+            status = browser.wait(kos)
+        finally:
+            browser.close()
+        assert status["state"] == "failed", status
+        assert all(s["state"] == "failed" and s["attempts"] == 1 and s["received"] == 0
+                   and "CN=localhost" in s["message"]
+                   and "liste blanche" in s["message"] for s in status["series"]), status
+        assert world.front.connections > before  # the handshake took place, nothing after it
+        a_index = open_index(world.a.database_url)
+        try:
+            with a_index.read() as s:
+                assert s.scalars(select(AuditEvent).where(AuditEvent.kos_uid == kos)).all() \
+                    == []  # A never saw a request for this KOS
+        finally:
+            a_index.engine.dispose()
+        denied = [a.reason for a in audit_b(world, "consumer_wado") if a.outcome == "denied"]
+        assert denied == ["source_certificate_not_whitelisted"] * len(status["series"])
 
 
 def test_cache_full_evicts_the_least_recently_used_keeps_the_open_one(

@@ -6,7 +6,10 @@ Each request carries ``Authorization: Bearer <the clinician's PSC access token>`
 syntaxes first, each with its q-value, then Explicit VR Little Endian; we add RLE Lossless
 (0.8) and, last, ``transfer-syntax=*`` at 0.1 (what the Source keeps, rather than a 406).
 It goes over TLS 1.2+ with the structure's ORG client certificate (mutual TLS, R7) and
-trusts only the configured CA bundle. The ``multipart/related`` answer is read as it arrives
+trusts only the configured CA bundle. When the whitelist names the operator's certificate for
+the host (``DNCertificatOperateur``, R11), the server certificate's subject is compared with it
+right after the handshake, inside the connection pool (:class:`_ListedCertificates`), so that a
+Source presenting another certificate never receives the practitioner's token. The ``multipart/related`` answer is read as it arrives
 (constant memory): each part is handed to the caller's ``on_part`` as an iterator of chunks.
 
 Failures are typed: :class:`SourceRefused` (401, 403, 404, 410 and other 4xx: retrying would
@@ -17,11 +20,15 @@ the caller may retry).
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpcore
 import httpx
+from cryptography import x509
 
 from dicomweb.multipart_reader import (
     MultipartError,
@@ -31,7 +38,13 @@ from dicomweb.multipart_reader import (
     PartStart,
     parse_media_type,
 )
-from gateway.consumer.source import SourceError, SourceRefused, SourceUnavailable
+from gateway.consumer.source import (
+    SourceError,
+    SourceRefused,
+    SourceUnavailable,
+    SourceUntrusted,
+)
+from gateway.consumer.trust import normalise_host, same_dn
 
 KOS_HEADER = "KOS-SOPInstanceUID"
 #: The CI-SIS sample's preferences (transfer syntax, q), Explicit VR Little Endian last.
@@ -84,11 +97,93 @@ class SourceTls:
         return ctx
 
 
+class CertificateNotListed(Exception):
+    """The server's certificate subject is not the DN the whitelist gives for its host."""
+
+    def __init__(self, host: str, subject: str, wanted: str) -> None:
+        super().__init__(f"{host} presented {subject!r}, the whitelist names {wanted!r}")
+        self.host, self.subject, self.wanted = host, subject, wanted
+
+
+class _CheckedStream(httpcore.NetworkStream):
+    """A TCP stream whose TLS handshake is followed by the whitelist's DN check."""
+
+    def __init__(self, inner: httpcore.NetworkStream, host: str,
+                 wanted: Callable[[str], str]) -> None:
+        self._inner, self._host, self._wanted = inner, host, wanted
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, timeout)
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, timeout)
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def get_extra_info(self, info: str):  # noqa: ANN201 - as httpcore's
+        return self._inner.get_extra_info(info)
+
+    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+                  timeout: float | None = None) -> httpcore.NetworkStream:
+        stream = self._inner.start_tls(ssl_context, server_hostname, timeout)
+        wanted = self._wanted(self._host)
+        if wanted:
+            der = stream.get_extra_info("ssl_object").getpeercert(True)  # binary form (DER)
+            subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+            if not same_dn(subject, wanted):
+                stream.close()
+                raise CertificateNotListed(self._host, subject, wanted)
+        return stream
+
+
+class _ListedCertificates(httpcore.NetworkBackend):
+    """httpcore's network backend with :class:`_CheckedStream`: each new TLS connection to a
+    host is checked against the DN registered for it (:meth:`SourceClient.retrieve`)."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+        self._lock = threading.Lock()
+        self._wanted: dict[str, str] = {}
+
+    def expect(self, host: str, dn: str) -> None:
+        """Register the DN ``host`` must present on its next connections. A connection is
+        checked when it opens: one kept alive (at most ``keepalive_expiry``, 5 s idle) was
+        checked against the DN of its time, also on the list then."""
+        with self._lock:
+            self._wanted[host] = dn
+
+    def wanted(self, host: str) -> str:
+        with self._lock:
+            return self._wanted.get(normalise_host(host), "")
+
+    def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                    local_address: str | None = None,
+                    socket_options: Iterable | None = None) -> httpcore.NetworkStream:
+        return _CheckedStream(self._inner.connect_tcp(host, port, timeout, local_address,
+                                                      socket_options), host, self.wanted)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None,
+                            socket_options: Iterable | None = None) -> httpcore.NetworkStream:
+        return self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
 class SourceClient:
     """One HTTP client (connection pool) for every Source; thread-safe."""
 
     def __init__(self, tls: SourceTls, timeout: float = 60.0) -> None:
-        self._http = httpx.Client(verify=tls.context(), timeout=httpx.Timeout(timeout),
+        context = tls.context()
+        self._backend = _ListedCertificates()
+        transport = httpx.HTTPTransport(verify=context)
+        # httpx builds its pool without a way to pass a network backend: the same pool with
+        # ours, so that the DN check runs between the handshake and the request.
+        transport._pool = httpcore.ConnectionPool(  # noqa: SLF001
+            ssl_context=context, max_connections=100, max_keepalive_connections=20,
+            keepalive_expiry=5.0, http1=True, http2=False, network_backend=self._backend)
+        self._http = httpx.Client(transport=transport, timeout=httpx.Timeout(timeout),
                                   follow_redirects=False)
 
     @classmethod
@@ -103,12 +198,19 @@ class SourceClient:
         self._http.close()
 
     def retrieve(self, url: str, token: str, kos_uid: str,
-                 on_part: Callable[[dict[str, str], Iterator[bytes]], None]) -> int:
+                 on_part: Callable[[dict[str, str], Iterator[bytes]], None],
+                 certificate_dn: str = "") -> int:
         """GET ``url`` (a series' RetrieveURL, or an instance under it) and give each part of
         the multipart answer to ``on_part(headers, chunks)``, which must consume the chunks.
-        Return the number of parts. Raises :class:`SourceError`."""
+        Return the number of parts. Raises :class:`SourceError`; :class:`SourceUntrusted`
+        when ``certificate_dn`` is given and the server's certificate has another subject."""
         headers = {"Authorization": f"Bearer {token}", KOS_HEADER: kos_uid,
                    "Accept": accept_header()}
+        try:
+            host = normalise_host(urlsplit(url).hostname or "")
+        except ValueError:
+            host = ""
+        self._backend.expect(host, certificate_dn)
         try:
             with self._http.stream("GET", url, headers=headers) as resp:
                 if resp.status_code != 200:
@@ -122,6 +224,11 @@ class SourceClient:
                     raise SourceRefused(f"réponse inattendue de la DRIMbox source "
                                         f"({media or 'sans type'})", resp.status_code)
                 return _read_parts(resp.iter_bytes(), params["boundary"], on_part)
+        except CertificateNotListed as exc:
+            raise SourceUntrusted(
+                f"certificat de la DRIMbox source refusé : {exc.subject} n'est pas le "
+                f"certificat de l'opérateur inscrit sur la liste blanche ANS pour {exc.host} "
+                f"({exc.wanted}) ; aucune donnée n'a été envoyée") from None
         except httpx.TimeoutException as exc:
             raise SourceUnavailable("la DRIMbox source ne répond plus (délai dépassé)") from exc
         except httpx.ConnectError as exc:

@@ -6,7 +6,9 @@
 2. :func:`read_kos`: the study, the patient, and per series its RetrieveURL and the SOP
    Instance UIDs the KOS references.
 3. Each RetrieveURL's host is checked against the ANS whitelist (R11) before any request: an
-   untrusted series is ``refused`` with the reason, never called.
+   untrusted series is ``refused`` with the reason, never called; a listed host must present
+   the TLS certificate whose subject DN the list gives (``DNCertificatOperateur``), checked
+   at the handshake, before the token is sent.
 4. :class:`Retriever` runs the series (``consumer_retrieve_parallel_series`` at once, over all
    retrievals) with a :class:`~gateway.consumer.source.SourceReader` (:class:`adapters.source.wado.SourceClient`): WADO-RS with the session's PSC
    access token and ``KOS-SOPInstanceUID``. Each part is written aside, read back (it must be
@@ -51,7 +53,8 @@ from gateway.consumer.cache import (
     CacheFull,
     StudyCache,
 )
-from gateway.consumer.source import SourceError, SourceReader, SourceRefused
+from gateway.consumer.source import SourceError, SourceReader, SourceRefused, SourceUntrusted
+from gateway.consumer.trust import Decision
 from gateway.index.models import ConsumerRetrieval
 from gateway.index.store import InstanceIndex
 from gateway.ingest.uids import is_safe_uid
@@ -132,6 +135,8 @@ class SeriesProgress:
     bytes: int = 0
     attempts: int = 0
     message: str = ""
+    certificate_dn: str = ""
+    """The subject DN the whitelist names for the Source's host (R11; empty: not checked)."""
 
     def as_json(self) -> dict:
         return {"uid": self.uid, "state": self.state, "expected": len(self.expected),
@@ -197,15 +202,19 @@ class Retriever:
     # -- starting ---------------------------------------------------------------------------
 
     def start(self, session_key: str, plan: KosPlan, token: str, principal: Principal,
-              patient_ins: str, trust: Callable[[str], tuple[bool, str]],
+              patient_ins: str, trust: Callable[[str], Decision],
               client_address: str = "") -> int:
         """Record the retrieval and start its series; return its id. ``trust(url)`` says
-        whether a RetrieveURL may be called, with the reason (R11)."""
+        whether a RetrieveURL may be called, with the reason and the whitelist entry whose
+        certificate DN the Source must present (R11)."""
         series = []
         for s in plan.series:
             progress = SeriesProgress(s.series_uid, s.retrieve_url, s.sop_uids)
-            ok, reason = trust(s.retrieve_url) if s.retrieve_url else (
+            decision = trust(s.retrieve_url) if s.retrieve_url else Decision(
                 False, "le KOS ne donne pas d'URL de récupération pour cette série")
+            ok, reason = bool(decision), decision.reason
+            if decision.source is not None:
+                progress.certificate_dn = decision.source.certificate_dn
             if not ok:
                 progress.state = REFUSED
                 progress.message = ("source non autorisée (liste blanche ANS) : " + reason
@@ -274,13 +283,19 @@ class Retriever:
             before = len(p.received)
             try:
                 self.client.retrieve(p.url, job.token, job.plan.kos_uid,
-                                     lambda headers, chunks: self._part(job, p, headers, chunks))
+                                     lambda headers, chunks: self._part(job, p, headers, chunks),
+                                     p.certificate_dn)
             except CacheFull:
                 self._audit(job, p, DENIED, "cache_full")
                 with job.lock:
                     p.state = SERIES_FAILED
                     p.message = "cache local plein : libérez de la place (examens en cours " \
                                 "d'affichage conservés) ou augmentez consumer_cache_max_bytes"
+                return
+            except SourceUntrusted as exc:
+                self._audit(job, p, DENIED, "source_certificate_not_whitelisted")
+                with job.lock:
+                    p.state, p.message = SERIES_FAILED, exc.message
                 return
             except SourceRefused as exc:
                 self._audit(job, p, DENIED, f"source_{exc.status or 'refused'}")

@@ -27,6 +27,13 @@ def normalise_dn(dn: str) -> str:
     return ",".join(out)
 
 
+def same_dn(a: str, b: str) -> bool:
+    """Whether two subject DNs name the same subject: the same attributes and values, in any
+    order (the list writes ``CN=…,OU=…,O=…,ST=…,C=FR``; a certificate's RFC 4514 string is
+    in the order of its RDNs)."""
+    return sorted(normalise_dn(a).split(",")) == sorted(normalise_dn(b).split(","))
+
+
 @dataclass(frozen=True, slots=True)
 class TrustedSource:
     """One ``Domaine`` of the list: a DRIMbox operator."""
@@ -113,9 +120,8 @@ class Whitelist:
 
     def is_trusted_certificate(self, subject_dn: str) -> Decision:
         """Whether a peer's TLS certificate subject DN is an operator DN on the list."""
-        wanted = normalise_dn(subject_dn)
         for source in self.sources:
-            if source.certificate_dn and normalise_dn(source.certificate_dn) == wanted:
+            if source.certificate_dn and same_dn(source.certificate_dn, subject_dn):
                 return Decision(True, f"certificate of {source.identifier} ({source.name})",
                                 source)
         return Decision(False, f"certificate {subject_dn!r} is not on the whitelist")
