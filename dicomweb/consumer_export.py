@@ -10,15 +10,17 @@ with the consumer role (``roles`` consumer or both).
   answer says what happened to each instance: an HTML page, or the report as JSON when the
   request accepts ``application/json``. Status: 200 every instance is in the PACS (sent or
   already there); 502 some failed or were not sent (the PACS refused them, or stopped
-  answering: run it again to complete it); 409 nothing sent because a check failed (an
-  instance of another patient, no patient context to take the local identifiers from); 404
-  the study is not in the cache; 503 export is not configured; 401 no PSC session; 403 a
-  missing or wrong token.
+  answering: run it again to complete it); 409 nothing sent because a check failed (the
+  retrieval is not complete, the study is not the current patient's, an instance of another
+  patient, no patient context to take the local identifiers from); 404 this session has not
+  retrieved the study; 503 export is not configured; 401 no PSC session; 403 a missing or
+  wrong token.
 
 ``document_unique_id`` is the KOS's document unique id in the DMP (its SOP Instance UID), as
-the retrieval names a cached study. The study's files come from ``app.state.consumer_cache``
-(the retrieval cache, any :class:`gateway.consumer.export.StudyFiles`); without one, from
-:class:`~gateway.consumer.export.FolderCache` under ``<data_dir>/consumer/studies``.
+the retrieval names a cached study. What is exported is this session's retrieval of it in
+the retrieval cache (``app.state.consumer_cache``), and only once it is ``complete``: a
+retrieval with a series refused or cut short is never exported, so nothing half retrieved
+is half imported.
 
 The local identifiers (``export_coerce_identifiers``) are the appel contextuel's
 ``PatientID`` / ``PatientIDIssuer`` of the session's current patient context. Every export
@@ -41,17 +43,18 @@ from dicomweb.session_cookies import SESSION, form_token, form_token_ok, read_co
 from dicomweb.urls import client_address, request_public_url
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.access.principal import Principal
-from gateway.access.sessions import SessionInfo
+from gateway.access.sessions import SessionInfo, digest
+from gateway.consumer.cache import COMPLETE as RETRIEVED
+from gateway.consumer.cache import StudyCache
 from gateway.consumer.export import (
     COMPLETE,
     REFUSED,
     ExportError,
     ExportReport,
-    FolderCache,
     LocalIdentity,
-    StudyFiles,
     run_export,
 )
+from gateway.consumer.retrieve import session_retrieval
 from gateway.ingest.uids import is_safe_uid
 
 router = APIRouter()
@@ -62,13 +65,6 @@ ACTION = "consumer_export"
 
 _OUTCOME_FR = {"sent": "envoyée", "already_present": "déjà dans le PACS", "failed": "refusée",
                "not_sent": "non envoyée"}
-
-
-def _cache(request: Request) -> StudyFiles:
-    cache = getattr(request.app.state, "consumer_cache", None)
-    if cache is not None and hasattr(cache, "instance_files"):
-        return cache
-    return FolderCache(request.app.state.runtime.settings.data_dir / "consumer" / "studies")
 
 
 def _principal(info: SessionInfo) -> Principal:
@@ -171,11 +167,27 @@ def _export(request: Request, document_unique_id: str, csrf: str) -> Response:
         _audit(request, principal, DENIED, f"not_configured: {exc}", document_unique_id, ins=ins)
         return _answer(request, 503, "Import indisponible", str(exc))
     try:
-        files = _cache(request).instance_files(document_unique_id)
-        if files is None:
+        row = session_retrieval(request.app.state.runtime.index, digest(raw),
+                                kos_uid=document_unique_id)
+        if row is None:
             _audit(request, principal, DENIED, "not_cached", document_unique_id, ins=ins)
             return _answer(request, 404, "Examen non récupéré",
                            "Cet examen n'est pas dans le cache : récupérez-le d'abord.")
+        if row.state != RETRIEVED:
+            _audit(request, principal, DENIED, f"retrieval_{row.state}", document_unique_id,
+                   row.study_instance_uid, ins)
+            return _answer(request, 409, "Import refusé",
+                           "L'examen n'a pas été entièrement récupéré (état : "
+                           f"{row.state}) : rien n'a été envoyé au PACS, pour ne pas y "
+                           "importer un examen incomplet. Relancez la récupération.")
+        if current is not None and row.patient_ins != current.patient.ins:
+            _audit(request, principal, DENIED, "other_patient", document_unique_id,
+                   row.study_instance_uid, ins)
+            return _answer(request, 409, "Import refusé",
+                           "Cet examen n'est pas celui du patient en cours : rien n'a été "
+                           "envoyé.")
+        cache: StudyCache = request.app.state.consumer_cache
+        files = cache.retrieved_files(row.id)
         identity = None
         if settings.export_coerce_identifiers:
             if current is None:

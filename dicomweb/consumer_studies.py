@@ -274,6 +274,14 @@ def _render(request: Request, info: SessionInfo, patient, document_uid: str,  # 
         for s in status["series"])
     link = (f"<p id=open><a id=viewer-link href='{html.escape(status['viewer'])}'>Ouvrir dans "
             "le visualiseur</a></p>" if "viewer" in status else "<p id=open></p>")
+    if request.app.state.runtime.settings.export_destination and status["state"] in (
+            "retrieving", COMPLETE):
+        # Import into the centre's PACS: offered once the retrieval is complete (a partial
+        # one is never exported); while it runs, the form waits hidden and the poll shows it.
+        from dicomweb.consumer_export import export_form
+
+        hidden = "" if status["state"] == COMPLETE else " hidden"
+        link += f"<div id=export{hidden}>{export_form(request, document_uid)}</div>"
     status_url = f"{request_public_url(request)}{STUDIES_PATH}/{document_uid}/status"
     script = (
         "<script>(function(){var url=" + json.dumps(status_url) + ";"
@@ -288,6 +296,7 @@ def _render(request: Request, info: SessionInfo, patient, document_uid: str,  # 
         "if(s.viewer){var p=document.getElementById('open');p.innerHTML='';var a="
         "document.createElement('a');a.id='viewer-link';a.href=s.viewer;a.textContent="
         "'Ouvrir dans le visualiseur';p.appendChild(a);}"
+        "var ex=document.getElementById('export');if(ex&&s.state==='complete'){ex.hidden=false;}"
         "if(s.state==='retrieving'){setTimeout(tick,1000);}}).catch(function(){"
         "setTimeout(tick,3000);});}"
         "if(document.getElementById('retrieval').dataset.state==='retrieving'){"

@@ -830,22 +830,21 @@ def consumer_export(config_file: Path | None, study_uid: str, kind: str | None,
                     as_json: bool) -> None:
     """Export a retrieved study into the centre's PACS (R17): C-STORE, STOW-RS or Orthanc.
 
+    STUDY_UID names the study by its Study Instance UID or its KOS document unique id: the
+    latest complete retrieval of it in the cache is exported (or --from a folder).
+
     Instances the PACS already holds are skipped, so running it again completes an export
     that stopped or was partly refused. Exit status: 0 every instance is in the PACS, 1 some
     are not (or nothing was sent: the reason is printed), 2 usage or configuration.
     """
     import getpass
+    from datetime import timedelta
 
     from adapters.pacs.export import destination
     from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
     from gateway.access.principal import Principal
-    from gateway.consumer.export import (
-        COMPLETE,
-        ExportError,
-        FolderCache,
-        LocalIdentity,
-        run_export,
-    )
+    from gateway.consumer.cache import StudyCache, cache_root, latest_complete
+    from gateway.consumer.export import COMPLETE, ExportError, LocalIdentity, run_export
 
     settings = _settings(config_file)
     if (patient_id is None) != (ins is None):
@@ -859,11 +858,15 @@ def consumer_export(config_file: Path | None, study_uid: str, kind: str | None,
     if folder is not None:
         files = sorted(p for p in folder.rglob("*") if p.is_file())
     else:
-        files = FolderCache(settings.data_dir / "consumer" / "studies").instance_files(study_uid)
-        if files is None:
-            click.echo(f"drimbox: study {study_uid} is not in the cache (give --from DIR)",
-                       err=True)
+        index = _runtime_index(settings)
+        row = latest_complete(index, study_uid)
+        if row is None:
+            click.echo(f"drimbox: no complete retrieval of {study_uid} in the cache (give "
+                       "--from DIR)", err=True)
             sys.exit(1)
+        files = StudyCache(index, cache_root(settings.data_dir), 0,
+                           timedelta()).retrieved_files(row.id)
+        study_uid = row.study_instance_uid or study_uid
     try:
         report = run_export(files, target, identity, study_uid)
     finally:

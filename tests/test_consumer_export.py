@@ -1,8 +1,10 @@
 """R17, the import side: a retrieved study exported into the centre's PACS, a real private
 Orthanc on loopback (tests/orthanc.py), by C-STORE, by STOW-RS (its DICOMweb plugin) and by its
-REST API (pyorthanc). The cached study is a folder of Part 10 files made here (the cache seam,
-:class:`gateway.consumer.export.FolderCache`), of several SOP classes and transfer syntaxes
-(explicit and implicit VR, RLE, deflated, an encapsulated PDF).
+REST API (pyorthanc). The study is a folder of Part 10 files made here, of several SOP classes
+and transfer syntaxes (explicit and implicit VR, RLE, deflated, an encapsulated PDF); the
+route reads it from the retrieval cache (a retrieval row of the session and its series
+folders, as :mod:`gateway.consumer.retrieve` leaves them; the whole path from a real Source
+is tests/test_consumer_end_to_end.py).
 
 What is shown: every instance arrives; fetched back from Orthanc (``/instances/{id}/file``) each
 is the one sent apart from the coerced identifiers (datasets equal without them, pixel data
@@ -23,6 +25,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -61,7 +64,6 @@ from gateway.consumer.export import (
     SENT,
     CachedInstance,
     ExportError,
-    FolderCache,
     InstanceOutcome,
     LocalIdentity,
     Outgoing,
@@ -69,6 +71,7 @@ from gateway.consumer.export import (
     element_spans,
     run_export,
 )
+from dicomweb.session_cookies import SESSION
 from gateway.ingest.part10 import split_part10
 
 INS, INS_OID = "279035121518989", "1.2.250.1.213.1.4.10"  # the ANS test INS (SPEC section 4)
@@ -236,14 +239,6 @@ def test_the_local_identifier_must_be_dicom_text() -> None:
         LocalIdentity("IPP", "X", "", INS_OID)
 
 
-def test_folder_cache_keys_are_uids(tmp_path: Path) -> None:
-    (tmp_path / "1.2.3").mkdir()
-    (tmp_path / "1.2.3" / "a.dcm").write_bytes(b"x")
-    cache = FolderCache(tmp_path)
-    assert [p.name for p in cache.instance_files("1.2.3")] == ["a.dcm"]
-    assert cache.instance_files("../1.2.3") is None and cache.instance_files("9.9") is None
-
-
 # --- Against a real Orthanc. ---
 
 
@@ -305,8 +300,7 @@ def test_export_arrives_whole_with_the_local_identifiers(pacs: Pacs, tmp_path: P
                                                          kind: str) -> None:
     study, paths = write_study(tmp_path / "cache" / KOS_UID)
     dest = make_destination(kind, pacs)
-    report = run_export(FolderCache(tmp_path / "cache").instance_files(KOS_UID) or [], dest,
-                        IDENTITY, study)
+    report = run_export(paths, dest, IDENTITY, study)
     assert report.outcome == COMPLETE, report.to_json()
     assert report.counts == {SENT: len(paths), PRESENT: 0, FAILED: 0, NOT_SENT: 0}
     assert len(pacs.instance_ids()) == len(paths)
@@ -384,6 +378,43 @@ def consumer_with_pacs(tmp_path: Path, gateway_factory) -> Iterator[tuple]:  # n
         pacs.stop()
 
 
+PARTIAL_RETRIEVAL = "partial"
+
+
+def cache_retrieval(gw, session: str, study: str, paths: list[Path],  # noqa: ANN001
+                    state: str) -> int:
+    """A retrieval of ``KOS_UID`` by the session whose cookie is ``session``, in the gateway's
+    index and cache folder as the retriever leaves one (``<id>/<series>/<sop>.dcm``)."""
+    from datetime import UTC, datetime
+
+    from gateway.access.sessions import digest
+    from gateway.consumer.cache import cache_root
+    from gateway.index.engine import create_index_engine
+    from gateway.index.models import ConsumerRetrieval
+    from gateway.index.store import InstanceIndex
+
+    index = InstanceIndex(create_index_engine(gw.database_url))
+    now = datetime.now(UTC)
+    try:
+        with index.write() as s:
+            row = ConsumerRetrieval(session_sha256=digest(session), subject=STAFF,
+                                    kos_uid=KOS_UID, study_instance_uid=study,
+                                    patient_ins=INS, state=state, series="[]",
+                                    bytes=sum(p.stat().st_size for p in paths),
+                                    created_at=now, updated_at=now, last_used_at=now)
+            s.add(row)
+            s.flush()
+            rid = row.id
+    finally:
+        index.engine.dispose()
+    for path in paths:
+        ds = dcmread(path, stop_before_pixels=True)
+        target = cache_root(gw.data_dir) / str(rid) / ds.SeriesInstanceUID
+        target.mkdir(parents=True, exist_ok=True)
+        (target / f"{ds.SOPInstanceUID}.dcm").write_bytes(path.read_bytes())
+    return rid
+
+
 def _token(page: str) -> str:
     (token,) = re.findall(r"name=csrf value='([0-9a-f]{64})'", page)
     return token
@@ -395,7 +426,7 @@ def test_route_exports_the_cached_study_with_the_contexts_ipp(consumer_with_pacs
     from test_consumer_entry import HOSPITAL, Browser, audit, login_through_psc
 
     gw, pacs = consumer_with_pacs
-    study, paths = write_study(gw.data_dir / "consumer" / "studies" / KOS_UID)
+    study, paths = write_study(gw.data_dir / "made")
     url = f"{gw.url}/consumer/studies/{KOS_UID}/export"
     # No PSC session: nothing happens.
     assert httpx.post(url, data={"csrf": "x"}, timeout=30).status_code == 401
@@ -413,10 +444,20 @@ def test_route_exports_the_cached_study_with_the_contexts_ipp(consumer_with_pacs
         # Without the session's token (a form on another site): refused, nothing sent.
         r = browser.send("POST", url, data={"csrf": "0" * 64})
         assert r.status_code == 403 and pacs.instance_ids() == []
-        # Not cached.
-        r = browser.send("POST", f"{gw.url}/consumer/studies/1.2.3.4/export",
-                         data={"csrf": token}, headers={"Accept": "application/json"})
+        # Not retrieved by this session.
+        r = browser.send("POST", url, data={"csrf": token},
+                         headers={"Accept": "application/json"})
         assert r.status_code == 404
+        # Retrieved, but a series is missing: nothing is sent (never half imported).
+        session = browser.client.cookies.get(SESSION)
+        partial = cache_retrieval(gw, session, study, paths[:2], PARTIAL_RETRIEVAL)
+        r = browser.send("POST", url, data={"csrf": token},
+                         headers={"Accept": "application/json"})
+        assert r.status_code == 409 and "partial" in r.json()["refused"]
+        assert pacs.instance_ids() == []
+        # Retrieved whole (a later retrieval of the same KOS, as after a new attempt).
+        cache_retrieval(gw, session, study, paths, COMPLETE)
+        assert partial  # the earlier, partial one stays as it was
         # The export: every instance, the appel contextuel's IPP and issuer, the INS kept.
         r = browser.send("POST", url, data={"csrf": token}, headers={"Accept": "application/json"})
         assert r.status_code == 200, r.text
@@ -438,10 +479,11 @@ def test_route_exports_the_cached_study_with_the_contexts_ipp(consumer_with_pacs
     rows = audit(gw, "consumer_export")
     assert [(row.outcome, row.reason.split(";")[0]) for row in rows] == [
         ("denied", "csrf_token_mismatch"), ("denied", "not_cached"),
+        ("denied", "retrieval_partial"),
         ("allowed", "orthanc: complete"), ("allowed", "orthanc: complete")]
-    assert rows[2].patient_ins == INS and rows[2].kos_uid == KOS_UID
-    assert rows[2].study_instance_uid == study and rows[2].subject == STAFF
-    assert f"sent {len(paths)}" in rows[2].reason
+    assert rows[3].patient_ins == INS and rows[3].kos_uid == KOS_UID
+    assert rows[3].study_instance_uid == study and rows[3].subject == STAFF
+    assert f"sent {len(paths)}" in rows[3].reason
     assert all("IPP-000123" not in row.reason for row in rows)
 
 
@@ -471,6 +513,20 @@ def test_cli_exports_and_reports_by_exit_status(pacs: Pacs, tmp_path: Path) -> N
     assert again.returncode == 0 and f"already present {len(paths)}" in again.stdout
     assert len(pacs.instance_ids()) == len(paths)
     assert run("--to", "orthanc", "--from", str(tmp_path / "study")).returncode == 2  # no URL
+    # Without --from: the latest complete retrieval in the cache, named by its KOS or study.
+    missing = run("--to", "stow")
+    assert missing.returncode == 1 and "no complete retrieval" in missing.stderr
+    gw = SimpleNamespace(data_dir=tmp_path / "data",
+                         database_url=f"sqlite:///{(tmp_path / 'data' / 'index.sqlite')}")
+    cache_retrieval(gw, "a-session", study, paths, PARTIAL_RETRIEVAL)
+    assert run("--to", "stow").returncode == 1  # a partial retrieval is never exported
+    cache_retrieval(gw, "a-session", study, paths, COMPLETE)
+    cached = subprocess.run([sys.executable, "-m", "gateway.cli", "consumer", "export", KOS_UID,
+                             "--to", "stow", "--json"], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert cached.returncode == 0, cached.stdout + cached.stderr
+    report = json.loads(cached.stdout)
+    assert report["study_uid"] == study and report["counts"][PRESENT] == len(paths)
 
 
 @pytest.mark.peer

@@ -67,6 +67,13 @@ class StudyCache:
     def instance_path(self, retrieval_id: int, series_uid: str, sop_uid: str) -> Path:
         return self.folder(retrieval_id) / series_uid / f"{sop_uid}.dcm"
 
+    def retrieved_files(self, retrieval_id: int) -> list[Path]:
+        """The Part 10 files of a retrieval's series folders (never its ``.partial/`` files).
+        Only a ``complete`` retrieval holds every instance its KOS names: callers that hand
+        the study on (the export to the PACS) check the row's state first."""
+        return sorted(p for p in self.folder(retrieval_id).glob("*/*.dcm")
+                      if p.parent.name != ".partial" and p.is_file())
+
     # -- accounting ---------------------------------------------------------------------------
 
     def start(self, retrieval_id: int) -> None:
@@ -145,6 +152,20 @@ class StudyCache:
         for row in rows:
             shutil.rmtree(self.partial_folder(row.id), ignore_errors=True)
         return len(rows)
+
+
+def latest_complete(index: InstanceIndex, uid: str) -> ConsumerRetrieval | None:
+    """The latest ``complete`` retrieval of a study, named by its KOS document unique id or its
+    Study Instance UID, whatever the session (the operator's ``drimbox consumer export``)."""
+    with index.read() as s:
+        row = s.scalar(select(ConsumerRetrieval)
+                       .where(ConsumerRetrieval.state == COMPLETE,
+                              (ConsumerRetrieval.kos_uid == uid)
+                              | (ConsumerRetrieval.study_instance_uid == uid))
+                       .order_by(ConsumerRetrieval.id.desc()).limit(1))
+        if row is not None:
+            s.expunge(row)
+        return row
 
 
 def purge(index: InstanceIndex, root: Path, everything: bool = False) -> tuple[int, int]:

@@ -3,10 +3,10 @@
 A clinician (or an operator, ``drimbox consumer export``) asks that a study the consumer
 retrieved from a Source DRIMbox be imported into the local PACS. This module owns:
 
-* **the seam to the cache** (:class:`StudyFiles`): whatever yields the Part 10 files of a cached
-  study. The retrieval cache (``gateway/consumer/cache.py``) provides it; until it is wired in,
-  :class:`FolderCache` reads ``<root>/<key>/`` (one folder of Part 10 files per study, named by
-  the KOS document unique id or the Study Instance UID);
+* **what is exported**: the files of a *complete* retrieval in the retrieval cache
+  (:meth:`gateway.consumer.cache.StudyCache.retrieved_files`; a retrieval with a missing
+  series is never exported, so nothing half retrieved reaches the PACS), or any folder of
+  Part 10 files the operator names (``drimbox consumer export --from``);
 * **the identifier coercion** (:func:`coerce_dataset`): the instance's patient becomes the
   centre's own (the appel contextuel's ``PatientID`` and ``PatientIDIssuer``, R13), the INS
   kept in Other Patient IDs Sequence with its OID. Done on the encoded bytes: the top-level
@@ -44,7 +44,6 @@ from gateway.consumer.context import PatientContext
 from gateway.identity.codecs import ins_from_dicom
 from gateway.identity.ins import INS_ISSUER_NAME
 from gateway.ingest.part10 import Part10Error, split_part10
-from gateway.ingest.uids import is_safe_uid
 
 DESTINATIONS = ("cstore", "stow", "orthanc")
 
@@ -269,32 +268,6 @@ def coerce_dataset(dataset: bytes, transfer_syntax: str, identity: LocalIdentity
     for _tag, value in pending:
         out += value
     return _deflate(bytes(out)) if deflated else bytes(out)
-
-
-# --- The cache seam. ---
-
-
-class StudyFiles(Protocol):
-    """What yields the cached Part 10 files of a retrieved study (the retrieval cache)."""
-
-    def instance_files(self, key: str) -> Iterable[Path] | None:
-        """The files of the study ``key`` names (a KOS document unique id or a Study Instance
-        UID), or None when no such study is cached."""
-
-
-@dataclass(frozen=True, slots=True)
-class FolderCache:
-    """``<root>/<key>/`` holds a study's Part 10 files (any depth). Keys are UIDs only."""
-
-    root: Path
-
-    def instance_files(self, key: str) -> Iterable[Path] | None:
-        if not is_safe_uid(key):
-            return None
-        folder = self.root / key
-        if not folder.is_dir():
-            return None
-        return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
 
 # --- The job. ---
