@@ -91,16 +91,20 @@ class World:
         assert str(kos.SOPInstanceUID) == row.kos_uid
         return study, row.kos_uid
 
-    def source_files(self, study: str) -> dict[str, str]:
-        """SOP Instance UID -> SHA-256 of A's stored file."""
+    def source_paths(self, study: str) -> dict[str, Path]:
+        """SOP Instance UID -> A's stored file."""
         index = InstanceIndex(create_index_engine(self.a.database_url))
         store = FileStore(self.a.data_dir)
         try:
-            return {r.sop_instance_uid: hashlib.sha256(
-                        store.path_of(r.storage_key).read_bytes()).hexdigest()
+            return {r.sop_instance_uid: store.path_of(r.storage_key)
                     for r in index.all_instances() if r.study_instance_uid == study}
         finally:
             index.engine.dispose()
+
+    def source_files(self, study: str) -> dict[str, str]:
+        """SOP Instance UID -> SHA-256 of A's stored file."""
+        return {sop: hashlib.sha256(path.read_bytes()).hexdigest()
+                for sop, path in self.source_paths(study).items()}
 
 
 def make_world(tmp_path: Path, gateway_factory, sim: Sim, **b_env: str) -> Iterator[World]:
@@ -493,13 +497,7 @@ def test_cache_full_evicts_the_least_recently_used_keeps_the_open_one(
 
 
 def _stored_paths(world: World, study: str) -> list[Path]:
-    index = InstanceIndex(create_index_engine(world.a.database_url))
-    store = FileStore(world.a.data_dir)
-    try:
-        return [store.path_of(r.storage_key) for r in index.all_instances()
-                if r.study_instance_uid == study]
-    finally:
-        index.engine.dispose()
+    return list(world.source_paths(study).values())
 
 
 def forged_kos(world: World) -> str:
