@@ -28,7 +28,7 @@ from urllib.parse import quote, urlsplit
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from adapters.dmp.consumer import fetch_kos, retrieval_vihf
+from adapters.dmp.consumer import fetch_kos, practitioner_vihf
 from adapters.source.wado import SourceClient
 from dicomweb.consumer_banner import PAGE_HEADERS, identity_banner, render_page
 from dicomweb.login import activity_redirect, login_redirect
@@ -48,6 +48,7 @@ from gateway.consumer.retrieve import (
     session_retrieval,
 )
 from gateway.consumer.trust import Decision
+from gateway.identity.ins import Ins
 from gateway.ingest.uids import is_safe_uid
 
 log = logging.getLogger("drimbox.consumer")
@@ -154,12 +155,19 @@ def study_page(document_unique_id: str, request: Request) -> Response:
                      "Santé Connect utilisable auprès des DRIMbox sources : déconnectez-vous "
                      "puis reconnectez-vous.</p>", 401)
     settings = request.app.state.runtime.settings
+    try:  # the same VIHF as the priors search: this practitioner, the chosen activity (R6)
+        vihf = practitioner_vihf(settings, info, Ins(patient.ins, patient.ins_oid))
+    except ValueError as exc:
+        _audit(request, principal, ACTION_KOS, DENIED, f"no_activity: {exc}", ins=patient.ins,
+               kos=document_unique_id)
+        return _page("Activité incomplète", "<p id=error>L'activité choisie à la connexion ne "
+                     f"permet pas d'interroger le DMP ({html.escape(str(exc))}) : "
+                     "reconnectez-vous en choisissant une activité de votre structure.</p>", 409)
     try:
         from adapters.dmp.client import DmpClient
 
         with DmpClient.from_settings(settings) as dmp:
-            data = fetch_kos(dmp, retrieval_vihf(settings, info.subject, info.activity,
-                                                 patient), document_unique_id, patient.ins)
+            data = fetch_kos(dmp, vihf, document_unique_id, patient.ins)
         plan = read_kos(data)
     except KosUnreadable as exc:
         _audit(request, principal, ACTION_KOS, DENIED, "kos_unusable: " + str(exc),

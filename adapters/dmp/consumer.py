@@ -21,7 +21,6 @@ from adapters.dmp.errors import (
 )
 from adapters.dmp.vihf import Role, VihfContext
 from gateway.access.sessions import Activity, SessionInfo
-from gateway.consumer.context import PatientContext
 from gateway.consumer.retrieve import KosUnreadable
 from gateway.consumer.search import AccessCheck, DmpProblem
 from gateway.identity.ins import Ins
@@ -115,24 +114,6 @@ class _as_problem:  # noqa: N801 - used as a context manager
         if isinstance(exc, DmpTransientError):
             raise DmpProblem("dmp_unreachable", type(exc).__name__) from exc
         raise DmpProblem("dmp_refused", type(exc).__name__) from exc
-
-
-def retrieval_vihf(settings, subject: str, activity: str,  # noqa: ANN001 - Settings
-                   patient: PatientContext) -> VihfContext:
-    """The VIHF of a consumer's DMP call (R6; SPEC 1.3 step 4), from the PSC session: the
-    practitioner's SubjectNameID, the structure of the chosen activity, the centre's sector,
-    profession and LPS identifiers. The session keeps no display name: the subject id stands
-    in for ``subject-id``. (Not yet :func:`practitioner_vihf`, which the priors search uses.)"""
-    return VihfContext(
-        subject_id=subject, subject_name=subject,
-        structure_id=activity or settings.dmp_structure_id,
-        activity_sector=settings.dmp_activity_sector,
-        roles=(Role(settings.dmp_author_profession, SCHEME_PROFESSION),),
-        patient_id=f"{patient.ins}^^^&{patient.ins_oid}&ISO^NH",
-        lps_id=settings.dmp_lps_id, lps_name=settings.dmp_lps_name,
-        lps_version=settings.dmp_lps_version,
-        lps_homologation_id=settings.dmp_lps_homologation_id,
-        authentication_mode=settings.dmp_authentication_mode)
 
 
 def fetch_kos(dmp, vihf: VihfContext, unique_id: str, patient_ins: str) -> bytes:  # noqa: ANN001
