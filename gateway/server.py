@@ -147,9 +147,27 @@ def _whitelist(settings: Settings, runtime: Runtime):  # noqa: ANN202
         log.warning("whitelist: no whitelist_crls configured: the signer's revocation is not "
                     "checked (R11)")
     keeper.load_persisted()
+    keeper.on_refresh = _audit_refresh(runtime)
     runtime.whitelist = keeper
     refresher = WhitelistRefresher(keeper, settings.whitelist_refresh_hours * 3600)
     refresher.start()
     log.info("whitelist refresher started (%s, every %g h)", settings.whitelist_source,
              settings.whitelist_refresh_hours)
     return refresher
+
+
+def _audit_refresh(runtime: Runtime):  # noqa: ANN202
+    """Each whitelist refresh in the audit trail (R11): ``whitelist_refresh``, allowed when a
+    list was adopted, denied when it was refused or unreachable (the reason says which list is
+    kept)."""
+    from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+    from gateway.access.principal import Principal
+
+    refresher = Principal(kind="system", subject="whitelist-refresher", via="scheduler")
+
+    def audit(result) -> None:  # noqa: ANN001 - adapters.whitelist.RefreshResult
+        record_access(runtime.index, AccessRecord(
+            refresher, "whitelist_refresh", ALLOWED if result.accepted else DENIED,
+            result.reason[:255]))
+
+    return audit

@@ -383,6 +383,49 @@ def test_serve_fetches_and_saves_the_list(gateway_factory, tmp_path: Path) -> No
     assert "whitelist: list of 2026-06-19T18:06:52Z accepted: 17 DRIMbox" in gw.log()
 
 
+def test_serve_audits_each_refresh_and_keeps_the_last_good_list(gateway_factory,
+                                                                 tmp_path: Path) -> None:
+    """A gateway whose whitelist source turns into an altered copy: the refresh is refused,
+    audited (``whitelist_refresh`` denied, the reason and the list kept), and the last good
+    list stays trusted across the restart."""
+    altered = tmp_path / "altered.xml"
+    altered.write_bytes(SIGNED.read_bytes().replace(b"db3.test", b"db9.test", 1))
+    gw = gateway_factory(DRIMBOX_DICOM_WORKERS="0", DRIMBOX_WHITELIST_SOURCE=str(SIGNED),
+                         DRIMBOX_WHITELIST_TRUST_ANCHORS=str(ANCHORS)).start()
+    saved = gw.data_dir / "whitelist" / LAST_GOOD
+    deadline = time.monotonic() + 30
+    while not saved.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gw.stop()
+    gw.extra_env["DRIMBOX_WHITELIST_SOURCE"] = str(altered)
+    gw.start()
+    deadline = time.monotonic() + 30
+    while len(_refresh_audit(gw)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gw.stop()
+    first, second = _refresh_audit(gw)
+    assert (first.outcome, first.principal_kind, first.subject) == (
+        "allowed", "system", "whitelist-refresher")
+    assert first.reason.startswith("list of 2026-06-19T18:06:52Z accepted: 17 DRIMbox")
+    assert second.outcome == "denied" and "refused" in second.reason
+    assert second.reason.endswith("keeping the list of 2026-06-19T18:06:52Z")
+    assert saved.read_bytes() == SIGNED.read_bytes()  # the altered copy never replaced it
+
+
+def _refresh_audit(gw) -> list:  # noqa: ANN001
+    from sqlalchemy import create_engine, select
+
+    from gateway.index.models import AuditEvent
+
+    engine = create_engine(gw.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(select(AuditEvent).where(
+                AuditEvent.action == "whitelist_refresh").order_by(AuditEvent.id)))
+    finally:
+        engine.dispose()
+
+
 def test_serve_warns_loudly_about_unsigned_lists(gateway_factory) -> None:
     gw = gateway_factory(DRIMBOX_DICOM_WORKERS="0", DRIMBOX_WHITELIST_SOURCE=str(UNSIGNED),
                          DRIMBOX_WHITELIST_INSECURE_ALLOW_UNSIGNED="true").start()

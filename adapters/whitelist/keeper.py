@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,8 @@ class WhitelistKeeper:
         self.crls = list(crls or [])
         """CRL locations (paths, http(s) URLs) fetched at each check; empty: revocation is
         not checked."""
+        self.on_refresh: Callable[[RefreshResult], None] | None = None
+        """Told of each refresh's result (the gateway audits it, R11)."""
         self._lock = threading.Lock()
         self._current: Whitelist | None = None
         self.last_error: str | None = None
@@ -187,7 +190,7 @@ class WhitelistKeeper:
         reason = (f"list of {whitelist.generated_at} accepted: {len(whitelist.sources)} DRIMbox, "
                   f"signed by {whitelist.signer or 'nobody (UNSIGNED, development mode)'}")
         log.info("whitelist: %s", reason)
-        return RefreshResult(True, reason, whitelist)
+        return self._told(RefreshResult(True, reason, whitelist))
 
     def _refused(self, reason: str) -> RefreshResult:
         self.last_error = reason
@@ -195,7 +198,15 @@ class WhitelistKeeper:
         kept = (f"; keeping the list of {current.generated_at}" if current is not None
                 else "; no list is trusted: every Source is refused")
         log.error("whitelist: %s%s", reason, kept)
-        return RefreshResult(False, reason + kept, current)
+        return self._told(RefreshResult(False, reason + kept, current))
+
+    def _told(self, result: RefreshResult) -> RefreshResult:
+        if self.on_refresh is not None:
+            try:
+                self.on_refresh(result)
+            except Exception:  # noqa: BLE001 - the list's state must not depend on it
+                log.exception("whitelist: recording the refresh failed")
+        return result
 
 
 def _is_signed(data: bytes) -> bool:

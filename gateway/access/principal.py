@@ -12,14 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-PrincipalKind = Literal["practitioner", "staff", "share", "anonymous"]
+PrincipalKind = Literal["practitioner", "staff", "share", "anonymous", "system"]
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     kind: PrincipalKind
     subject: str
-    """SubjectNameID (practitioner), user name (staff), share-link id (share), "anonymous"."""
+    """SubjectNameID (practitioner), user name (staff), share-link id (share), "anonymous",
+    or the gateway's own task (system: e.g. the whitelist refresher)."""
     roles: frozenset[str] = field(default_factory=frozenset)
     """Local roles granted by configuration (staff, or practitioners listed as centre staff)."""
     activity: str | None = None
