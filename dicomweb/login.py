@@ -18,11 +18,16 @@
 Every decision is appended to the audit trail (actions ``login``, ``activity``, ``logout``).
 Failures answer a short French page with 400 (bad request, no login under way) or 401
 (PSC refused or its answer failed a check); the reason code goes to the audit, not the page.
+Failures are counted per client address (:class:`gateway.access.throttle.FailureThrottle`):
+at ``login_max_failures_per_address`` within ``failure_window_minutes`` the address gets 429
+with ``Retry-After`` on ``/auth/login`` and ``/auth/callback`` for ``failure_lock_minutes``
+(audited ``rate_limited``).
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from datetime import timedelta
 from urllib.parse import quote
 
@@ -41,10 +46,11 @@ from dicomweb.session_cookies import (
     sessions,
     set_cookie,
 )
-from dicomweb.urls import request_public_url
+from dicomweb.urls import client_address, request_public_url
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.access.principal import Principal
 from gateway.access.sessions import PENDING_LOGIN_SECONDS, Activity
+from gateway.access.throttle import FailureThrottle
 
 router = APIRouter()
 
@@ -89,13 +95,34 @@ def _audit(request: Request, subject: str, action: str, outcome: str, reason: st
     runtime = request.app.state.runtime
     principal = Principal(kind="practitioner", subject=subject or "unknown", activity=activity,
                           via="psc-login")
-    client = request.client.host if request.client else ""
     record_access(runtime.index, AccessRecord(principal, action, outcome, reason,
-                                              client_address=client))
+                                              client_address=client_address(request)))
+
+
+def too_many(request: Request, throttle: FailureThrottle | None, action: str,
+             page: Callable[[str, str, int], Response]) -> Response | None:
+    """429 with ``Retry-After`` (audited ``rate_limited``) while the client's address is
+    locked out by ``throttle``; None otherwise."""
+    if throttle is None:
+        return None
+    left = throttle.locked(client_address(request))
+    if not left:
+        return None
+    record_access(request.app.state.runtime.index, AccessRecord(
+        Principal(kind="anonymous", subject="anonymous", via="rate-limit"), action, DENIED,
+        "rate_limited", client_address=client_address(request)))
+    response = page("Trop de tentatives",
+                    "<p>Trop de tentatives ont échoué depuis cette adresse. Réessayez dans "
+                    f"{max(1, round(left / 60))} minute(s).</p>", 429)
+    response.headers["Retry-After"] = str(max(1, int(left + 0.999)))
+    return response
 
 
 def _failed(request: Request, reason: str, status: int = 401, subject: str = "") -> Response:
     _audit(request, subject, "login", DENIED, reason)
+    throttle = getattr(request.app.state, "login_throttle", None)
+    if throttle is not None:
+        throttle.failure(client_address(request))
     response = _page("Connexion impossible",
                      "<p>La connexion avec Pro Santé Connect a échoué.</p>"
                      f"<p><a href='/auth/login'>Réessayer</a></p>", status)
@@ -105,6 +132,8 @@ def _failed(request: Request, reason: str, status: int = 401, subject: str = "")
 
 @router.get("/auth/login", include_in_schema=False)
 def login(request: Request, next: str | None = None) -> Response:  # noqa: A002 - query name
+    if (locked := too_many(request, request.app.state.login_throttle, "login", _page)):
+        return locked
     rp = _rp(request)
     if rp is None:
         return _page("Connexion indisponible",
@@ -126,6 +155,8 @@ def login(request: Request, next: str | None = None) -> Response:  # noqa: A002 
 @router.get("/auth/callback", include_in_schema=False)
 def callback(request: Request, code: str | None = None, state: str | None = None,
              error: str | None = None) -> Response:
+    if (locked := too_many(request, request.app.state.login_throttle, "login", _page)):
+        return locked
     rp = _rp(request)
     if rp is None:
         return _page("Connexion indisponible", "<p>Pro Santé Connect n'est pas configuré.</p>",
@@ -266,6 +297,9 @@ def logged_out() -> Response:
 def install(app: FastAPI) -> None:
     """Mount the login routes; with ``dicomweb_auth = psc``, the PSC relying party."""
     settings = app.state.runtime.settings
+    app.state.login_throttle = FailureThrottle(settings.login_max_failures_per_address,
+                                               settings.failure_window_minutes * 60,
+                                               settings.failure_lock_minutes * 60)
     app.include_router(router, tags=["login"])
     if settings.psc_issuer and settings.psc_client_id:
         secret = settings.psc_client_secret

@@ -18,7 +18,11 @@ A cookie session can only send these as JSON, which a cross-site form cannot (wi
 SameSite=Lax this closes CSRF).
 
 Every decision is audited: actions ``share-open`` (reason unknown, expired, revoked, locked,
-wrong_birth_date, bad_birth_date, no_birth_date), ``share-create``, ``share-revoke``.
+wrong_birth_date, bad_birth_date, no_birth_date, rate_limited), ``share-create``,
+``share-revoke``. Beyond the per-link lock, failures (an unknown link, a wrong birth date) are
+counted per client address over every link (``share_max_failures_per_address``): an address
+that guesses links or dates is locked out of ``/share`` for ``failure_lock_minutes`` (429 with
+``Retry-After``).
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from pydantic import BaseModel, Field
 
 from dicomweb.deps import principal_or_none
+from dicomweb.login import too_many
 from dicomweb.session_cookies import SHARE, sessions, set_cookie, share_links
-from dicomweb.urls import request_public_url
+from dicomweb.urls import client_address, request_public_url
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.access.handout import handout_html, share_url
 from gateway.access.principal import Principal
 from gateway.access.share_links import CannotShare, ShareLinkDenied, ShareLinkInfo, ShareLinks
+from gateway.access.throttle import FailureThrottle
 
 router = APIRouter()
 
@@ -66,7 +72,12 @@ def _page(title: str, body: str, status: int = 200, headers: dict | None = None)
 
 
 def _client(request: Request) -> str:
-    return request.client.host if request.client else ""
+    return client_address(request)
+
+
+def _locked_out(request: Request) -> Response | None:
+    return too_many(request, request.app.state.share_throttle, "share-open",
+                    lambda title, body, status: _page(title, body, status))
 
 
 def _audit(request: Request, action: str, outcome: str, reason: str, link_id: str,
@@ -90,6 +101,8 @@ def _form(token: str, message: str = "") -> str:
 
 def _denied(request: Request, exc: ShareLinkDenied, token: str) -> HTMLResponse:
     _audit(request, "share-open", DENIED, exc.reason, exc.link_id, exc.study_uid)
+    if exc.reason in ("unknown", "wrong_birth_date"):
+        request.app.state.share_throttle.failure(_client(request))
     status = _STATUS[exc.reason]
     headers = {"Retry-After": str(exc.retry_after)} if exc.reason == "locked" else {}
     message = _MESSAGES[exc.reason]
@@ -103,6 +116,8 @@ def _denied(request: Request, exc: ShareLinkDenied, token: str) -> HTMLResponse:
 
 @router.get("/share/{token}", include_in_schema=False)
 def share_open_form(token: str, request: Request) -> Response:
+    if (locked := _locked_out(request)) is not None:
+        return locked
     try:
         share_links(request).lookup(token)
     except ShareLinkDenied as exc:
@@ -112,6 +127,8 @@ def share_open_form(token: str, request: Request) -> Response:
 
 @router.post("/share/{token}", include_in_schema=False)
 def share_open(token: str, request: Request, birth_date: str = Form("")) -> Response:
+    if (locked := _locked_out(request)) is not None:
+        return locked
     try:
         link = share_links(request).check_birth_date(token, birth_date)
     except ShareLinkDenied as exc:
@@ -215,4 +232,8 @@ def revoke_share_link(link_id: str, request: Request) -> Response:
 
 
 def install(app: FastAPI) -> None:
+    settings = app.state.runtime.settings
+    app.state.share_throttle = FailureThrottle(settings.share_max_failures_per_address,
+                                               settings.failure_window_minutes * 60,
+                                               settings.failure_lock_minutes * 60)
     app.include_router(router)

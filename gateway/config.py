@@ -159,6 +159,10 @@ class Settings(BaseSettings):
     its A-ASSOCIATE-RQ has arrived whole until it is released or aborted; connections still
     sending their request do not count (``max_pending_per_address``, ``artim_timeout``).
     One over the limit is rejected (A-ASSOCIATE-RJ, local limit exceeded)."""
+    max_associations_per_ae: int = Field(default=16, ge=1, le=1000)
+    """Associations open at once from one calling AE title (per DICOM worker), counted as
+    ``max_associations``: a peer cannot take every slot. One over is rejected the same way
+    (A-ASSOCIATE-RJ transient, local limit exceeded)."""
     network_timeout: float = Field(default=60.0, gt=0)
     """Seconds of silence before an association is aborted: no PDU at all, or no byte while
     a PDU is half received, or the peer not reading what we send
@@ -334,6 +338,18 @@ class Settings(BaseSettings):
     """Wrong birth dates on a share link before it is locked."""
     share_lock_minutes: float = Field(default=15.0, gt=0)
     """How long a share link stays locked after ``share_max_attempts`` wrong birth dates."""
+    share_max_failures_per_address: int = Field(default=20, ge=1, le=10_000)
+    """Failed share-link openings (an unknown link, a wrong birth date) from one client
+    address, over every link, within ``failure_window_minutes``, before that address is locked
+    out of share links for ``failure_lock_minutes`` (429 with ``Retry-After``)."""
+    login_max_failures_per_address: int = Field(default=10, ge=1, le=10_000)
+    """Failed PSC logins (a callback refused for any reason) from one client address within
+    ``failure_window_minutes`` before that address is locked out of ``/auth/login`` and
+    ``/auth/callback`` for ``failure_lock_minutes`` (429 with ``Retry-After``)."""
+    failure_window_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+    """The sliding window in which failures per address are counted."""
+    failure_lock_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+    """How long an address that reached a failure limit is locked out."""
 
     # --- DICOMweb work limits (rendered images, frame lists): what one request may cost. ---
     render_max_size: int = Field(default=4096, ge=16, le=16384)

@@ -35,6 +35,12 @@ DICOM_CONNECTIONS_CLOSED = Counter(
     "not complete within artim_timeout)",
     ["reason"],
 )
+DICOM_ASSOCIATIONS_REFUSED = Counter(
+    "drimbox_dicom_associations_refused_total",
+    "DICOM associations rejected (A-ASSOCIATE-RJ, local limit exceeded) by the limit they were "
+    "over: max_associations, max_associations_per_ae, artim_timeout",
+    ["limit"],
+)
 ASSOCIATIONS_ACTIVE = Gauge(
     "drimbox_associations_active",
     "DICOM associations now open",

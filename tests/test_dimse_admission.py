@@ -260,3 +260,47 @@ def test_association_limit_still_holds_for_accepted_associations(start_gateway) 
     for _ in range(3):
         result = echo(gw.dicom_port)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_one_calling_ae_cannot_take_every_association(start_gateway) -> None:
+    """max_associations_per_ae = 2 of max_associations = 8 (one worker): a third association
+    from the same calling AE is rejected (local limit exceeded, transient: it may retry),
+    while another AE title is still served; once one of the first two is released, the
+    same AE gets in again."""
+    gw = start_gateway(DRIMBOX_MAX_ASSOCIATIONS="8", DRIMBOX_MAX_ASSOCIATIONS_PER_AE="2",
+                       DRIMBOX_DICOM_WORKERS="1")
+
+    def associate(calling: str) -> tuple[socket.socket, int]:
+        s = socket.create_connection(("127.0.0.1", gw.dicom_port), timeout=WAIT)
+        s.sendall(association_rq(calling=calling))
+        pdu_type, _, length = struct.unpack(">BBL", s.recv(6, socket.MSG_WAITALL))
+        body = s.recv(length, socket.MSG_WAITALL)
+        if pdu_type == 0x03:  # A-ASSOCIATE-RJ: result, source, reason
+            assert tuple(body[1:4]) == (0x02, 0x03, 0x02), body  # transient, local limit
+        return s, pdu_type
+
+    held = [associate("MODALITY1"), associate("MODALITY1")]
+    try:
+        assert [t for _, t in held] == [0x02, 0x02]
+        third, kind = associate("MODALITY1")
+        third.close()
+        assert kind == 0x03, "the third association of one AE must be rejected"
+        other, kind = associate("MODALITY2")
+        other.close()
+        assert kind == 0x02, "another AE title is still served"
+        first, _ = held.pop(0)
+        first.sendall(struct.pack(">BBL", 0x05, 0, 4) + b"\x00" * 4)  # A-RELEASE-RQ
+        assert first.recv(1) == b"\x06"  # A-RELEASE-RP
+        first.close()
+        deadline = time.monotonic() + WAIT
+        while True:  # the slot comes back once the connection is seen closed
+            again, kind = associate("MODALITY1")
+            again.close()
+            if kind == 0x02 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert kind == 0x02
+    finally:
+        for s, _ in held:
+            s.close()
+    assert "over max_associations_per_ae (2)" in gw.log()

@@ -52,7 +52,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway import metrics
 from gateway.config import Settings
-from gateway.ingest.dimse_guard import ConnectionGuard
+from gateway.ingest.dimse_guard import ConnectionGuard, calling_ae
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,7 @@ class DicomService:
             io_timeout=settings.network_timeout,
             max_pending_per_address=settings.max_pending_per_address,
             max_associations=settings.max_associations,
+            max_associations_per_ae=settings.max_associations_per_ae,
         )
 
     @property
@@ -312,11 +313,13 @@ class DicomService:
         # The A-ASSOCIATE-RQ arrived whole; pynetdicom negotiates after this event unless
         # it rejected the association (the way its own local-limit rejection does it).
         assoc = event.assoc
-        if self.guard.request_received(assoc):
+        over = self.guard.request_received(assoc)
+        if not over:
             return
-        log.warning("association from %r (%s) over max_associations (%d)",
-                    assoc.requestor.ae_title, assoc.requestor.address,
-                    self.settings.max_associations)
+        metrics.DICOM_ASSOCIATIONS_REFUSED.labels(over).inc()
+        log.warning("association from %r (%s) rejected: over %s (%d)",
+                    calling_ae(assoc), assoc.requestor.address, over,
+                    getattr(self.settings, over, 0))
         assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, provider (presentation), limit
         evt.trigger(assoc, evt.EVT_REJECTED, {})
         assoc.kill()  # returns once the A-ASSOCIATE-RJ is sent and the connection closed

@@ -25,7 +25,8 @@ association events (see :class:`gateway.ingest.dimse.GuardedAssociationServer`):
   one IP address may be still sending their A-ASSOCIATE-RQ; more are closed at once;
 * **association limit**: ``max_associations`` counts the associations whose request arrived
   whole and was let through, from then until they are rejected, released or aborted (or
-  their connection ends), never the connections still negotiating.
+  their connection ends), never the connections still negotiating; of those, at most
+  ``max_associations_per_ae`` from one calling AE title.
 
 Each DICOM worker process (:mod:`gateway.ingest.workers`) has its own guard: the limits hold per
 worker, as ``max_associations`` always did.
@@ -58,7 +59,18 @@ class Connection:
     deadline: float  # monotonic time by which the A-ASSOCIATE-RQ must have arrived
     pending: bool = True  # still sending its A-ASSOCIATE-RQ
     admitted: bool = False  # holds one of the ``max_associations`` slots
+    ae: str = ""  # the calling AE title, once its A-ASSOCIATE-RQ arrived
     assoc: Any = field(default=None, repr=False)  # the pynetdicom Association, once made
+
+
+def calling_ae(assoc: Any) -> str:
+    """The calling AE title of an association whose A-ASSOCIATE-RQ arrived (at EVT_REQUESTED
+    pynetdicom has the request's primitive but has not copied it into ``requestor`` yet)."""
+    primitive = getattr(assoc.requestor, "primitive", None)
+    value = getattr(primitive, "calling_ae_title", None) or assoc.requestor.ae_title or ""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return str(value).strip()
 
 
 def set_io_timeouts(sock: socket.socket, seconds: float) -> None:
@@ -80,11 +92,13 @@ class ConnectionGuard:
         io_timeout: float,
         max_pending_per_address: int,
         max_associations: int,
+        max_associations_per_ae: int | None = None,
     ) -> None:
         self.artim_timeout = artim_timeout
         self.io_timeout = io_timeout
         self.max_pending_per_address = max_pending_per_address
         self.max_associations = max_associations
+        self.max_associations_per_ae = max_associations_per_ae or max_associations
         self._lock = threading.Lock()
         self._conns: dict[socket.socket, Connection] = {}
         self._admitted = 0
@@ -128,21 +142,27 @@ class ConnectionGuard:
                 conn.assoc = assoc
                 assoc.__dict__["_drimbox_conn"] = conn
 
-    def request_received(self, assoc: Any) -> bool:
+    def request_received(self, assoc: Any) -> str:
         """The association's A-ASSOCIATE-RQ arrived whole (EVT_REQUESTED): it is no longer
-        pending, and takes an association slot if one is free (``True``), else ``False``."""
+        pending, and takes an association slot if one is free: ``""``; else the name of the
+        limit it is over (``max_associations`` or ``max_associations_per_ae``)."""
         conn: Connection | None = assoc.__dict__.get("_drimbox_conn")
         if conn is None:  # not accepted through this guard: not ours to count
-            return True
+            return ""
+        ae = calling_ae(assoc)
         with self._lock:
             if conn.sock not in self._conns:  # shut down by ARTIM in the meantime
-                return False
+                return "artim_timeout"
             conn.pending = False
             if self._admitted >= self.max_associations:
-                return False
+                return "max_associations"
+            same_ae = sum(1 for c in self._conns.values() if c.admitted and c.ae == ae)
+            if same_ae >= self.max_associations_per_ae:
+                return "max_associations_per_ae"
             conn.admitted = True
+            conn.ae = ae
             self._admitted += 1
-            return True
+            return ""
 
     def release(self, sock: socket.socket | None = None, assoc: Any = None) -> None:
         """The connection ended (or its association was rejected): forget it. Idempotent."""
