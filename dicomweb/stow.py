@@ -23,7 +23,8 @@ in ``dicomweb_auth = none`` development mode; a consumer DRIMbox never writes (4
 
 HTTP status: 200 all stored; 202 some stored, some failed; 409 none stored; 400 malformed
 multipart body, no part, or a URL study that is not a UID (parts complete before a
-malformation are kept); 406 an Accept header without DICOM JSON; 415 not
+malformation are kept); 413 a part larger than ``stow_max_part_bytes`` (reading stops there;
+the parts before it are kept and counted in the message); 406 an Accept header without DICOM JSON; 415 not
 ``multipart/related`` of ``application/dicom`` (the metadata + bulk data form is not
 supported). Every URL comes from the request's effective public base (``dicomweb.urls``).
 """
@@ -229,6 +230,7 @@ async def _store(
         return _error(400, str(exc))
 
     staging = runtime.store.staging_dir
+    max_part = runtime.settings.stow_max_part_bytes
     outcomes: list[PartOutcome] = []
     spool: Path | None = None
     out = None
@@ -244,6 +246,14 @@ async def _store(
                     elif isinstance(event, PartData):
                         assert out is not None
                         out.write(event.data)
+                        if out.tell() > max_part:
+                            stored = sum(o.failure is None for o in outcomes)
+                            log.warning("STOW-RS: part %d larger than stow_max_part_bytes "
+                                        "(%d); %d stored before it", len(outcomes) + 1,
+                                        max_part, stored)
+                            return _error(413, f"part {len(outcomes) + 1} is larger than "
+                                          f"stow_max_part_bytes ({max_part} bytes); "
+                                          f"{stored} instance(s) before it were stored")
                     elif isinstance(event, PartEnd):
                         assert out is not None and spool is not None
                         out.close()

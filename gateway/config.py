@@ -359,6 +359,10 @@ class Settings(BaseSettings):
     render_max_source_pixels: int = Field(default=33_554_432, ge=1, le=268_435_456)
     """Largest stored frame (Rows x Columns) the server decodes to render it; a bigger one is
     400 (its frames and the instance can still be retrieved as DICOM)."""
+    stow_max_part_bytes: int = Field(default=4 * 1024**3, ge=1024)
+    """The largest part (one Part 10 file) a STOW-RS request may carry. A bigger part stops
+    the request at once with 413 naming this setting; the parts before it are stored and
+    listed in the error."""
     max_frames_per_request: int = Field(default=1000, ge=1, le=100_000)
     """Longest frame list of ``.../frames/{list}`` (WADO-RS frames and rendered frames); a
     longer list is 400."""

@@ -289,3 +289,20 @@ def test_retrieve_urls_follow_public_url_and_trusted_proxy_only(gateway_factory)
     assert value(seq(r.json(), "00081199")[0], "00081190").startswith(
         "https://proxy.example:8443/drimbox/dicom-web/studies/"
     )
+
+
+def test_a_part_over_the_size_limit_is_413_and_the_earlier_parts_stay(gateway_factory,
+                                                                       tmp_path: Path) -> None:
+    """stow_max_part_bytes: a part larger than it stops the request at once (413 naming the
+    setting), nothing of it stays in staging, the parts before it are stored."""
+    gw = gateway_factory(DRIMBOX_STOW_MAX_PART_BYTES="200000").start()
+    small = to_bytes(make_instance(rows=64, cols=64))
+    big = to_bytes(make_instance(rows=512, cols=512))  # 512 KB of pixels
+    assert len(small) < 200_000 < len(big)
+    body, ctype = multipart([small, big, small])
+    r = post(gw, chunked(body, 65536), ctype)
+    assert r.status_code == 413, r.text
+    assert "stow_max_part_bytes (200000 bytes)" in r.text and "1 instance(s)" in r.text
+    assert len(index_of(gw).all_instances()) == 1
+    assert staging_is_empty(gw)
+
