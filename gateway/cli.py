@@ -1,6 +1,7 @@
-"""The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``study show``, ``kos``,
-``manifest``, ``publish``, ``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``,
-``whitelist check``, ``consumer export``.
+"""The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``backup
+create|verify|restore|list``, ``study show``, ``kos``, ``manifest``, ``publish``,
+``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``, ``whitelist check``,
+``consumer export``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -153,6 +154,143 @@ def store_check(config_file: Path | None, repair: bool, verify: bool, min_age: f
             click.echo(f"damaged  {item}")
         click.echo("clean" if report.clean else "problems found")
     sys.exit(0 if report.clean else 1)
+
+
+@main.group()
+def backup() -> None:
+    """Backups of the index and the file store, taken while serving (the PRA)."""
+
+
+def _backup_echo(report, as_json: bool, lines) -> None:  # noqa: ANN001
+    import json as jsonlib
+
+    if as_json:
+        click.echo(jsonlib.dumps(report.as_dict(), indent=2))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+def _backup_call(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    """Run a backup operation: refused is exit status 2, failed is 1, with the reason."""
+    from gateway.backup.layout import BackupFailed, BackupRefused
+
+    try:
+        return fn(*args, **kwargs)
+    except BackupRefused as exc:
+        click.echo(f"drimbox: {exc}", err=True)
+        sys.exit(2)
+    except (BackupFailed, OSError) as exc:
+        click.echo(f"drimbox: backup failed: {exc}", err=True)
+        sys.exit(1)
+
+
+@backup.command("create")
+@config_option
+@click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--full", is_flag=True,
+              help="Copy every file, even those an earlier backup in DEST already holds.")
+@click.option("--keep", type=int, default=None,
+              help="Then delete the oldest backups in DEST beyond this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def backup_create(config_file: Path | None, dest: Path, full: bool, keep: int | None,
+                  as_json: bool) -> None:
+    """Back up the index and the files into a new folder of DEST, while the gateway serves.
+
+    Only files that changed since the newest backup in DEST are copied (the others are hard
+    links to it). Exit status: 0 done, 1 failed (nothing kept), 2 refused.
+    """
+    from gateway.backup.create import create_backup
+
+    r = _backup_call(create_backup, _settings(config_file), dest, full=full, keep=keep)
+    _backup_echo(r, as_json, [
+        f"backup   {r.path}",
+        f"index    {r.backend}, revision {r.revision}, {r.instances} instances",
+        f"files    {r.files} ({r.bytes} bytes): {r.copied} copied ({r.copied_bytes} bytes), "
+        f"{r.linked} unchanged since {r.base or '-'}",
+        *(f"pruned   {name}" for name in r.pruned),
+        *(f"warning  {w}" for w in r.warnings),
+    ])
+
+
+@backup.command("verify")
+@config_option
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--all", "every", is_flag=True, help="Every backup in SRC, not only the newest.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def backup_verify(config_file: Path | None, src: Path, every: bool, as_json: bool) -> None:
+    """Re-hash every file of a backup against its manifest and read its index copy.
+
+    SRC is a backup folder, or a destination (its newest backup; --all: every one).
+    Exit status: 0 sound, 1 problems (each named), 2 SRC is not a backup.
+    """
+    import json as jsonlib
+
+    from gateway.backup.layout import list_sets, resolve_set
+    from gateway.backup.verify import verify_backup
+
+    settings = _settings(config_file)
+    sets = (list_sets(src) if every and not (src / "backup.json").is_file()
+            else [_backup_call(resolve_set, src)])
+    if not sets:
+        click.echo(f"drimbox: {src} holds no DRIMbox backup", err=True)
+        sys.exit(2)
+    reports = [_backup_call(verify_backup, s, settings.pg_bin_dir) for s in sets]
+    if as_json:
+        click.echo(jsonlib.dumps([r.as_dict() for r in reports] if every else
+                                 reports[0].as_dict(), indent=2))
+    else:
+        for r in reports:
+            click.echo(f"backup   {r.path}")
+            for line in r.problems + r.notes:
+                click.echo(line)
+            click.echo(f"{'sound' if r.ok else 'PROBLEMS: ' + str(len(r.problems))}: "
+                       f"{r.files} files ({r.bytes} bytes), index {r.backend} at revision "
+                       f"{r.revision}")
+    sys.exit(0 if all(r.ok for r in reports) else 1)
+
+
+@backup.command("restore")
+@config_option
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def backup_restore(config_file: Path | None, src: Path, as_json: bool) -> None:
+    """Restore a backup into an EMPTY data directory and index (the configured ones).
+
+    SRC is a backup folder, or a destination (its newest backup). Then `drimbox serve`.
+    Exit status: 0 restored, 1 restored with damaged or missing files (named) or failed,
+    2 refused (not empty, another index back-end, a newer backup's format).
+    """
+    from gateway.backup.restore import restore_backup
+
+    r = _backup_call(restore_backup, _settings(config_file), src)
+    _backup_echo(r, as_json, [
+        f"restored {r.path}",
+        f"into     {r.data_dir}",
+        f"index    {r.backend}, revision {r.revision_in_backup} -> {r.revision}",
+        f"files    {r.files} ({r.bytes} bytes)",
+        *r.problems,
+        "done" if r.ok else f"PROBLEMS: {len(r.problems)} file(s) not restored (see above)",
+    ])
+    sys.exit(0 if r.ok else 1)
+
+
+@backup.command("list")
+@click.argument("dest", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def backup_list(dest: Path) -> None:
+    """The backups in DEST, oldest first: time, index, files, the one each builds on."""
+    from gateway.backup.layout import BackupRefused, list_sets, read_metadata
+
+    for s in list_sets(dest):
+        try:
+            m = read_metadata(s)
+        except BackupRefused as exc:
+            click.echo(f"{s.name}  unreadable: {exc}")
+            continue
+        f, i = m.get("files", {}), m.get("index", {})
+        click.echo(f"{s.name}  {i.get('backend')} rev {i.get('alembic_revision')}  "
+                   f"{f.get('instances')} instances, {f.get('count')} files, "
+                   f"{f.get('copied')} copied  base {m.get('base') or '-'}")
 
 
 @main.group()

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
     """SQLAlchemy URL of the index. Default: SQLite (WAL) at ``<data_dir>/index.sqlite``.
     PostgreSQL: ``postgresql+psycopg://user@host:5432/dbname``."""
 
+    pg_bin_dir: Path | None = None
+    """Folder of the PostgreSQL client programs ``drimbox backup`` runs (``pg_dump``,
+    ``pg_restore``), whose major version must be at least the server's. Default: the
+    ``PATH``."""
+
     ae_title: str = "DRIMBOX"
     host: str = "127.0.0.1"
     """Address the DICOM listener binds (``0.0.0.0`` to accept modalities on the network)."""

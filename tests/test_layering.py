@@ -8,8 +8,8 @@ kept by hand of who imports whom.
   ``gateway.reports.wiring``) and the **adapters** to the outside world (DMP, PSC, PACS,
   MHD, whitelist): they may use everything below, never a face.
 * **workflows** decide and act (ingest, publication, reports into publication, retrieval and
-  queries, sessions and share links, audit, the consumer's steps); they read and write the
-  index and the file store.
+  queries, sessions and share links, audit, the consumer's steps, backup and restore); they
+  read and write the index and the file store.
 * **index and storage**: ``gateway.index``, the file store, configuration, metrics. The index
   speaks in domain types, so it imports the domain, never a workflow.
 * **domain**: value types and pure rules (INS, KOS and XDS-I.b metadata, CDA and HL7 reading,
