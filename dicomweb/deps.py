@@ -29,13 +29,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from adapters.psc.bearer import BearerChecker, BearerConfig
+from adapters.psc.client_auth import PscClientAuth
 from adapters.psc.tokens import TokenRejected
 from dicomweb.urls import client_address
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
@@ -66,12 +67,24 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 # -- who is asking ---------------------------------------------------------------------------
 
 
-def bearer_config(settings: Settings) -> BearerConfig:
+def psc_client_auth(app: Any) -> PscClientAuth:
+    """Our PSC client (R21): the one ``drimbox serve`` checked at start-up, else built from
+    the settings on first use."""
+    state = app.state
+    client = getattr(state, "psc_client_auth", None)
+    if client is None:
+        runtime = state.runtime
+        client = getattr(runtime, "psc_client", None) or PscClientAuth.from_settings(
+            runtime.settings)
+        state.psc_client_auth = client
+    return client
+
+
+def bearer_config(settings: Settings, client_auth: PscClientAuth | None = None) -> BearerConfig:
     return BearerConfig(
         issuer=settings.psc_issuer, discovery_path=settings.psc_discovery_path,
-        client_id=settings.psc_client_id,
-        client_secret=settings.psc_client_secret.get_secret_value() if settings.psc_client_secret else "",
-        mode=settings.psc_token_check, audiences=tuple(settings.psc_audiences),
+        client_id=settings.psc_client_id, mode=settings.psc_token_check,
+        client_auth=client_auth, audiences=tuple(settings.psc_audiences),
         min_acr=settings.psc_min_acr,
         jwks_cache_seconds=settings.psc_jwks_cache_seconds,
         introspection_cache_seconds=settings.psc_introspection_cache_seconds,
@@ -83,7 +96,8 @@ def bearer_checker(request: Request) -> BearerChecker:
     state = request.app.state
     checker = getattr(state, "bearer_checker", None)
     if checker is None:
-        checker = state.bearer_checker = BearerChecker(bearer_config(state.runtime.settings))
+        checker = state.bearer_checker = BearerChecker(
+            bearer_config(state.runtime.settings, psc_client_auth(request.app)))
     return checker
 
 

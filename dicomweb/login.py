@@ -36,6 +36,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
 from adapters.psc.login import LoginFailed, PscRelyingParty
+from dicomweb.deps import psc_client_auth
 from dicomweb.session_cookies import (
     LOGIN,
     SESSION,
@@ -302,10 +303,8 @@ def install(app: FastAPI) -> None:
                                                settings.failure_lock_minutes * 60)
     app.include_router(router, tags=["login"])
     if settings.psc_issuer and settings.psc_client_id:
-        secret = settings.psc_client_secret
         app.state.psc_login = PscRelyingParty(
-            settings.psc_issuer, settings.psc_discovery_path, settings.psc_client_id,
-            secret.get_secret_value() if secret else None,
+            settings.psc_issuer, settings.psc_discovery_path, psc_client_auth(app),
             settings.effective_public_url + "/auth/callback",
         )
 

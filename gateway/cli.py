@@ -569,37 +569,95 @@ def outbox_retry(config_file: Path | None, row_id: int) -> None:
 @main.command("psc-sim")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8180, show_default=True, type=int)
-@click.option("--base-url", default=None, help="Public base URL (default http://HOST:PORT).")
+@click.option("--base-url", default=None,
+              help="Public base URL (default http://HOST:PORT, https with --tls-cert).")
 @click.option(
     "--client",
     "clients",
     multiple=True,
     metavar="ID:SECRET:REDIRECT_URI[,URI...]",
-    help="A relying party; repeat for several. Default: drimbox:secret:<any localhost URI>.",
+    help="A relying party; repeat for several (SECRET empty for tls_client_auth and "
+         "private_key_jwt). Default: drimbox:secret:<any localhost URI>.",
 )
+@click.option("--client-auth", "client_auths", multiple=True, metavar="ID=METHOD",
+              help="The client's authentication: client_secret_basic (default; the secret "
+                   "may also come in the form), client_secret_post, tls_client_auth, "
+                   "private_key_jwt.")
+@click.option("--client-dn", "client_dns", multiple=True, metavar="ID=DN",
+              help="tls_client_auth: the subject DN (RFC 4514) of the client's certificate.")
+@click.option("--client-jwks", "client_jwks", multiple=True, metavar="ID=FILE",
+              help="private_key_jwt: the client's public keys (JWKS or JWK JSON, PEM public "
+                   "key or PEM certificate).")
 @click.option("--userinfo", type=click.Choice(["json", "jwt"]), default="json", show_default=True)
 @click.option("--acr", default="eidas1", show_default=True)
 @click.option("--key-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="PEM file keeping the signing key across restarts (created if missing).")
 @click.option("--test-tokens", is_flag=True,
               help="Open POST /test/tokens, issuing tokens of any shape (relying-party tests).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Serve https with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Private key of --tls-cert (PEM).")
+@click.option("--client-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Ask for a client certificate issued by these CAs (tls_client_auth).")
+@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Append a JSON line per token or introspection request: how the client "
+                   "authenticated and which credentials it carried (never their values).")
 def psc_sim(host: str, port: int, base_url: str | None, clients: tuple[str, ...],
-            userinfo: str, acr: str, key_file: Path | None, test_tokens: bool) -> None:
+            client_auths: tuple[str, ...], client_dns: tuple[str, ...],
+            client_jwks: tuple[str, ...], userinfo: str, acr: str, key_file: Path | None,
+            test_tokens: bool, tls_cert: Path | None, tls_key: Path | None,
+            client_ca: Path | None, record: Path | None) -> None:
     """Run the Pro Santé Connect simulator (an OpenID provider with test practitioners)."""
-    import uvicorn
+    from adapters.psc.simulator import (
+        PscSimulator,
+        SimClient,
+        load_client_keys,
+        load_or_create_key,
+        serve,
+    )
 
-    from adapters.psc.simulator import PscSimulator, SimClient, load_or_create_key
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if client_ca and not tls_cert:
+        raise click.UsageError("--client-ca needs --tls-cert/--tls-key")
 
+    def by_id(option: str, values: tuple[str, ...]) -> dict[str, str]:
+        out = {}
+        for value in values:
+            client_id, sep, rest = value.partition("=")
+            if not sep or not client_id or not rest:
+                raise click.BadParameter(f"{value!r} is not ID=VALUE", param_hint=option)
+            out[client_id] = rest
+        return out
+
+    methods = by_id("--client-auth", client_auths)
+    dns = by_id("--client-dn", client_dns)
+    jwks = by_id("--client-jwks", client_jwks)
     parsed = []
     for spec in clients or ("drimbox:secret:http://127.0.0.1:8080/auth/callback",):
         try:
             client_id, secret, uris = spec.split(":", 2)
         except ValueError:
             raise click.BadParameter(f"{spec!r} is not ID:SECRET:REDIRECT_URI") from None
-        parsed.append(SimClient(client_id, secret, uris.split(",")))
-    sim = PscSimulator(base_url or f"http://{host}:{port}", parsed, load_or_create_key(key_file),
-                       userinfo_format=userinfo, acr=acr, test_tokens=test_tokens)
-    uvicorn.run(sim.app, host=host, port=port, log_level="warning")
+        try:
+            keys = load_client_keys(Path(jwks[client_id])) if client_id in jwks else None
+            parsed.append(SimClient(client_id, secret, uris.split(","),
+                                    auth_method=methods.get(client_id, "client_secret_basic"),
+                                    tls_client_auth_subject_dn=dns.get(client_id),
+                                    jwks=keys))
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(str(exc), param_hint="--client") from None
+    unknown = (set(methods) | set(dns) | set(jwks)) - {c.client_id for c in parsed}
+    if unknown:
+        raise click.BadParameter(f"no --client {', '.join(sorted(unknown))}")
+    if any(c.auth_method == "tls_client_auth" for c in parsed) and not client_ca:
+        raise click.UsageError("a tls_client_auth client needs --client-ca (and --tls-cert)")
+    scheme = "https" if tls_cert else "http"
+    sim = PscSimulator(base_url or f"{scheme}://{host}:{port}", parsed,
+                       load_or_create_key(key_file), userinfo_format=userinfo, acr=acr,
+                       test_tokens=test_tokens, mtls=bool(client_ca), record=record)
+    serve(sim, host, port, tls_cert, tls_key, client_ca)
 
 
 @main.command("dmp-sim")

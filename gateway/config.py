@@ -287,8 +287,35 @@ class Settings(BaseSettings):
     """Our PSC client id: the client that authenticates to the introspection endpoint, and the
     audience a bearer JWT must name unless ``psc_audiences`` lists others."""
     psc_client_secret: SecretStr | None = None
-    """Secret of ``psc_client_id``: introspection (HTTP Basic) and the viewer login's token
-    request (``client_secret_basic``). Never logged."""
+    """Secret of ``psc_client_id`` with ``psc_client_auth = client_secret_basic`` or
+    ``client_secret_post``: introspection and the login's token request. Never logged; refused
+    with ``tls_client_auth`` and ``private_key_jwt`` (R21: no client secret)."""
+    psc_client_auth: Literal["client_secret_basic", "client_secret_post", "tls_client_auth",
+                             "private_key_jwt"] = "client_secret_basic"
+    """How our client authenticates to PSC's token and introspection endpoints: the secret in
+    an ``Authorization: Basic`` header or in the form, the TLS client certificate
+    ``psc_client_cert`` (RFC 8705; PSC knows its subject DN), or a JWT signed with
+    ``psc_client_assertion_key`` (RFC 7523; PSC knows its public key)."""
+    psc_ca_bundle: Path | None = None
+    """PEM bundle of the CAs trusted for PSC's https server certificate. Default: the system's
+    CAs."""
+    psc_client_cert: Path | None = None
+    """PEM certificate (chain) presented to PSC on every call when set: the ``ORG_AUTH_CLI``
+    certificate of ``tls_client_auth`` (CN = our client id), required by it."""
+    psc_client_key: Path | None = None
+    """PEM private key of ``psc_client_cert``."""
+    psc_client_assertion_key: Path | None = None
+    """PEM private key (RSA, or EC P-256 with ES256) signing the client assertions of
+    ``private_key_jwt``, required by it; its public key is registered at PSC."""
+    psc_client_assertion_kid: str | None = None
+    """``kid`` header of the client assertions. Default: the key's RFC 7638 thumbprint."""
+    psc_client_assertion_alg: Literal["RS256", "PS256", "ES256"] = "RS256"
+    """Signature algorithm of the client assertions (ES256 needs an EC P-256 key)."""
+    psc_client_assertion_audience: Literal["token_endpoint", "issuer"] = "token_endpoint"
+    """``aud`` of the client assertions, for the token and the introspection requests alike:
+    PSC's token endpoint URL (OpenID Connect Core 9) or its issuer."""
+    psc_client_assertion_lifetime: int = Field(default=60, ge=5, le=600)
+    """Seconds from a client assertion's ``iat`` to its ``exp``."""
     psc_audiences: list[str] = Field(default_factory=list)
     """PSC client ids whose access tokens we accept (``aud`` or ``azp``): in DRIM-M a consumer
     DRIMbox presents a token issued to *its own* client. Empty: ``psc_client_id`` only for
@@ -322,11 +349,24 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _psc_credentials(self) -> Settings:
+        if self.psc_client_secret and self.psc_client_auth in ("tls_client_auth",
+                                                               "private_key_jwt"):
+            raise ValueError(f"psc_client_secret is set but psc_client_auth = "
+                             f"{self.psc_client_auth} never sends a secret (R21): remove it")
+        if (self.psc_client_cert is None) != (self.psc_client_key is None):
+            raise ValueError("psc_client_cert and psc_client_key go together")
+        if self.psc_client_auth == "tls_client_auth" and self.psc_client_cert is None:
+            raise ValueError("psc_client_auth = tls_client_auth needs psc_client_cert and "
+                             "psc_client_key")
+        if self.psc_client_auth == "private_key_jwt" and self.psc_client_assertion_key is None:
+            raise ValueError("psc_client_auth = private_key_jwt needs psc_client_assertion_key")
         if self.dicomweb_auth == "psc" and self.psc_issuer:
             if not self.psc_client_id:
                 raise ValueError("psc_issuer is set but psc_client_id is not (the token audience)")
-            if self.psc_token_check == "introspection" and not self.psc_client_secret:
-                raise ValueError("psc_token_check = introspection needs psc_client_secret")
+            if (self.psc_token_check == "introspection" and not self.psc_client_secret
+                    and self.psc_client_auth in ("client_secret_basic", "client_secret_post")):
+                raise ValueError(f"psc_token_check = introspection with psc_client_auth = "
+                                 f"{self.psc_client_auth} needs psc_client_secret")
         return self
 
     # --- Viewer login sessions and share links (R15). The PSC client above is

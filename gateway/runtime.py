@@ -43,6 +43,9 @@ class Runtime:
     whitelist: object | None = None
     """The ANS whitelist keeper (``adapters.whitelist.WhitelistKeeper``, R11), set by
     ``drimbox serve`` when ``whitelist_source`` is configured."""
+    psc_client: object | None = None
+    """Our PSC client (``adapters.psc.client_auth.PscClientAuth``, R21), checked and set by
+    ``drimbox serve`` when ``psc_issuer`` is configured."""
 
     @classmethod
     def build(

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def serve(settings: Settings) -> None:
     runtime = Runtime.build(settings)  # clears staging: before any worker exists
+    _psc_client(settings, runtime)  # may exit: before the workers
     source = settings.source_enabled  # roles: a consumer-only box opens no Source listener
     stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
     outbox_worker = (_publication(settings, runtime, stability)  # may exit: before the workers
@@ -123,6 +124,23 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
     log.info("publication outbox worker started (%s transport, auto_publish=%s)",
              settings.dmp_transport, settings.effective_auto_publish)
     return worker
+
+
+def _psc_client(settings: Settings, runtime: Runtime) -> None:
+    """Our PSC client (R21): its key, certificate and CA bundle are read now, so that an
+    unreadable one stops start-up (exit 2) rather than the first login."""
+    if not (settings.psc_issuer and settings.psc_client_id):
+        return
+    from adapters.psc.client_auth import PscClientAuth
+
+    try:
+        runtime.psc_client = PscClientAuth.from_settings(settings)
+    except ValueError as exc:
+        log.error("PSC client configuration: %s", exc)
+        runtime.close()
+        sys.exit(2)
+    log.info("PSC client %s authenticates with %s", settings.psc_client_id,
+             settings.psc_client_auth)
 
 
 def _whitelist(settings: Settings, runtime: Runtime):  # noqa: ANN202

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import httpx
 from dicom_factory import make_instance
+from dmp_pki import Pki
 from dimse_client import associate, store_dataset
 from peers import free_port
 from pydicom.uid import generate_uid
@@ -24,30 +26,49 @@ OUTSIDER = "899999000002"
 
 
 class PscSim:
-    """``drimbox psc-sim`` on a free port, accepting the gateway at ``gateway_url``."""
+    """``drimbox psc-sim`` on a free port, accepting the gateway at ``gateway_url``; over https
+    with ``pki`` (its server certificate, and its CA for the client certificates of
+    ``tls_client_auth``)."""
 
-    def __init__(self, log_dir: Path, userinfo: str = "json", acr: str = "eidas1") -> None:
+    def __init__(self, log_dir: Path, userinfo: str = "json", acr: str = "eidas1",
+                 pki: Pki | None = None) -> None:
         self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
+        self.pki = pki
+        self.base = f"{'https' if pki else 'http'}://127.0.0.1:{self.port}"
         self.issuer = self.base + REALM
         self.userinfo = userinfo
         self.acr = acr
         self.log_path = log_dir / f"psc-sim-{self.port}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, gateway_url: str) -> PscSim:
-        uris = f"{gateway_url}/auth/callback,{gateway_url}/auth/logged-out"
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What an https client must trust to reach the simulator."""
+        return ssl.create_default_context(cafile=str(self.pki.ca_cert)) if self.pki else True
+
+    @staticmethod
+    def redirect_uris(gateway_url: str) -> str:
+        return f"{gateway_url}/auth/callback,{gateway_url}/auth/logged-out"
+
+    def start(self, gateway_url: str, *, clients: list[str] | None = None,
+              extra: tuple[str, ...] = ()) -> PscSim:
+        """``clients``: the ``--client...`` arguments (default: our client with its secret)."""
+        if clients is None:
+            clients = ["--client", f"{CLIENT_ID}:{CLIENT_SECRET}:{self.redirect_uris(gateway_url)}"]
+        tls = ([] if self.pki is None else
+               ["--tls-cert", str(self.pki.server_cert), "--tls-key", str(self.pki.server_key),
+                "--client-ca", str(self.pki.ca_cert)])
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept by the child
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(self.port),
-             "--client", f"{CLIENT_ID}:{CLIENT_SECRET}:{uris}", "--userinfo", self.userinfo,
-             "--acr", self.acr],
+             *clients, "--userinfo", self.userinfo, "--acr", self.acr, *tls, *extra],
             env={k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")},
             stdout=log, stderr=subprocess.STDOUT,
         )
         for _ in range(150):
             try:
-                httpx.get(f"{self.issuer}/.well-known/wallet-openid-configuration", timeout=1)
+                httpx.get(f"{self.issuer}/.well-known/wallet-openid-configuration", timeout=1,
+                          verify=self.verify)
                 return self
             except httpx.HTTPError:
                 if self.proc.poll() is not None:

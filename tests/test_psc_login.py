@@ -19,6 +19,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
+from adapters.psc.client_auth import PscClientAuth
 from adapters.psc.login import LoginFailed, PscRelyingParty, activities_of
 from adapters.psc.practitioners import userinfo_claims
 
@@ -82,7 +83,8 @@ def psc() -> ScriptedPsc:
 
 
 def rp(psc: ScriptedPsc) -> PscRelyingParty:
-    return PscRelyingParty(ISSUER, "/.well-known/wallet-openid-configuration", CLIENT, "secret",
+    return PscRelyingParty(ISSUER, "/.well-known/wallet-openid-configuration",
+                           PscClientAuth(CLIENT, client_secret="secret"),
                            "https://drimbox.test/auth/callback",
                            transport=httpx.MockTransport(psc.handler))
 

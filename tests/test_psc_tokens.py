@@ -21,6 +21,7 @@ from joserfc.jwk import RSAKey
 from peers import free_port
 from test_psc_simulator import REDIRECT, login
 
+from adapters.psc.client_auth import PscClientAuth
 from adapters.psc.simulator import load_or_create_key
 from adapters.psc.tokens import (
     IntrospectionVerifier,
@@ -137,7 +138,9 @@ def test_introspection_active_then_inactive_after_logout(psc: dict) -> None:
     tokens = httpx.post(conf["token_endpoint"], auth=("rp", "rp-secret"), data={
         "grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT,
         "code_verifier": verifier_}).json()
-    intro = IntrospectionVerifier(conf["introspection_endpoint"], "rp", "rp-secret", cache_seconds=0)
+    intro = IntrospectionVerifier(conf["introspection_endpoint"],
+                                  PscClientAuth("rp", client_secret="rp-secret"),
+                                  conf["token_endpoint"], cache_seconds=0)
     assert intro.verify(tokens["access_token"]).subject_name_id == "899999000001"
     httpx.get(conf["end_session_endpoint"], params={"id_token_hint": tokens["id_token"]})
     with pytest.raises(TokenRejected) as err:

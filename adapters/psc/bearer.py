@@ -16,6 +16,7 @@ from typing import Protocol
 
 import httpx
 
+from adapters.psc.client_auth import PscClientAuth
 from adapters.psc.tokens import (
     IntrospectionVerifier,
     JwksCache,
@@ -34,8 +35,10 @@ class BearerConfig:
     issuer: str | None
     discovery_path: str
     client_id: str
-    client_secret: str
     mode: str  # "jwt" | "introspection"
+    client_auth: PscClientAuth | None = None
+    """How we authenticate to introspection (R21) and the TLS of every PSC call; None: a
+    client with no credentials and the system's CAs (enough for ``jwt``)."""
     audiences: tuple[str, ...] = ()
     """Client ids whose tokens we accept (``aud`` or ``azp``). Empty: ``client_id`` for a JWT,
     and, by introspection, any token PSC says is active."""
@@ -52,7 +55,8 @@ class BearerConfig:
 class BearerChecker:
     def __init__(self, config: BearerConfig, client: httpx.Client | None = None) -> None:
         self.config = config
-        self.client = client or httpx.Client(timeout=10)
+        self.client_auth = config.client_auth or PscClientAuth(config.client_id)
+        self.client = client or self.client_auth.http_client()
         self._verifier: _Verifier | None = None
         self._lock = threading.Lock()
 
@@ -76,9 +80,10 @@ class BearerChecker:
             if c.mode == "jwt":
                 jwks = JwksCache(doc["jwks_uri"], self.client, ttl=c.jwks_cache_seconds)
                 return JwtVerifier(jwks, c.issuer, c.audiences or (c.client_id,), c.min_acr)
-            return IntrospectionVerifier(doc["introspection_endpoint"], c.client_id,
-                                         c.client_secret, c.min_acr,
-                                         c.introspection_cache_seconds, self.client)
+            audience = self.client_auth.audience(c.issuer, doc["token_endpoint"])
+            return IntrospectionVerifier(doc["introspection_endpoint"], self.client_auth,
+                                         audience, c.min_acr, c.introspection_cache_seconds,
+                                         self.client)
         except KeyError as exc:
             raise TokenRejected("provider_unreachable", f"discovery lacks {exc}") from None
 

@@ -3,7 +3,8 @@ viewer (R15).
 
 Authorization code flow with PKCE (S256), ``scope=openid scope_all``, ``acr_values=eidas1``,
 ``state`` and ``nonce`` (authlib's OAuth 2 client does the protocol: authorization URL, code
-challenge, token request with client authentication). Then:
+challenge, token request with the client authentication of
+:class:`~adapters.psc.client_auth.PscClientAuth`: secret, mTLS or signed JWT). Then:
 
 * the ID token is checked locally (:class:`adapters.psc.tokens.JwtVerifier`: RS256/PS256/ES256
   signature against PSC's JWKS, ``iss``, ``exp``, ``acr`` at least eidas1), plus ``aud``
@@ -20,6 +21,7 @@ Failures raise :class:`LoginFailed` with a short reason for the audit trail.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import warnings
 from dataclasses import dataclass
@@ -39,8 +41,11 @@ with warnings.catch_warnings():
 from joserfc import jwt
 from joserfc.errors import JoseError
 
+from adapters.psc.client_auth import PscClientAuth
 from adapters.psc.tokens import ALLOWED_ALGORITHMS, JwksCache, JwtVerifier, TokenRejected
 from gateway.access.sessions import Activity
+
+log = logging.getLogger(__name__)
 
 SCOPE = "openid scope_all"
 ACR = "eidas1"
@@ -88,18 +93,19 @@ def activities_of(userinfo: dict[str, Any]) -> tuple[Activity, ...]:
 
 
 class PscRelyingParty:
-    def __init__(self, issuer: str, discovery_path: str, client_id: str,
-                 client_secret: str | None, redirect_uri: str,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, issuer: str, discovery_path: str, client: PscClientAuth,
+                 redirect_uri: str, transport: httpx.BaseTransport | None = None) -> None:
         self.issuer = issuer.rstrip("/")
         self.discovery_url = self.issuer + "/" + discovery_path.lstrip("/")
-        self.client_id = client_id
-        self.client_secret = client_secret
+        self.client = client
+        """Our client at PSC: its id, its authentication at the token endpoint (secret, mTLS
+        or signed JWT, R21) and the TLS of every call to PSC."""
+        self.client_id = client.client_id
         self.redirect_uri = redirect_uri
         self.transport = transport
-        """For every call to PSC (discovery, JWKS, token, userinfo): e.g. an
-        ``httpx.HTTPTransport`` with the mTLS client certificate of the Espace de Confiance."""
-        self.http = httpx.Client(timeout=10, transport=transport)
+        """Tests: a transport for every call to PSC instead of :meth:`PscClientAuth.transport`."""
+        self.http = (httpx.Client(timeout=10, transport=transport) if transport is not None
+                     else client.http_client())
         self._metadata: dict[str, Any] | None = None
         self._jwks: JwksCache | None = None
         self._lock = threading.Lock()
@@ -120,11 +126,14 @@ class PscRelyingParty:
             return self._metadata
 
     def _client(self) -> OAuth2Client:
+        meta = self.metadata()
+        audience = self.client.audience(self.issuer, meta["token_endpoint"])
         return OAuth2Client(
-            client_id=self.client_id, client_secret=self.client_secret, scope=SCOPE,
+            client_id=self.client_id, client_secret=self.client.authlib_credential, scope=SCOPE,
             redirect_uri=self.redirect_uri, code_challenge_method="S256",
-            token_endpoint_auth_method="client_secret_basic" if self.client_secret else "none",
-            timeout=10, transport=self.transport,
+            token_endpoint_auth_method=self.client.authlib_method(audience),
+            timeout=10,
+            transport=self.transport if self.transport is not None else self.client.transport(),
         )
 
     @staticmethod
@@ -147,7 +156,12 @@ class PscRelyingParty:
             try:
                 token = client.fetch_token(meta["token_endpoint"], grant_type="authorization_code",
                                            code=code, code_verifier=code_verifier)
-            except (OAuthError, httpx.HTTPError, ValueError):
+            except OAuthError as exc:
+                if exc.error == "invalid_client":  # the operator's to fix, not the user's
+                    log.warning("PSC refused our client %s (%s, invalid_client: %s)",
+                                self.client_id, self.client.method, exc.description)
+                raise LoginFailed("token_request_failed") from None
+            except (httpx.HTTPError, ValueError):
                 raise LoginFailed("token_request_failed") from None
             id_token = token.get("id_token")
             if not id_token:

@@ -12,7 +12,17 @@ It models what the real PSC does that a relying party must cope with:
 * ID and access tokens as RS256 JWTs with PSC's claims (``acr``, ``authMode``, ``sid``,
   ``session_state``, ``preferred_username``...), a JWKS at ``.../certs``;
 * userinfo as ``application/json`` or as a signed ``application/jwt`` (``--userinfo jwt``);
-* RFC 7662 introspection with client authentication (``SubjectNameID`` only for access tokens);
+* RFC 7662 introspection (``SubjectNameID`` only for access tokens);
+* client authentication at the token and introspection endpoints by the method registered
+  for each client (R21): a secret (``client_secret_basic`` or ``client_secret_post``; either
+  way is accepted, as Keycloak does), the TLS client certificate whose subject DN is
+  registered for the client (``tls_client_auth``, RFC 8705; needs :func:`serve` with a client
+  CA), or a JWT signed with the client's registered key (``private_key_jwt``, RFC 7523:
+  signature, ``iss`` = ``sub`` = the client, ``aud`` = the issuer, the token endpoint or the
+  endpoint called, ``exp`` at most 10 minutes ahead, ``jti`` never seen before). A secret
+  from a client registered for another method, or another method from a secret client, is
+  ``invalid_client`` (401). With ``record`` each such request is written down (how it
+  authenticated and which credentials it carried, never their values);
 * RP-initiated logout, after which the session's tokens introspect as inactive.
 
 For relying-party tests, ``--test-tokens`` opens ``POST /test/tokens``, which issues any
@@ -30,7 +40,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import json
 import secrets
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -38,16 +50,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from joserfc import jwt
+from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from adapters.psc.practitioners import PRACTITIONERS, userinfo_claims
 
 REALM_PATH = "/auth/realms/esante-wallet"
 OIDC = f"{REALM_PATH}/protocol/openid-connect"
+
+
+SECRET_METHODS = ("client_secret_basic", "client_secret_post")
+AUTH_METHODS = (*SECRET_METHODS, "tls_client_auth", "private_key_jwt")
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHMS = ["RS256", "PS256", "ES256"]
+ASSERTION_MAX_LIFETIME = 600
+"""A client assertion whose ``exp`` is further ahead than this is refused (it must be short)."""
 
 
 @dataclass
@@ -56,6 +79,65 @@ class SimClient:
     client_secret: str
     redirect_uris: list[str]
     post_logout_redirect_uris: list[str] = field(default_factory=list)
+    auth_method: str = "client_secret_basic"
+    """The registered ``token_endpoint_auth_method`` (also used for introspection)."""
+    tls_client_auth_subject_dn: str | None = None
+    """RFC 8705: the subject DN (RFC 4514) of the certificate of a ``tls_client_auth`` client."""
+    jwks: KeySet | None = None
+    """The public keys of a ``private_key_jwt`` client."""
+
+    def __post_init__(self) -> None:
+        if self.auth_method not in AUTH_METHODS:
+            raise ValueError(f"client {self.client_id}: unknown auth method {self.auth_method!r}")
+        if self.auth_method in SECRET_METHODS and not self.client_secret:
+            raise ValueError(f"client {self.client_id}: {self.auth_method} needs a secret")
+        if self.auth_method not in SECRET_METHODS and self.client_secret:
+            raise ValueError(f"client {self.client_id}: {self.auth_method} has no secret")
+        if self.auth_method == "tls_client_auth":
+            if not self.tls_client_auth_subject_dn:
+                raise ValueError(f"client {self.client_id}: tls_client_auth needs its DN")
+            self.tls_client_auth_subject_dn = normalize_dn(self.tls_client_auth_subject_dn)
+        if self.auth_method == "private_key_jwt" and not (self.jwks and self.jwks.keys):
+            raise ValueError(f"client {self.client_id}: private_key_jwt needs its public key")
+
+
+def normalize_dn(dn: str) -> str:
+    """An RFC 4514 DN as ``cryptography`` writes it back (spacing and escapes made uniform)."""
+    try:
+        return x509.Name.from_rfc4514_string(dn).rfc4514_string()
+    except ValueError as exc:
+        raise ValueError(f"{dn!r} is not an RFC 4514 DN: {exc}") from None
+
+
+def load_client_keys(path: Path) -> KeySet:
+    """A client's public keys: a JWKS or one JWK (JSON), a PEM public key or a PEM
+    certificate. A PEM key's ``kid`` is its RFC 7638 thumbprint (the client's default)."""
+    data = path.read_bytes()
+    if data.lstrip().startswith(b"{"):
+        doc = json.loads(data)
+        keys = KeySet.import_key_set(doc if "keys" in doc else {"keys": [doc]})
+        for key in keys.keys:
+            key.ensure_kid()
+        return keys
+    if b"CERTIFICATE" in data:
+        public = x509.load_pem_x509_certificate(data).public_key()
+    else:
+        public = serialization.load_pem_public_key(data)
+    if isinstance(public, rsa.RSAPublicKey):
+        key: RSAKey | ECKey = RSAKey.import_key(public)
+    elif isinstance(public, ec.EllipticCurvePublicKey):
+        key = ECKey.import_key(public)
+    else:
+        raise ValueError(f"{path}: an RSA or EC public key is needed")
+    return KeySet([type(key).import_key(key.as_dict(), {"kid": key.thumbprint()})])
+
+
+class ClientRefused(Exception):
+    """Client authentication failed: RFC 6749 5.2 ``invalid_client`` (401) unless said."""
+
+    def __init__(self, description: str, error: str = "invalid_client", status: int = 401) -> None:
+        super().__init__(description)
+        self.description, self.error, self.status = description, error, status
 
 
 @dataclass
@@ -97,6 +179,8 @@ class PscSimulator:
         acr: str = "eidas1",
         token_ttl: int = 300,
         test_tokens: bool = False,
+        mtls: bool = False,
+        record: Path | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.issuer = self.base_url + REALM_PATH
@@ -107,6 +191,11 @@ class PscSimulator:
         self.acr = acr
         self.token_ttl = token_ttl
         self.test_tokens = test_tokens
+        self.mtls = mtls
+        """Served over https with a client CA (:func:`serve`): ``tls_client_auth`` works."""
+        self.record = record
+        self._record_lock = threading.Lock()
+        self._assertions_seen: dict[tuple[str, str], float] = {}  # (client, jti) -> exp
         self._codes: dict[str, _Code] = {}
         self._access: dict[str, dict[str, Any]] = {}  # jti -> claims
         self._ended_sessions: set[str] = set()
@@ -201,21 +290,137 @@ class PscSimulator:
 
     # -- client authentication --------------------------------------------------------------
 
-    def _client(self, request: Request, form: dict[str, str]) -> SimClient:
+    def _client(self, request: Request, form: dict[str, str], endpoint: str) -> SimClient:
+        """The client a token or introspection request authenticates as (R21), else
+        :class:`ClientRefused`. ``endpoint`` is the URL called (an assertion's ``aud`` may
+        name it)."""
         auth = request.headers.get("authorization", "")
-        client_id = secret = None
-        if auth.lower().startswith("basic "):
-            try:
-                raw = base64.b64decode(auth[6:]).decode()
-                client_id, _, secret = raw.partition(":")
-            except (ValueError, UnicodeDecodeError):
-                pass
-        else:
-            client_id, secret = form.get("client_id"), form.get("client_secret")
-        client = self.clients.get(client_id or "")
-        if client is None or not secrets.compare_digest(client.client_secret, secret or ""):
-            raise HTTPException(401, {"error": "invalid_client"})
+        tls = (request.scope.get("extensions") or {}).get("tls") or {}
+        seen: dict[str, Any] = {
+            "endpoint": endpoint.rsplit("/", 1)[-1].replace("introspect", "introspection"),
+            "authorization": auth.split(" ", 1)[0] if auth else None,
+            "form": sorted(form),
+            "client_secret": "client_secret" in form or auth.lower().startswith("basic "),
+            "client_assertion": "client_assertion" in form,
+            "client_cert": tls.get("client_cert_name"),
+            "client_id": form.get("client_id"),
+        }
+        try:
+            client = self._authenticate(auth, form, tls.get("client_cert_name"), endpoint, seen)
+        except ClientRefused as exc:
+            self._note({**seen, "outcome": f"{exc.error}: {exc.description}"})
+            raise
+        self._note({**seen, "client_id": client.client_id, "outcome": "ok"})
         return client
+
+    def _note(self, entry: dict[str, Any]) -> None:
+        if self.record is None:
+            return
+        with self._record_lock, self.record.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, sort_keys=True) + "\n")
+
+    def _authenticate(self, auth: str, form: dict[str, str], cert_dn: str | None,
+                      endpoint: str, seen: dict[str, Any]) -> SimClient:
+        basic = auth.lower().startswith("basic ")
+        ways = [w for w, used in (("client_secret_basic", basic),
+                                  ("client_secret_post", "client_secret" in form),
+                                  ("private_key_jwt", "client_assertion" in form
+                                   or "client_assertion_type" in form)) if used]
+        if len(ways) > 1:  # RFC 6749 2.3: one method per request
+            raise ClientRefused(f"more than one client authentication: {', '.join(ways)}",
+                                "invalid_request", 400)
+        seen["via"] = ways[0] if ways else "tls_client_auth"
+        if ways == ["private_key_jwt"]:
+            return self._by_assertion(form, endpoint, seen)
+        if ways:  # a secret
+            client_id, secret = form.get("client_id"), form.get("client_secret")
+            if basic:
+                try:
+                    client_id, _, secret = base64.b64decode(auth[6:]).decode().partition(":")
+                except (ValueError, UnicodeDecodeError):
+                    raise ClientRefused("malformed Basic credentials") from None
+                if form.get("client_id") not in (None, client_id):
+                    raise ClientRefused("client_id is not the Basic credentials' client")
+            seen["client_id"] = client_id
+            client = self.clients.get(client_id or "")
+            if client is None:
+                raise ClientRefused("unknown client")
+            if client.auth_method not in SECRET_METHODS:
+                raise ClientRefused(f"client {client.client_id} is registered for "
+                                    f"{client.auth_method}: a client secret is refused")
+            if not secrets.compare_digest(client.client_secret.encode(),
+                                          (secret or "").encode()):
+                raise ClientRefused("wrong client secret")
+            return client
+        client = self.clients.get(form.get("client_id", ""))
+        if client is None:
+            raise ClientRefused("no client authentication" if "client_id" not in form
+                                else "unknown client")
+        if client.auth_method != "tls_client_auth":
+            raise ClientRefused(f"client {client.client_id} is registered for "
+                                f"{client.auth_method}: it must authenticate")
+        if cert_dn is None:
+            raise ClientRefused("tls_client_auth: no client certificate was presented")
+        if normalize_dn(cert_dn) != client.tls_client_auth_subject_dn:
+            raise ClientRefused("tls_client_auth: the certificate's subject DN is not the "
+                                "one registered for the client")
+        return client
+
+    def _by_assertion(self, form: dict[str, str], endpoint: str,
+                      seen: dict[str, Any]) -> SimClient:
+        if form.get("client_assertion_type") != ASSERTION_TYPE:
+            raise ClientRefused("client_assertion_type must be " + ASSERTION_TYPE)
+        assertion = form.get("client_assertion", "")
+        try:
+            compact = jws.extract_compact(assertion.encode())
+            unverified = json.loads(compact.payload)
+        except (JoseError, ValueError, UnicodeError):
+            raise ClientRefused("malformed client assertion") from None
+        client_id = unverified.get("sub") if isinstance(unverified, dict) else None
+        client = self.clients.get(client_id) if isinstance(client_id, str) else None
+        if client is None:
+            raise ClientRefused("client assertion of an unknown client")
+        seen["client_id"] = client.client_id
+        if form.get("client_id") not in (None, client.client_id):
+            raise ClientRefused("client_id is not the client assertion's subject")
+        if client.auth_method != "private_key_jwt":
+            raise ClientRefused(f"client {client.client_id} is registered for "
+                                f"{client.auth_method}: a client assertion is refused")
+        alg = compact.protected.get("alg")
+        if alg not in ASSERTION_ALGORITHMS:
+            raise ClientRefused(f"client assertion alg {alg!r} is not allowed")
+        assert client.jwks is not None
+        try:
+            claims = jwt.decode(assertion, client.jwks, algorithms=[alg]).claims
+        except (JoseError, ValueError):
+            raise ClientRefused("the client assertion does not verify with the client's "
+                                "registered key") from None
+        audiences = [self.issuer, f"{self.base_url}{OIDC}/token", endpoint]
+        registry = jwt.JWTClaimsRegistry(
+            leeway=5, iss={"essential": True, "value": client.client_id},
+            sub={"essential": True, "value": client.client_id},
+            aud={"essential": True, "values": audiences},
+            exp={"essential": True}, jti={"essential": True})
+        try:
+            registry.validate(claims)
+        except JoseError as exc:
+            raise ClientRefused(f"client assertion: {exc.error}: {exc.description}") from None
+        now = time.time()
+        if claims["exp"] > now + ASSERTION_MAX_LIFETIME:
+            raise ClientRefused("client assertion: exp is too far ahead")
+        self._assertions_seen = {k: exp for k, exp in self._assertions_seen.items()
+                                 if exp + 10 > now}
+        key = (client.client_id, str(claims["jti"]))
+        if key in self._assertions_seen:
+            raise ClientRefused("client assertion replayed (jti already used)")
+        self._assertions_seen[key] = float(claims["exp"])
+        return client
+
+    @staticmethod
+    def _refusal(exc: ClientRefused, basic: bool) -> JSONResponse:
+        headers = {"WWW-Authenticate": 'Basic realm="psc-sim"'} if basic else {}
+        return JSONResponse({"error": exc.error, "error_description": exc.description},
+                            exc.status, headers={**headers, "Cache-Control": "no-store"})
 
     # -- the app ----------------------------------------------------------------------------
 
@@ -233,12 +438,20 @@ class PscSimulator:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "userinfo_signing_alg_values_supported": ["RS256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "token_endpoint_auth_methods_supported": self._auth_methods(),
+            "token_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+            "introspection_endpoint_auth_methods_supported": self._auth_methods(),
+            "introspection_endpoint_auth_signing_alg_values_supported": ASSERTION_ALGORITHMS,
+            # Access tokens are not bound to the client certificate (no ``cnf``).
+            "tls_client_certificate_bound_access_tokens": False,
             "code_challenge_methods_supported": ["plain", "S256"],
             "scopes_supported": ["openid", "scope_all", "rpps", "identity", "eidas1"],
             "acr_values_supported": ["eidas1", "eidas2", "eidas3"],
             "claims_parameter_supported": True,
         }
+
+    def _auth_methods(self) -> list[str]:
+        return [m for m in AUTH_METHODS if m != "tls_client_auth" or self.mtls]
 
     def _build_app(self) -> FastAPI:
         app = FastAPI(title="Pro Santé Connect simulator", docs_url=None, redoc_url=None)
@@ -299,7 +512,10 @@ class PscSimulator:
         @app.post(f"{OIDC}/token")
         async def token(request: Request) -> Response:
             form = {k: str(v) for k, v in (await request.form()).items()}
-            client = self._client(request, form)
+            try:
+                client = self._client(request, form, f"{self.base_url}{OIDC}/token")
+            except ClientRefused as exc:
+                return self._refusal(exc, "authorization" in request.headers)
             if form.get("grant_type") != "authorization_code":
                 return JSONResponse({"error": "unsupported_grant_type"}, 400)
             code = self._codes.pop(form.get("code", ""), None)
@@ -336,7 +552,10 @@ class PscSimulator:
         @app.post(f"{OIDC}/token/introspect")
         async def introspect(request: Request) -> Response:
             form = {k: str(v) for k, v in (await request.form()).items()}
-            self._client(request, form)
+            try:
+                self._client(request, form, f"{self.base_url}{OIDC}/token/introspect")
+            except ClientRefused as exc:
+                return self._refusal(exc, "authorization" in request.headers)
             claims = self._active_access_claims(form.get("token", ""))
             if claims is None:
                 return JSONResponse({"active": False})
@@ -408,3 +627,52 @@ class PscSimulator:
             "<h1>Pro Santé Connect — simulateur</h1><p>Choisissez un praticien de test :</p>"
             f"{buttons}</body></html>"
         )
+
+
+def _tls_protocol() -> type:
+    """uvicorn's HTTP/1.1 protocol, handing the app the TLS client certificate of its
+    connection as the ASGI TLS extension (``scope["extensions"]["tls"]``:
+    ``client_cert_chain``, ``client_cert_name``), which uvicorn itself does not."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TlsH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # noqa: ANN401 - asyncio's
+            super().connection_made(transport)
+            ssl_object = transport.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            tls: dict[str, Any] = {"server_cert": None, "client_cert_chain": [],
+                                   "client_cert_name": None, "client_cert_error": None,
+                                   "tls_version": None, "cipher_suite": None}
+            if der:
+                cert = x509.load_der_x509_certificate(der)
+                tls["client_cert_chain"] = [cert.public_bytes(serialization.Encoding.PEM).decode()]
+                tls["client_cert_name"] = cert.subject.rfc4514_string()
+            app = self.app
+
+            async def with_tls(scope: Any, receive: Any, send: Any) -> None:
+                if scope["type"] == "http":
+                    scope["extensions"] = {**(scope.get("extensions") or {}), "tls": tls}
+                await app(scope, receive, send)
+
+            self.app = with_tls
+
+    return TlsH11Protocol
+
+
+def serve(sim: PscSimulator, host: str, port: int, tls_cert: Path | None = None,
+          tls_key: Path | None = None, client_ca: Path | None = None) -> None:
+    """Run the simulator with uvicorn (blocking): plain http, or https with ``tls_cert``; with
+    ``client_ca`` too, a client certificate is asked for (optional, so that a browser reaches
+    the login page) and checked against it: what ``tls_client_auth`` needs."""
+    import ssl
+
+    import uvicorn
+
+    kw: dict[str, Any] = {}
+    if tls_cert is not None:
+        kw = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
+        if client_ca is not None:
+            kw.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL,
+                      http=_tls_protocol())
+    uvicorn.run(sim.app, host=host, port=port, log_level="warning", proxy_headers=False,
+                timeout_graceful_shutdown=2, **kw)

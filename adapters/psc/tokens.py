@@ -8,8 +8,9 @@ Two ways, chosen in configuration:
   an allow-list (RS256/PS256/ES256 — never ``none``, never HMAC, so a token "signed" with the
   public key as an HMAC secret is refused), ``iss``, ``aud`` (or ``azp``), ``exp``, ``nbf``,
   ``acr`` at least ``eidas1``.
-* :class:`IntrospectionVerifier` asks PSC (RFC 7662) and caches the answer briefly (keyed by a
-  hash of the token, never the token itself).
+* :class:`IntrospectionVerifier` asks PSC (RFC 7662), authenticated as our client
+  (:class:`~adapters.psc.client_auth.PscClientAuth`: secret, mTLS or signed JWT, R21), and
+  caches the answer briefly (keyed by a hash of the token, never the token itself).
 
 Both return a :class:`PscIdentity` or raise :class:`TokenRejected` whose ``reason`` is a short
 stable code for the audit trail. Tokens are never logged.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +31,10 @@ import httpx
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+
+from adapters.psc.client_auth import PscClientAuth
+
+log = logging.getLogger(__name__)
 
 ALLOWED_ALGORITHMS = ("RS256", "PS256", "ES256")
 ACR_LEVELS = {"eidas1": 1, "eidas2": 2, "eidas3": 3}
@@ -164,14 +170,17 @@ class JwtVerifier:
 class IntrospectionVerifier:
     """RFC 7662 introspection at PSC, with a short cache of the answers."""
 
-    def __init__(self, endpoint: str, client_id: str, client_secret: str,
+    def __init__(self, endpoint: str, client_auth: PscClientAuth, audience: str,
                  min_acr: str = "eidas1", cache_seconds: float = 30,
                  client: httpx.Client | None = None) -> None:
         self.endpoint = endpoint
-        self.auth = (client_id, client_secret)
+        self.client_auth = client_auth
+        self.audience = audience
+        """``aud`` of our client assertion (``private_key_jwt``): PSC's token endpoint or
+        issuer (:meth:`PscClientAuth.audience`)."""
         self.min_acr = min_acr
         self.cache_seconds = cache_seconds
-        self.client = client or httpx.Client(timeout=10)
+        self.client = client or client_auth.http_client()
         self._cache: dict[str, tuple[float, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
@@ -188,7 +197,13 @@ class IntrospectionVerifier:
                 answer = None
         if answer is None:
             try:
-                r = self.client.post(self.endpoint, data={"token": token}, auth=self.auth)
+                headers, body = self.client_auth.prepare(self.endpoint, {"token": token},
+                                                         self.audience)
+                r = self.client.post(self.endpoint, content=body, headers=headers)
+                if r.status_code in (400, 401):
+                    log.warning("PSC introspection refused our client %s (%s): %s",
+                                self.client_auth.client_id, self.client_auth.method,
+                                r.text[:200])
                 r.raise_for_status()
                 answer = r.json()
             except (httpx.HTTPError, json.JSONDecodeError) as exc:
