@@ -21,7 +21,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, HTTPException, Request, Response
 
+from collections.abc import Callable
+
 from dicomweb.deps import Granted, MetadataAccess, RuntimeDep
+from dicomweb.evicted import ensure_local
 from dicomweb.params import accepts_gzip, check_uids, etag_matches, media_matches, parse_accept
 from gateway.imaging.metadata import CachedJson, restricted
 
@@ -47,6 +50,19 @@ def _visible(doc: CachedJson | None, access: Granted) -> CachedJson | None:
     return restricted(doc, sops)
 
 
+def _computed(request: Request, runtime, access: Granted, study: str,  # noqa: ANN001
+              compute: Callable[[], CachedJson | None]) -> CachedJson | None:
+    """Metadata of evicted instances comes from the cache, computed before their files went
+    (:mod:`gateway.ingest.retention`); when the cache must be computed again (a new public URL,
+    a new format) and a file it needs is evicted, the study is fetched back from the PACS
+    first (:mod:`dicomweb.evicted`)."""
+    try:
+        return compute()
+    except FileNotFoundError:
+        ensure_local(request, runtime, access, "metadata", study, None)
+        return compute()
+
+
 def _respond(request: Request, doc: CachedJson | None, what: str) -> Response:
     if doc is None:
         raise HTTPException(404, f"{what} not found")
@@ -68,7 +84,8 @@ def study_metadata(study: str, request: Request, runtime: RuntimeDep, access: Me
     """All instances of the study, series by series (Series Number order)."""
     check_uids(study=study)
     _negotiate(request)
-    return _respond(request, _visible(runtime.metadata.study(study), access), "study")
+    doc = _computed(request, runtime, access, study, lambda: runtime.metadata.study(study))
+    return _respond(request, _visible(doc, access), "study")
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
@@ -78,7 +95,9 @@ def series_metadata(
     """All instances of the series, in Instance Number order."""
     check_uids(study=study, series=series)
     _negotiate(request)
-    return _respond(request, _visible(runtime.metadata.series(study, series), access), "series")
+    doc = _computed(request, runtime, access, study,
+                    lambda: runtime.metadata.series(study, series))
+    return _respond(request, _visible(doc, access), "series")
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/metadata")
@@ -93,5 +112,6 @@ def instance_metadata(
     """One instance, as a one-element array."""
     check_uids(study=study, series=series, instance=instance)
     _negotiate(request)
-    doc = runtime.metadata.instance(study, series, instance)
+    doc = _computed(request, runtime, access, study,
+                    lambda: runtime.metadata.instance(study, series, instance))
     return _respond(request, _visible(doc, access), "instance")

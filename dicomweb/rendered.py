@@ -53,6 +53,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from dicomweb.deps import Granted, RenderedAccess, RuntimeDep
+from dicomweb.evicted import ensure_local
 from dicomweb.params import check_uids, etag_matches, media_matches, parse_accept
 from dicomweb.urls import DicomWebURLs
 from gateway.imaging.rendering import (
@@ -214,6 +215,15 @@ def _study_series(runtime: Runtime, access: Granted, study: str) -> list[str]:
     return [v.series_instance_uid for v in versions]
 
 
+def _local(request: Request, runtime: Runtime, access: Granted, refs: list[InstanceRef]
+           ) -> list[InstanceRef]:
+    """Evicted instances fetched back from the PACS first (:mod:`dicomweb.evicted`)."""
+    if refs:
+        ensure_local(request, runtime, access, "rendered", refs[0].study_instance_uid,
+                     (r.sop_instance_uid for r in refs))
+    return refs
+
+
 def _load(runtime: Runtime, ref: InstanceRef) -> Dataset:
     return dcmread(runtime.store.path_of(ref.storage_key))
 
@@ -328,11 +338,13 @@ def _render_instances(runtime: Runtime, refs: list[InstanceRef], request: Reques
     return _multipart(parts(), options.media_type)
 
 
-def _thumbnail_of(runtime: Runtime, request: Request, refs: list[InstanceRef]) -> Response:
+def _thumbnail_of(runtime: Runtime, request: Request, refs: list[InstanceRef],
+                  access: Granted) -> Response:
     options = _options(request, runtime, thumbnail=True)
     if _choose(request, IMAGE_TYPES) is None:
         raise _not_acceptable()
-    for ref in _middle_out(refs)[:10]:
+    candidates = _local(request, runtime, access, _middle_out(refs)[:10])
+    for ref in candidates:
         ds = _load(runtime, ref)
         if is_image(ds):
             middle = (number_of_frames(ds) + 1) // 2
@@ -350,14 +362,15 @@ def study_rendered(study: str, request: Request, runtime: RuntimeDep, access: Re
                    for r in series_instances(runtime.index, study, se)], access)
     if not refs:
         raise HTTPException(404, "study not found")
-    return _render_instances(runtime, refs, request)
+    return _render_instances(runtime, _local(request, runtime, access, refs), request)
 
 
 @router.get("/studies/{study}/series/{series}/rendered")
 def series_rendered(study: str, series: str, request: Request, runtime: RuntimeDep,
                     access: RenderedAccess):
     check_uids(study=study, series=series)
-    return _render_instances(runtime, _series_refs(runtime, access, study, series), request)
+    refs = _local(request, runtime, access, _series_refs(runtime, access, study, series))
+    return _render_instances(runtime, refs, request)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
@@ -365,7 +378,7 @@ def instance_rendered(study: str, series: str, instance: str, request: Request,
                       runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
     options = _options(request, runtime, thumbnail=False)
-    ref = _instance(runtime, study, series, instance)
+    (ref,) = _local(request, runtime, access, [_instance(runtime, study, series, instance)])
     ds = _load(runtime, ref)
     if not is_image(ds):
         doc = encapsulated_document(ds)
@@ -386,7 +399,7 @@ def frames_rendered(study: str, series: str, instance: str, frames: str, request
     options, limits = _options(request, runtime, thumbnail=False), _limits(runtime)
     if _choose(request, IMAGE_TYPES) is None:
         raise _not_acceptable()
-    ref = _instance(runtime, study, series, instance)
+    (ref,) = _local(request, runtime, access, [_instance(runtime, study, series, instance)])
     ds = _load(runtime, ref)
     if not is_image(ds):
         raise HTTPException(406, "the instance has no image to render")
@@ -411,7 +424,7 @@ def study_thumbnail(study: str, request: Request, runtime: RuntimeDep, access: R
     for se in _study_series(runtime, access, study):
         refs = _shown(series_instances(runtime.index, study, se), access)
         if any(_likely_image(r) for r in refs):
-            return _thumbnail_of(runtime, request, refs)
+            return _thumbnail_of(runtime, request, refs, access)
     raise HTTPException(406, "nothing in this study has an image for a thumbnail")
 
 
@@ -419,14 +432,14 @@ def study_thumbnail(study: str, request: Request, runtime: RuntimeDep, access: R
 def series_thumbnail(study: str, series: str, request: Request, runtime: RuntimeDep,
                      access: RenderedAccess):
     check_uids(study=study, series=series)
-    return _thumbnail_of(runtime, request, _series_refs(runtime, access, study, series))
+    return _thumbnail_of(runtime, request, _series_refs(runtime, access, study, series), access)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
 def instance_thumbnail(study: str, series: str, instance: str, request: Request,
                        runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
-    return _thumbnail_of(runtime, request, [_instance(runtime, study, series, instance)])
+    return _thumbnail_of(runtime, request, [_instance(runtime, study, series, instance)], access)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail")
@@ -437,7 +450,7 @@ def frame_thumbnail(study: str, series: str, instance: str, frames: str, request
     options = _options(request, runtime, thumbnail=True)
     if _choose(request, IMAGE_TYPES) is None:
         raise _not_acceptable()
-    ref = _instance(runtime, study, series, instance)
+    (ref,) = _local(request, runtime, access, [_instance(runtime, study, series, instance)])
     ds = _load(runtime, ref)
     if not is_image(ds):
         raise HTTPException(406, "the instance has no image for a thumbnail")

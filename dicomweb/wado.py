@@ -52,6 +52,7 @@ from fastapi.responses import StreamingResponse
 
 from dicomweb import accept
 from dicomweb.deps import Granted, RuntimeDep, WadoAccess
+from dicomweb.evicted import ensure_local
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
 from gateway.imaging import pixels, retrieval
 from gateway.imaging.retrieval import InstanceRef
@@ -70,11 +71,12 @@ def _ranges(request: Request) -> list[accept.MediaRange]:
 
 
 def _lookup(
-    runtime: Runtime, access: Granted, study: str, series: str | None = None,
+    request: Request, runtime: Runtime, access: Granted, study: str, series: str | None = None,
     instance: str | None = None,
 ) -> list[InstanceRef]:
     """The instances asked for that the caller may see (R10: a consumer gets only those of
-    its KOS); none visible is 404, as for an unknown resource."""
+    its KOS); none visible is 404, as for an unknown resource. Evicted ones are fetched back
+    from the PACS first (:mod:`dicomweb.evicted`: 503 / 502 when they cannot be)."""
     try:
         refs = retrieval.find_instances(runtime.index, study, series, instance)
     except retrieval.BadUID as exc:
@@ -89,6 +91,7 @@ def _lookup(
             level, uid = ("instance", instance) if instance else \
                 ("series", series) if series else ("study", study)
             raise HTTPException(404, f"{level} {uid} not found")
+    ensure_local(request, runtime, access, "wado", study, (r.sop_instance_uid for r in refs))
     return refs
 
 
@@ -149,7 +152,7 @@ def _retrieve(
     request: Request, runtime: Runtime, access: Granted, study: str, series: str | None,
     instance: str | None,
 ) -> StreamingResponse:
-    refs = _lookup(runtime, access, study, series, instance)
+    refs = _lookup(request, runtime, access, study, series, instance)
     offers = accept.instance_offers(_ranges(request))
     produced = 'multipart/related; type="application/dicom" with transfer-syntax ' + ", ".join(
         sorted(PRODUCIBLE)
@@ -268,7 +271,7 @@ def retrieve_frames(
 ) -> StreamingResponse:
     """Retrieve frames of one instance (1-based frame numbers, comma-separated)."""
     numbers = _parse_frame_list(frames, runtime.settings.max_frames_per_request)
-    (ref,) = _lookup(runtime, access, study, series, instance)
+    (ref,) = _lookup(request, runtime, access, study, series, instance)
     path, info = _frame_info(runtime, ref)
     beyond = [n for n in numbers if n > info.number_of_frames]
     if beyond:
@@ -306,7 +309,7 @@ def _bulkdata(
         path_tags = pixels.parse_tag_path(tag_path.strip("/").split("/"))
     except ValueError as exc:
         raise HTTPException(400, f"bulk data path {tag_path!r}: {exc}") from exc
-    (ref,) = _lookup(runtime, access, study, series, instance)
+    (ref,) = _lookup(request, runtime, access, study, series, instance)
     if path_tags == [pixels.PIXEL_DATA]:
         path, info = _frame_info(runtime, ref)
         ts = _pixel_target(request, info)

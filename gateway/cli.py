@@ -152,8 +152,71 @@ def store_check(config_file: Path | None, repair: bool, verify: bool, min_age: f
             click.echo(f"missing  {item}")
         for item in report.damaged:
             click.echo(f"damaged  {item}")
+        for item in report.evicted:
+            click.echo(f"evicted  {item} (in the PACS; fetched back on request)")
         click.echo("clean" if report.clean else "problems found")
     sys.exit(0 if report.clean else 1)
+
+
+@store.command("evict")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Say which studies would be evicted; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def store_evict(config_file: Path | None, dry_run: bool, as_json: bool) -> None:
+    """Evict the files of the least recently used studies above storage_max_bytes or
+    storage_max_age_days (the index rows stay; WADO-RS fetches them back from the PACS).
+
+    Exit status: 0 done (or nothing to do), 2 configuration error.
+    """
+    import json as jsonlib
+
+    from gateway.ingest.retention import evict
+    from gateway.runtime import Runtime
+
+    settings = _settings(config_file)
+    runtime = Runtime.build(settings, clear_staging=False)
+    try:
+        report = evict(runtime.store, runtime.index, settings, dry_run=dry_run,
+                       keep_metadata=runtime.metadata.study)
+    finally:
+        runtime.close()
+    if as_json:
+        click.echo(jsonlib.dumps(report.as_dict(), indent=2))
+        return
+    if not report.enabled:
+        click.echo("eviction is off (set storage_max_bytes and/or storage_max_age_days)")
+    verb = "would evict" if dry_run else "evicted"
+    for e in report.evicted:
+        click.echo(f"{verb} {e['study']}: {e['instances']} instances, {e['bytes']} bytes "
+                   f"(last used {e['last_used']}, {e['reason']})")
+    for k in report.kept:
+        click.echo(f"kept    {k['study']}: {k['reason']}")
+    click.echo(f"stored bytes {report.stored_bytes_before} -> {report.stored_bytes_after}"
+               + (" (dry run)" if dry_run else ""))
+
+
+@store.command("purge")
+@config_option
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def store_purge(config_file: Path | None, dry_run: bool, as_json: bool) -> None:
+    """Delete audit rows older than audit_retention_days and rejected instances older than
+    rejected_retention_days."""
+    import json as jsonlib
+
+    from gateway.ingest.retention import purge
+    from gateway.ingest.storage import FileStore
+
+    settings = _settings(config_file)
+    report = purge(FileStore(settings.data_dir), _runtime_index(settings), settings,
+                   dry_run=dry_run)
+    if as_json:
+        click.echo(jsonlib.dumps(report.as_dict(), indent=2))
+        return
+    verb = "would delete" if dry_run else "deleted"
+    click.echo(f"{verb} {report.audit_rows} audit rows recorded before {report.audit_before}")
+    click.echo(f"{verb} {report.rejected_notes} rejection notes ({report.rejected_files} files) "
+               f"received before {report.rejected_before}")
 
 
 @main.group()

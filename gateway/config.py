@@ -276,6 +276,27 @@ class Settings(BaseSettings):
     pacs_retrieve_timeout: float = Field(default=300.0, gt=0)
     """Seconds to wait for a C-MOVE and for the moved instances to be indexed."""
 
+    # --- Retention: storage as a cache of the PACS; the audit trail and rejected instances.
+    storage_max_bytes: int | None = Field(default=None, ge=1)
+    """Above this many bytes of instance files, the retention task evicts the files of the
+    least recently used studies (their index rows stay; WADO-RS fetches them back from the
+    PACS by C-MOVE). Unset: no size limit. Needs the ``pacs_*`` settings."""
+    storage_max_age_days: float | None = Field(default=None, gt=0)
+    """A study not used (received, or fetched back) for this many days has its files evicted.
+    Unset: no age limit. Needs the ``pacs_*`` settings."""
+    retention_interval: float = Field(default=3600.0, gt=0)
+    """Seconds between two passes of the retention task in ``drimbox serve`` (eviction and the
+    purges below); the first pass runs a minute after start."""
+    pacs_restore_retry_after: int = Field(default=60, ge=1, le=86400)
+    """``Retry-After`` (seconds) of the 503 a WADO-RS request gets when an evicted instance
+    cannot be fetched back because the PACS is unreachable."""
+    audit_retention_days: int = Field(default=3650, ge=30)
+    """Audit rows older than this many days are deleted by the retention task (``drimbox store
+    purge``); younger ones never are."""
+    rejected_retention_days: int = Field(default=365, ge=1)
+    """Instances removed by an IOCM rejection note are kept under ``rejected/`` this many days
+    (from the note's arrival), then deleted by the retention task."""
+
     # --- Access control: PSC bearer tokens, roles (R10, R15, R22). ---
     psc_issuer: str | None = None
     """PSC issuer, e.g. ``https://auth.esw.esante.gouv.fr/auth/realms/esante-wallet``. Unset
@@ -740,6 +761,21 @@ class Settings(BaseSettings):
         if self.hl7_port and self.hl7_port in (self.dicom_port, self.http_port):
             raise ValueError("hl7_port must differ from dicom_port and http_port")
         return self
+
+    @model_validator(mode="after")
+    def _eviction_needs_pacs(self) -> Settings:
+        if self.eviction_enabled and not self.pacs_configured:
+            raise ValueError("storage_max_bytes / storage_max_age_days evict files that only the "
+                             "PACS can give back: set pacs_ae_title, pacs_host and pacs_port")
+        return self
+
+    @property
+    def pacs_configured(self) -> bool:
+        return bool(self.pacs_ae_title and self.pacs_host and self.pacs_port)
+
+    @property
+    def eviction_enabled(self) -> bool:
+        return self.storage_max_bytes is not None or self.storage_max_age_days is not None
 
     @property
     def effective_hl7_host(self) -> str:

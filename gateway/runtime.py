@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from gateway.config import Settings
 from gateway.imaging.locations import DicomWebURLs
 from gateway.imaging.metadata import MetadataCache, MetadataWarmer
+from gateway.imaging.restore import Restorer
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestResult
@@ -46,6 +47,8 @@ class Runtime:
     psc_client: object | None = None
     """Our PSC client (``adapters.psc.client_auth.PscClientAuth``, R21), checked and set by
     ``drimbox serve`` when ``psc_issuer`` is configured."""
+    restorer: Restorer | None = None
+    """Fetches evicted instances back from the PACS before WADO-RS reads them."""
 
     @classmethod
     def build(
@@ -72,8 +75,17 @@ class Runtime:
         from gateway.ingest.iocm import RejectionHandler
 
         ingestor.rejections = RejectionHandler(store, index, settings)  # IOCM
+        pacs = None
+        if settings.pacs_configured:
+            from adapters.pacs.query_retrieve import PacsClient
+
+            pacs = PacsClient(our_ae_title=settings.ae_title,
+                              pacs_ae_title=settings.pacs_ae_title,
+                              host=settings.pacs_host, port=settings.pacs_port,
+                              move_timeout=settings.pacs_retrieve_timeout)
         return cls(settings, store, index, ingestor, metadata, warmer,
-                   reports=build_report_workflow(settings, index))
+                   reports=build_report_workflow(settings, index),
+                   restorer=Restorer(index, pacs, settings.pacs_restore_retry_after))
 
     def close(self) -> None:
         self.warmer.stop()

@@ -33,6 +33,7 @@ def serve(settings: Settings) -> None:
     outbox_worker = (_publication(settings, runtime, stability)  # may exit: before the workers
                      if source else None)
     whitelist_refresher = _whitelist(settings, runtime)  # may exit: before the workers
+    retention = _retention(settings, runtime)
     dicom: DicomService | WorkerPool | None = None
     hl7 = None
     if source:
@@ -81,6 +82,7 @@ def serve(settings: Settings) -> None:
             stability.stop()
         if whitelist_refresher is not None:
             whitelist_refresher.stop()
+        retention.stop()
         if outbox_worker is not None:
             outbox_worker.stop()
             outbox_worker.transport.close()
@@ -88,6 +90,23 @@ def serve(settings: Settings) -> None:
         log.info("stopped")
     if unclean:
         sys.exit(1)
+
+
+def _retention(settings: Settings, runtime: Runtime):  # noqa: ANN202
+    """The retention task (:mod:`gateway.ingest.retention`): eviction when configured, then
+    the purges of old audit rows and rejected instances, every ``retention_interval``."""
+    from gateway.ingest.retention import RetentionTask, evict, purge
+
+    def run_once() -> None:
+        restorer = runtime.restorer
+        if settings.eviction_enabled:
+            evict(runtime.store, runtime.index, settings, keep_metadata=runtime.metadata.study,
+                  busy=restorer.busy if restorer is not None else None)
+        purge(runtime.store, runtime.index, settings)
+
+    task = RetentionTask(run_once, settings.retention_interval)
+    task.start()
+    return task
 
 
 def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonitor):  # noqa: ANN202

@@ -25,7 +25,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from gateway.reports.workflow import PacsUnavailable, RemoteStudy
+from gateway.reports.workflow import PacsMoveFailed, PacsUnavailable, RemoteStudy
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,9 @@ class PacsClient:
         code = int(final.Status) if final is not None else -1
         if code not in (0x0000, 0xB000):
             failed = int(final.get("NumberOfFailedSuboperations", 0) or 0) if final else 0
-            raise PacsUnavailable(f"C-MOVE to {self.our_ae_title} ended with status 0x{code:04X}"
-                                  f" ({failed} failed sub-operations): does the PACS know our AE "
-                                  "title, host and port?")
+            message = (f"C-MOVE to {self.our_ae_title} ended with status 0x{code:04X} ({failed} "
+                       "failed sub-operations): does the PACS know our AE title, host and port?")
+            if final is None:
+                raise PacsUnavailable(message)
+            raise PacsMoveFailed(message, code)
         log.info("C-MOVE of study %s from %s done", study_uid, self.pacs_ae_title)

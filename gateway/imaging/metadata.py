@@ -230,8 +230,20 @@ class MetadataCache:
         if ref is None:
             return None
         etag = _digest(FORMAT_VERSION, self.base, ref.sop_instance_uid, ref.sha256)
-        data = b"[" + self._fragment(ref) + b"]"
+        try:
+            fragment = self._fragment(ref)
+        except FileNotFoundError:
+            # Evicted (storage as a cache of the PACS): its series' cached array holds it.
+            fragment = self._from_series(ref)
+        data = b"[" + fragment + b"]"
         return CachedJson(etag, gzip.compress(data, compresslevel=1, mtime=0))
+
+    def _from_series(self, ref: InstanceRef) -> bytes:
+        doc = self.series(ref.study_instance_uid, ref.series_instance_uid)
+        for item in json.loads(doc.plain()) if doc is not None else ():
+            if item.get("00080018", {}).get("Value", [None])[0] == ref.sop_instance_uid:
+                return json.dumps(item, ensure_ascii=False, separators=(",", ":")).encode()
+        raise FileNotFoundError(ref.storage_key)
 
     def prepare_instance(self, study_uid: str, series_uid: str, sop_uid: str) -> None:
         """Compute one instance's JSON ahead of its series (called as instances arrive)."""

@@ -82,6 +82,9 @@ class Study(Base):
     ins_oid: Mapped[str] = mapped_column(String(64), default="", server_default="")
     ins_refusal: Mapped[str] = mapped_column(Text, default="", server_default="")
     """Why the images carry no usable INS (the rule that failed), '' when they do."""
+    restored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """When evicted instances of the study were last fetched back from the PACS (a use of the
+    study in the eviction order, :mod:`gateway.ingest.retention`); NULL if never."""
 
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study")
@@ -135,6 +138,10 @@ class Instance(Base):
     columns: Mapped[int | None] = mapped_column(Integer, nullable=True)
     bits_allocated: Mapped[int | None] = mapped_column(Integer, nullable=True)
     number_of_frames: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    evicted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    """Storage as a cache of the PACS: when the file was removed by the retention task (the row,
+    and so QIDO-RS and the cached metadata, stay; WADO-RS fetches the file back from the PACS).
+    NULL while the file is in the store."""
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

@@ -39,6 +39,8 @@ _STORED_INSTANCES = (
         Instance.sha256,
         Instance.size,
         Instance.storage_key,
+        Instance.evicted_at.is_not(None),
+        Instance.source,
     )
     .join(Series, Instance.series_pk == Series.id)
     .join(Study, Series.study_pk == Study.id)
@@ -64,6 +66,7 @@ def _instance_values(
         "columns": header.columns,
         "bits_allocated": header.bits_allocated,
         "number_of_frames": header.number_of_frames,
+        "evicted_at": None,  # a new file: never evicted
     }
 
 
@@ -108,6 +111,10 @@ class StoredInstance:
     sha256: str
     size: int
     storage_key: str
+    evicted: bool = False
+    """The file was evicted (storage as a cache of the PACS): the row stays, the file is gone."""
+    source: str = ""
+    """Where the stored copy came from (the Source AE Title of its Part 10 header)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +354,8 @@ class InstanceIndex:
             inst.sha256,
             inst.size,
             inst.storage_key,
+            inst.evicted_at is not None,
+            inst.source,
         )
 
     def _insert_ignore(self, s: Session, model: type, values: dict) -> None:

@@ -57,6 +57,9 @@ class Outcome(enum.Enum):
     REPLACED = "replaced"
     KEPT_EXISTING = "kept existing"
     """Same SOP Instance UID, other content, policy ``keep``: the stored copy stays."""
+    RESTORED = "restored"
+    """The file of an evicted instance, back from the PACS, identical to what the index
+    recorded (:mod:`gateway.ingest.retention`)."""
 
 
 class Rejection(enum.Enum):
@@ -248,6 +251,8 @@ class Ingestor:
             if self._rejection_note(header, incoming):
                 return IngestResult(Outcome.STORED, header, size)
         existing = self.index.find_instance(header.sop_instance_uid)
+        if existing is not None and existing.evicted:
+            return self._restore(header, incoming, existing, digest, size)
         if existing is not None and existing.sha256 == digest and self.store.exists(
             existing.storage_key
         ):
@@ -291,6 +296,48 @@ class Ingestor:
         if previous is not None:
             return IngestResult(Outcome.ALREADY_PRESENT, header, size)
         return IngestResult(Outcome.STORED, header, size)
+
+    def _restore(self, header: InstanceHeader, incoming: Incoming, existing: StoredInstance,
+                 digest: str, size: int) -> IngestResult:
+        """An evicted instance comes back (the PACS answering our C-MOVE, or any sender): kept
+        only if it is the very dataset the index recorded (SHA-256, size, transfer syntax,
+        place in the study), written under its recorded key with the Part 10 header of the
+        original copy (its Source AE Title), so the file is byte for byte the one evicted.
+        Another object under that SOP Instance UID is refused whatever ``duplicate_policy``:
+        the index, the cached metadata and the published manifest describe the recorded one."""
+        from datetime import UTC, datetime
+
+        from gateway.index.retention import mark_restored
+
+        same = (existing.sha256, existing.size, existing.transfer_syntax_uid,
+                existing.study_instance_uid, existing.series_instance_uid) == (
+            digest, size, incoming.transfer_syntax_uid, header.study_instance_uid,
+            header.series_instance_uid)
+        if not same:
+            log.warning("evicted instance %s received from %s with other content than the "
+                        "index recorded: refused", header.sop_instance_uid, incoming.source)
+            raise IngestRejected(
+                Rejection.DUPLICATE_CONFLICT,
+                f"SOPInstanceUID {header.sop_instance_uid} is evicted and this copy differs from "
+                "the one the index recorded (SHA-256, size or transfer syntax)")
+        meta = file_meta_bytes(header.sop_class_uid, header.sop_instance_uid,
+                               incoming.transfer_syntax_uid, existing.source)
+        try:
+            self.store.put(existing.storage_key, (meta, incoming.dataset))
+        except StorageFullError as exc:
+            raise IngestRejected(Rejection.OUT_OF_RESOURCES, str(exc)) from None
+        except OSError as exc:
+            raise IngestRejected(Rejection.PROCESSING_FAILURE, f"storage: {exc}") from None
+        try:
+            mark_restored(self.index, header.sop_instance_uid, existing.storage_key,
+                          datetime.now(UTC))
+        except Exception as exc:
+            log.exception("index write failed (restoring %s)", header.sop_instance_uid)
+            raise IngestRejected(Rejection.PROCESSING_FAILURE,
+                                 f"index: {type(exc).__name__}") from None
+        log.info("evicted instance %s restored (from %s)", header.sop_instance_uid,
+                 incoming.source)
+        return IngestResult(Outcome.RESTORED, header, size)
 
     def _record(
         self,

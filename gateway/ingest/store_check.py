@@ -9,6 +9,9 @@ differ; this check finds out:
   belong to a commit in flight). ``repair`` deletes them: they were never acknowledged.
 * **missing** — rows whose file is gone (a disk or an operator problem): reported, never
   "repaired" by dropping the row; the instance must be sent again.
+* **evicted** — rows whose file the retention task removed on purpose (storage as a cache of
+  the PACS, :mod:`gateway.ingest.retention`): the PACS holds them and WADO-RS fetches them
+  back. Listed, never counted as a problem.
 * **damaged** — the file's dataset is not the bytes the index recorded (size, and with
   ``verify`` the SHA-256), or, with ``verify``, it is not whole
   (:func:`gateway.ingest.completeness.check_complete`, the check every ingest path makes now: a copy
@@ -38,6 +41,7 @@ class StoreReport:
     orphans_removed: int = 0
     missing: list[str] = field(default_factory=list)
     damaged: list[str] = field(default_factory=list)
+    evicted: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -47,7 +51,7 @@ class StoreReport:
     def as_dict(self) -> dict:
         return {"files": self.files, "rows": self.rows, "orphans": self.orphans,
                 "orphans_removed": self.orphans_removed, "missing": self.missing,
-                "damaged": self.damaged, "clean": self.clean}
+                "damaged": self.damaged, "evicted": self.evicted, "clean": self.clean}
 
 
 def _read_dataset(path: Path) -> tuple[memoryview, str]:
@@ -93,5 +97,6 @@ def check_store(store: FileStore, index: InstanceIndex, *, repair: bool = False,
             report.damaged.append(f"{key}: shorter than the {row.size} bytes indexed")
     for key, row in by_key.items():
         if not os.path.exists(store.path_of(key)):
-            report.missing.append(f"{row.sop_instance_uid} ({key})")
+            target = report.evicted if row.evicted else report.missing
+            target.append(f"{row.sop_instance_uid} ({key})")
     return report

@@ -278,6 +278,15 @@ class PacsUnavailable(Exception):
     """The PACS could not be reached or failed the query/retrieve (a temporary failure)."""
 
 
+class PacsMoveFailed(PacsUnavailable):
+    """The PACS answered the C-MOVE with a failure status (it is reachable; some or all
+    sub-operations failed, e.g. our C-STORE SCP refused an instance)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class StudyLocator(Protocol):
     """The centre's PACS (``adapters/pacs``)."""
 
