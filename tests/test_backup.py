@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -41,6 +42,7 @@ from test_wado import split
 from gateway.index.engine import create_index_engine, current_revision, head_revision
 from gateway.index.models import (
     AuditEvent,
+    Instance,
     Manifest,
     ManifestInstance,
     OutboxItem,
@@ -48,6 +50,7 @@ from gateway.index.models import (
     ShareLink,
     ViewerSession,
 )
+from gateway.ingest.storage import FileStore
 
 #: The tables a restore must give back row for row (rows that existed at the backup).
 KEPT = (Manifest, ManifestInstance, OutboxItem, PublicationEvent, AuditEvent, ShareLink)
@@ -392,3 +395,41 @@ def test_postgresql_client_is_checked_sqlite_needs_none(database_url: str,
     assert "pg_dump 9.6.24" in made.stderr and "older than the PostgreSQL" in made.stderr
     assert missing.returncode == 2 and "pg_dump not found in" in missing.stderr
     assert not list((tmp_path / "b1").glob("drimbox-*"))
+
+
+def test_instances_evicted_to_the_pacs_are_backed_up_as_rows_only(
+        gateway_factory, database_url: str, tmp_path: Path) -> None:
+    """An instance whose file was evicted to the PACS (``evicted_at``; storage as a cache of
+    the PACS) has a row and no file: the backup copies the row and none of its file, verify
+    and restore find nothing missing, and the restored row is still evicted (the PACS gives
+    the file back on the first read)."""
+    needs_pg_client(database_url)
+    gw = gateway_factory().start()
+    _, files = write_study(tmp_path / "a", per_series=1)
+    storescu(files, gw.dicom_port)
+    gw.stop()
+    index = open_index(gw.database_url)
+    try:
+        with index.write() as s:
+            (evicted,) = s.scalars(select(Instance).limit(1)).all()
+            evicted.evicted_at = datetime.now(UTC)
+            key = evicted.storage_key
+    finally:
+        index.engine.dispose()
+    FileStore(gw.data_dir).path_of(key).unlink()
+    made = drimbox(gw.env, "backup", "create", str(tmp_path / "backups"), "--json")
+    assert made.returncode == 0, made.stderr
+    made = json.loads(made.stdout)
+    assert made["instances"] == 2  # the files to copy: the evicted one has none
+    assert drimbox(gw.env, "backup", "verify", made["path"]).returncode == 0
+    shutil.rmtree(gw.data_dir)
+    reset_index(gw.database_url)
+    restored = drimbox(gw.env, "backup", "restore", made["path"])
+    assert restored.returncode == 0, restored.stdout + restored.stderr
+    index = open_index(gw.database_url)
+    try:
+        with index.read() as s:
+            states = {i.storage_key: i.evicted_at is not None for i in s.scalars(select(Instance))}
+    finally:
+        index.engine.dispose()
+    assert len(states) == 3 and [k for k, evicted in states.items() if evicted] == [key]

@@ -154,11 +154,19 @@ def _sqlite_copy(source: Path, out: Path) -> IndexCopy:
         dst.execute("COMMIT")
         dst.execute("VACUUM")
         revision = _sqlite_revision(dst)
-        keys = [r[0] for r in dst.execute("SELECT storage_key FROM instances")]
+        keys = _sqlite_live_keys(dst)
     finally:
         dst.close()
     return IndexCopy(SQLITE, SQLITE_DUMP, revision, keys,
                      {"sqlite_version": sqlite3.sqlite_version})
+
+
+def _sqlite_live_keys(conn: sqlite3.Connection) -> list[str]:
+    """The storage keys of the instances whose file is in the store: an instance evicted to
+    the PACS (``evicted_at``, revision 0012 on) keeps its row but has no file to copy."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(instances)")}
+    live = " WHERE evicted_at IS NULL" if "evicted_at" in columns else ""
+    return [r[0] for r in conn.execute("SELECT storage_key FROM instances" + live)]
 
 
 def _sqlite_revision(conn: sqlite3.Connection) -> str | None:
@@ -176,8 +184,7 @@ def _sqlite_read(path: Path) -> tuple[str | None, list[str]]:
         check = [r[0] for r in conn.execute("PRAGMA integrity_check")]
         if check != ["ok"]:
             raise ValueError("integrity_check: " + "; ".join(check[:5]))
-        return _sqlite_revision(conn), [r[0] for r in conn.execute(
-            "SELECT storage_key FROM instances")]
+        return _sqlite_revision(conn), _sqlite_live_keys(conn)
     except sqlite3.Error as exc:
         raise ValueError(str(exc)) from None
     finally:
@@ -236,7 +243,8 @@ def _pg_copy(url: str, out: Path, bin_dir: Path | None) -> IndexCopy:
                 snapshot = conn.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
                 revision = conn.exec_driver_sql(
                     "SELECT version_num FROM alembic_version").scalar()
-                keys = list(conn.exec_driver_sql("SELECT storage_key FROM instances").scalars())
+                keys = list(conn.exec_driver_sql(  # evicted to the PACS: no file (0012)
+                    "SELECT storage_key FROM instances WHERE evicted_at IS NULL").scalars())
                 cmd = [tool.path, "--format=custom", f"--snapshot={snapshot}",
                        f"--file={out}", "--no-password"]
                 cmd += [f"--exclude-table-data={t}" for t in EXCLUDED_TABLES]
@@ -291,7 +299,7 @@ def _pg_read(path: Path, bin_dir: Path | None,
             continue
         values = [_copy_value(v) for v in line.split("\t")]
         row = dict(zip(columns, values, strict=False))
-        if table == "instances":
+        if table == "instances" and not row.get("evicted_at"):  # evicted: no file
             keys.append(row.get("storage_key", ""))
         else:
             revision = row.get("version_num") or revision
