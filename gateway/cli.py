@@ -1,7 +1,7 @@
 """The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``backup
 create|verify|restore|list``, ``study show``, ``kos``, ``manifest``, ``publish``,
 ``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``, ``whitelist check``,
-``consumer export``.
+``consumer export``, ``pki init``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -759,6 +759,47 @@ def dmp_sim(host: str, port: int, db: str, tls_cert: str | None, tls_key: str | 
         raise click.UsageError("give --trust-ca (or --client-ca): the CAs of VIHF signers")
     serve_sim(host, port, db, trust, tls_cert, tls_key, client_ca, repository_id, fault_mode,
               fault_count, fault_seconds, allow_sha1=allow_sha1)
+
+
+@main.group()
+def pki() -> None:
+    """A development PKI (not for production)."""
+
+
+@pki.command("init")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", "hosts", multiple=True, metavar="NAME_OR_IP",
+              help="A host name or IP address of the server certificate (repeat; the first "
+                   "is its CN). Default: localhost and 127.0.0.1.")
+@click.option("--days", type=click.IntRange(1, 3650), default=365, show_default=True,
+              help="Validity of the certificates.")
+@click.option("--centre", default="CENTRE IMAGERIE TEST", show_default=True,
+              help="O= of the subjects (the operator's name).")
+@click.option("--structure-id", default="499700367909006", show_default=True,
+              help="OU= of the subjects (the structure's SIRET or FINESS, as IGC-Santé).")
+@click.option("--state", default="Paris (75)", show_default=True, help="ST= of the subjects.")
+@click.option("--client-cn", default="DRIMbox", show_default=True,
+              help="CN of the client (ORG authentication) certificate; the signature "
+                   "certificate's is '<CN> signature'.")
+@click.option("--with-negative", is_flag=True,
+              help="Also expired certificates and certificates from another CA, for negative "
+                   "tests.")
+@click.option("--force", is_flag=True, help="Replace the files already in DIRECTORY.")
+def pki_init(directory: Path, hosts: tuple[str, ...], days: int, centre: str, structure_id: str,
+             state: str, client_cn: str, with_negative: bool, force: bool) -> None:
+    """Write a test CA and the server, client (ORG authentication) and signature
+    certificates the gateway, dmp-sim and the test clients need into DIRECTORY, and print
+    which setting takes which file."""
+    from gateway.pki import DEFAULT_HOSTS, PkiError, init_pki, settings_guide
+
+    try:
+        made = init_pki(directory, hosts=hosts or DEFAULT_HOSTS, days=days, centre=centre,
+                        structure_id=structure_id, state=state, client_cn=client_cn,
+                        with_negative=with_negative, overwrite=force)
+    except PkiError as exc:
+        click.echo(f"drimbox: {exc}", err=True)
+        sys.exit(2)
+    click.echo(settings_guide(made), nl=False)
 
 
 # --- The ITI-65 Bundle of a study (IHE MHD / ANS PDSm) ---

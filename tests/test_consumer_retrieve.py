@@ -28,6 +28,7 @@ import pytest
 from access_support import PscSim, gateway_psc_env, start_psc_sim
 from conftest import Gateway
 from dimse_client import open_index
+from dmp_pki import SERVER_DN
 from dmp_support import Sim, pki, sim  # noqa: F401
 from peers import storescu
 from source_front import SourceFront
@@ -51,7 +52,7 @@ OTHER = "899999000001"
 
 #: The subject of the test PKI's server certificate (tests/dmp_pki.py), which A's TLS front
 #: presents: the whitelist names it as the operator's certificate (R11).
-SOURCE_DN = "CN=localhost,O=CENTRE IMAGERIE TEST,C=FR"
+SOURCE_DN = SERVER_DN
 
 
 def _whitelist(path: Path, host: str, dn: str = SOURCE_DN) -> Path:

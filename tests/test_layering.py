@@ -36,6 +36,8 @@ FACES = (
     "gateway.ingest.dimse_guard", "gateway.ingest.workers", "gateway.ingest.importer",
     "gateway.reports.mllp", "adapters.dmp.simulator", "adapters.dmp.sim_store",
     "adapters.psc.simulator", "adapters.mhd.recipient",
+    # The development PKI (``drimbox pki init``): a tool beside the simulators.
+    "gateway.pki",
 )
 WIRING = ("gateway.runtime", "gateway.reports.wiring", "adapters")
 STORE = ("gateway.index", "gateway.ingest.storage", "gateway.ingest.processes",

@@ -137,7 +137,7 @@ def test_tls_client_auth_is_the_registered_certificate_dn(sim: Sim) -> None:
     assert r.status_code == 200 and r.json() == {"active": False}
     seen = sim.last_record()
     assert seen["client_cert"] == subject_dn(pki.client_cert) == (
-        "CN=DRIMbox,OU=499700367909006,O=CENTRE IMAGERIE TEST,C=FR")
+        "CN=DRIMbox,OU=499700367909006,O=CENTRE IMAGERIE TEST,ST=Paris (75),C=FR")
     assert (seen["outcome"], seen["via"], seen["client_secret"]) == ("ok", "tls_client_auth", False)
     # Another certificate of the same CA: another DN.
     other = sim.tls(pki.sign_cert, pki.sign_key)

@@ -13,13 +13,12 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from dmp_pki import Pki, make_pki
+from dmp_pki import SERVER_DN, Pki, make_pki
 
 from adapters.source.wado import SourceClient, SourceTls
 from gateway.consumer.source import SourceRefused, SourceUnavailable, SourceUntrusted
 from gateway.consumer.trust import same_dn
 
-SERVER_DN = "CN=localhost,O=CENTRE IMAGERIE TEST,C=FR"  # tests/dmp_pki.py's server certificate
 BOUNDARY = "drimbox-test-boundary"
 
 
@@ -81,8 +80,9 @@ def _read(client: SourceClient, url: str, dn: str = "") -> list[bytes]:
     return parts
 
 
-@pytest.mark.parametrize("dn", ["", SERVER_DN, "C=FR,O=CENTRE IMAGERIE TEST,CN=localhost",
-                                "cn=localhost, o=CENTRE IMAGERIE TEST, c=FR"])
+@pytest.mark.parametrize("dn", [
+    "", SERVER_DN, "C=FR,ST=Paris (75),O=CENTRE IMAGERIE TEST,OU=499700367909006,CN=localhost",
+    "cn=localhost, ou=499700367909006, o=CENTRE IMAGERIE TEST, st=Paris (75), c=FR"])
 def test_the_listed_certificate_or_none_listed(source, client: SourceClient, dn: str) -> None:
     url, _pki = source
     assert _read(client, f"{url}/dicom-web/studies/1/series/2", dn) == [
@@ -96,7 +96,8 @@ def test_the_listed_certificate_or_none_listed(source, client: SourceClient, dn:
 
 
 @pytest.mark.parametrize("dn", ["CN=db3.test.mesimagesmedicales.fr,OU=318751275100020,O=ANS,C=FR",
-                                "CN=localhost,O=ANOTHER CENTRE,C=FR", "CN=localhost"])
+                                "CN=localhost,OU=499700367909006,O=ANOTHER CENTRE,"
+                                "ST=Paris (75),C=FR", "CN=localhost"])
 def test_another_certificate_never_gets_the_token(source, client: SourceClient,
                                                   dn: str) -> None:
     url, _pki = source
