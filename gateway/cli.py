@@ -864,15 +864,29 @@ def hl7() -> None:
               help="Seconds to wait for the ACK (a report may wait for a C-MOVE).")
 @click.option("--set", "substitutions", multiple=True, metavar="NAME=VALUE",
               help="Replace {{NAME}} in the file (the ANS samples' placeholders).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="MLLP over TLS: the CAs trusted for the listener's certificate (PEM).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="MLLP over TLS: our client certificate (PEM), with --tls-key.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The private key of --tls-cert (PEM).")
 def hl7_send(file: Path, host: str, port: int, timeout: float,
-             substitutions: tuple[str, ...]) -> None:
+             substitutions: tuple[str, ...], tls_ca: str | None, tls_cert: str | None,
+             tls_key: str | None) -> None:
     """Send one HL7 message FILE over MLLP and print the ACK (exit 0 on AA, 1 otherwise).
 
-    CRLF or LF line ends in the file are sent as CR, as HL7 wants.
+    CRLF or LF line ends in the file are sent as CR, as HL7 wants. With --tls-ca (and
+    --tls-cert/--tls-key when the listener wants a client certificate) over TLS.
     """
     from gateway.reports.hl7_reader import charset_of, normalise
-    from gateway.reports.mllp import ack_summary, send_message
+    from gateway.reports.mllp import ack_summary, client_context, send_message
     from gateway.reports.workflow import ReportRefused
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_cert and not tls_ca:
+        raise click.UsageError("--tls-cert needs --tls-ca (the listener's CA)")
+    context = client_context(tls_ca, tls_cert, tls_key) if tls_ca else None
 
     raw = file.read_bytes()
     try:
@@ -886,7 +900,8 @@ def hl7_send(file: Path, host: str, port: int, timeout: float,
             raise click.UsageError(f"--set {item!r}: expected NAME=VALUE")
         text = text.replace("{{" + name + "}}", value)
     try:
-        ack = send_message(normalise(text) + "\r", host, port, timeout=timeout, encoding=charset)
+        ack = send_message(normalise(text) + "\r", host, port, timeout=timeout, encoding=charset,
+                           ssl_context=context)
     except OSError as exc:
         click.echo(f"drimbox: cannot send to {host}:{port}: {exc}", err=True)
         sys.exit(2)

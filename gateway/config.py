@@ -66,6 +66,10 @@ class PeerAE(BaseModel):
     _check_ae = field_validator("ae_title")(validate_ae_title)
 
 
+TlsMode = Literal["on", "off", "proxy"]
+ClientAuth = Literal["none", "optional", "required"]
+
+
 class ConfigError(Exception):
     """A setting is wrong; the message names it."""
 
@@ -108,6 +112,42 @@ class Settings(BaseSettings):
     viewer_dir: Path | None = None
     """Folder of the OHIF viewer's prebuilt ``dist/`` served at ``/viewer``. Default:
     ``.cache/ohif/dist`` in the source tree (``make setup`` fetches it)."""
+
+    # --- TLS on our listeners (R12; gateway/tls.py, docs/operations.md#tls). ---
+    tls_cert: Path | None = None
+    """PEM server certificate (with its chain) that every TLS listener presents: HTTPS, DICOM
+    TLS and MLLP over TLS. Setting it turns TLS on for every listener (see ``http_tls``)."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert`` (unencrypted)."""
+    tls_ca_bundle: Path | None = None
+    """PEM CAs whose client certificates our listeners accept (``*_tls_client_auth``)."""
+    http_tls: TlsMode | None = None
+    """The HTTP listener: ``on`` (HTTPS with ``tls_cert``), ``off`` (plain HTTP: loopback
+    only) or ``proxy`` (plain HTTP behind a reverse proxy that terminates TLS). Default: ``on``
+    when ``tls_cert`` is set, else ``off``. ``true``/``false`` mean ``on``/``off``."""
+    dicom_tls: TlsMode | None = None
+    """The DICOM listener (DICOM TLS, PS3.15 B.1 / BCP 195), as ``http_tls``."""
+    hl7_tls: TlsMode | None = None
+    """The HL7 MLLP listener (MLLP over TLS), as ``http_tls``."""
+    http_tls_client_auth: ClientAuth = "none"
+    """Client certificates on HTTPS: ``none``, ``optional`` (asked for; one presented must
+    chain to ``tls_ca_bundle``: consumer DRIMboxes beside browsers) or ``required``."""
+    dicom_tls_client_auth: ClientAuth = "required"
+    """Client certificates on DICOM TLS (modalities, the PACS): ``required`` by default, since
+    DICOM has no other authentication than AE titles."""
+    hl7_tls_client_auth: ClientAuth = "required"
+    """Client certificates on MLLP over TLS (the RIS): ``required`` by default."""
+
+    @field_validator("http_tls", "dicom_tls", "hl7_tls", mode="before")
+    @classmethod
+    def _tls_mode(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return "on" if v else "off"
+        if isinstance(v, str):
+            low = v.strip().lower()
+            return {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off",
+                    "no": "off", "": None}.get(low, low)
+        return v
 
     peers: list[PeerAE] = Field(default_factory=list)
     """Known DICOM peers. In the environment: JSON, e.g.
@@ -817,7 +857,49 @@ class Settings(BaseSettings):
 
     @property
     def effective_public_url(self) -> str:
-        return self.public_url or f"http://{self.effective_http_host}:{self.http_port}"
+        scheme = "https" if self.listener_tls("http") == "on" else "http"
+        return self.public_url or f"{scheme}://{self.effective_http_host}:{self.http_port}"
+
+    def listener_tls(self, listener: str) -> str:
+        """``on``, ``off`` or ``proxy`` for ``http``, ``dicom`` or ``hl7``."""
+        mode = getattr(self, f"{listener}_tls")
+        return mode or ("on" if self.tls_cert is not None else "off")
+
+    def listener_client_auth(self, listener: str) -> str:
+        return str(getattr(self, f"{listener}_tls_client_auth"))
+
+    def listeners(self) -> list[tuple[str, str, int]]:
+        """The listeners ``drimbox serve`` opens: (name, host, port)."""
+        out = [("http", self.effective_http_host, self.http_port)]
+        if self.source_enabled:
+            out.insert(0, ("dicom", self.host, self.dicom_port))
+            if self.hl7_port:
+                out.append(("hl7", self.effective_hl7_host, self.hl7_port))
+        return out
+
+    @model_validator(mode="after")
+    def _listeners_tls(self) -> Settings:
+        """R12: a listener off loopback is encrypted, by us or by a proxy in front of it.
+        Defined last: the other rules name their own settings first."""
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        for name, host, port in self.listeners():
+            mode = self.listener_tls(name)
+            label = {"http": "HTTP", "dicom": "DICOM", "hl7": "HL7 MLLP"}[name]
+            if mode == "on" and self.tls_cert is None:
+                raise ValueError(f"{name}_tls = on needs tls_cert and tls_key (the {label} "
+                                 "listener's certificate)")
+            auth = self.listener_client_auth(name)
+            if mode == "on" and auth != "none" and self.tls_ca_bundle is None:
+                raise ValueError(f"{name}_tls_client_auth = {auth} needs tls_ca_bundle (the CAs "
+                                 f"of the {label} clients' certificates)")
+            if mode == "off" and not _is_loopback(host):
+                raise ValueError(
+                    f"the {label} listener on {host}:{port} is not a loopback address and "
+                    f"{name}_tls is off: every flow is encrypted (R12). Set tls_cert and "
+                    f"tls_key ({name}_tls = on), or {name}_tls = proxy when a proxy in front "
+                    "of it terminates TLS")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -32,7 +32,7 @@ DICOM_CONNECTIONS_CLOSED = Counter(
     "drimbox_dicom_connections_closed_total",
     "DICOM connections closed before their A-ASSOCIATE-RQ was read, by reason: "
     "pending_per_address (too many from one address still negotiating), artim (request "
-    "not complete within artim_timeout)",
+    "not complete within artim_timeout), tls (DICOM TLS handshake failed)",
     ["reason"],
 )
 DICOM_ASSOCIATIONS_REFUSED = Counter(

@@ -1,7 +1,7 @@
 """``drimbox pki init DIR``: a development PKI, so that a vendor can run the whole chain
-(``drimbox dmp-sim``, a consumer DRIMbox and its Sources, curl as a client) on one machine in
-a minute. NOT for production: a centre's certificates come from IGC-Santé (ORG
-authentication and signature certificates, R7, and a server certificate).
+(the gateway's TLS listeners, ``drimbox dmp-sim``, a consumer DRIMbox, dcmtk and curl as
+clients) on one machine in a minute. NOT for production: a centre's certificates come from
+IGC-Santé (ORG authentication and signature certificates, R7, and a server certificate).
 
 The certificates imitate IGC-Santé's: RSA 2048 and SHA-256, and a subject DN of the shape the
 ANS whitelist gives as ``DNCertificatOperateur`` (``CN=<host>,OU=<structure id>,O=<centre>,
@@ -10,10 +10,11 @@ ST=<département>,C=FR``). What the directory holds:
 =====================  =====================================================================
 ``ca.pem``/``ca.key``  the test CA (a self-signed root: every certificate below chains to it)
 ``server.pem``/``.key``  TLS server certificate (serverAuth) for every host given (DNS or IP
-                       subject alternative names; CN = the first host): ``dmp-sim``, a
-                       Source's DICOMweb
+                       subject alternative names; CN = the first host): the gateway's HTTPS,
+                       DICOM TLS and MLLP listeners, ``dmp-sim``, a Source's DICOMweb
 ``client.pem``/``.key``  ORG *authentication* certificate (clientAuth): our TLS client
-                       certificate towards the DMP and Source DRIMboxes
+                       certificate towards the DMP and Source DRIMboxes, and the one a test
+                       modality, RIS or consumer presents to our listeners
 ``sign.pem``/``.key``  ORG *signature* certificate: the VIHF (R6) and Signature01 (R5)
 =====================  =====================================================================
 
@@ -256,8 +257,12 @@ def settings_guide(pki: DevPki) -> str:
     lines = [
         f"Development PKI written to {p['directory']} (NOT for production).",
         "",
-        "# drimbox.toml: towards the DMP (mutual TLS, R7) and Source DRIMboxes, and the "
-        "signatures (R5, R6)",
+        "# drimbox.toml: TLS on the gateway's listeners (HTTPS, DICOM, MLLP; R12)",
+        f'tls_cert = "{p["server_cert"]}"',
+        f'tls_key = "{p["server_key"]}"',
+        f'tls_ca_bundle = "{p["ca_cert"]}"          # CAs of the client certificates we accept',
+        f'public_url = "https://{url_host}:8080"',
+        "# towards the DMP (mutual TLS, R7) and Source DRIMboxes, and the signatures (R5, R6)",
         f'dmp_client_cert = "{p["client_cert"]}"',
         f'dmp_client_key = "{p["client_key"]}"',
         f'dmp_ca_bundle = "{p["ca_cert"]}"',
@@ -268,7 +273,15 @@ def settings_guide(pki: DevPki) -> str:
         f"drimbox dmp-sim --port 8443 --tls-cert {p['server_cert']} --tls-key "
         f"{p['server_key']} --client-ca {p['ca_cert']}",
         "",
-        "# a TLS client, e.g. of dmp-sim",
+        "# clients of the gateway's listeners",
+        f"echoscu +tls {p['client_key']} {p['client_cert']} +cf {p['ca_cert']} "
+        f"-aec DRIMBOX {host} 11112",
+        f"storescu +tls {p['client_key']} {p['client_cert']} +cf {p['ca_cert']} "
+        f"-aec DRIMBOX {host} 11112 FILE.dcm",
+        f"curl --cacert {p['ca_cert']} https://{url_host}:8080/healthz",
+        f"drimbox hl7 send --tls-cert {p['client_cert']} --tls-key {p['client_key']} "
+        f"--tls-ca {p['ca_cert']} --host {host} --port 2575 FILE.hl7",
+        "# a TLS client of dmp-sim",
         f"curl --cacert {p['ca_cert']} --cert {p['client_cert']} --key {p['client_key']} "
         f"https://{url_host}:8443/fhir/DocumentReference",
         "",

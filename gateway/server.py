@@ -21,11 +21,13 @@ from gateway.ingest.workers import WorkerPool
 from gateway.manifest.stability import StabilityMonitor
 from gateway.reports.mllp import build_hl7_listener
 from gateway.runtime import Runtime
+from gateway.tls import TlsConfigError, check_listeners, describe, listener_context
 
 log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings) -> None:
+    _check_tls(settings)  # may exit: before anything is built or listens
     runtime = Runtime.build(settings)  # clears staging: before any worker exists
     _psc_client(settings, runtime)  # may exit: before the workers
     source = settings.source_enabled  # roles: a consumer-only box opens no Source listener
@@ -48,10 +50,12 @@ def serve(settings: Settings) -> None:
             hl7.start()  # reports from the RIS over MLLP
     else:
         log.info("roles = consumer: no DICOM SCP, HL7 listener nor publication (Source off)")
+    https = listener_context(settings, "http")  # None: plain HTTP (loopback or a TLS proxy)
     config = uvicorn.Config(
         create_app(runtime),
         host=settings.effective_http_host,
         port=settings.http_port,
+        ssl_context_factory=(lambda _config, _default: https) if https is not None else None,
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="off",
@@ -69,8 +73,8 @@ def serve(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, _noted)
     signal.signal(signal.SIGINT, _noted)
-    log.info("HTTP on %s:%d, public URL %s", settings.effective_http_host, settings.http_port,
-             settings.effective_public_url)
+    log.info("HTTP on %s:%d (%s), public URL %s", settings.effective_http_host,
+             settings.http_port, describe(settings, "http"), settings.effective_public_url)
     try:
         http.run()
     finally:
@@ -107,6 +111,18 @@ def _retention(settings: Settings, runtime: Runtime):  # noqa: ANN202
     task = RetentionTask(run_once, settings.retention_interval)
     task.start()
     return task
+
+
+def _check_tls(settings: Settings) -> None:
+    """R12: every listener's certificate, key and CA bundle are usable (else exit 2, naming
+    the setting); a certificate about to expire is logged."""
+    try:
+        warnings = check_listeners(settings, [name for name, _, _ in settings.listeners()])
+    except TlsConfigError as exc:
+        log.error("TLS configuration: %s", exc)
+        sys.exit(2)
+    for warning in warnings:
+        log.warning("TLS: %s", warning)
 
 
 def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonitor):  # noqa: ANN202

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -103,6 +104,12 @@ class Gateway:
         self.http_port = free_port()
         self.ae_title = "DRIMBOX"
         self.extra_env = env
+        #: How the start-up check (and tests) verify our HTTPS certificate; with
+        #: ``DRIMBOX_TLS_CERT`` the default trusts ``DRIMBOX_TLS_CA_BUNDLE`` (tests/dmp_pki.py's
+        #: CA issues both sides' certificates).
+        self.http_verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=env["DRIMBOX_TLS_CA_BUNDLE"])
+            if "DRIMBOX_TLS_CA_BUNDLE" in env else True)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"gateway-{self.dicom_port}.log"
 
@@ -124,8 +131,15 @@ class Gateway:
         return env
 
     @property
+    def https(self) -> bool:
+        """HTTP is TLS (``http_tls``, on by default with ``tls_cert``)."""
+        env = self.extra_env
+        mode = env.get("DRIMBOX_HTTP_TLS", "on" if env.get("DRIMBOX_TLS_CERT") else "off")
+        return mode.lower() in ("on", "true", "1", "yes")
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 30) -> Gateway:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open by the child
@@ -140,7 +154,8 @@ class Gateway:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"gateway exited at start-up:\n{self.log()}")
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/healthz", timeout=1,
+                             verify=self.http_verify).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -165,7 +180,7 @@ class Gateway:
         self.stop(signal.SIGKILL)
 
     def metrics(self) -> str:
-        return httpx.get(f"{self.url}/metrics", timeout=5).text
+        return httpx.get(f"{self.url}/metrics", timeout=5, verify=self.http_verify).text
 
 
 @pytest.fixture

@@ -25,8 +25,8 @@ def test_anonymous_dicomweb_is_off_by_default(monkeypatch: pytest.MonkeyPatch) -
     assert settings.psc_discovery_path == "/.well-known/wallet-openid-configuration"
     assert settings.psc_token_check == "introspection"
     # psc may listen on the network (behind https: cookies and tokens never cross plain http,
-    # R12); none may not.
-    assert load_settings(http_host="0.0.0.0",
+    # R12; here a proxy terminates TLS); none may not.
+    assert load_settings(http_host="0.0.0.0", http_tls="proxy",
                          public_url="https://drimbox.example").dicomweb_auth == "psc"
     with pytest.raises(ConfigError, match="https"):
         load_settings(http_host="0.0.0.0")

@@ -10,7 +10,8 @@ kept by hand of who imports whom.
 * **workflows** decide and act (ingest, publication, reports into publication, retrieval and
   queries, sessions and share links, audit, the consumer's steps, backup and restore); they
   read and write the index and the file store.
-* **index and storage**: ``gateway.index``, the file store, configuration, metrics. The index
+* **index and storage**: ``gateway.index``, the file store, configuration (and the listeners'
+  TLS contexts built from it, ``gateway.tls``), metrics. The index
   speaks in domain types, so it imports the domain, never a workflow.
 * **domain**: value types and pure rules (INS, KOS and XDS-I.b metadata, CDA and HL7 reading,
   DICOM header and completeness rules, rendering and transcoding, principals, the consumer's
@@ -41,7 +42,7 @@ FACES = (
 )
 WIRING = ("gateway.runtime", "gateway.reports.wiring", "adapters")
 STORE = ("gateway.index", "gateway.ingest.storage", "gateway.ingest.processes",
-         "gateway.config", "gateway.metrics")
+         "gateway.config", "gateway.tls", "gateway.metrics")
 DOMAIN = (
     "gateway.identity", "gateway.manifest.facts", "gateway.manifest.kos",
     "gateway.manifest.xds_metadata", "gateway.manifest.fhir_twin", "gateway.imaging.locations",

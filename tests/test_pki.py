@@ -24,7 +24,8 @@ def test_pki_init_writes_a_chain_and_says_which_setting_takes_which_file(tmp_pat
                                        "--host", "10.1.2.3", "--days", "10",
                                        "--structure-id", "318751275100020", "--with-negative"])
     assert result.exit_code == 0, result.output
-    for setting, name in [("dmp_client_cert", "client.pem"),
+    for setting, name in [("tls_cert", "server.pem"), ("tls_key", "server.key"),
+                          ("tls_ca_bundle", "ca.pem"), ("dmp_client_cert", "client.pem"),
                           ("dmp_client_key", "client.key"), ("dmp_ca_bundle", "ca.pem"),
                           ("dmp_sign_cert", "sign.pem"), ("dmp_sign_key", "sign.key")]:
         assert f'{setting} = "{out / name}"' in result.output, setting

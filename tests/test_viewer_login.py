@@ -213,7 +213,7 @@ def test_psc_mode_needs_https_off_loopback(tmp_path: Path) -> None:
                       psc_client_id="x", psc_client_secret="s", http_host="0.0.0.0")
     s = load_settings(data_dir=tmp_path, dicomweb_auth="psc", psc_issuer="https://psc.example",
                       psc_client_id="x", psc_client_secret="s", http_host="0.0.0.0",
-                      public_url="https://drimbox.example")
+                      http_tls="proxy", public_url="https://drimbox.example")
     assert s.cookies_secure
 
 

@@ -15,6 +15,9 @@ Conformance (what a modality or PACS vendor needs to know):
   a connection must deliver its A-ASSOCIATE-RQ within ``artim_timeout`` seconds and at most
   ``max_pending_per_address`` connections of one address may be doing so at once
   (:mod:`gateway.ingest.dimse_guard`).
+* DICOM TLS (PS3.15 B.1, BCP 195; ``dicom_tls``): TLS 1.2 or 1.3 with the ciphers of
+  :mod:`gateway.tls`, our ``tls_cert``; the peer's certificate is required by default
+  (``dicom_tls_client_auth``) and checked against ``tls_ca_bundle``.
 
 C-STORE statuses (PS3.4 B.2.3, PS3.7 C): 0x0000 success, also for an identical re-send;
 0xA700 out of resources (disk full); 0xA900 dataset SOP Class differs from the request;
@@ -38,6 +41,7 @@ import logging
 import queue
 import socket
 import socketserver
+import ssl
 import threading
 import time
 from typing import Any
@@ -54,6 +58,7 @@ from gateway import metrics
 from gateway.config import Settings
 from gateway.ingest.dimse_guard import ConnectionGuard, calling_ae
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
+from gateway.tls import describe, handshake_failure, listener_context, peer_subject
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +135,37 @@ class GuardedAssociationServer(ThreadedAssociationServer):
     ``verify_request`` and ``shutdown_request`` are :mod:`socketserver`'s own hooks: the
     first runs on the accept thread for each new connection (``False``: socketserver closes
     it at once), the second whenever a connection is done with (pynetdicom calls it when an
-    association's thread ends, socketserver when a refused or failed one is dropped)."""
+    association's thread ends, socketserver when a refused or failed one is dropped).
+
+    DICOM TLS (``dicom_tls``, R12): pynetdicom wraps each accepted socket and runs the TLS
+    handshake on the accept thread, where a peer that connects and sends nothing would stop
+    every other connection from being accepted. Here the socket is wrapped without a
+    handshake; the handshake runs on the connection's own thread (:meth:`finish_request`),
+    under the guard's timers like the A-ASSOCIATE-RQ that follows it. A failed handshake (a
+    plain client, a certificate from another CA, an expired one) is one log line and a
+    closed connection, counted in ``drimbox_dicom_connections_closed_total{reason="tls"}``."""
 
     guard: ConnectionGuard | None = None
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True,
+                                                  do_handshake_on_connect=False)
+        return client, address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.do_handshake()
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                metrics.DICOM_CONNECTIONS_CLOSED.labels("tls").inc()
+                host = client_address[0] if isinstance(client_address, tuple) else client_address
+                log.warning("DICOM TLS handshake with %s failed, connection closed: %s", host,
+                            handshake_failure(exc))
+                self.shutdown_request(request)
+                return
+        super().finish_request(request, client_address)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         return self.guard is None or self.guard.accept(request, client_address)
@@ -208,6 +241,7 @@ class DicomService:
         ae.require_called_aet = settings.check_called_ae
         if settings.restrict_callers:
             ae.require_calling_aet = [p.ae_title for p in settings.peers]
+        self.ssl_context = listener_context(settings, "dicom")  # None: plain TCP
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
@@ -248,17 +282,19 @@ class DicomService:
             address = listen_socket.getsockname()[:2]
             server_class = SharedSocketServer.on_socket(listen_socket, shared)
         # What AE.start_server(block=False) does, with our server class.
-        server = self.ae.make_server(address, evt_handlers=handlers, server_class=server_class)
+        server = self.ae.make_server(address, evt_handlers=handlers, server_class=server_class,
+                                     ssl_context=self.ssl_context)
         server.guard = self.guard
         self.guard.start()
         threading.Thread(target=server.serve_forever, name="AcceptorServer", daemon=True).start()
         self.ae._servers.append(server)
         self.server = server
         log.info(
-            "DICOM SCP %s listening on %s:%d",
+            "DICOM SCP %s listening on %s:%d (%s)",
             self.settings.ae_title,
             self.settings.host,
             self.port,
+            describe(self.settings, "dicom"),
         )
 
     def stop(self, grace: float | None = None) -> None:
@@ -329,7 +365,9 @@ class DicomService:
         metrics.ASSOCIATIONS_ACTIVE.inc()
         event.assoc.__dict__["_drimbox_counted"] = True
         req = event.assoc.requestor
-        log.info("association from %s (%s)", req.ae_title, req.address)
+        peer = peer_subject(getattr(event.assoc.dul.socket, "socket", None))
+        log.info("association from %s (%s)%s", req.ae_title, req.address,
+                 f" over TLS, certificate {peer}" if peer else "")
 
     def _on_rejected(self, event: evt.Event) -> None:
         self.guard.release(assoc=event.assoc)

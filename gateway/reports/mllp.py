@@ -15,6 +15,10 @@ again (the ``reports`` table). No message ends its connection without an ACK: an
 not read is AR ``MSH^1^18`` (the ACK in UTF-8, saying so in its MSH-18), and anything
 unexpected is AR 207; the connection then serves the next message. Logs name the message
 type, MSH-10 and the outcome, never a patient name or INS.
+
+MLLP over TLS (``hl7_tls``, R12): the connection is TLS 1.2+ with our ``tls_cert`` before the
+first block; the RIS's client certificate is required by default (``hl7_tls_client_auth``).
+``drimbox hl7 send --tls-ca ... [--tls-cert ... --tls-key ...]`` is a client.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import threading
 import uuid
 from datetime import datetime
@@ -40,6 +45,7 @@ from gateway.reports.workflow import (
     ReportRefused,
     ReportWorkflow,
 )
+from gateway.tls import handshake_failure, listener_context, peer_subject
 
 log = logging.getLogger(__name__)
 
@@ -184,16 +190,27 @@ def _header_only(text: str) -> hl7.Message | None:
         return None
 
 
+#: Seconds a client has to complete the TLS handshake (MLLP over TLS).
+HANDSHAKE_TIMEOUT = 30.0
+
+
 class Hl7Listener:
-    """The MLLP server, in a thread with its own event loop (``start`` / ``stop``)."""
+    """The MLLP server, in a thread with its own event loop (``start`` / ``stop``).
+
+    With ``ssl_context`` (``hl7_tls``, R12) each connection is TLS: the handshake runs in the
+    connection's coroutine (``StreamWriter.start_tls``) rather than in the server, so that a
+    refused client (plain TCP, a certificate from another CA, an expired one) is logged with
+    its address and the reason; asyncio's own server-side TLS drops them without a word."""
 
     def __init__(self, processor: MessageProcessor, host: str, port: int, *,
-                 max_message_bytes: int = 16 * 1024 * 1024, idle_timeout: float = 300.0) -> None:
+                 max_message_bytes: int = 16 * 1024 * 1024, idle_timeout: float = 300.0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.processor = processor
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
         self.idle_timeout = idle_timeout
+        self.ssl_context = ssl_context
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._thread: threading.Thread | None = None
@@ -220,7 +237,8 @@ class Hl7Listener:
             self._error = exc
             self._ready.set()
             return
-        log.info("HL7 MLLP on %s:%d", self.host, self.port)
+        log.info("HL7 MLLP on %s:%d (%s)", self.host, self.port,
+                 "TLS" if self.ssl_context is not None else "plain TCP")
         self._ready.set()
         try:
             loop.run_forever()
@@ -230,6 +248,19 @@ class Hl7Listener:
 
     async def _client(self, reader, writer) -> None:  # noqa: ANN001
         peer = writer.get_extra_info("peername")
+        if self.ssl_context is not None:
+            try:
+                await writer.start_tls(self.ssl_context,
+                                       ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            except (OSError, asyncio.TimeoutError, ValueError) as exc:
+                log.warning("MLLP TLS handshake with %s failed, connection closed: %s",
+                            peer[0] if isinstance(peer, tuple) else peer,
+                            handshake_failure(exc))
+                writer.transport.abort()
+                return
+            subject = peer_subject(writer.get_extra_info("ssl_object"))
+            if subject:
+                log.info("MLLP over TLS from %s, certificate %s", peer[0], subject)
         try:
             while True:
                 try:
@@ -275,18 +306,33 @@ class Hl7Listener:
 # -- client -----------------------------------------------------------------------------
 
 
+def client_context(ca_bundle: str | None, cert: str | None = None,
+                   key: str | None = None) -> ssl.SSLContext:
+    """A TLS 1.2+ client context for MLLP over TLS: the server is checked against
+    ``ca_bundle`` (the system's CAs when ``None``); ``cert``/``key``: our client certificate."""
+    ctx = ssl.create_default_context(cafile=ca_bundle)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
 def send_message(text: str, host: str, port: int, *, timeout: float = 60.0,
-                 encoding: str = "utf-8") -> str:
-    """Send one message over MLLP and return the ACK text (segments separated by CR)."""
+                 encoding: str = "utf-8", ssl_context: ssl.SSLContext | None = None) -> str:
+    """Send one message over MLLP (over TLS with ``ssl_context``) and return the ACK text
+    (segments separated by CR)."""
     data = START_BLOCK + text.encode(encoding) + END_BLOCK
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.sendall(data)
-        buf = b""
-        while END_BLOCK not in buf:
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the peer closed the connection before acknowledging")
-            buf += chunk
+    with socket.create_connection((host, port), timeout=timeout) as raw:
+        sock = (ssl_context.wrap_socket(raw, server_hostname=host) if ssl_context is not None
+                else raw)
+        with sock:
+            sock.sendall(data)
+            buf = b""
+            while END_BLOCK not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("the peer closed the connection before acknowledging")
+                buf += chunk
     start = buf.find(START_BLOCK)
     return buf[start + 1 : buf.index(END_BLOCK)].decode(encoding, "replace")
 
@@ -308,7 +354,7 @@ def ack_summary(ack_text: str) -> dict[str, str]:
 
 
 __all__ = ["Hl7Listener", "MessageKey", "MessageProcessor", "ack_summary", "build_ack",
-           "send_message"]
+           "client_context", "send_message"]
 
 
 def build_hl7_listener(settings: Settings, workflow: ReportWorkflow) -> Hl7Listener | None:
@@ -318,4 +364,5 @@ def build_hl7_listener(settings: Settings, workflow: ReportWorkflow) -> Hl7Liste
     processor = MessageProcessor(workflow, application=settings.hl7_application,
                                  facility=settings.structure_id)
     return Hl7Listener(processor, settings.effective_hl7_host, settings.hl7_port,
-                       max_message_bytes=settings.hl7_max_message_bytes)
+                       max_message_bytes=settings.hl7_max_message_bytes,
+                       ssl_context=listener_context(settings, "hl7"))
