@@ -1,7 +1,8 @@
 """``drimbox pki init DIR``: a development PKI, so that a vendor can run the whole chain
-(the gateway's TLS listeners, ``drimbox dmp-sim``, a consumer DRIMbox, dcmtk and curl as
-clients) on one machine in a minute. NOT for production: a centre's certificates come from
-IGC-Santé (ORG authentication and signature certificates, R7, and a server certificate).
+(the gateway's TLS listeners, ``drimbox dmp-sim``, ``drimbox psc-sim``, a consumer DRIMbox,
+dcmtk and curl as clients) on one machine in a minute. NOT for production: a centre's
+certificates come from IGC-Santé (ORG authentication and signature certificates, R7, and a
+server certificate).
 
 The certificates imitate IGC-Santé's: RSA 2048 and SHA-256, and a subject DN of the shape the
 ANS whitelist gives as ``DNCertificatOperateur`` (``CN=<host>,OU=<structure id>,O=<centre>,
@@ -11,10 +12,12 @@ ST=<département>,C=FR``). What the directory holds:
 ``ca.pem``/``ca.key``  the test CA (a self-signed root: every certificate below chains to it)
 ``server.pem``/``.key``  TLS server certificate (serverAuth) for every host given (DNS or IP
                        subject alternative names; CN = the first host): the gateway's HTTPS,
-                       DICOM TLS and MLLP listeners, ``dmp-sim``, a Source's DICOMweb
+                       DICOM TLS and MLLP listeners, ``dmp-sim``, ``psc-sim``, a Source's
+                       DICOMweb
 ``client.pem``/``.key``  ORG *authentication* certificate (clientAuth): our TLS client
-                       certificate towards the DMP and Source DRIMboxes, and the one a test
-                       modality, RIS or consumer presents to our listeners
+                       certificate towards the DMP, PSC (``tls_client_auth``) and Source
+                       DRIMboxes, and the one a test modality, RIS or consumer presents to
+                       our listeners
 ``sign.pem``/``.key``  ORG *signature* certificate: the VIHF (R6) and Signature01 (R5)
 =====================  =====================================================================
 
@@ -45,6 +48,8 @@ DEFAULT_STRUCTURE_ID = "499700367909006"
 DEFAULT_STATE = "Paris (75)"
 DEFAULT_CLIENT_CN = "DRIMbox"
 CA_CN = "DRIMBOX DEV AC ORGANISATIONS"
+#: The PSC client id the guide registers at ``drimbox psc-sim`` (its default client's).
+PSC_CLIENT_ID = "drimbox"
 OTHER_CA_CN = "DRIMBOX DEV AUTRE AC"
 
 
@@ -268,10 +273,25 @@ def settings_guide(pki: DevPki) -> str:
         f'dmp_ca_bundle = "{p["ca_cert"]}"',
         f'dmp_sign_cert = "{p["sign_cert"]}"',
         f'dmp_sign_key = "{p["sign_key"]}"',
+        "# PSC (the simulator below), our client authenticated by its certificate (R21)",
+        f'psc_issuer = "https://{url_host}:8180/auth/realms/esante-wallet"',
+        f'psc_client_id = "{PSC_CLIENT_ID}"',
+        'psc_client_auth = "tls_client_auth"',
+        f'psc_ca_bundle = "{p["ca_cert"]}"',
+        f'psc_client_cert = "{p["client_cert"]}"',
+        f'psc_client_key = "{p["client_key"]}"',
         "",
         "# the DMP simulator (mutual TLS; it trusts the CA for the VIHF and Signature01 too)",
         f"drimbox dmp-sim --port 8443 --tls-cert {p['server_cert']} --tls-key "
         f"{p['server_key']} --client-ca {p['ca_cert']}",
+        "",
+        "# the PSC simulator over https (tls_client_auth: it knows our certificate's DN)",
+        f"drimbox psc-sim --port 8180 --base-url https://{url_host}:8180 --tls-cert "
+        f"{p['server_cert']} --tls-key "
+        f"{p['server_key']} --client-ca {p['ca_cert']} --client "
+        f"'{PSC_CLIENT_ID}::https://{url_host}:8080/auth/callback,"
+        f"https://{url_host}:8080/auth/logged-out' --client-auth "
+        f"{PSC_CLIENT_ID}=tls_client_auth --client-dn '{PSC_CLIENT_ID}={pki.client_dn}'",
         "",
         "# clients of the gateway's listeners",
         f"echoscu +tls {p['client_key']} {p['client_cert']} +cf {p['ca_cert']} "

@@ -29,7 +29,12 @@ def test_pki_init_writes_a_chain_and_says_which_setting_takes_which_file(tmp_pat
                           ("dmp_client_key", "client.key"), ("dmp_ca_bundle", "ca.pem"),
                           ("dmp_sign_cert", "sign.pem"), ("dmp_sign_key", "sign.key")]:
         assert f'{setting} = "{out / name}"' in result.output, setting
-    assert f"--tls-cert {out / 'server.pem'}" in result.output  # dmp-sim
+    assert f"--tls-cert {out / 'server.pem'}" in result.output  # dmp-sim, psc-sim
+    for setting, name in [("psc_ca_bundle", "ca.pem"), ("psc_client_cert", "client.pem"),
+                          ("psc_client_key", "client.key")]:
+        assert f'{setting} = "{out / name}"' in result.output, setting
+    client_dn = x509.load_pem_x509_certificate((out / "client.pem").read_bytes()).subject
+    assert f"--client-dn 'drimbox={client_dn.rfc4514_string()}'" in result.output
     server = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
     dn = "CN=db1.example.org,OU=318751275100020,O=CENTRE IMAGERIE TEST,ST=Paris (75),C=FR"
     assert server.subject.rfc4514_string() == dn and dn in result.output
