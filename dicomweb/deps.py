@@ -35,6 +35,7 @@ from fastapi import Depends, HTTPException, Request
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from adapters.asgi_tls import client_certificate_name
 from adapters.psc.bearer import BearerChecker, BearerConfig
 from adapters.psc.client_auth import PscClientAuth
 from adapters.psc.tokens import TokenRejected
@@ -144,6 +145,24 @@ def _token_refusal(exc: TokenRejected, checker: BearerChecker) -> Unauthenticate
                            f"bearer token refused: {exc.reason}", via)
 
 
+def _check_consumer_certificate(request: Request, via: str) -> None:
+    """R11/R12 on the Source's side: a consumer DRIMbox (a bearer token) must present a TLS
+    client certificate whose subject DN is an operator DN of the ANS whitelist
+    (``consumer_client_certificate = whitelisted``). 403 otherwise, the DN in the audit."""
+    subject = client_certificate_name(request.scope)
+    if not subject:
+        raise Unauthenticated("no_client_certificate", 403, {},
+                              "a consumer DRIMbox must present its TLS client certificate "
+                              "(mutual TLS)", via)
+    keeper = request.app.state.runtime.whitelist
+    decision = keeper.is_trusted_certificate(subject) if keeper is not None else None
+    if decision is None or not decision:
+        why = ("not on the whitelist" if decision is not None and keeper.current is not None
+               else "not checked: no verified whitelist")
+        raise Unauthenticated(f"client_certificate_not_whitelisted: {subject}"[:255], 403, {},
+                              f"the client certificate {subject} is {why}", via)
+
+
 async def resolve_principal(request: Request) -> Principal:
     """Who is asking (see the module docstring); raises :class:`Unauthenticated`."""
     settings: Settings = request.app.state.runtime.settings
@@ -156,6 +175,8 @@ async def resolve_principal(request: Request) -> Principal:
             except TokenRejected as exc:
                 raise _token_refusal(exc, checker) from None
             subject = identity.subject_name_id
+            if settings.consumer_client_certificate == "whitelisted":
+                _check_consumer_certificate(request, checker.config.via)
             return Principal(kind="practitioner", subject=subject,
                              roles=roles_of(settings, subject), via=checker.config.via)
     for resolver in getattr(request.app.state, "principal_resolvers", ()):

@@ -137,6 +137,13 @@ class Settings(BaseSettings):
     DICOM has no other authentication than AE titles."""
     hl7_tls_client_auth: ClientAuth = "required"
     """Client certificates on MLLP over TLS (the RIS): ``required`` by default."""
+    consumer_client_certificate: Literal["off", "whitelisted"] = "off"
+    """Mutual TLS between DRIMboxes on the Source's side (R11, R12): with ``whitelisted``, a
+    request carrying a PSC bearer token (a consumer DRIMbox) must come over HTTPS with a
+    client certificate (``http_tls = on``, ``http_tls_client_auth`` optional or required,
+    chained to ``tls_ca_bundle``) whose subject DN is an operator DN of the verified ANS
+    whitelist (``whitelist_source``); otherwise 403, audited with the DN. Browsers (viewer
+    sessions, share links) are not concerned."""
 
     @field_validator("http_tls", "dicom_tls", "hl7_tls", mode="before")
     @classmethod
@@ -617,6 +624,18 @@ class Settings(BaseSettings):
             if "://" in item and not re.match(r"^https?://[^/\s]+(/\S*)?$", item, re.I):
                 raise ValueError(f"{item!r}: a CRL is a file path or an http(s) URL")
         return [item.strip() for item in v if item.strip()]
+
+    @model_validator(mode="after")
+    def _consumer_client_certificate(self) -> Settings:
+        if self.consumer_client_certificate == "whitelisted":
+            if self.listener_tls("http") != "on" or self.http_tls_client_auth == "none":
+                raise ValueError("consumer_client_certificate = whitelisted needs HTTPS here "
+                                 "(http_tls = on) asking for client certificates "
+                                 "(http_tls_client_auth = optional or required)")
+            if not self.whitelist_source:
+                raise ValueError("consumer_client_certificate = whitelisted needs the ANS "
+                                 "whitelist (whitelist_source)")
+        return self
 
     @model_validator(mode="after")
     def _whitelist(self) -> Settings:

@@ -14,6 +14,7 @@ import sys
 
 import uvicorn
 
+from adapters.asgi_tls import client_certificate_protocol
 from dicomweb.app import create_app
 from gateway.config import Settings
 from gateway.ingest.dimse import DicomService
@@ -56,6 +57,9 @@ def serve(settings: Settings) -> None:
         host=settings.effective_http_host,
         port=settings.http_port,
         ssl_context_factory=(lambda _config, _default: https) if https is not None else None,
+        # Over HTTPS, each request sees its connection's client certificate (consumer
+        # DRIMboxes, ``consumer_client_certificate``).
+        http=client_certificate_protocol() if https is not None else "auto",
         log_level=settings.log_level.lower(),
         access_log=False,
         lifespan="off",

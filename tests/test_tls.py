@@ -331,3 +331,58 @@ def test_tls_settings_rules(monkeypatch: pytest.MonkeyPatch, pki: Pki) -> None: 
     # A consumer-only DRIMbox opens no DICOM listener: its host is not judged.
     assert load_settings(roles="consumer", host="0.0.0.0", http_host="127.0.0.1").roles == \
         "consumer"
+
+
+# --- Mutual TLS between DRIMboxes: the Source checks the consumer's DN (R11, R12) -------------
+
+
+def test_source_serves_a_consumer_whose_certificate_dn_is_on_the_whitelist(
+        tmp_path: Path, pki: Pki) -> None:  # noqa: F811
+    """``consumer_client_certificate = whitelisted``: a bearer-token request (a consumer
+    DRIMbox) over HTTPS reaches the access policy only with a client certificate whose
+    subject DN is an operator DN of the ANS whitelist; no certificate, or a certificate of
+    the same CA whose DN is not listed, is 403, audited with the DN."""
+    from access_support import gateway_psc_env, start_psc_sim
+    from cryptography import x509
+    from sqlalchemy import create_engine, select
+    from test_consumer_retrieve import _whitelist
+
+    from gateway.index.models import AuditEvent
+
+    def dn(cert: Path) -> str:
+        return x509.load_pem_x509_certificate(cert.read_bytes()).subject.rfc4514_string()
+
+    listed = _whitelist(tmp_path / "whitelist.xml", "conso.example", dn(pki.client_cert))
+    sim = start_psc_sim()
+    gw = Gateway(tmp_path / "data", f"sqlite:///{tmp_path / 'index.sqlite'}", **_tls_env(
+        pki, DRIMBOX_DICOM_WORKERS="0", DRIMBOX_HTTP_TLS_CLIENT_AUTH="optional",
+        DRIMBOX_CONSUMER_CLIENT_CERTIFICATE="whitelisted",
+        DRIMBOX_WHITELIST_SOURCE=str(listed), DRIMBOX_WHITELIST_INSECURE_ALLOW_UNSIGNED="true",
+        **gateway_psc_env(sim, "jwt")))
+    try:
+        gw.start(timeout=60)
+        https = Tls(gw, 0, pki)
+        token = {"Authorization": f"Bearer {sim.token()}"}
+        with https.https(pki.client_cert, pki.client_key) as consumer:
+            # Past the certificate: the access policy's own rule answers (a consumer names
+            # the KOS it was given, R10).
+            r = consumer.get("/dicom-web/studies", headers=token)
+            assert r.status_code == 403 and "kos_header_missing" in r.text, r.text
+        with https.https() as bare:
+            r = bare.get("/dicom-web/studies", headers=token)
+            assert r.status_code == 403 and "client certificate" in r.text
+        with https.https(pki.sign_cert, pki.sign_key) as other:  # same CA, DN not listed
+            r = other.get("/dicom-web/studies", headers=token)
+            assert r.status_code == 403 and "not on the whitelist" in r.text
+    finally:
+        gw.stop()
+        sim.stop()
+    engine = create_engine(gw.database_url)
+    try:
+        with engine.connect() as conn:
+            reasons = [r.reason for r in conn.execute(
+                select(AuditEvent).where(AuditEvent.outcome == "denied").order_by(AuditEvent.id))]
+    finally:
+        engine.dispose()
+    assert reasons == ["kos_header_missing", "no_client_certificate",
+                       f"client_certificate_not_whitelisted: {dn(pki.sign_cert)}"]

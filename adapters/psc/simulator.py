@@ -59,6 +59,7 @@ from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
+from adapters.asgi_tls import client_certificate_protocol
 from adapters.psc.practitioners import PRACTITIONERS, userinfo_claims
 
 REALM_PATH = "/auth/realms/esante-wallet"
@@ -629,36 +630,6 @@ class PscSimulator:
         )
 
 
-def _tls_protocol() -> type:
-    """uvicorn's HTTP/1.1 protocol, handing the app the TLS client certificate of its
-    connection as the ASGI TLS extension (``scope["extensions"]["tls"]``:
-    ``client_cert_chain``, ``client_cert_name``), which uvicorn itself does not."""
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class TlsH11Protocol(H11Protocol):
-        def connection_made(self, transport: Any) -> None:  # noqa: ANN401 - asyncio's
-            super().connection_made(transport)
-            ssl_object = transport.get_extra_info("ssl_object")
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-            tls: dict[str, Any] = {"server_cert": None, "client_cert_chain": [],
-                                   "client_cert_name": None, "client_cert_error": None,
-                                   "tls_version": None, "cipher_suite": None}
-            if der:
-                cert = x509.load_der_x509_certificate(der)
-                tls["client_cert_chain"] = [cert.public_bytes(serialization.Encoding.PEM).decode()]
-                tls["client_cert_name"] = cert.subject.rfc4514_string()
-            app = self.app
-
-            async def with_tls(scope: Any, receive: Any, send: Any) -> None:
-                if scope["type"] == "http":
-                    scope["extensions"] = {**(scope.get("extensions") or {}), "tls": tls}
-                await app(scope, receive, send)
-
-            self.app = with_tls
-
-    return TlsH11Protocol
-
-
 def serve(sim: PscSimulator, host: str, port: int, tls_cert: Path | None = None,
           tls_key: Path | None = None, client_ca: Path | None = None) -> None:
     """Run the simulator with uvicorn (blocking): plain http, or https with ``tls_cert``; with
@@ -673,6 +644,6 @@ def serve(sim: PscSimulator, host: str, port: int, tls_cert: Path | None = None,
         kw = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key)}
         if client_ca is not None:
             kw.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_OPTIONAL,
-                      http=_tls_protocol())
+                      http=client_certificate_protocol())
     uvicorn.run(sim.app, host=host, port=port, log_level="warning", proxy_headers=False,
                 timeout_graceful_shutdown=2, **kw)

@@ -91,6 +91,13 @@ class WhitelistKeeper:
             return Decision(False, f"no verified whitelist yet{why}")
         return current.is_trusted(retrieve_url)
 
+    def is_trusted_certificate(self, subject_dn: str) -> Decision:
+        """Whether a peer's TLS certificate subject is an operator DN of the list (R11)."""
+        current = self.current
+        if current is None:
+            return Decision(False, "no verified whitelist yet")
+        return current.is_trusted_certificate(subject_dn)
+
     # -- checking one document ------------------------------------------------------------
     def check(self, data: bytes, *, crl_required: bool = True) -> Whitelist:
         """Verify and parse one document; :class:`WhitelistRefused` says why not. When the
