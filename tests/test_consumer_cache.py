@@ -175,3 +175,34 @@ def test_finished_bytes_read_once_not_per_instance(index: InstanceIndex, tmp_pat
     assert cache.make_room(second, 10) == []
     assert len(sums) == 1 and cache.used() == 100 + 752 + 10
     event.remove(index.engine, "before_cursor_execute", count)
+
+
+def test_part_header_from_the_first_bytes_never_cut(tmp_path: Path) -> None:
+    """A retrieved part's UIDs are read from its first bytes when those hold the whole header
+    (no file read), from the file otherwise: a head cut anywhere, even inside a UID, never
+    gives a shortened UID (a shorter UID could name another instance of the KOS)."""
+    from dicom_factory import make_instance
+
+    from gateway.consumer.retrieve import part_header
+
+    ds = make_instance(rows=256, cols=256, sop_uid="1.2.826.0.1.3680043.10.1257.12345678901")
+    path = tmp_path / "part.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    data = path.read_bytes()
+    want = (ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID)
+    pixels = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) Pixel Data
+    missing = tmp_path / "not-written"  # reading it would raise: the header came from memory
+    got = part_header(data[:pixels + 64], len(data), missing)
+    assert (got.SOPInstanceUID, got.SeriesInstanceUID, got.StudyInstanceUID) == want
+    sop_at = data.index(str(ds.SOPInstanceUID).encode())
+    for cut in (200, sop_at + 5, sop_at + len(str(ds.SOPInstanceUID)) - 1, pixels, pixels + 4):
+        got = part_header(data[:cut], len(data), path)
+        assert (got.SOPInstanceUID, got.SeriesInstanceUID, got.StudyInstanceUID) == want, cut
+        with pytest.raises(OSError):
+            part_header(data[:cut], len(data), missing)
+    # A part that is whole in memory (no pixel data to stop at) is not read again.
+    small = make_instance(sop_class="1.2.840.10008.5.1.4.1.1.104.1")  # encapsulated PDF
+    small_path = tmp_path / "small.dcm"
+    small.save_as(small_path, enforce_file_format=True)
+    whole = small_path.read_bytes()
+    assert part_header(whole, len(whole), missing).SOPInstanceUID == small.SOPInstanceUID
