@@ -9,8 +9,8 @@
    untrusted series is ``refused`` with the reason, never called.
 4. :class:`Retriever` runs the series (``consumer_retrieve_parallel_series`` at once, over all
    retrievals) with a :class:`~gateway.consumer.source.SourceReader` (:class:`adapters.source.wado.SourceClient`): WADO-RS with the session's PSC
-   access token and ``KOS-SOPInstanceUID``. Each part is written aside, read back (it must be
-   one of the series' referenced instances), counted in the cache
+   access token and ``KOS-SOPInstanceUID``. Each part is written aside, its header read
+   (:func:`part_header`: it must be one of the series' referenced instances), counted in the cache
    (:meth:`gateway.consumer.cache.StudyCache.make_room`) and only then moved into place. 5xx,
    connection failures and cut answers are retried (``consumer_retrieve_attempts``, backoff
    from ``consumer_retrieve_backoff_seconds`` doubling); a refusal (401/403/404/410) ends the
