@@ -3,7 +3,8 @@
 (512x512, 16 bits allocated, 12 stored), about 200 MB, retrieved through WADO-RS as stored and
 transcoded to Explicit VR Little Endian.
 
-    gen   --out DIR [--n 1300]           write the series (deterministic, seed 20)
+    gen   --out DIR [--n 1300]           write the series (deterministic, seed 20), with the
+                                         accession number's issuer (a Source can publish it)
     load  --dir DIR --scp H:P --aet AET  send it as stored with dcmtk storescu (association
                                          profile proposing JPEG-LS lossless only, TCP_NODELAY=1)
     time  --dir DIR --dicomweb URL --name NAME [--reps 3] [--pid PID] [--out JSON]
@@ -93,6 +94,7 @@ def gen(args):
         ds.WindowCenter = [40, -600]
         ds.WindowWidth = [400, 1500]
         ds.PixelPaddingValue = 0
+        ds.IssuerOfAccessionNumberSequence = [accession_issuer()]  # publishable (R4)
         arr = phantom.slice(rng, k / max(1, args.n - 1))
         arr[~fov] = 0
         gc.set_pixels(ds, arr, bits_stored=12, signed=False)
@@ -108,6 +110,17 @@ def gen(args):
             "pixel_bytes_native": raw, "ratio": raw / total, "PatientID": patient["PatientID"]}
     (out / "series.json").write_text(json.dumps(info, indent=1))
     print(json.dumps(info))
+
+
+def accession_issuer():
+    """The accession number's issuer (the RIS's OID), as the DRIM-M samples carry it: without
+    it the Source cannot publish the KOS (the XDS referenceIdList needs it)."""
+    from pydicom.dataset import Dataset
+
+    issuer = Dataset()
+    issuer.UniversalEntityID = "1.2.250.1.213.4.5.2.5"
+    issuer.UniversalEntityIDType = "ISO"
+    return issuer
 
 
 def load(args):

@@ -12,6 +12,12 @@ retrievals have written so far (:meth:`StudyCache.account`). Before an instance 
 retrieved or viewed), never one being retrieved, nor one the viewer read within
 ``consumer_cache_in_use_minutes`` (``viewed_at``); when that is not enough it raises
 :class:`CacheFull`. ``drimbox consumer cache purge`` empties it (:func:`purge`).
+
+The finished studies' bytes (a sum over the rows) are read from the index once, then kept:
+they change here only when a retrieval finishes or a study is evicted, which read them again,
+and at most :data:`STORED_BYTES_TTL` seconds after another process changed them (a purge
+only lowers them). A decision to evict or to refuse always reads them afresh. (Read for
+every instance, that sum was the largest cost of a retrieval after the network.)
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,6 +43,8 @@ COMPLETE = "complete"
 PARTIAL = "partial"
 FAILED = "failed"
 FINISHED = (COMPLETE, PARTIAL, FAILED)
+#: Seconds the finished studies' byte sum is kept between two readings (see the module).
+STORED_BYTES_TTL = 2.0
 
 
 class CacheFull(Exception):
@@ -57,6 +66,7 @@ class StudyCache:
         self.now = now
         self._lock = threading.Lock()
         self._live: dict[int, int] = {}  # retrieval id -> bytes written so far (running)
+        self._stored: tuple[float, int] | None = None  # (monotonic read time, bytes) of the rest
 
     def folder(self, retrieval_id: int) -> Path:
         return self.root / str(int(retrieval_id))
@@ -81,32 +91,39 @@ class StudyCache:
             self._live[retrieval_id] = 0
 
     def finish(self, retrieval_id: int) -> int:
-        """The bytes a running retrieval wrote (it stops counting as live)."""
+        """The bytes a running retrieval wrote (it stops counting as live: its row's bytes
+        join the finished studies' sum, read again next time)."""
         with self._lock:
+            self._stored = None
             return self._live.pop(retrieval_id, 0)
 
     def used(self) -> int:
         with self._lock:
-            live = dict(self._live)
-        with self.index.read() as s:
-            stored = s.scalar(select(func.coalesce(func.sum(ConsumerRetrieval.bytes), 0))
-                              .where(ConsumerRetrieval.id.not_in(list(live) or [-1]))) or 0
-        return int(stored) + sum(live.values())
+            return self._stored_bytes(fresh=True) + sum(self._live.values())
+
+    def _stored_bytes(self, fresh: bool = False) -> int:
+        """The finished (not running) studies' bytes; under ``self._lock``."""
+        now = time.monotonic()
+        if fresh or self._stored is None or now - self._stored[0] > STORED_BYTES_TTL:
+            with self.index.read() as s:
+                stored = s.scalar(
+                    select(func.coalesce(func.sum(ConsumerRetrieval.bytes), 0))
+                    .where(ConsumerRetrieval.id.not_in(list(self._live) or [-1]))) or 0
+            self._stored = (now, int(stored))
+        return self._stored[1]
 
     def make_room(self, retrieval_id: int, size: int) -> list[int]:
         """Count ``size`` more bytes for the running retrieval ``retrieval_id``, evicting what
         must go first; return the evicted retrieval ids. Raises :class:`CacheFull` (and then
         evicts nothing) when even every study that may go would not make the room."""
         with self._lock:  # one decision at a time: two retrievals never evict the same room
-            live = dict(self._live)
-            with self.index.read() as s:
-                stored = s.scalar(
-                    select(func.coalesce(func.sum(ConsumerRetrieval.bytes), 0))
-                    .where(ConsumerRetrieval.id.not_in(list(live) or [-1]))) or 0
-            used = int(stored) + sum(live.values())
+            live = sum(self._live.values())
+            used = self._stored_bytes() + live
             victims: list[int] = []
             if used + size > self.max_bytes:
-                for rid, nbytes in self._victims(exclude=set(live) | {retrieval_id}):
+                used = self._stored_bytes(fresh=True) + live  # decide on the index's figures
+            if used + size > self.max_bytes:
+                for rid, nbytes in self._victims(exclude=set(self._live) | {retrieval_id}):
                     victims.append(rid)
                     used -= nbytes
                     if used + size <= self.max_bytes:
@@ -117,6 +134,8 @@ class StudyCache:
             for rid in victims:
                 self._remove(rid)
                 log.info("consumer cache: evicted retrieval %s (least recently used)", rid)
+            if victims:
+                self._stored = None
             self._live[retrieval_id] = self._live.get(retrieval_id, 0) + size
             return victims
 

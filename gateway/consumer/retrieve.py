@@ -11,8 +11,8 @@
    at the handshake, before the token is sent.
 4. :class:`Retriever` runs the series (``consumer_retrieve_parallel_series`` at once, over all
    retrievals) with a :class:`~gateway.consumer.source.SourceReader` (:class:`adapters.source.wado.SourceClient`): WADO-RS with the session's PSC
-   access token and ``KOS-SOPInstanceUID``. Each part is written aside, read back (it must be
-   one of the series' referenced instances), counted in the cache
+   access token and ``KOS-SOPInstanceUID``. Each part is written aside, its header read
+   (:func:`part_header`: it must be one of the series' referenced instances), counted in the cache
    (:meth:`gateway.consumer.cache.StudyCache.make_room`) and only then moved into place. 5xx,
    connection failures and cut answers are retried (``consumer_retrieve_attempts``, backoff
    from ``consumer_retrieve_backoff_seconds`` doubling); a refusal (401/403/404/410) ends the
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
@@ -120,6 +121,26 @@ def read_kos(data: bytes) -> KosPlan:
         raise KosUnreadable("le KOS ne référence aucune série")
     return KosPlan(str(kos.SOPInstanceUID), study_uid, str(kos.get("PatientID", "")),
                    tuple(series.values()))
+
+
+#: What of each part is kept in memory to read its header (a CT slice's is ~1.5 KB).
+HEAD_BYTES = 64 * 1024
+_PART_UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+
+
+def part_header(head: bytes, size: int, path) -> Dataset:  # noqa: ANN001 - a path
+    """The UIDs of a retrieved part (``size`` bytes, written at ``path``) that says which
+    instance it is, read from its first bytes ``head`` when they hold its whole header: the
+    reading stopped at the pixel data before their end (a value cut by the end of ``head``
+    leaves the reading at its end), or ``head`` is the whole part. Else from the file."""
+    buf = io.BytesIO(head)
+    try:
+        ds = dcmread(buf, stop_before_pixels=True, specific_tags=list(_PART_UIDS))
+        if buf.tell() < len(head) or len(head) == size:
+            return ds
+    except (InvalidDicomError, ValueError, EOFError):
+        pass
+    return dcmread(path, stop_before_pixels=True, specific_tags=list(_PART_UIDS))
 
 
 # -- the retrieval itself ---------------------------------------------------------------------
@@ -336,15 +357,18 @@ class Retriever:
         partial.mkdir(parents=True, exist_ok=True)
         tmp = partial / secrets.token_hex(8)
         size = 0
+        head = bytearray()  # the part's first bytes: its header, read without the file
         try:
             with open(tmp, "wb") as f:
                 for chunk in chunks:
                     f.write(chunk)
                     size += len(chunk)
+                    if len(head) < HEAD_BYTES:
+                        head += chunk[:HEAD_BYTES - len(head)]
             if media != "application/dicom":
                 return
             try:
-                ds = dcmread(tmp, stop_before_pixels=True)
+                ds = part_header(head, size, tmp)
             except (InvalidDicomError, ValueError, EOFError, OSError):
                 return
             sop = str(ds.get("SOPInstanceUID", ""))
