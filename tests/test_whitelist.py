@@ -394,7 +394,7 @@ def test_serve_audits_each_refresh_and_keeps_the_last_good_list(gateway_factory,
                          DRIMBOX_WHITELIST_TRUST_ANCHORS=str(ANCHORS)).start()
     saved = gw.data_dir / "whitelist" / LAST_GOOD
     deadline = time.monotonic() + 30
-    while not saved.exists() and time.monotonic() < deadline:
+    while not _refresh_audit(gw) and time.monotonic() < deadline:  # saved, then audited
         time.sleep(0.1)
     gw.stop()
     gw.extra_env["DRIMBOX_WHITELIST_SOURCE"] = str(altered)
