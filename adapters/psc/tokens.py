@@ -23,12 +23,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+
+if TYPE_CHECKING:
+    from joserfc.jwk import KeySet
+
+# joserfc (and the cryptography it pulls in) is imported where a token or a key set is read,
+# not here: the HTTP app imports this module at every start, most often to verify nothing.
 
 ALLOWED_ALGORITHMS = ("RS256", "PS256", "ES256")
 ACR_LEVELS = {"eidas1": 1, "eidas2": 2, "eidas3": 3}
@@ -86,6 +89,9 @@ class JwksCache:
         self._lock = threading.Lock()
 
     def _fetch(self) -> None:
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         try:
             r = self.client.get(self.jwks_uri)
             r.raise_for_status()
@@ -121,6 +127,9 @@ class JwtVerifier:
         self.now = now
 
     def verify(self, token: str) -> PscIdentity:
+        from joserfc import jws, jwt
+        from joserfc.errors import JoseError
+
         if not token:
             raise TokenRejected("missing")
         try:
