@@ -45,14 +45,15 @@ class PscSim:
             env={k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")},
             stdout=log, stderr=subprocess.STDOUT,
         )
-        for _ in range(150):
-            try:
-                httpx.get(f"{self.issuer}/.well-known/wallet-openid-configuration", timeout=1)
-                return self
-            except httpx.HTTPError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
+        with httpx.Client(timeout=1) as http:  # one client (and TLS context) for the poll
+            for _ in range(150):
+                try:
+                    http.get(f"{self.issuer}/.well-known/wallet-openid-configuration")
+                    return self
+                except httpx.HTTPError:
+                    if self.proc.poll() is not None:
+                        break
+                    time.sleep(0.1)
         raise RuntimeError("psc-sim did not start: " + self.log_path.read_text(errors="replace"))
 
     def stop(self) -> None:
