@@ -19,9 +19,9 @@ metadata representation is not offered).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response
-
 from collections.abc import Callable
+
+from fastapi import APIRouter, HTTPException, Request, Response
 
 from dicomweb.deps import Granted, MetadataAccess, RuntimeDep
 from dicomweb.evicted import ensure_local

@@ -78,12 +78,13 @@ def start_psc_sim(*more_clients: str, test_tokens: bool = True) -> PscSim:
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            httpx.get(f"{base}{REALM}/.well-known/wallet-openid-configuration", timeout=1)
-            return PscSim(proc, base)
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    with httpx.Client(timeout=1) as http:  # one client (and TLS context) for the poll
+        for _ in range(150):
+            try:
+                http.get(f"{base}{REALM}/.well-known/wallet-openid-configuration")
+                return PscSim(proc, base)
+            except httpx.HTTPError:
+                time.sleep(0.1)
     proc.kill()
     raise RuntimeError("psc-sim did not start")
 

@@ -120,15 +120,16 @@ class Orthanc:
         self.proc = subprocess.Popen([exe, str(self.config_path)], env=env, stdout=log,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited at start-up:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/system", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        with httpx.Client(timeout=1) as http:  # one client (and TLS context) for the poll
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"Orthanc exited at start-up:\n{self.log()}")
+                try:
+                    if http.get(f"{self.url}/system").status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"Orthanc did not answer within {timeout} s:\n{self.log()}")
 

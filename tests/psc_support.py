@@ -13,8 +13,8 @@ from pathlib import Path
 
 import httpx
 from dicom_factory import make_instance
-from dmp_pki import Pki
 from dimse_client import associate, store_dataset
+from dmp_pki import Pki
 from peers import free_port
 from pydicom.uid import generate_uid
 
@@ -65,15 +65,15 @@ class PscSim:
             env={k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")},
             stdout=log, stderr=subprocess.STDOUT,
         )
-        for _ in range(150):
-            try:
-                httpx.get(f"{self.issuer}/.well-known/wallet-openid-configuration", timeout=1,
-                          verify=self.verify)
-                return self
-            except httpx.HTTPError:
-                if self.proc.poll() is not None:
-                    break
-                time.sleep(0.1)
+        with httpx.Client(timeout=1, verify=self.verify) as http:  # one client for the poll
+            for _ in range(150):
+                try:
+                    http.get(f"{self.issuer}/.well-known/wallet-openid-configuration")
+                    return self
+                except httpx.HTTPError:
+                    if self.proc.poll() is not None:
+                        break
+                    time.sleep(0.1)
         raise RuntimeError("psc-sim did not start: " + self.log_path.read_text(errors="replace"))
 
     def stop(self) -> None:

@@ -172,15 +172,16 @@ def test_serve_uses_toml_file_with_environment_override(tmp_path: Path) -> None:
         )
     try:
         deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"http://127.0.0.1:{http}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        with httpx.Client(timeout=1) as client:  # one client (and TLS context) for the poll
+            while True:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    if client.get(f"http://127.0.0.1:{http}/healthz").status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
         assert (data_dir / "storage").is_dir()  # data_dir from the file
         assert _echo(env_dicom, "TOMLBOX") == 0  # AE title from the file, port from env
         assert _echo(env_dicom, "DRIMBOX") != 0  # the default AE title is not ours

@@ -32,13 +32,13 @@ def start_sim(userinfo: str) -> tuple[subprocess.Popen[bytes], str]:
         env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            httpx.get(f"{base}/auth/realms/esante-wallet/.well-known/wallet-openid-configuration",
-                      timeout=1)
-            return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.1)
+    with httpx.Client(timeout=1) as http:  # one client (and TLS context) for the poll
+        for _ in range(100):
+            try:
+                http.get(f"{base}/auth/realms/esante-wallet/.well-known/wallet-openid-configuration")
+                return proc, base
+            except httpx.HTTPError:
+                time.sleep(0.1)
     proc.kill()
     raise RuntimeError(proc.stderr.read().decode() if proc.stderr else "psc-sim did not start")
 

@@ -43,15 +43,16 @@ def psc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     base = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        try:
-            conf = httpx.get(f"{base}{REALM}/.well-known/wallet-openid-configuration", timeout=1).json()
-            break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("psc-sim did not start")
+    with httpx.Client(timeout=1) as http:  # one client (and TLS context) for the poll
+        for _ in range(100):
+            try:
+                conf = http.get(f"{base}{REALM}/.well-known/wallet-openid-configuration").json()
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            proc.kill()
+            raise RuntimeError("psc-sim did not start")
     key = load_or_create_key(Path(key_file))
     yield {"conf": conf, "key": key, "issuer": conf["issuer"]}
     proc.terminate()

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import email
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import BACKENDS, Gateway, module_gateway
 from dicom_factory import make_instance
 from dicomweb_data import StudyFiles, write_study
 from peers import storescu
@@ -22,9 +24,17 @@ from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage
 PUBLIC = "https://images.chu-exemple.fr/drimbox"
 
 
-@pytest.fixture
-def loaded(gateway_factory, tmp_path: Path):
-    gw = gateway_factory(DRIMBOX_PUBLIC_URL=PUBLIC).start()
+@pytest.fixture(scope="module", params=BACKENDS)
+def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[Gateway, StudyFiles]]:
+    """One gateway per back-end with the study and a multi-frame image, shared by the tests:
+    they only read."""
+    tmp_path = tmp_path_factory.mktemp(f"rendered-{request.param}")
+    with module_gateway(request.param, tmp_path, DRIMBOX_PUBLIC_URL=PUBLIC) as gw:
+        yield gw, _load(gw, tmp_path)
+
+
+def _load(gw: Gateway, tmp_path: Path) -> StudyFiles:
     data = write_study(tmp_path / "study")
     # A three-frame grayscale image (frames 0, 2000, 4000) in its own series.
     mf = make_instance(sop_class=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
@@ -40,7 +50,7 @@ def loaded(gateway_factory, tmp_path: Path):
     data.files.append(path)
     data.by_sop[str(mf.SOPInstanceUID)] = path
     storescu(data.files, gw.dicom_port)
-    return gw, data
+    return data
 
 
 def one(data: StudyFiles, series: str) -> tuple[str, Path]:
@@ -49,7 +59,7 @@ def one(data: StudyFiles, series: str) -> tuple[str, Path]:
 
 
 def get(gw, path: str, params: dict | None = None, **headers: str) -> httpx.Response:
-    return httpx.get(f"{gw.url}/dicom-web{path}", params=params, headers=headers, timeout=30)
+    return gw.http.get(f"/dicom-web{path}", params=params, headers=headers, timeout=30)
 
 
 def image(r: httpx.Response) -> Image.Image:
@@ -264,8 +274,8 @@ def test_oversized_viewport_is_400_in_bounded_memory(loaded) -> None:
                  f"{mf_base}/frames/1,2/rendered", f"{mf_base}/frames/2/thumbnail",
                  f"/studies/{st}/series/{se}/rendered", f"/studies/{st}/series/{se}/thumbnail",
                  f"/studies/{st}/rendered", f"/studies/{st}/thumbnail"):
-        r = httpx.get(f"{gw.url}/dicom-web{path}", params={"viewport": "100000,100000"},
-                      timeout=20)
+        r = gw.http.get(f"/dicom-web{path}", params={"viewport": "100000,100000"},
+                        timeout=20)
         assert r.status_code == 400, (path, r.status_code, r.text[:200])
         assert ("viewport 100000x100000 exceeds the limit 4096x4096 "
                 "(DRIMBOX_RENDER_MAX_SIZE)") in r.json()["detail"], path

@@ -25,30 +25,38 @@ import logging
 import threading
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import httpx
-from authlib.common.security import generate_token
-from authlib.integrations.base_client import OAuthError
-
-with warnings.catch_warnings():
-    # authlib >= 1.7 prefers the ``httpx2`` package and warns when it falls back to httpx,
-    # the project's HTTP client; the fallback is the supported httpx integration.
-    warnings.simplefilter("ignore")
-    from authlib.integrations.httpx_client import OAuth2Client
-
-from joserfc import jwt
-from joserfc.errors import JoseError
 
 from adapters.psc.client_auth import PscClientAuth
 from adapters.psc.tokens import ALLOWED_ALGORITHMS, JwksCache, JwtVerifier, TokenRejected
 from gateway.access.sessions import Activity
 
+if TYPE_CHECKING:
+    from authlib.integrations.httpx_client import OAuth2Client
+
+# authlib and joserfc are imported where a login uses them: the HTTP app imports this module
+# at every start, and the two cost about a tenth of a second of CPU to import.
+
 log = logging.getLogger(__name__)
 
 SCOPE = "openid scope_all"
 ACR = "eidas1"
+
+
+def _oauth2_client_class() -> type[OAuth2Client]:
+    # authlib.deprecate adds an "always" filter for its warnings when first imported: import
+    # it before ours, so that ours comes first.
+    import authlib.deprecate  # noqa: F401
+
+    with warnings.catch_warnings():
+        # authlib >= 1.7 prefers the ``httpx2`` package and warns when it falls back to httpx,
+        # the project's HTTP client; the fallback is the supported httpx integration.
+        warnings.simplefilter("ignore")
+        from authlib.integrations.httpx_client import OAuth2Client
+    return OAuth2Client
 
 
 class LoginFailed(Exception):
@@ -128,7 +136,7 @@ class PscRelyingParty:
     def _client(self) -> OAuth2Client:
         meta = self.metadata()
         audience = self.client.audience(self.issuer, meta["token_endpoint"])
-        return OAuth2Client(
+        return _oauth2_client_class()(
             client_id=self.client_id, client_secret=self.client.authlib_credential, scope=SCOPE,
             redirect_uri=self.redirect_uri, code_challenge_method="S256",
             token_endpoint_auth_method=self.client.authlib_method(audience),
@@ -139,6 +147,8 @@ class PscRelyingParty:
     @staticmethod
     def new_secrets() -> tuple[str, str, str]:
         """Fresh ``state``, ``nonce`` and PKCE ``code_verifier``."""
+        from authlib.common.security import generate_token
+
         return generate_token(32), generate_token(32), generate_token(64)
 
     def authorization_url(self, state: str, nonce: str, code_verifier: str) -> str:
@@ -151,6 +161,8 @@ class PscRelyingParty:
 
     def complete(self, code: str, code_verifier: str, nonce: str) -> PscLogin:
         """Exchange the code, check the ID token and userinfo (raises :class:`LoginFailed`)."""
+        from authlib.integrations.base_client import OAuthError
+
         meta = self.metadata()
         with self._client() as client:
             try:
@@ -199,6 +211,9 @@ class PscRelyingParty:
     def _userinfo(self, r: httpx.Response) -> dict[str, Any]:
         media = r.headers.get("content-type", "").split(";")[0].strip().lower()
         if media == "application/jwt":
+            from joserfc import jwt
+            from joserfc.errors import JoseError
+
             assert self._jwks is not None
             try:
                 keys = self._jwks.key_for(None)

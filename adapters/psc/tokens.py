@@ -25,12 +25,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-from joserfc import jws, jwt
-from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+
+if TYPE_CHECKING:
+    from joserfc.jwk import KeySet
+
+# joserfc (and the cryptography it pulls in) is imported where a token or a key set is read,
+# not here: the HTTP app imports this module at every start, most often to verify nothing.
 
 from adapters.psc.client_auth import PscClientAuth
 
@@ -92,6 +95,9 @@ class JwksCache:
         self._lock = threading.Lock()
 
     def _fetch(self) -> None:
+        from joserfc.errors import JoseError
+        from joserfc.jwk import KeySet
+
         try:
             r = self.client.get(self.jwks_uri)
             r.raise_for_status()
@@ -127,6 +133,9 @@ class JwtVerifier:
         self.now = now
 
     def verify(self, token: str) -> PscIdentity:
+        from joserfc import jws, jwt
+        from joserfc.errors import JoseError
+
         if not token:
             raise TokenRejected("missing")
         try:

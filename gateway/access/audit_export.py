@@ -44,14 +44,16 @@ import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
-from fhir.resources.R4B.bundle import Bundle
 from sqlalchemy import select
 
 from gateway.access.audit import ALLOWED
 from gateway.index.models import AuditEvent, Study
 from gateway.index.store import InstanceIndex
+
+if TYPE_CHECKING:
+    from fhir.resources.R4B.bundle import Bundle
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 IHE_EVENT = "urn:ihe:event-type-code"
@@ -177,6 +179,10 @@ def _event(row: AuditEvent, ae_title: str, ins_oid: str) -> dict:
 def fhir_audit_bundle(index: InstanceIndex, ae_title: str, since: datetime | None = None
                       ) -> Bundle:
     """The audit trail as a FHIR R4B Bundle of AuditEvents (validated by fhir.resources)."""
+    # fhir.resources only here: its models cost ~0.2 s to import at every start of the app.
+    from fhir.resources.R4B.auditevent import AuditEvent as FhirAuditEvent
+    from fhir.resources.R4B.bundle import Bundle
+
     rows = audit_rows(index, since)
     oids = _ins_oids(index, rows)
     entries = [{"fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'drimbox-audit-{r.id}')}",

@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
-
-from fhir.resources.R4B.bundle import Bundle
+from typing import TYPE_CHECKING, Any
 
 from gateway.identity.codecs import ins_to_fhir_identifier
 from gateway.imaging.locations import study_url
 from gateway.manifest.facts import Publisher, StudyFacts
 from gateway.manifest.xds_metadata import DocumentEntry
+
+if TYPE_CHECKING:
+    from fhir.resources.R4B.bundle import Bundle
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 SEX = {"M": "male", "F": "female", "O": "other"}
@@ -72,6 +73,10 @@ def build_fhir_twin(
     Full URLs are deterministic ``urn:uuid`` values derived from the UIDs, so the same facts
     give the same Bundle.
     """
+    # fhir.resources only when a twin is built: its models cost ~0.2 s to import, which
+    # every ``drimbox serve`` start would pay (the publication workflow imports this module).
+    from fhir.resources.R4B.bundle import Bundle
+
     created = created or dt.datetime.now(dt.UTC)
     p = facts.patient
     patient_url = _urn(f"patient:{p.ins.oid}:{p.ins.matricule}")

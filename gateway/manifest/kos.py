@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from highdicom.ko import KeyObjectSelection, KeyObjectSelectionDocument
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 from pydicom.uid import ImplicitVRLittleEndian, generate_uid
@@ -112,6 +111,10 @@ def build_kos(
     created: dt.datetime | None = None,
 ) -> Dataset:
     """The DRIM-M KOS of ``facts``, ready to be written (``kos.save_as(path)``)."""
+    # highdicom only here: its import costs ~0.25 s that every ``drimbox serve`` start would
+    # pay (the ingest path reads KOS through this module, never builds one).
+    from highdicom.ko import KeyObjectSelection, KeyObjectSelectionDocument
+
     if facts.instance_count == 0:
         raise ManifestError("the study has no instance to reference")
     evidence = _evidence(facts)

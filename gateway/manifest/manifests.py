@@ -11,8 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import io
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fhir.resources.R4B.bundle import Bundle
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
@@ -31,6 +31,9 @@ from gateway.manifest.xds_metadata import (
     PublicationContext,
     kos_document_entry,
 )
+
+if TYPE_CHECKING:
+    from fhir.resources.R4B.bundle import Bundle
 
 
 def policy(settings: Settings) -> PublicationPolicy:
