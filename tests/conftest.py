@@ -10,6 +10,7 @@ elsewhere.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,21 +62,54 @@ def pytest_configure(config: pytest.Config) -> None:
         compileall.compile_dir(ARTIFACTS.parent / package, quiet=1)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``make test``: ``--dist loadgroup``) the tests that share a
     module-scoped fixture (e.g. one gateway loaded once for many read-only tests) go to one
-    worker, so that it is set up once per back-end as in a serial run, not once per worker."""
+    worker, so that it is set up once per back-end as in a serial run, not once per worker.
+
+    The group is written here, as pytest-xdist would write an ``xdist_group`` mark's: after an
+    ``@`` at the end of each node id, where its loadgroup scheduler reads it (the workers send
+    the controller node ids only). Left to pytest-xdist 3.8 it never happened: its hook ran
+    before this one (hence ``tryfirst``), it writes the node id in a form pytest 9.2 no longer
+    reads (https://github.com/pytest-dev/pytest-xdist/issues/1386), and its scheduler ignores
+    a group whose name holds a ``]``, as ``fixture[param]`` did."""
+    if not getattr(config.option, "loadgroup", False):
+        return  # not a pytest-xdist worker under --dist loadgroup
     for item in items:
+        group = _shared_fixture_group(item)
+        if group:
+            _join_group(item, group)
+
+
+def _shared_fixture_group(item: pytest.Item) -> str | None:
+    """``module:fixture=param,...`` over the module-scoped fixtures the test uses, or its own
+    ``xdist_group`` mark; None when it shares nothing."""
+    mark = item.get_closest_marker("xdist_group")
+    if mark is not None:
+        name = str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+    else:
         info = getattr(item, "_fixtureinfo", None)
-        if info is None or item.get_closest_marker("xdist_group"):
-            continue
+        if info is None:
+            return None
         params = getattr(getattr(item, "callspec", None), "params", {})
-        shared = sorted(f"{name}[{params.get(name, '')}]"
+        shared = sorted(f"{name}={params.get(name, '')}"
                         for name, defs in info.name2fixturedefs.items()
                         if defs and defs[-1].scope == "module")
-        if shared:
-            group = f"{item.module.__name__}:{','.join(shared)}"
-            item.add_marker(pytest.mark.xdist_group(group))
+        if not shared:
+            return None
+        name = f"{item.module.__name__}:{','.join(shared)}"
+    return re.sub(r"[\[\]@]", "_", name)
+
+
+def _join_group(item: pytest.Item, group: str) -> None:
+    nodeid = f"{item.nodeid}@{group}"
+    if hasattr(item, "_id"):  # pytest >= 9.2: a structured node id
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(nodeid)
+    else:
+        item._nodeid = nodeid
 
 
 @pytest.fixture(params=BACKENDS)
