@@ -5,11 +5,13 @@ into a ``drimbox serve`` child process, searched over HTTP with httpx and with t
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import BACKENDS, module_gateway
 from dicom_factory import make_instance
 from dicomweb_client.api import DICOMwebClient
 from peers import storescu
@@ -73,11 +75,15 @@ def _write(folder: Path) -> list[Path]:
     return files
 
 
-@pytest.fixture
-def loaded(gateway_factory, tmp_path: Path) -> Loaded:
-    gw = gateway_factory(DRIMBOX_PUBLIC_URL=PUBLIC_URL).start()
-    storescu(_write(tmp_path / "in"), gw.dicom_port)
-    return Loaded(gw.url + "/dicom-web")
+@pytest.fixture(scope="module", params=BACKENDS)
+def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[Loaded]:
+    """One gateway per back-end loaded with the four studies, shared by the tests: they only
+    search."""
+    tmp = tmp_path_factory.mktemp(f"qido-{request.param}")
+    with module_gateway(request.param, tmp, DRIMBOX_PUBLIC_URL=PUBLIC_URL) as gw:
+        storescu(_write(tmp / "in"), gw.dicom_port)
+        yield Loaded(gw.url + "/dicom-web")
 
 
 def tag(ds: dict, t: str) -> list | None:
