@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import email
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from conftest import BACKENDS, Gateway, module_gateway
 from dicom_factory import make_instance
 from dicomweb_data import StudyFiles, write_study
 from peers import storescu
@@ -22,9 +24,17 @@ from pydicom.uid import MultiFrameGrayscaleWordSecondaryCaptureImageStorage
 PUBLIC = "https://images.chu-exemple.fr/drimbox"
 
 
-@pytest.fixture
-def loaded(gateway_factory, tmp_path: Path):
-    gw = gateway_factory(DRIMBOX_PUBLIC_URL=PUBLIC).start()
+@pytest.fixture(scope="module", params=BACKENDS)
+def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[Gateway, StudyFiles]]:
+    """One gateway per back-end with the study and a multi-frame image, shared by the tests:
+    they only read."""
+    tmp_path = tmp_path_factory.mktemp(f"rendered-{request.param}")
+    with module_gateway(request.param, tmp_path, DRIMBOX_PUBLIC_URL=PUBLIC) as gw:
+        yield gw, _load(gw, tmp_path)
+
+
+def _load(gw: Gateway, tmp_path: Path) -> StudyFiles:
     data = write_study(tmp_path / "study")
     # A three-frame grayscale image (frames 0, 2000, 4000) in its own series.
     mf = make_instance(sop_class=MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
@@ -40,7 +50,7 @@ def loaded(gateway_factory, tmp_path: Path):
     data.files.append(path)
     data.by_sop[str(mf.SOPInstanceUID)] = path
     storescu(data.files, gw.dicom_port)
-    return gw, data
+    return data
 
 
 def one(data: StudyFiles, series: str) -> tuple[str, Path]:
