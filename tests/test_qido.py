@@ -30,9 +30,10 @@ def uid(*parts: int) -> str:
 @dataclass
 class Loaded:
     url: str  # http://127.0.0.1:port/dicom-web
+    http: httpx.Client
 
     def get(self, path: str, params: object = None, **kw: object) -> httpx.Response:
-        return httpx.get(self.url + path, params=params, timeout=30, **kw)
+        return self.http.get(self.url + path, params=params, timeout=30, **kw)
 
     def json(self, path: str, params: object = None) -> list[dict]:
         r = self.get(path, params)
@@ -83,7 +84,7 @@ def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     tmp = tmp_path_factory.mktemp(f"qido-{request.param}")
     with module_gateway(request.param, tmp, DRIMBOX_PUBLIC_URL=PUBLIC_URL) as gw:
         storescu(_write(tmp / "in"), gw.dicom_port)
-        yield Loaded(gw.url + "/dicom-web")
+        yield Loaded(gw.url + "/dicom-web", gw.http)
 
 
 def tag(ds: dict, t: str) -> list | None:

@@ -59,7 +59,7 @@ def one(data: StudyFiles, series: str) -> tuple[str, Path]:
 
 
 def get(gw, path: str, params: dict | None = None, **headers: str) -> httpx.Response:
-    return httpx.get(f"{gw.url}/dicom-web{path}", params=params, headers=headers, timeout=30)
+    return gw.http.get(f"/dicom-web{path}", params=params, headers=headers, timeout=30)
 
 
 def image(r: httpx.Response) -> Image.Image:
@@ -274,8 +274,8 @@ def test_oversized_viewport_is_400_in_bounded_memory(loaded) -> None:
                  f"{mf_base}/frames/1,2/rendered", f"{mf_base}/frames/2/thumbnail",
                  f"/studies/{st}/series/{se}/rendered", f"/studies/{st}/series/{se}/thumbnail",
                  f"/studies/{st}/rendered", f"/studies/{st}/thumbnail"):
-        r = httpx.get(f"{gw.url}/dicom-web{path}", params={"viewport": "100000,100000"},
-                      timeout=20)
+        r = gw.http.get(f"/dicom-web{path}", params={"viewport": "100000,100000"},
+                        timeout=20)
         assert r.status_code == 400, (path, r.status_code, r.text[:200])
         assert ("viewport 100000x100000 exceeds the limit 4096x4096 "
                 "(DRIMBOX_RENDER_MAX_SIZE)") in r.json()["detail"], path

@@ -185,7 +185,7 @@ def get(gateway, path: str, accept: str | list[str] | None = None) -> httpx.Resp
     headers = []
     for a in [accept] if isinstance(accept, str) else accept or []:
         headers.append(("Accept", a))
-    return httpx.get(f"{web(gateway)}{path}", headers=headers, timeout=60)
+    return gateway.http.get(f"{web(gateway)}{path}", headers=headers)
 
 
 def check_instance_part(loaded: Loaded, part: Part, as_stored_expected: bool | None = None):
