@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,7 +27,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.index.models import Instance, Patient, Series, Study
-from gateway.ingest.header import InstanceHeader
+
+if TYPE_CHECKING:
+    from gateway.ingest.header import InstanceHeader
 
 #: The columns of a :class:`StoredInstance`, joined up to its study.
 _STORED_INSTANCES = (
