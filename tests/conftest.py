@@ -268,28 +268,6 @@ def module_gateway(backend: str, tmp: Path, **env: str) -> Iterator[Gateway]:
             databases.close()  # drops the database
 
 
-@contextmanager
-def module_gateway(backend: str, tmp: Path, **env: str) -> Iterator[Gateway]:
-    """A running gateway on an empty index of ``backend`` ("sqlite" or "postgresql"), for a
-    module-scoped fixture whose tests only read what it was loaded with: one start per
-    back-end instead of one per test (a start costs ~1.6 s of CPU). Its tests stay on one
-    pytest-xdist worker (:func:`pytest_collection_modifyitems`)."""
-    databases = None
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp / 'index.sqlite'}"
-    else:
-        databases = _pg_database()
-        url = next(databases)
-    gw = Gateway(tmp / "data", url, **env)
-    try:
-        yield gw.start()
-    finally:
-        if gw.proc is not None:
-            gw.stop()
-        if databases is not None:
-            databases.close()  # drops the database
-
-
 @pytest.fixture
 def gateway_factory(tmp_path: Path, database_url: str) -> Iterator:
     """Make (not start) gateways sharing this test's data dir and index."""
