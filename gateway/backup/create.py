@@ -43,7 +43,6 @@ from gateway.backup.layout import (
     BackupFailed,
     BackupRefused,
     copy_hashed,
-    fsync_dir,
     hash_file,
     list_sets,
     new_set_name,
@@ -55,7 +54,7 @@ from gateway.backup.layout import (
     write_sums,
 )
 from gateway.config import Settings
-from gateway.ingest.storage import FileStore
+from gateway.ingest.storage import FileStore, fsync_dir
 
 #: Rounds of "copy the index, copy its files" before giving up on files that keep vanishing.
 ATTEMPTS = 5

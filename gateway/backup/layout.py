@@ -108,14 +108,6 @@ def copy_hashed(src: Path, dst: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def plain_relpath(rel: str) -> bool:
     """A relative path the manifest can hold as is: no newline, backslash, ``..`` or
     absolute part (the gateway names its files from UIDs and hex digests only)."""

@@ -43,7 +43,8 @@ def storage_key(study_uid: str, series_uid: str, sop_uid: str, sha256_hex: str) 
     return f"{study_uid}/{series_uid}/{sop_uid}.{sha256_hex[:12]}.dcm"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a file created, renamed or removed in it) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -131,7 +132,7 @@ class FileStore:
             self._ensure_dir(final.parent)
             os.replace(tmp, final)
             if sync_dir:
-                _fsync_dir(final.parent)
+                fsync_dir(final.parent)
         except OSError as exc:
             try:
                 tmp.unlink(missing_ok=True)
@@ -145,7 +146,7 @@ class FileStore:
     def sync_dirs(self, directories: Iterable[Path]) -> None:
         """fsync each directory once: makes the entries renamed into them durable."""
         for d in set(directories):
-            _fsync_dir(d)
+            fsync_dir(d)
 
     def delete(self, key: str) -> None:
         """Remove a stored file (missing is fine)."""
@@ -154,7 +155,7 @@ class FileStore:
             path.unlink()
         except FileNotFoundError:
             return
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
     def open(self, key: str):  # noqa: ANN201 - a binary file object
         return open(self.path_of(key), "rb")
@@ -173,5 +174,5 @@ class FileStore:
                     d.mkdir()
                 except FileExistsError:
                     pass
-                _fsync_dir(d.parent)
+                fsync_dir(d.parent)
             self._known_dirs.add(directory)
