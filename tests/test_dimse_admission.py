@@ -304,3 +304,23 @@ def test_one_calling_ae_cannot_take_every_association(start_gateway) -> None:
         for s, _ in held:
             s.close()
     assert "over max_associations_per_ae (2)" in gw.log()
+
+
+def test_each_connection_gets_its_own_copy_of_the_contexts() -> None:
+    """The cheap per-connection copy of the supported contexts (SupportedContexts) is a real
+    copy: equal contexts, new objects and lists, so that one association negotiating cannot
+    change what the next one is offered."""
+    import copy
+
+    from gateway.config import Settings
+    from gateway.ingest.dimse import DicomService, SupportedContexts
+
+    original = DicomService(Settings(), None).ae.supported_contexts  # type: ignore[arg-type]
+    copies = copy.deepcopy(SupportedContexts(original))
+    assert len(copies) == len(original) > 100
+    for mine, theirs in zip(copies, original, strict=True):
+        assert mine is not theirs and mine._transfer_syntax is not theirs._transfer_syntax
+        assert (mine.abstract_syntax, mine.transfer_syntax, mine.context_id) == (
+            theirs.abstract_syntax, theirs.transfer_syntax, theirs.context_id)
+    copies[0].transfer_syntax.append("1.2.3")
+    assert "1.2.3" not in original[0].transfer_syntax
