@@ -279,7 +279,6 @@ class Retrieve:
         self.action = f"dicom_{self.operation}"
         self.remaining = self.completed = self.failed = self.warning = 0
         self.failed_uids: list[str] = []
-        self._message_id = 0
 
     # responses
 
