@@ -163,6 +163,19 @@ class Settings(BaseSettings):
     restrict_callers: bool = False
     """Accept associations only from calling AE titles listed in ``peers``."""
 
+    query_retrieve: bool = True
+    """Offer the Query/Retrieve SCP (C-FIND, C-MOVE, C-GET; Patient Root and Study Root) on
+    the DICOM listener, to the callers ``query_retrieve_callers`` allows (docs/dicom.md)."""
+
+    query_retrieve_callers: list[str] = Field(default_factory=list)
+    """Calling AE titles allowed to query and retrieve. Empty (the default): the AE titles
+    listed in ``peers``, nobody when there are none. ``["*"]``: any caller, from anywhere (a
+    deliberate choice for a closed network). There is no loopback exception."""
+
+    query_retrieve_check_address: bool = True
+    """A query/retrieve caller whose AE title is in ``peers`` must connect from an address its
+    ``host`` resolves to."""
+
     check_called_ae: bool = True
     """Refuse associations whose called AE title is not ours."""
 
@@ -737,6 +750,11 @@ class Settings(BaseSettings):
     consumer_trust_sources_without_whitelist: bool = False
     """DEVELOPMENT ONLY: without a verified ANS whitelist (``whitelist_source`` unset), trust
     every https Source. Off: without a list every series is refused (R11)."""
+
+    @field_validator("query_retrieve_callers")
+    @classmethod
+    def _callers(cls, v: list[str]) -> list[str]:
+        return [c.strip() if c.strip() == "*" else validate_ae_title(c) for c in v]
 
     @field_validator("ae_title")
     @classmethod

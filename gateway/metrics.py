@@ -24,6 +24,17 @@ BYTES_RECEIVED = Counter(
 STORE_FAILURES = Counter(
     "drimbox_store_failures_total", "Refused C-STORE requests by DICOM status", ["status"]
 )
+QUERY_RETRIEVE = Counter(
+    "drimbox_dicom_query_retrieve_total",
+    "C-FIND, C-MOVE and C-GET requests answered, by operation and final DICOM status",
+    ["operation", "status"],
+)
+INSTANCES_SENT = Counter(
+    "drimbox_instances_sent_total",
+    "C-STORE sub-operations of C-MOVE and C-GET, by operation and outcome "
+    "(completed, warning, failed)",
+    ["operation", "outcome"],
+)
 ASSOCIATIONS = Counter("drimbox_associations_total", "DICOM associations accepted")
 ASSOCIATIONS_REJECTED = Counter(
     "drimbox_associations_rejected_total", "DICOM associations rejected or aborted"

@@ -17,6 +17,7 @@ import uvicorn
 from adapters.asgi_tls import client_certificate_protocol
 from dicomweb.app import create_app
 from gateway.config import Settings
+from gateway.ingest import query_retrieve
 from gateway.ingest.dimse import DicomService
 from gateway.ingest.workers import WorkerPool
 from gateway.manifest.stability import StabilityMonitor
@@ -43,7 +44,8 @@ def serve(settings: Settings) -> None:
         if settings.dicom_workers:
             dicom = WorkerPool(settings)
         else:
-            dicom = DicomService(settings, runtime.ingestor)
+            dicom = DicomService(settings, runtime.ingestor,
+                                 query_retrieve=query_retrieve.build(settings, runtime))
         dicom.start()
         stability.start()
         hl7 = build_hl7_listener(settings, runtime.reports) if runtime.reports else None

@@ -71,6 +71,9 @@ EVENT_TYPES: dict[str, tuple[str, str, str, tuple[str, str] | None]] = {
     "rendered": ("110106", "Export", "R", ("RAD-107", "WADO-RS Retrieve")),
     "stow": ("110107", "Import", "C", ("RAD-108", "Store Instances over the Web")),
     "admin": ("110101", "Audit Log Used", "R", None),
+    "dicom_find": ("110112", "Query", "E", None),
+    "dicom_move": ("110106", "Export", "R", None),
+    "dicom_get": ("110106", "Export", "R", None),
 }
 _OTHER = ("110100", "Application Activity", "E", None)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-PrincipalKind = Literal["practitioner", "staff", "share", "anonymous", "system"]
+PrincipalKind = Literal["practitioner", "staff", "share", "anonymous", "system", "dicom"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +20,8 @@ class Principal:
     kind: PrincipalKind
     subject: str
     """SubjectNameID (practitioner), user name (staff), share-link id (share), "anonymous",
-    or the gateway's own task (system: e.g. the whitelist refresher)."""
+    or the gateway's own task (system: e.g. the whitelist refresher), or a DICOM peer's calling
+    AE title (dicom: a C-FIND, C-MOVE or C-GET, :mod:`gateway.access.dicom_peers`)."""
     roles: frozenset[str] = field(default_factory=frozenset)
     """Local roles granted by configuration (staff, or practitioners listed as centre staff)."""
     activity: str | None = None

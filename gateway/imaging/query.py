@@ -502,6 +502,12 @@ def _text_condition(col: Any, cond: Condition, dialect: str) -> ColumnElement[bo
     return col == value
 
 
+def condition_clause(column: Any, cond: Condition, dialect: str) -> ColumnElement[bool]:
+    """The WHERE clause of one parsed condition on ``column`` (C-FIND's PATIENT level uses
+    the same rules as every QIDO-RS level)."""
+    return _text_condition(column, cond, dialect)
+
+
 def _modality_condition(cond: Condition, dialect: str) -> ColumnElement[bool]:
     s2 = SERIES.alias()
     alternatives = []

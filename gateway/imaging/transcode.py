@@ -128,3 +128,58 @@ def transcode(source_file: Path | BinaryIO, target: str) -> bytes:
         return buf.getvalue()
     except Exception as exc:
         raise TranscodeError(f"cannot transcode to {target}: {exc}") from exc
+
+
+_IMPLICIT = "1.2.840.10008.1.2"
+_EXPLICIT = str(ExplicitVRLittleEndian)
+
+
+def dataset_offset(part10: bytes) -> int:
+    """Where the dataset starts in a Part 10 file: after the preamble, ``DICM`` and the file
+    meta group (explicit VR little endian, PS3.10 7.1), walked element by element."""
+    if part10[128:132] != b"DICM":
+        return 0
+    pos = 132
+    while pos + 8 <= len(part10) and part10[pos:pos + 2] == b"\x02\x00":
+        vr = part10[pos + 4:pos + 6]
+        if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"UC", b"UR", b"OD", b"OL", b"OV"):
+            length = int.from_bytes(part10[pos + 8:pos + 12], "little")
+            pos += 12 + length
+        else:
+            length = int.from_bytes(part10[pos + 6:pos + 8], "little")
+            pos += 8 + length
+    return pos
+
+
+def can_send(source: str, target: str) -> bool:
+    """Whether an instance stored in ``source`` can be sent as a dataset in ``target``
+    (:func:`dataset_bytes`): itself, any little endian uncompressed syntax from what we can
+    decode, or what :func:`can_produce` allows."""
+    if source == target or can_produce(source, target):
+        return True
+    return target == _IMPLICIT and can_produce(source, _EXPLICIT)
+
+
+def dataset_bytes(source_file: Path, source: str, target: str) -> bytes:
+    """The dataset (no file meta) of a stored instance in ``target``: the stored bytes as they
+    are when ``target`` is the stored syntax (byte for byte), else re-encoded (native little
+    endian syntaxes between themselves, pixel values untouched) or transcoded."""
+    raw = Path(source_file).read_bytes()
+    if source == target:
+        return raw[dataset_offset(raw):]
+    try:
+        if target == _IMPLICIT:
+            if source != _EXPLICIT:
+                raw = transcode(io.BytesIO(raw), _EXPLICIT)
+            ds = dcmread(io.BytesIO(raw))
+            buf = io.BytesIO()
+            ds.file_meta.TransferSyntaxUID = UID(_IMPLICIT)
+            dcmwrite(buf, ds, implicit_vr=True, little_endian=True, enforce_file_format=True)
+            out = buf.getvalue()
+        else:
+            out = transcode(io.BytesIO(raw), target)
+    except TranscodeError:
+        raise
+    except Exception as exc:
+        raise TranscodeError(f"cannot transcode to {target}: {exc}") from exc
+    return out[dataset_offset(out):]

@@ -3,6 +3,8 @@
 Conformance (what a modality or PACS vendor needs to know):
 
 * Verification SCP (C-ECHO).
+* Query/Retrieve SCP (C-FIND, C-MOVE, C-GET; Patient Root and Study Root) when
+  ``query_retrieve`` is on: :mod:`gateway.ingest.query_retrieve`.
 * Storage SCP (C-STORE) for every storage SOP class pynetdicom knows (PS3.4 Annex B), and,
   with ``accept_unknown_sop_classes``, for private/unknown ones too.
 * Transfer syntaxes: implicit and explicit VR little endian, explicit big endian (retired),
@@ -59,6 +61,7 @@ from gateway import metrics
 from gateway.config import Settings
 from gateway.ingest.dimse_guard import ConnectionGuard, calling_ae
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
+from gateway.ingest.query_retrieve import QueryRetrieveSCP
 from gateway.tls import describe, handshake_failure, listener_context, peer_subject
 
 log = logging.getLogger(__name__)
@@ -250,9 +253,11 @@ class SharedSocketServer(GuardedAssociationServer):
 class DicomService:
     """Runs the SCP in background threads; :meth:`stop` drains in-flight associations."""
 
-    def __init__(self, settings: Settings, ingestor: Ingestor) -> None:
+    def __init__(self, settings: Settings, ingestor: Ingestor,
+                 query_retrieve: QueryRetrieveSCP | None = None) -> None:
         self.settings = settings
         self.ingestor = ingestor
+        self.query_retrieve = query_retrieve
         self.server: Any = None
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_pdu_size = settings.max_pdu_size
@@ -269,6 +274,8 @@ class DicomService:
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+        if query_retrieve is not None:  # C-FIND, C-MOVE, C-GET (gateway.ingest.query_retrieve)
+            query_retrieve.add_contexts(ae)
         # A module-level switch of pynetdicom: when on, unknown abstract syntaxes are storage.
         _config.UNRESTRICTED_STORAGE_SERVICE = settings.accept_unknown_sop_classes
         self.ae = ae
@@ -299,6 +306,8 @@ class DicomService:
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_CONN_OPEN, self._on_open),
         ]
+        if self.query_retrieve is not None:
+            handlers.append((evt.EVT_C_FIND, self.query_retrieve.on_find))
         if listen_socket is None:
             address = (self.settings.host, self.settings.dicom_port)
             server_class: type[GuardedAssociationServer] = GuardedAssociationServer
@@ -444,6 +453,8 @@ class DicomService:
     def _screen(self, assoc: Any, item: Any) -> bool:
         """Answer a request pynetdicom would drop unanswered (see :class:`_ReactorQueue`);
         ``True`` if it was handled here."""
+        if self.query_retrieve is not None and self.query_retrieve.serve(assoc, item):
+            return True  # a C-MOVE or C-GET, served in full on this thread
         context_id, msg = item if isinstance(item, tuple) else (None, None)
         if (msg is None or msg.is_valid_request or getattr(msg, "Status", None) is not None
                 or getattr(msg, "MessageIDBeingRespondedTo", None) is not None):

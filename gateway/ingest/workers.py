@@ -118,11 +118,13 @@ def worker_main(
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
     )
+    from gateway.ingest import query_retrieve
     from gateway.ingest.dimse import DicomService
     from gateway.runtime import Runtime
 
     runtime = Runtime.build(settings, migrate=False, clear_staging=False)
-    dicom = DicomService(settings, runtime.ingestor)
+    dicom = DicomService(settings, runtime.ingestor,
+                         query_retrieve=query_retrieve.build(settings, runtime))
     dicom.start(listen_socket=sock, shared=shared)
     log.info("DICOM worker %d ready", number)
     ready.send("ready")
