@@ -18,12 +18,12 @@ import hmac
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import launcher
 from joserfc.jwk import RSAKey
 from peers import free_port
 from pydicom.dataset import Dataset
@@ -70,8 +70,8 @@ def start_psc_sim(*more_clients: str, test_tokens: bool = True) -> PscSim:
     (``ID:SECRET:REDIRECT_URI``); ``/test/tokens`` open unless ``test_tokens`` is False."""
     port = free_port()
     clients = [f"{CLIENT_ID}:{CLIENT_SECRET}:http://127.0.0.1:9/callback", *more_clients]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(port),
+    proc = launcher.popen(
+        ["psc-sim", "--port", str(port),
          *(["--test-tokens"] if test_tokens else []),
          *(arg for c in clients for arg in ("--client", c))],
         env={k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")},

@@ -9,13 +9,13 @@ import os
 import socket
 import ssl
 import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+import launcher
 import pytest
 from dmp_pki import Pki, make_pki
 from peers import free_port
@@ -115,11 +115,12 @@ class Sim:
 def start_sim(tmp: Path, pki: Pki) -> Sim:
     port = free_port()
     log = tmp / "dmp-sim.log"
-    cmd = [sys.executable, "-m", "gateway.cli", "dmp-sim", "--port", str(port),
+    cmd = ["dmp-sim", "--port", str(port),
            "--db", str(tmp / "dmp-sim.sqlite"), "--tls-cert", str(pki.server_cert),
            "--tls-key", str(pki.server_key), "--client-ca", str(pki.ca_cert)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    with log.open("wb") as out:
+        proc = launcher.popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     sim = Sim(f"https://127.0.0.1:{port}", pki, proc, log)
     ctx = tls_context(pki.ca_cert, pki.client_cert, pki.client_key)
     deadline = time.monotonic() + 30

@@ -35,7 +35,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -148,32 +147,53 @@ def _null(mode: int) -> int:
     return os.open(os.devnull, mode)
 
 
-def popen(argv: Sequence[str], *, env: dict[str, str], stdout: IO[Any] | int | None = None,
-          stderr: IO[Any] | int | None = None,
+def popen(argv: Sequence[str], *, env: dict[str, str] | None = None,
+          stdout: IO[Any] | int | None = None, stderr: IO[Any] | int | None = None,
           cwd: str | os.PathLike[str] | None = None) -> Launched:
     """``subprocess.Popen([sys.executable, "-m", "gateway.cli", *argv], stdin=DEVNULL,
-    stdout=..., stderr=...)`` through the launcher. ``stdout``/``stderr``: a file, a file
-    descriptor, ``subprocess.STDOUT`` (stderr only) or None (this process's)."""
+    stdout=..., stderr=...)`` through the launcher (or from ``exec`` when it is turned off).
+    ``stdout``/``stderr``: a file, a file descriptor, ``subprocess.DEVNULL``,
+    ``subprocess.STDOUT`` (stderr only) or None (this process's)."""
+    env = dict(os.environ) if env is None else env
+    if not enabled():
+        return subprocess.Popen(  # type: ignore[return-value]
+            [sys.executable, "-m", "gateway.cli", *argv], env=env, cwd=cwd,
+            stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
+
+    opened = [_null(os.O_RDONLY)]
 
     def fd_of(stream: IO[Any] | int | None, default: int) -> int:
         if stream is None:
             return default
+        if stream == subprocess.DEVNULL:
+            opened.append(_null(os.O_WRONLY))
+            return opened[-1]
+        if isinstance(stream, int) and stream < 0:
+            raise ValueError(f"not supported by the test launcher: {stream}")
         return stream if isinstance(stream, int) else stream.fileno()
 
-    stdin = _null(os.O_RDONLY)
     try:
         out = fd_of(stdout, 1)
         err = out if stderr == subprocess.STDOUT else fd_of(stderr, 2)
-        return Launcher.get().start(argv, env, [stdin, out, err], cwd)
+        return Launcher.get().start(argv, env, [opened[0], out, err], cwd)
     finally:
-        os.close(stdin)
+        for fd in opened:
+            os.close(fd)
 
 
-def run(argv: Sequence[str], *, env: dict[str, str], timeout: float | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+def run(argv: Sequence[str], *, env: dict[str, str] | None = None,
+        timeout: float | None = None, cwd: str | os.PathLike[str] | None = None,
+        input: str | None = None,  # noqa: A002
+        capture_output: bool = True, text: bool = True) -> subprocess.CompletedProcess[str]:
     """``subprocess.run([sys.executable, "-m", "gateway.cli", *argv], capture_output=True,
-    text=True, ...)`` through the launcher."""
+    text=True, ...)`` through the launcher (or from ``exec`` when it is turned off)."""
+    if not (capture_output and text):
+        raise ValueError("the test launcher runs commands with capture_output and text only")
+    env = dict(os.environ) if env is None else env
+    if not enabled():
+        return subprocess.run([sys.executable, "-m", "gateway.cli", *argv], env=env,
+                              timeout=timeout, cwd=cwd, input=input, capture_output=True,
+                              text=True)
     in_r, in_w = os.pipe()
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()

@@ -7,11 +7,11 @@ import json
 import os
 import ssl
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+import launcher
 from dicom_factory import make_instance
 from dimse_client import associate, store_dataset
 from dmp_pki import Pki
@@ -58,13 +58,13 @@ class PscSim:
         tls = ([] if self.pki is None else
                ["--tls-cert", str(self.pki.server_cert), "--tls-key", str(self.pki.server_key),
                 "--client-ca", str(self.pki.ca_cert)])
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept by the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(self.port),
-             *clients, "--userinfo", self.userinfo, "--acr", self.acr, *tls, *extra],
-            env={k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")},
-            stdout=log, stderr=subprocess.STDOUT,
-        )
+        with open(self.log_path, "ab") as log:
+            self.proc = launcher.popen(
+                ["psc-sim", "--port", str(self.port),
+                 *clients, "--userinfo", self.userinfo, "--acr", self.acr, *tls, *extra],
+                env={k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")},
+                stdout=log, stderr=subprocess.STDOUT,
+            )
         with httpx.Client(timeout=1, verify=self.verify) as http:  # one client for the poll
             for _ in range(150):
                 try:

@@ -21,12 +21,12 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+import launcher
 import psycopg
 import pytest
 from conftest import PG_ADMIN
@@ -58,8 +58,7 @@ BIRTH = "01/01/1948"  # tests/dicom_factory.py's PatientBirthDate
 
 
 def drimbox(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=300)
+    return launcher.run(args, env=env, timeout=300)
 
 
 def needs_pg_client(database_url: str) -> None:

@@ -21,13 +21,13 @@ import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
+import launcher
 import pytest
 from dicom_factory import make_instance
 from orthanc import Orthanc
@@ -497,8 +497,8 @@ def test_cli_exports_and_reports_by_exit_status(pacs: Pacs, tmp_path: Path) -> N
                DRIMBOX_EXPORT_PORT=str(pacs.dicom_port))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "gateway.cli", "consumer", "export", study,
-                               *args], env=env, capture_output=True, text=True, timeout=120)
+        return launcher.run(["consumer", "export", study,
+                               *args], env=env, timeout=120)
 
     wrong = run("--to", "stow", "--from", str(tmp_path / "study"), "--patient-id", IPP,
                 "--ins", OTHER_INS)
@@ -521,8 +521,8 @@ def test_cli_exports_and_reports_by_exit_status(pacs: Pacs, tmp_path: Path) -> N
     cache_retrieval(gw, "a-session", study, paths, PARTIAL_RETRIEVAL)
     assert run("--to", "stow").returncode == 1  # a partial retrieval is never exported
     cache_retrieval(gw, "a-session", study, paths, COMPLETE)
-    cached = subprocess.run([sys.executable, "-m", "gateway.cli", "consumer", "export", KOS_UID,
-                             "--to", "stow", "--json"], env=env, capture_output=True, text=True,
+    cached = launcher.run(["consumer", "export", KOS_UID,
+                             "--to", "stow", "--json"], env=env,
                             timeout=120)
     assert cached.returncode == 0, cached.stdout + cached.stderr
     report = json.loads(cached.stdout)

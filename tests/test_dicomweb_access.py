@@ -17,13 +17,13 @@ import io
 import json
 import re
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import launcher
 import pytest
 from access_support import (
     CLIENT_ID,
@@ -413,8 +413,7 @@ def test_a_centre_viewer_sees_the_whole_study(world: World) -> None:
 
 
 def _cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=gw.env,
-                          capture_output=True, text=True, timeout=120)
+    return launcher.run(args, env=gw.env, timeout=120)
 
 
 def test_audit_exports_fhir_and_kpi(world: World) -> None:

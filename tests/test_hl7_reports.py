@@ -22,10 +22,9 @@ drimbox-poc-test-resources/patient1.hl7    AE    ERR OBX^4, 100: a line break in
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
+import launcher
 import pytest
 from hl7_support import (
     ACCESSION_G,
@@ -61,8 +60,7 @@ ABRIDGED = [
 
 def report_show(gateway, *args: str) -> list[dict]:  # noqa: ANN001
     """``drimbox report show`` (a process of its own)."""
-    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "report", "show", *args],
-                          env=gateway.env, capture_output=True, text=True, timeout=120)
+    proc = launcher.run(["report", "show", *args], env=gateway.env, timeout=120)
     assert proc.returncode in (0, 1), proc.stderr
     return json.loads(proc.stdout)
 
@@ -241,24 +239,24 @@ def test_hl7_send_command(hl7_gateway, tmp_path: Path) -> None:
     gw = hl7_gateway
     path = tmp_path / "omi.hl7"
     path.write_text(sample("referencement/Examen_W/CR_W_Suppression-OMI.hl7"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "hl7", "send", str(path), "--port", str(gw.hl7_port),
+    proc = launcher.run(
+        ["hl7", "send", str(path), "--port", str(gw.hl7_port),
          "--set", "applicationSupplier=RIS_CLI", "--set", "facilitySupplier=C"],
-        capture_output=True, text=True, timeout=60)
+        timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "MSA|AA|001" in proc.stdout
     path.write_text(sample("referencement/Examen_C/CR_C-ORU.abridged.hl7"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "hl7", "send", str(path), "--port", str(gw.hl7_port),
-         "--set", "idMessage=CLI2"], capture_output=True, text=True, timeout=60)
+    proc = launcher.run(
+        ["hl7", "send", str(path), "--port", str(gw.hl7_port),
+         "--set", "idMessage=CLI2"], timeout=60)
     assert proc.returncode == 1
     assert "MSA|AE|CLI2" in proc.stdout and "ERR||OBX^1^5^1^5|102" in proc.stdout
     # A file whose MSH-18 we do not read goes as it is: the listener's AR is printed.
     path.write_bytes(_msh18(sample("informatif/OMI_O23-ImagingOrder.hl7"), "8859/99",
                             "CLI3").encode())
-    proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "hl7", "send", str(path), "--port", str(gw.hl7_port)],
-        capture_output=True, text=True, timeout=60)
+    proc = launcher.run(
+        ["hl7", "send", str(path), "--port", str(gw.hl7_port)],
+        timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert "MSA|AR|CLI3" in proc.stdout and "ERR||MSH^1^18|103" in proc.stdout, proc.stdout
 

@@ -15,6 +15,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import launcher
 import pytest
 from dicom_factory import MIX, dataset_bytes, iter_corpus, make_instance, to_bytes, write_corpus
 from peers import storescu
@@ -43,8 +44,8 @@ def drimbox_import(
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
     env.update(DRIMBOX_DATA_DIR=str(data_dir), DRIMBOX_DATABASE_URL=database_url)
-    return subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "import", *args],
+    return launcher.run(
+        ["import", *args],
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -455,8 +456,8 @@ def test_store_check_finds_orphans_missing_and_damaged_files(tmp_path: Path,
     def check(*args: str) -> tuple[int, dict]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
         env.update(DRIMBOX_DATA_DIR=str(data), DRIMBOX_DATABASE_URL=database_url)
-        proc = subprocess.run([sys.executable, "-m", "gateway.cli", "store", "check", "--json",
-                               *args], env=env, capture_output=True, text=True, timeout=120)
+        proc = launcher.run(["store", "check", "--json",
+                               *args], env=env, timeout=120)
         return proc.returncode, json.loads(proc.stdout)
 
     rc, report = check()
@@ -513,11 +514,10 @@ def test_store_check_verify_finds_a_cut_copy_an_earlier_version_kept(
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
     env.update(DRIMBOX_DATA_DIR=str(data), DRIMBOX_DATABASE_URL=database_url)
-    run = [sys.executable, "-m", "gateway.cli", "store", "check", "--json"]
-    plain = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
+    run = ["store", "check", "--json"]
+    plain = launcher.run(run, env=env, timeout=120)
     assert plain.returncode == 0, plain.stderr  # sizes agree: only --verify reads the bytes
-    proc = subprocess.run([*run, "--verify"], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = launcher.run([*run, "--verify"], env=env, timeout=120)
     report = json.loads(proc.stdout)
     assert proc.returncode == 1 and not report["clean"]
     assert len(report["damaged"]) == 1, report

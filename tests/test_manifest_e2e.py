@@ -7,11 +7,11 @@ from __future__ import annotations
 import email
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
+import launcher
 import pytest
 from dicom_factory import make_instance
 from fhir.resources.R4B.bundle import Bundle
@@ -63,8 +63,7 @@ def write_study(folder: Path, *, patient_id: str = INS, ins_oid: str | None = IN
 
 
 def cli(gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=gateway.env,
-                          capture_output=True, text=True, timeout=120)
+    return launcher.run(args, env=gateway.env, timeout=120)
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ from peers import require_tool
 from gateway.cli import main
 
 
-
 def test_pki_init_writes_a_chain_and_says_which_setting_takes_which_file(tmp_path: Path) -> None:
     out = tmp_path / "pki"
     result = CliRunner().invoke(main, ["pki", "init", str(out), "--host", "db1.example.org",

@@ -17,13 +17,13 @@ from __future__ import annotations
 import json
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
+import launcher
 import pytest
 from authlib.oauth2.rfc7523.assertion import private_key_jwt_sign
 from cryptography import x509
@@ -70,8 +70,8 @@ class Sim:
         self.port = free_port()
         self.base = f"https://127.0.0.1:{self.port}"
         cb = "http://127.0.0.1:9/callback"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(self.port),
+        self.proc = launcher.popen(
+            ["psc-sim", "--port", str(self.port),
              "--tls-cert", str(self.pki.server_cert), "--tls-key", str(self.pki.server_key),
              "--client-ca", str(self.pki.ca_cert), "--record", str(self.record),
              "--client", f"mtls::{cb}", "--client-auth", "mtls=tls_client_auth",

@@ -9,12 +9,12 @@ import hmac
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import launcher
 import pytest
 from joserfc import jwt
 from joserfc.jwk import RSAKey
@@ -37,8 +37,8 @@ REALM = "/auth/realms/esante-wallet"
 def psc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     key_file = tmp_path_factory.mktemp("psc") / "key.pem"
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "psc-sim", "--port", str(port),
+    proc = launcher.popen(
+        ["psc-sim", "--port", str(port),
          "--client", f"rp:rp-secret:{REDIRECT}", "--key-file", str(key_file)],
         env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )

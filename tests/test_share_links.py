@@ -10,7 +10,6 @@ Time passing (expiry, the end of a lock) is simulated by moving the row's timest
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import httpx
+import launcher
 import pytest
 from dimse_client import open_index
 from psc_support import STAFF, PscSim, psc_env, seed_study
@@ -44,8 +44,8 @@ def site(tmp_path: Path, gateway_factory) -> Iterator:
 
 
 def cli(gw, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "share", *args],
-                          env=gw.env, capture_output=True, text=True, timeout=60)
+    """``drimbox share ...`` run beside the gateway's data (its QR code files land there)."""
+    return launcher.run(["share", *args], env=gw.env, cwd=gw.data_dir.parent, timeout=60)
 
 
 def rows(gw, model, *where):  # noqa: ANN001, ANN201

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import launcher
 import pytest
 from hl7_support import STUDY_G, study_g_images
 from peers import free_port, storescu
@@ -91,8 +91,7 @@ def audit_rows(gw, action: str) -> list[tuple[str, str]]:  # noqa: ANN001
 
 
 def cli(gw, *args: str) -> subprocess.CompletedProcess[str]:  # noqa: ANN001
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], env=gw.env,
-                          capture_output=True, text=True, timeout=300)
+    return launcher.run(args, env=gw.env, timeout=300)
 
 
 def cli_json(gw, *args: str) -> tuple[int, dict]:  # noqa: ANN001

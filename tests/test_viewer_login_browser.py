@@ -12,12 +12,11 @@ both back-ends are covered by tests/test_viewer_login.py and tests/test_share_li
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import launcher
 import pytest
 from browser import Browser
 from conftest import ARTIFACTS
@@ -126,9 +125,8 @@ def test_practitioner_logs_in_sees_the_study_and_logs_out(site, browser: Browser
 def test_patient_opens_a_share_link_and_sees_only_that_study(site, browser: Browser,
                                                              tmp_path: Path) -> None:
     gw, _, shared, other = site
-    made = subprocess.run([sys.executable, "-m", "gateway.cli", "share", shared, "--days", "7",
-                           "--qr-dir", str(tmp_path / "qr")],
-                          env=gw.env, capture_output=True, text=True, timeout=60)
+    made = launcher.run(["share", shared, "--days", "7",
+                           "--qr-dir", str(tmp_path / "qr")], env=gw.env, timeout=60)
     assert made.returncode == 0, made.stderr
     url = made.stdout.strip()
     browser.goto(url)

@@ -11,11 +11,11 @@ import os
 import re
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
+import launcher
 import pytest
 from dmp_pki import make_pki
 from whitelist_support import ANCHORS, INFORMATIF, SIGNED, UNSIGNED, make_signer, resign
@@ -346,8 +346,8 @@ def test_whitelist_settings_are_checked(tmp_path: Path, monkeypatch) -> None:
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
     full.update(env)
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "whitelist", "check", *args],
-                          capture_output=True, text=True, env=full, timeout=120)
+    return launcher.run(["whitelist", "check", *args],
+                          env=full, timeout=120)
 
 
 def test_cli_whitelist_check(tmp_path: Path) -> None:
