@@ -35,6 +35,8 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
 
+from gateway.imaging.pixel_description import UnreadablePixels, decoding_failed, describe
+
 JPEG = "image/jpeg"
 PNG = "image/png"
 IMAGE_TYPES = (JPEG, PNG)
@@ -56,6 +58,10 @@ class FrameOutOfRange(ValueError):
 
 class TooLarge(ValueError):
     """The stored frame has more pixels than :attr:`Limits.max_source_pixels`."""
+
+
+class RegionOutside(ValueError):
+    """The viewport's source region does not meet the image."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +169,7 @@ def crop(image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
     x0, x1 = max(0, x0), min(cols, x1)
     y0, y1 = max(0, y0), min(rows, y1)
     if x1 <= x0 or y1 <= y0:
-        raise ValueError("viewport region lies outside the image")
+        raise RegionOutside("viewport region lies outside the image")
     out = image[y0:y1, x0:x1]
     if sw < 0:
         out = out[:, ::-1]
@@ -314,10 +320,26 @@ def render_frame(ds: Dataset, index: int, options: RenderOptions,
     if cols * rows > limits.max_source_pixels:
         raise TooLarge(f"the frame is {cols}x{rows} pixels, more than the "
                        f"{limits.max_source_pixels} pixels rendered here")
-    arr = pixel_array(ds, index=index) if frames > 1 else pixel_array(ds)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    described = describe(ds, decode=True)
+    ts = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
+    try:
+        arr = pixel_array(ds, index=index) if frames > 1 else pixel_array(ds)
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder says, named
+        raise decoding_failed(exc, ts) from None
+    try:
+        return _render_array(ds, arr, index, described.photometric, described.samples,
+                             options, limits)
+    except (RegionOutside, UnreadablePixels):
+        raise
+    except (ArithmeticError, AttributeError, IndexError, KeyError, TypeError,
+            ValueError) as exc:
+        # a malformed LUT, window or rescale value of the dataset: named, not a server error
+        raise UnreadablePixels(
+            f"the pixel data cannot be rendered: {type(exc).__name__}: {exc}") from None
 
+
+def _render_array(ds: Dataset, arr: np.ndarray, index: int, photometric: str, samples: int,
+                  options: RenderOptions, limits: Limits) -> np.ndarray:
     vp = options.viewport
     target = None
     if vp is None or vp.region is None:  # shrink early what will be shrunk anyway
