@@ -35,7 +35,11 @@ included, as PS3.18 says: the list is capped, not deduplicated).
 Errors: malformed UID 400 (naming it); malformed frame list or parameter 400; unknown
 study/series/instance 404; frame number past Number of Frames 404; nothing renderable in an
 acceptable media type (a PDF asked for as an image, a series of reports) 406: the resource
-exists, it has no representation in the media types the client accepts.
+exists, it has no representation in the media types the client accepts; an image whose pixel
+data cannot be interpreted or decoded (a Type 1 Image Pixel attribute missing or wrong, a
+code stream the decoders refuse, a Rescale Slope that is not a number) 422 naming why
+(:mod:`gateway.imaging.pixel_description`). A series or study thumbnail, or the rendered
+series or study, passes over such an image to the next one.
 """
 
 from __future__ import annotations

@@ -29,11 +29,14 @@ value bytes as stored.
 
 Negotiation rules: :mod:`dicomweb.accept`. Re-encoding: :mod:`gateway.imaging.transcode` (lossless
 only). Errors: a malformed UID → 400 naming it; unknown study, series (in that study) or
-instance (in that series) → 404; nothing acceptable → 406 naming what can be produced.
+instance (in that series) → 404; nothing acceptable → 406 naming what can be produced;
+pixel data that cannot be cut out or decoded (an Image Pixel attribute missing or wrong, a
+code stream the decoders refuse: :mod:`gateway.imaging.pixel_description`) → 422 naming why.
 Paths are only built from index storage keys (:meth:`FileStore.path_of`), never from the
 request. If an instance's file is replaced while a response is being streamed (a corrected
-instance re-sent by the PACS), the current file is sent. The first part is prepared before
-the response starts, so a single instance that cannot be decoded gets a 500; a transcoding
+instance re-sent by the PACS), the current file is sent. The first part (instance or frame) is
+prepared before the response starts, so a single instance that cannot be decoded gets a 422
+(406 when only the target syntax's encoder refuses it); a transcoding
 failure later in a multi-instance response can no longer change the status: the stream is
 cut (no closing boundary, no final chunk), so the client sees an incomplete body, never a
 silently short one, and the failure is logged.
@@ -157,6 +160,9 @@ def _instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> It
         try:
             with f:  # the file already open: a replacement meanwhile cannot pull it away
                 data = transcode(f, ts)
+        except (SourceUnreadable, CannotEncode) as exc:  # the data, not the server
+            log.warning("transcoding %s to %s failed: %s", current.sop_instance_uid, ts, exc)
+            raise
         except TranscodeError:
             log.exception("transcoding %s to %s failed", current.sop_instance_uid, ts)
             raise

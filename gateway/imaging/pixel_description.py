@@ -76,6 +76,16 @@ class PixelDescription:
         return self.rows * self.columns * samples * self.bits_allocated
 
 
+def short_value(d: PixelDescription, length: int) -> str | None:
+    """Why an uncompressed Pixel Data value of ``length`` bytes cannot hold the frames ``d``
+    announces (``None`` when it can)."""
+    needed = (d.frame_bits * d.frames + 7) // 8
+    if length >= needed:
+        return None
+    return (f"Pixel Data (7FE0,0010) holds {length} bytes, {d.frames} frame(s) of "
+            f"{d.rows}x{d.columns}x{d.samples} at {d.bits_allocated} bits need {needed}")
+
+
 def _missing(keyword: str) -> UnreadablePixels:
     return UnreadablePixels(f"{attribute(keyword)} is missing")
 

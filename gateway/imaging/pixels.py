@@ -8,6 +8,11 @@
 * :func:`read_bulk` returns the raw value of any element addressed by a tag path
   (``[tag, item, tag, item, ..., tag]``; items 0-based), for BulkDataURIs.
 
+A frame that cannot be cut out (the header does not give its size) or decoded raises
+:class:`~gateway.imaging.pixel_description.UnreadablePixels` naming why. YBR_FULL_422
+uncompressed frames hold two samples per pixel; 1-bit frames that do not start on a byte are
+cut out bit by bit.
+
 Frames can be produced as stored or as native Explicit VR Little Endian; no other frame
 re-encoding is offered (a client that wants another compressed syntax retrieves instances).
 """
@@ -30,6 +35,7 @@ from gateway.imaging.pixel_description import (
     decoding_failed,
     describe,
     frame_count,
+    short_value,
 )
 
 PIXEL_DATA = 0x7FE00010
@@ -87,12 +93,9 @@ def frame_info(path: Path) -> FrameInfo:
     except UnreadablePixels as exc:
         return FrameInfo(ts, 1, raw.value_tell, raw.length, 0, problem=str(exc))
     frame_length = (layout.frame_bits + 7) // 8  # 1-bit frames may not end on a byte
-    needed = (layout.frame_bits * layout.frames + 7) // 8
-    if raw.length < needed:
-        return FrameInfo(ts, layout.frames, raw.value_tell, raw.length, 0, problem=(
-            f"Pixel Data (7FE0,0010) holds {raw.length} bytes, {layout.frames} frame(s) of "
-            f"{layout.rows}x{layout.columns}x{layout.samples} at {layout.bits_allocated} bits "
-            f"need {needed}"))
+    short = short_value(layout, raw.length)
+    if short:
+        return FrameInfo(ts, layout.frames, raw.value_tell, raw.length, 0, problem=short)
     return FrameInfo(ts, layout.frames, raw.value_tell, raw.length, frame_length,
                      layout.frame_bits)
 

@@ -20,6 +20,11 @@ with no viewport is scaled down to fit); a frame much larger than the output is 
 block averaging right after decoding; the modality and VOI steps run over strips of rows, so
 that their floating-point intermediates stay small whatever the frame size.
 
+An image whose Image Pixel module is incomplete or unusable, whose code stream the decoders
+refuse, or whose rescale or palette attributes are malformed raises
+:class:`~gateway.imaging.pixel_description.UnreadablePixels` naming why, never a decoder's
+own exception.
+
 Everything here is a pure function of a dataset and :class:`RenderOptions`; the HTTP face
 parses query parameters into these types.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -226,11 +232,34 @@ def dataset_window(ds: Dataset, index: int = 0) -> Window | None:
         return None
 
 
+def _number(ds: Dataset, keyword: str, tag: str, default: float) -> float:
+    """A DS value as a float, ``default`` when absent or empty; a value that is not a
+    number is named (PS3.5 6.2: DS is a decimal string)."""
+    raw = ds.get(keyword)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        shown = str(raw)[:40]
+        name = re.sub(r"(?<!^)(?=[A-Z])", " ", keyword)
+        raise UnreadablePixels(f"{name} ({tag}) is {shown!r}, not a number")
+    return value
+
+
 def _modality(arr: np.ndarray, ds: Dataset, index: int) -> np.ndarray:
     group = _frame_group(ds, index, "PixelValueTransformationSequence")
     if group is not None and "RescaleSlope" in group:
-        slope = float(group.RescaleSlope)
-        intercept = float(group.get("RescaleIntercept", 0) or 0)
+        slope = _number(group, "RescaleSlope", "0028,1053", 1.0)
+        intercept = _number(group, "RescaleIntercept", "0028,1052", 0.0)
+        return arr.astype(np.float64) * slope + intercept
+    if "ModalityLUTSequence" not in ds and "RescaleSlope" in ds:
+        slope = _number(ds, "RescaleSlope", "0028,1053", 1.0)
+        intercept = _number(ds, "RescaleIntercept", "0028,1052", 0.0)
+        if slope == 1.0 and intercept == 0.0:
+            return arr
         return arr.astype(np.float64) * slope + intercept
     return apply_modality_lut(arr, ds)
 
@@ -348,6 +377,10 @@ def _render_array(ds: Dataset, arr: np.ndarray, index: int, photometric: str, sa
                      average=photometric != "PALETTE COLOR")
 
     if photometric == "PALETTE COLOR":
+        for colour, tag in (("Red", "1101"), ("Green", "1102"), ("Blue", "1103")):
+            if f"{colour}PaletteColorLookupTableDescriptor" not in ds:
+                raise UnreadablePixels(f"{colour} Palette Color Lookup Table Descriptor "
+                                       f"(0028,{tag}) is missing (PALETTE COLOR)")
         image = _map_rows(arr, lambda r: _to_8bit_color(apply_color_lut(r, ds), ds))
     elif samples > 1 or arr.ndim == 3:
         image = _map_rows(arr, lambda r: _to_8bit_color(r, ds))

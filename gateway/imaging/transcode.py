@@ -44,7 +44,12 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from gateway.imaging.pixel_description import UnreadablePixels, decoding_failed, describe
+from gateway.imaging.pixel_description import (
+    UnreadablePixels,
+    decoding_failed,
+    describe,
+    short_value,
+)
 
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 log = logging.getLogger("drimbox.transcode")
@@ -147,7 +152,9 @@ def transcode(source_file: Path | BinaryIO, target: str) -> bytes:
                                    f"{decoding_failed(exc, source)}") from exc
     if "PixelData" in ds and source != target and target in _ENCODE_AS:
         try:
-            describe(ds, decode=True)
+            short = short_value(describe(ds, decode=True), len(ds.PixelData))
+            if short:
+                raise UnreadablePixels(short)
         except UnreadablePixels as exc:
             raise SourceUnreadable(f"cannot transcode to {target}: {exc}") from exc
         try:
