@@ -35,7 +35,11 @@ included, as PS3.18 says: the list is capped, not deduplicated).
 Errors: malformed UID 400 (naming it); malformed frame list or parameter 400; unknown
 study/series/instance 404; frame number past Number of Frames 404; nothing renderable in an
 acceptable media type (a PDF asked for as an image, a series of reports) 406: the resource
-exists, it has no representation in the media types the client accepts.
+exists, it has no representation in the media types the client accepts; an image whose pixel
+data cannot be interpreted or decoded (a Type 1 Image Pixel attribute missing or wrong, a
+code stream the decoders refuse, a Rescale Slope that is not a number) 422 naming why
+(:mod:`gateway.imaging.pixel_description`). A series or study thumbnail, or the rendered
+series or study, passes over such an image to the next one.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ from gateway.imaging.rendering import (
     number_of_frames,
     render,
 )
+from gateway.imaging.pixel_description import UnreadablePixels
 from gateway.index.lookup import InstanceRef, find_instance, series_instances, series_versions
 from gateway.runtime import Runtime
 
@@ -268,18 +273,29 @@ def _image(request: Request, ref: InstanceRef, ds: Dataset, frame: int, options:
         raise _too_large(exc) from None
     except NotAnImage:
         raise HTTPException(406, "the instance has no image to render") from None
+    except UnreadablePixels as exc:
+        raise _unrenderable(ref, exc) from None
     except ValueError as exc:  # e.g. a viewport region outside the image
         raise HTTPException(400, str(exc)) from None
     return Response(body, media_type=options.media_type, headers=headers)
 
 
-def _render_or_fail(ds: Dataset, frame: int, options: RenderOptions, limits: Limits) -> bytes:
+def _unrenderable(ref: InstanceRef, exc: UnreadablePixels) -> HTTPException:
+    """422: the instance is an image whose pixel data cannot be interpreted or decoded here
+    (:mod:`gateway.imaging.pixel_description`); the body names why."""
+    return HTTPException(422, f"instance {ref.sop_instance_uid} cannot be rendered: {exc}")
+
+
+def _render_or_fail(ref: InstanceRef, ds: Dataset, frame: int, options: RenderOptions,
+                    limits: Limits) -> bytes:
     try:
         return render(ds, frame - 1, options, limits)
     except FrameOutOfRange as exc:
         raise HTTPException(404, str(exc)) from None
     except TooLarge as exc:
         raise _too_large(exc) from None
+    except UnreadablePixels as exc:
+        raise _unrenderable(ref, exc) from None
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
 
@@ -316,10 +332,23 @@ def _render_instances(runtime: Runtime, refs: list[InstanceRef], request: Reques
     # Read the first image before answering, so that "no image at all" is a 406, not an
     # empty multipart payload.
     datasets = ((ref, _load(runtime, ref)) for ref in refs)
-    first = next(((r, d) for r, d in datasets if is_image(d)), None)
+    first, first_body, unreadable = None, b"", None
+    for ref, ds in datasets:  # images whose pixel data cannot be decoded are passed over
+        if not is_image(ds):
+            continue
+        try:
+            first_body = _render_or_fail(ref, ds, 1, options, limits)
+        except HTTPException as exc:
+            if exc.status_code != 422:
+                raise
+            unreadable = unreadable or exc
+            continue
+        first = (ref, ds)
+        break
     if first is None:
+        if unreadable is not None:
+            raise unreadable
         raise HTTPException(406, "nothing in this resource has an image to render")
-    first_body = _render_or_fail(first[1], 1, options, limits)
 
     def parts() -> Iterator[tuple[str, bytes]]:
         ref, _ = first
@@ -344,11 +373,19 @@ def _thumbnail_of(runtime: Runtime, request: Request, refs: list[InstanceRef],
     if _choose(request, IMAGE_TYPES) is None:
         raise _not_acceptable()
     candidates = _local(request, runtime, access, _middle_out(refs)[:10])
+    unreadable = None
     for ref in candidates:
         ds = _load(runtime, ref)
         if is_image(ds):
             middle = (number_of_frames(ds) + 1) // 2
-            return _image(request, ref, ds, middle, options, _limits(runtime))
+            try:
+                return _image(request, ref, ds, middle, options, _limits(runtime))
+            except HTTPException as exc:  # undecodable: the next candidate, if any
+                if exc.status_code != 422:
+                    raise
+                unreadable = unreadable or exc
+    if unreadable is not None:
+        raise unreadable
     raise HTTPException(406, "nothing in this resource has an image for a thumbnail")
 
 
@@ -411,8 +448,8 @@ def frames_rendered(study: str, series: str, instance: str, frames: str, request
         return _image(request, ref, ds, numbers[0], options, limits)
     url = DicomWebURLs(runtime.settings.effective_public_url).instance(study, series, instance)
     # The first frame is rendered before the status line: a frame too large is a real 400.
-    first = _render_or_fail(ds, numbers[0], options, limits)
-    rest = ((f"{url}/frames/{n}/rendered", _render_or_fail(ds, n, options, limits))
+    first = _render_or_fail(ref, ds, numbers[0], options, limits)
+    rest = ((f"{url}/frames/{n}/rendered", _render_or_fail(ref, ds, n, options, limits))
             for n in numbers[1:])
     return _multipart(itertools.chain([(f"{url}/frames/{numbers[0]}/rendered", first)], rest),
                       options.media_type)

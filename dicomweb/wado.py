@@ -29,11 +29,14 @@ value bytes as stored.
 
 Negotiation rules: :mod:`dicomweb.accept`. Re-encoding: :mod:`gateway.imaging.transcode` (lossless
 only). Errors: a malformed UID → 400 naming it; unknown study, series (in that study) or
-instance (in that series) → 404; nothing acceptable → 406 naming what can be produced.
+instance (in that series) → 404; nothing acceptable → 406 naming what can be produced;
+pixel data that cannot be cut out or decoded (an Image Pixel attribute missing or wrong, a
+code stream the decoders refuse: :mod:`gateway.imaging.pixel_description`) → 422 naming why.
 Paths are only built from index storage keys (:meth:`FileStore.path_of`), never from the
 request. If an instance's file is replaced while a response is being streamed (a corrected
-instance re-sent by the PACS), the current file is sent. The first part is prepared before
-the response starts, so a single instance that cannot be decoded gets a 500; a transcoding
+instance re-sent by the PACS), the current file is sent. The first part (instance or frame) is
+prepared before the response starts, so a single instance that cannot be decoded gets a 422
+(406 when only the target syntax's encoder refuses it); a transcoding
 failure later in a multi-instance response can no longer change the status: the stream is
 cut (no closing boundary, no final chunk), so the client sees an incomplete body, never a
 silently short one, and the failure is logged.
@@ -56,7 +59,15 @@ from dicomweb.evicted import ensure_local
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
 from gateway.imaging import pixels, retrieval
 from gateway.imaging.retrieval import InstanceRef
-from gateway.imaging.transcode import PRODUCIBLE, TranscodeError, can_produce, transcode
+from gateway.imaging.pixel_description import UnreadablePixels
+from gateway.imaging.transcode import (
+    PRODUCIBLE,
+    CannotEncode,
+    SourceUnreadable,
+    TranscodeError,
+    can_produce,
+    transcode,
+)
 from gateway.runtime import Runtime
 
 log = logging.getLogger("drimbox.wado")
@@ -117,6 +128,13 @@ def _chunks(f: IO[bytes], remaining: int | None = None) -> Iterator[bytes]:
             yield block
 
 
+def _unreadable(ref: InstanceRef, exc: Exception) -> HTTPException:
+    """422: the stored instance's pixel data cannot be interpreted or decoded here (a Type 1
+    attribute of the Image Pixel module missing or wrong, a code stream the decoders refuse);
+    it is still retrievable as stored."""
+    return HTTPException(422, f"instance {ref.sop_instance_uid}: {exc}")
+
+
 def _not_acceptable(what: str, produced: str) -> HTTPException:
     return HTTPException(406, f"{what}; this server can send: {produced}")
 
@@ -142,6 +160,9 @@ def _instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> It
         try:
             with f:  # the file already open: a replacement meanwhile cannot pull it away
                 data = transcode(f, ts)
+        except (SourceUnreadable, CannotEncode) as exc:  # the data, not the server
+            log.warning("transcoding %s to %s failed: %s", current.sop_instance_uid, ts, exc)
+            raise
         except TranscodeError:
             log.exception("transcoding %s to %s failed", current.sop_instance_uid, ts)
             raise
@@ -175,6 +196,11 @@ def _retrieve(
     parts = _instance_parts(runtime, plan)
     try:  # the first part is made before the status line: its failure gets a real status
         first = next(parts)
+    except SourceUnreadable as exc:
+        raise _unreadable(plan[0][0], exc) from exc
+    except CannotEncode as exc:
+        raise _not_acceptable(f"instance {plan[0][0].sop_instance_uid}: {exc}",
+                              "transfer-syntax=* (as stored)") from exc
     except TranscodeError as exc:
         raise HTTPException(500, f"instance {plan[0][0].sop_instance_uid}: {exc}") from exc
     return _multipart(itertools.chain([first], parts), "application/dicom", **params)
@@ -251,6 +277,19 @@ def _frame_info(runtime: Runtime, ref: InstanceRef):
         raise HTTPException(404, f"instance {ref.sop_instance_uid} has no pixel data") from exc
 
 
+def _first_made(ref: InstanceRef, parts: Iterator[Part]) -> Iterator[Part]:
+    """``parts`` with the first one made before the status line, so that pixel data that
+    cannot be cut out or decoded is a 422 rather than a cut stream (a later frame that fails
+    still cuts the stream: the status has gone)."""
+    try:
+        first = next(parts)
+    except StopIteration:
+        return iter(())
+    except UnreadablePixels as exc:
+        raise _unreadable(ref, exc) from exc
+    return itertools.chain([first], parts)
+
+
 def _frame_parts(path, info: pixels.FrameInfo, numbers: list[int], ts: str) -> Iterator[Part]:
     part_type = f"{accept.pixel_media_type(ts)}; transfer-syntax={ts}"
     for n in numbers:
@@ -260,8 +299,9 @@ def _frame_parts(path, info: pixels.FrameInfo, numbers: list[int], ts: str) -> I
 def _native_value(path, info: pixels.FrameInfo, ts: str) -> Iterator[Part]:
     """Native pixel data that is not a slice of the file (deflated, big endian): one part,
     the frames decoded one after the other."""
-    frames = (pixels.read_frame(path, info, n, ts) for n in range(1, info.number_of_frames + 1))
-    yield Part(f"application/octet-stream; transfer-syntax={ts}", frames)
+    first = pixels.read_frame(path, info, 1, ts)
+    rest = (pixels.read_frame(path, info, n, ts) for n in range(2, info.number_of_frames + 1))
+    yield Part(f"application/octet-stream; transfer-syntax={ts}", itertools.chain([first], rest))
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
@@ -273,14 +313,16 @@ def retrieve_frames(
     numbers = _parse_frame_list(frames, runtime.settings.max_frames_per_request)
     (ref,) = _lookup(request, runtime, access, study, series, instance)
     path, info = _frame_info(runtime, ref)
+    if info.problem:
+        raise _unreadable(ref, UnreadablePixels(info.problem))
     beyond = [n for n in numbers if n > info.number_of_frames]
     if beyond:
         raise HTTPException(
             404, f"frame {beyond[0]} does not exist (the instance has "
                  f"{info.number_of_frames} frame{'s' if info.number_of_frames > 1 else ''})")
     ts = _pixel_target(request, info)
-    return _multipart(_frame_parts(path, info, numbers, ts), accept.pixel_media_type(ts),
-                      transfer_syntax=ts)
+    return _multipart(_first_made(ref, _frame_parts(path, info, numbers, ts)),
+                      accept.pixel_media_type(ts), transfer_syntax=ts)
 
 
 @router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata")
@@ -326,7 +368,8 @@ def _bulkdata(
             parts = _native_value(path, info, ts)
         else:
             parts = _frame_parts(path, info, list(range(1, info.number_of_frames + 1)), ts)
-        return _multipart(parts, accept.pixel_media_type(ts), transfer_syntax=ts)
+        return _multipart(_first_made(ref, parts), accept.pixel_media_type(ts),
+                          transfer_syntax=ts)
     offers = accept.pixel_offers(_ranges(request))
     if not any(o.transfer_syntax in (accept.EXPLICIT_LE, accept.ANY) for o in offers):
         raise _not_acceptable("bulk data is sent as application/octet-stream",

@@ -47,6 +47,7 @@ DOMAIN = (
     "gateway.identity", "gateway.manifest.facts", "gateway.manifest.kos",
     "gateway.manifest.xds_metadata", "gateway.manifest.fhir_twin", "gateway.imaging.locations",
     "gateway.imaging.rendering", "gateway.imaging.transcode", "gateway.imaging.pixels",
+    "gateway.imaging.pixel_description",
     "gateway.imaging.integers", "gateway.ingest.header", "gateway.ingest.part10",
     "gateway.ingest.uids", "gateway.ingest.completeness", "gateway.reports.cda",
     "gateway.reports.workflow", "gateway.reports.hl7_reader", "gateway.access.principal",

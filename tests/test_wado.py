@@ -643,10 +643,11 @@ def test_transcoding_failure_is_never_a_silent_short_answer(
 
     # as stored: fine
     assert len(split(get(gateway, series, f"{MR}; transfer-syntax=*"))) == 2
-    # one instance: a real error status before any body
+    # one instance: a real error status before any body, naming the instance and why
     r = get(gateway, f"{series}/instances/{bad.SOPInstanceUID}", jls)
-    assert r.status_code == 500
+    assert r.status_code == 422
     assert str(bad.SOPInstanceUID) in r.json()["detail"]
+    assert "Pixel Data (7FE0,0010) holds 10 bytes" in r.json()["detail"]
     # the series: the first part went out with 200, so the stream is cut, not closed
     with pytest.raises(httpx.RemoteProtocolError):
         get(gateway, series, jls)

@@ -2,7 +2,9 @@
 
 Owns QIDO-RS searches on the index (:mod:`.query`, with the bounded integers of
 :mod:`.integers`), what a retrieve returns (:mod:`.retrieval`), instance metadata in the DICOM
-JSON model (:mod:`.metadata`), frames and bulk data (:mod:`.pixels`), transcoding
+JSON model (:mod:`.metadata`), frames and bulk data (:mod:`.pixels`), the Image Pixel module
+checks and the error naming what makes pixel data unreadable (:mod:`.pixel_description`),
+transcoding
 (:mod:`.transcode`), rendering (:mod:`.rendering`) and the URLs published in manifests
 (:mod:`.locations`, R3).
 

@@ -8,6 +8,11 @@
 * :func:`read_bulk` returns the raw value of any element addressed by a tag path
   (``[tag, item, tag, item, ..., tag]``; items 0-based), for BulkDataURIs.
 
+A frame that cannot be cut out (the header does not give its size) or decoded raises
+:class:`~gateway.imaging.pixel_description.UnreadablePixels` naming why. YBR_FULL_422
+uncompressed frames hold two samples per pixel; 1-bit frames that do not start on a byte are
+cut out bit by bit.
+
 Frames can be produced as stored or as native Explicit VR Little Endian; no other frame
 re-encoding is offered (a client that wants another compressed syntax retrieves instances).
 """
@@ -20,9 +25,18 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.encaps import get_frame
-from pydicom.pixels import pixel_array
+from pydicom.pixels import pack_bits, pixel_array
 from pydicom.tag import Tag
 from pydicom.uid import UID
+
+from gateway.imaging.pixel_description import (
+    UnreadablePixels,
+    bit_slice,
+    decoding_failed,
+    describe,
+    frame_count,
+    short_value,
+)
 
 PIXEL_DATA = 0x7FE00010
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
@@ -50,6 +64,10 @@ class FrameInfo:
     """Bytes of the value; 0xFFFFFFFF when encapsulated (undefined length)."""
     frame_length: int
     """Bytes of one native frame (0 when encapsulated)."""
+    frame_bits: int = 0
+    """Bits of one native frame (not a multiple of 8 for some 1-bit images)."""
+    problem: str = ""
+    """Why no frame can be cut out or decoded ('' when frames can be read)."""
 
     @property
     def encapsulated(self) -> bool:
@@ -57,44 +75,91 @@ class FrameInfo:
 
 
 def frame_info(path: Path) -> FrameInfo:
+    """Where the frames are. When the header does not say how big an uncompressed frame is
+    (:func:`describe`) or names no valid Number of Frames, :attr:`FrameInfo.problem` says
+    so: the whole value can still be sent as stored, no frame can."""
     ds = dcmread(path, defer_size=256)
     raw = ds.get_item(PIXEL_DATA, keep_deferred=True)
     if raw is None:
         raise NoPixelData("the instance has no pixel data")
     ts = str(ds.file_meta.TransferSyntaxUID)
-    frames = int(ds.get("NumberOfFrames") or 1)
     if getattr(raw, "value_tell", None) is None:  # small enough not to be deferred
         ds2 = dcmread(path, defer_size=0)  # every value deferred: offsets known
         raw = ds2.get_item(PIXEL_DATA, keep_deferred=True)
-    bits = int(ds.get("BitsAllocated") or 8)
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    pixels = int(ds.get("Rows") or 0) * int(ds.get("Columns") or 0) * samples
-    frame_length = (pixels * bits + 7) // 8 if raw.length != 0xFFFFFFFF else 0
-    return FrameInfo(ts, max(frames, 1), raw.value_tell, raw.length, frame_length)
+    try:
+        if raw.length == 0xFFFFFFFF:
+            return FrameInfo(ts, frame_count(ds), raw.value_tell, raw.length, 0)
+        layout = describe(ds, decode=False)
+    except UnreadablePixels as exc:
+        return FrameInfo(ts, 1, raw.value_tell, raw.length, 0, problem=str(exc))
+    frame_length = (layout.frame_bits + 7) // 8  # 1-bit frames may not end on a byte
+    short = short_value(layout, raw.length)
+    if short:
+        return FrameInfo(ts, layout.frames, raw.value_tell, raw.length, 0, problem=short)
+    return FrameInfo(ts, layout.frames, raw.value_tell, raw.length, frame_length,
+                     layout.frame_bits)
 
 
 def read_frame(path: Path, info: FrameInfo, number: int, target: str) -> bytes:
     """Frame ``number`` (1-based) as stored (``target == info.transfer_syntax``) or as
-    native little endian (``target`` Explicit VR Little Endian)."""
+    native little endian (``target`` Explicit VR Little Endian); :class:`UnreadablePixels`
+    when it cannot be cut out or decoded."""
+    if info.problem:
+        raise UnreadablePixels(info.problem)
     if not 1 <= number <= info.number_of_frames:
         raise IndexError(number)
     stored = info.transfer_syntax
     as_stored = target == stored or (target == EXPLICIT_LE and stored in LITTLE_NATIVE)
     if as_stored and not info.encapsulated:
-        with open(path, "rb") as f:
-            f.seek(info.value_offset + (number - 1) * info.frame_length)
-            return f.read(info.frame_length)
+        return _native_frame(path, info, number)
     if as_stored:
         with open(path, "rb") as f:
             f.seek(info.value_offset)
-            return get_frame(f, number - 1, number_of_frames=info.number_of_frames)
+            try:
+                return get_frame(f, number - 1, number_of_frames=info.number_of_frames)
+            except (ValueError, KeyError, EOFError) as exc:
+                raise UnreadablePixels(f"frame {number} cannot be found in the encapsulated "
+                                       f"Pixel Data (7FE0,0010): {exc}") from None
     if target != EXPLICIT_LE:
         raise ValueError(f"frames are offered as stored or native, not {target}")
-    if stored in _WHOLE_FILE:  # no file offset to seek to: read the dataset, then slice
-        arr = dcmread(path).pixel_array
-        arr = arr[number - 1] if info.number_of_frames > 1 else arr
-    else:
-        arr = pixel_array(str(path), index=number - 1)
+    return decode_frame(path, info, number)
+
+
+def _native_frame(path: Path, info: FrameInfo, number: int) -> bytes:
+    if info.frame_bits % 8:  # 1-bit frames not aligned on bytes
+        start = (number - 1) * info.frame_bits
+        with open(path, "rb") as f:
+            f.seek(info.value_offset + start // 8)
+            data = f.read((start % 8 + info.frame_bits + 7) // 8)
+        return bit_slice(data, start % 8, info.frame_bits)
+    with open(path, "rb") as f:
+        f.seek(info.value_offset + (number - 1) * info.frame_length)
+        data = f.read(info.frame_length)
+    if len(data) != info.frame_length:
+        raise UnreadablePixels(f"frame {number} is cut short in Pixel Data (7FE0,0010)")
+    return data
+
+
+def decode_frame(path: Path, info: FrameInfo, number: int) -> bytes:
+    """Frame ``number`` decoded to native little endian bytes (1-bit pixels packed again,
+    PS3.5 8.1.1)."""
+    stored = info.transfer_syntax
+    try:
+        if stored in _WHOLE_FILE:  # no file offset to seek to: read the dataset, then slice
+            ds = dcmread(path)
+            describe(ds, decode=True)
+            arr = pixel_array(ds, index=number - 1)
+        else:
+            ds = dcmread(path, stop_before_pixels=True)
+            describe(ds, decode=True)
+            try:
+                arr = pixel_array(str(path), index=number - 1)
+            except Exception:  # noqa: BLE001 - e.g. a dataset not in its syntax's VR form
+                arr = pixel_array(dcmread(path), index=number - 1)
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder says, named
+        raise decoding_failed(exc, stored) from None
+    if int(ds.BitsAllocated) == 1:
+        return pack_bits(arr)
     return arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
 
 

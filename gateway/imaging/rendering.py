@@ -20,6 +20,11 @@ with no viewport is scaled down to fit); a frame much larger than the output is 
 block averaging right after decoding; the modality and VOI steps run over strips of rows, so
 that their floating-point intermediates stay small whatever the frame size.
 
+An image whose Image Pixel module is incomplete or unusable, whose code stream the decoders
+refuse, or whose rescale or palette attributes are malformed raises
+:class:`~gateway.imaging.pixel_description.UnreadablePixels` naming why, never a decoder's
+own exception.
+
 Everything here is a pure function of a dataset and :class:`RenderOptions`; the HTTP face
 parses query parameters into these types.
 """
@@ -28,12 +33,15 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+
+from gateway.imaging.pixel_description import UnreadablePixels, decoding_failed, describe
 
 JPEG = "image/jpeg"
 PNG = "image/png"
@@ -56,6 +64,10 @@ class FrameOutOfRange(ValueError):
 
 class TooLarge(ValueError):
     """The stored frame has more pixels than :attr:`Limits.max_source_pixels`."""
+
+
+class RegionOutside(ValueError):
+    """The viewport's source region does not meet the image."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +175,7 @@ def crop(image: np.ndarray, region: tuple[int, int, int, int]) -> np.ndarray:
     x0, x1 = max(0, x0), min(cols, x1)
     y0, y1 = max(0, y0), min(rows, y1)
     if x1 <= x0 or y1 <= y0:
-        raise ValueError("viewport region lies outside the image")
+        raise RegionOutside("viewport region lies outside the image")
     out = image[y0:y1, x0:x1]
     if sw < 0:
         out = out[:, ::-1]
@@ -220,11 +232,34 @@ def dataset_window(ds: Dataset, index: int = 0) -> Window | None:
         return None
 
 
+def _number(ds: Dataset, keyword: str, tag: str, default: float) -> float:
+    """A DS value as a float, ``default`` when absent or empty; a value that is not a
+    number is named (PS3.5 6.2: DS is a decimal string)."""
+    raw = ds.get(keyword)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        shown = str(raw)[:40]
+        name = re.sub(r"(?<!^)(?=[A-Z])", " ", keyword)
+        raise UnreadablePixels(f"{name} ({tag}) is {shown!r}, not a number")
+    return value
+
+
 def _modality(arr: np.ndarray, ds: Dataset, index: int) -> np.ndarray:
     group = _frame_group(ds, index, "PixelValueTransformationSequence")
     if group is not None and "RescaleSlope" in group:
-        slope = float(group.RescaleSlope)
-        intercept = float(group.get("RescaleIntercept", 0) or 0)
+        slope = _number(group, "RescaleSlope", "0028,1053", 1.0)
+        intercept = _number(group, "RescaleIntercept", "0028,1052", 0.0)
+        return arr.astype(np.float64) * slope + intercept
+    if "ModalityLUTSequence" not in ds and "RescaleSlope" in ds:
+        slope = _number(ds, "RescaleSlope", "0028,1053", 1.0)
+        intercept = _number(ds, "RescaleIntercept", "0028,1052", 0.0)
+        if slope == 1.0 and intercept == 0.0:
+            return arr
         return arr.astype(np.float64) * slope + intercept
     return apply_modality_lut(arr, ds)
 
@@ -314,10 +349,26 @@ def render_frame(ds: Dataset, index: int, options: RenderOptions,
     if cols * rows > limits.max_source_pixels:
         raise TooLarge(f"the frame is {cols}x{rows} pixels, more than the "
                        f"{limits.max_source_pixels} pixels rendered here")
-    arr = pixel_array(ds, index=index) if frames > 1 else pixel_array(ds)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    described = describe(ds, decode=True)
+    ts = str(getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID", ""))
+    try:
+        arr = pixel_array(ds, index=index) if frames > 1 else pixel_array(ds)
+    except Exception as exc:  # noqa: BLE001 - whatever the decoder says, named
+        raise decoding_failed(exc, ts) from None
+    try:
+        return _render_array(ds, arr, index, described.photometric, described.samples,
+                             options, limits)
+    except (RegionOutside, UnreadablePixels):
+        raise
+    except (ArithmeticError, AttributeError, IndexError, KeyError, TypeError,
+            ValueError) as exc:
+        # a malformed LUT, window or rescale value of the dataset: named, not a server error
+        raise UnreadablePixels(
+            f"the pixel data cannot be rendered: {type(exc).__name__}: {exc}") from None
 
+
+def _render_array(ds: Dataset, arr: np.ndarray, index: int, photometric: str, samples: int,
+                  options: RenderOptions, limits: Limits) -> np.ndarray:
     vp = options.viewport
     target = None
     if vp is None or vp.region is None:  # shrink early what will be shrunk anyway
@@ -326,6 +377,10 @@ def render_frame(ds: Dataset, index: int, options: RenderOptions,
                      average=photometric != "PALETTE COLOR")
 
     if photometric == "PALETTE COLOR":
+        for colour, tag in (("Red", "1101"), ("Green", "1102"), ("Blue", "1103")):
+            if f"{colour}PaletteColorLookupTableDescriptor" not in ds:
+                raise UnreadablePixels(f"{colour} Palette Color Lookup Table Descriptor "
+                                       f"(0028,{tag}) is missing (PALETTE COLOR)")
         image = _map_rows(arr, lambda r: _to_8bit_color(apply_color_lut(r, ds), ds))
     elif samples > 1 or arr.ndim == 3:
         image = _map_rows(arr, lambda r: _to_8bit_color(r, ds))

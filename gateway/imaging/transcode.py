@@ -31,6 +31,7 @@ from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.filewriter import dcmwrite
+from pydicom.pixels import pack_bits
 from pydicom.pixels.decoders.base import _PIXEL_DATA_DECODERS
 from pydicom.pixels.encoders.base import _PIXEL_DATA_ENCODERS
 from pydicom.uid import (
@@ -43,6 +44,13 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from gateway.imaging.pixel_description import (
+    UnreadablePixels,
+    decoding_failed,
+    describe,
+    short_value,
+)
+
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 log = logging.getLogger("drimbox.transcode")
 NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
@@ -50,6 +58,15 @@ NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1
 
 class TranscodeError(RuntimeError):
     """The instance could not be decoded or encoded in the requested syntax."""
+
+
+class SourceUnreadable(TranscodeError):
+    """The stored instance cannot be decoded (its pixel data, or its dataset written again):
+    the message names why (:mod:`gateway.imaging.pixel_description`)."""
+
+
+class CannotEncode(TranscodeError):
+    """The decoded pixel data cannot be encoded in the requested transfer syntax."""
 
 
 def _available(registry: dict) -> frozenset[str]:
@@ -107,27 +124,65 @@ def can_produce(source: str, target: str) -> bool:
 
 def transcode(source_file: Path | BinaryIO, target: str) -> bytes:
     """The Part 10 file of an instance (a path or an open binary file) re-encoded in
-    ``target``."""
+    ``target``. :class:`SourceUnreadable` when the stored pixel data or dataset cannot be
+    decoded or written again, :class:`CannotEncode` when the pixel data cannot be put in
+    ``target`` (e.g. a bit depth the encoder does not take)."""
     try:
         ds = dcmread(source_file)
         source = str(ds.file_meta.TransferSyntaxUID)
-        if "PixelData" in ds and source != target:
-            if UID(source).is_compressed:
+    except Exception as exc:
+        raise SourceUnreadable(f"cannot transcode to {target}: the stored file cannot be "
+                               f"read: {exc}") from exc
+    _settle_vrs(ds)
+    compressed = UID(source).is_compressed
+    if "PixelData" in ds and (compressed or source == _BIG_ENDIAN) and source != target:
+        try:
+            describe(ds, decode=True)
+            if compressed:
                 ds.decompress(generate_instance_uid=False,
                               decoding_plugin=_DECODE_WITH.get(source, ""))
             elif source == _BIG_ENDIAN:  # retired; pixel bytes must be swapped
                 arr = ds.pixel_array
-                ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-            if target in _ENCODE_AS:
-                ds.compress(_ENCODE_AS[target], generate_instance_uid=False)
-        ds.file_meta.TransferSyntaxUID = UID(target)
-        buf = io.BytesIO()
-        tsuid = UID(target)
+                if int(ds.BitsAllocated) == 1:
+                    ds.PixelData = pack_bits(arr.ravel())
+                else:
+                    ds.PixelData = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+        except Exception as exc:
+            raise SourceUnreadable(f"cannot transcode to {target}: "
+                                   f"{decoding_failed(exc, source)}") from exc
+    if "PixelData" in ds and source != target and target in _ENCODE_AS:
+        try:
+            short = short_value(describe(ds, decode=True), len(ds.PixelData))
+            if short:
+                raise UnreadablePixels(short)
+        except UnreadablePixels as exc:
+            raise SourceUnreadable(f"cannot transcode to {target}: {exc}") from exc
+        try:
+            ds.compress(_ENCODE_AS[target], generate_instance_uid=False)
+        except Exception as exc:
+            said = " ".join(str(exc).split())[:300]
+            raise CannotEncode(f"the pixel data cannot be encoded in {UID(target).name}: "
+                               f"{said}") from exc
+    ds.file_meta.TransferSyntaxUID = UID(target)
+    buf = io.BytesIO()
+    tsuid = UID(target)
+    try:
         dcmwrite(buf, ds, implicit_vr=tsuid.is_implicit_VR,
                  little_endian=tsuid.is_little_endian, enforce_file_format=True)
-        return buf.getvalue()
     except Exception as exc:
-        raise TranscodeError(f"cannot transcode to {target}: {exc}") from exc
+        said = " ".join(str(exc).split())[:300]
+        raise SourceUnreadable(f"the dataset cannot be written in {tsuid.name}: {said}"
+                               ) from exc
+    return buf.getvalue()
+
+
+def _settle_vrs(ds) -> None:  # noqa: ANN001 - a pydicom Dataset
+    """Elements read without a VR (implicit VR bytes in a file labelled explicit VR, which
+    pydicom reads, as the ingest does) take their dictionary VR, so that they can be
+    written in any syntax."""
+    if any(getattr(ds.get_item(tag), "VR", "") is None for tag in ds.keys()):
+        for _ in ds.iterall():  # converting each raw element looks its VR up
+            pass
 
 
 _IMPLICIT = "1.2.840.10008.1.2"
