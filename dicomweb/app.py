@@ -14,7 +14,7 @@ import logging
 from fastapi import FastAPI, Response
 from sqlalchemy import text
 
-from dicomweb import admin_audit, metadata, qido, rendered, stow, viewer, wado
+from dicomweb import admin_audit, http_methods, metadata, qido, rendered, stow, viewer, wado
 from gateway import __version__
 from gateway import metrics as gateway_metrics
 from gateway.imaging.locations import DICOMWEB_PREFIX
@@ -27,6 +27,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     # Modules that prove principals (viewer login, share links) append async callables here;
     # see dicomweb/deps.py for the order in which they are asked.
     app.state.principal_resolvers = []
+    http_methods.install(app)  # 405 with every allowed method; HEAD without a body
     source = runtime.settings.source_enabled
     if source:  # the Source's archive: DICOMweb, the R18 viewer link
         for module in (qido, wado, metadata, rendered, stow):

@@ -27,8 +27,11 @@ The search itself (parameters, matching rules, paging, order, server maxima) is
   ``Warning`` is sent for it.
 * RetrieveURL (0008,1190) is built from the configured public URL
   (``DRIMBOX_PUBLIC_URL``), never from the request's Host header.
-* Accept: ``application/dicom+json`` (also ``application/json``, ``*/*``); anything else is
-  406. Every route depends on ``QidoAccess`` (``dicomweb.deps``): the results reveal patient
+* Accept: ``application/dicom+json`` (also ``application/json``, ``*/*``), or ``multipart/related;
+  type="application/dicom+xml"`` (PS3.18 10.6.3): one Native DICOM Model document per
+  result (:mod:`dicomweb.dicom_xml`, made from the same DICOM JSON objects), no match being
+  204 (a multipart body needs at least one part); anything else is 406
+  (:func:`dicomweb.accept.json_or_xml`). Every route depends on ``QidoAccess`` (``dicomweb.deps``): the results reveal patient
   data, and a consumer holding a KOS (R10) finds only that KOS's study, series and instances
   (counts and ModalitiesInStudy included).
 """
@@ -40,7 +43,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from dicomweb import dicom_json
+from dicomweb import accept, dicom_json, dicom_xml
 from dicomweb.deps import Granted, QidoAccess, RuntimeDep
 from dicomweb.urls import DicomWebURLs
 from gateway.imaging.query import Level, QueryError, SearchScope, parse_query, search, uids_of
@@ -49,7 +52,6 @@ from gateway.ingest.uids import is_safe_uid
 router = APIRouter()
 
 MEDIA_TYPE = "application/dicom+json"
-_ACCEPTABLE = {MEDIA_TYPE, "application/json", "application/*", "*/*"}
 _TOO_MANY = (
     '299 {host}: "The number of results exceeded the maximum supported by the server. '
     'Additional results can be requested."'
@@ -63,15 +65,6 @@ def _error(status: int, message: str, parameter: str | None = None) -> JSONRespo
     return JSONResponse(body, status_code=status)
 
 
-def _accepts_json(request: Request) -> bool:
-    header = request.headers.get("accept")
-    if not header:
-        return True
-    for item in header.split(","):
-        media = item.split(";")[0].strip().lower()
-        if media in _ACCEPTABLE:
-            return True
-    return False
 
 
 def _search(
@@ -85,8 +78,9 @@ def _search(
     for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)):
         if uid is not None and not is_safe_uid(uid):
             return _error(400, f"{name} in the path is not a UID: {uid!r}", name)
-    if not _accepts_json(request):
-        return _error(406, f"QIDO-RS answers {MEDIA_TYPE} only")
+    representation = accept.json_or_xml(accept.parse_accept(request.headers.getlist("accept")))
+    if representation is None:
+        return _error(406, f"QIDO-RS answers {MEDIA_TYPE} or {accept.XML_OFFERED}")
     try:
         query = parse_query(level, request.query_params.multi_items(), study, series)
     except QueryError as exc:
@@ -105,6 +99,11 @@ def _search(
     if result.truncated:
         host = urls.base.split("://", 1)[-1].split("/", 1)[0]
         headers["Warning"] = _TOO_MANY.format(host=host)
+    if representation == accept.XML:
+        if not result.rows:
+            return Response(status_code=204, headers=headers)
+        return dicom_xml.response(
+            (dicom_json.dataset(query.returned, row) for row in result.rows), headers)
     body = dicom_json.dumps(query.returned, result.rows)
     return Response(body, 200, headers=headers, media_type=MEDIA_TYPE)
 

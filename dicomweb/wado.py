@@ -53,6 +53,7 @@ from fastapi.responses import StreamingResponse
 from dicomweb import accept
 from dicomweb.deps import Granted, RuntimeDep, WadoAccess
 from dicomweb.evicted import ensure_local
+from dicomweb.http_methods import GET_HEAD
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
 from gateway.imaging import pixels, retrieval
 from gateway.imaging.retrieval import InstanceRef
@@ -180,7 +181,7 @@ def _retrieve(
     return _multipart(itertools.chain([first], parts), "application/dicom", **params)
 
 
-@router.get("/studies/{study}")
+@router.api_route("/studies/{study}", methods=GET_HEAD)
 def retrieve_study(
     study: str, request: Request, runtime: RuntimeDep, access: WadoAccess
 ) -> StreamingResponse:
@@ -188,7 +189,7 @@ def retrieve_study(
     return _retrieve(request, runtime, access, study, None, None)
 
 
-@router.get("/studies/{study}/series/{series}")
+@router.api_route("/studies/{study}/series/{series}", methods=GET_HEAD)
 def retrieve_series(
     study: str, series: str, request: Request, runtime: RuntimeDep, access: WadoAccess
 ) -> StreamingResponse:
@@ -196,7 +197,9 @@ def retrieve_series(
     return _retrieve(request, runtime, access, study, series, None)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}")
+@router.api_route(
+    "/studies/{study}/series/{series}/instances/{instance}", methods=GET_HEAD
+)
 def retrieve_instance(
     study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
     access: WadoAccess,
@@ -264,7 +267,10 @@ def _native_value(path, info: pixels.FrameInfo, ts: str) -> Iterator[Part]:
     yield Part(f"application/octet-stream; transfer-syntax={ts}", frames)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
+@router.api_route(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+    methods=GET_HEAD,
+)
 def retrieve_frames(
     study: str, series: str, instance: str, frames: str, request: Request,
     runtime: RuntimeDep, access: WadoAccess,
@@ -283,7 +289,10 @@ def retrieve_frames(
                       transfer_syntax=ts)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata")
+@router.api_route(
+    "/studies/{study}/series/{series}/instances/{instance}/bulkdata",
+    methods=GET_HEAD,
+)
 def retrieve_pixel_bulkdata(
     study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
     access: WadoAccess,
@@ -292,7 +301,10 @@ def retrieve_pixel_bulkdata(
     return _bulkdata(study, series, instance, "7FE00010", request, runtime, access)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}")
+@router.api_route(
+    "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}",
+    methods=GET_HEAD,
+)
 def retrieve_bulkdata(
     study: str, series: str, instance: str, tag_path: str, request: Request,
     runtime: RuntimeDep, access: WadoAccess,
