@@ -3,8 +3,9 @@
 Routes: ``GET /healthz`` (liveness and index reachability, no patient data), ``GET /metrics``
 (Prometheus text format), the viewer (``viewer`` module), the PSC login; with the Source role
 (``roles`` source or both) DICOMweb under ``/dicom-web`` (``qido``, ``wado``, ``stow``
-modules), the R18 viewer link, share links and the study admin; with the consumer role, the
-consumer pages under ``/consumer`` (``consumer`` module and its siblings).
+modules) and WADO-URI at ``/wado`` (``wado_uri``), the R18 viewer link, share links and the
+study admin; with the consumer role, the consumer pages under ``/consumer`` (``consumer``
+module and its siblings). ``http_methods``: 405 with a complete ``Allow``, HEAD.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     if source:  # the Source's archive: DICOMweb, the R18 viewer link
         for module in (qido, wado, metadata, rendered, stow):
             app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
+        from dicomweb import wado_uri
+
+        app.include_router(wado_uri.router, tags=["dicomweb"])  # WADO-URI at /wado
         from dicomweb import viewer_source
 
         app.include_router(viewer_source.router, tags=["viewer"])  # before /viewer/{rel}

@@ -4,8 +4,8 @@
 * **405** (RFC 9110 15.5.6): the ``Allow`` header must list *every* method the target
   resource supports. FastAPI answers with the methods of the first route whose path matches,
   so ``DELETE /dicom-web/studies`` said ``Allow: GET, HEAD`` although STOW-RS answers
-  ``POST`` there. :func:`install` registers a handler that, for a 405, lists the methods of
-  all routes matching the path (``Allow: GET, HEAD, POST``), in a fixed order.
+  ``POST`` there. :func:`install` registers a handler that, for a 405, lists every method
+  some route accepts for that path (``Allow: GET, HEAD, POST``), in a fixed order.
 * **HEAD** (RFC 9110 9.3.2): the routes that declare it (QIDO-RS, WADO-RS, WADO-URI) answer
   the same status and headers as GET. For a streamed body (a study retrieved as
   ``multipart/related``), :class:`HeadWithoutBody` stops the stream after its first chunk
@@ -26,16 +26,15 @@ _ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 
 def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
-    """Every method some route of ``app`` accepts for the scope's path."""
-    methods: set[str] = set()
-    for route in app.router.routes:
-        route_methods = getattr(route, "methods", None)
-        if not route_methods:
-            continue
-        match, _ = route.matches(scope)
-        if match != Match.NONE:
-            methods |= {m.upper() for m in route_methods}
-    return sorted(methods, key=lambda m: (_ORDER.index(m) if m in _ORDER else len(_ORDER), m))
+    """Every method (of the usual ones) some route of ``app`` fully matches for the scope's
+    path: each is tried through the routes' own ``matches``, so included routers, path
+    converters and mounts answer for themselves."""
+    allowed = []
+    for method in _ORDER:
+        probe = {**scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _http_exception(request: Request, exc: StarletteHTTPException):  # noqa: ANN202

@@ -71,7 +71,7 @@ def _ranges(request: Request) -> list[accept.MediaRange]:
     return accept.parse_accept(request.headers.getlist("accept"))
 
 
-def _lookup(
+def lookup(
     request: Request, runtime: Runtime, access: Granted, study: str, series: str | None = None,
     instance: str | None = None,
 ) -> list[InstanceRef]:
@@ -132,7 +132,7 @@ def _multipart(parts: Iterator[Part], part_type: str, **params: str) -> Streamin
 # -- instances -------------------------------------------------------------------------------
 
 
-def _instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> Iterator[Part]:
+def instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> Iterator[Part]:
     for ref, ts in plan:
         f, current = _open(runtime, ref)
         part_type = f"application/dicom; transfer-syntax={ts}"
@@ -153,7 +153,7 @@ def _retrieve(
     request: Request, runtime: Runtime, access: Granted, study: str, series: str | None,
     instance: str | None,
 ) -> StreamingResponse:
-    refs = _lookup(request, runtime, access, study, series, instance)
+    refs = lookup(request, runtime, access, study, series, instance)
     offers = accept.instance_offers(_ranges(request))
     produced = 'multipart/related; type="application/dicom" with transfer-syntax ' + ", ".join(
         sorted(PRODUCIBLE)
@@ -173,7 +173,7 @@ def _retrieve(
         plan.append((ref, ts))
     syntaxes = {ts for _, ts in plan}
     params = {"transfer_syntax": syntaxes.pop()} if len(syntaxes) == 1 else {}
-    parts = _instance_parts(runtime, plan)
+    parts = instance_parts(runtime, plan)
     try:  # the first part is made before the status line: its failure gets a real status
         first = next(parts)
     except TranscodeError as exc:
@@ -277,7 +277,7 @@ def retrieve_frames(
 ) -> StreamingResponse:
     """Retrieve frames of one instance (1-based frame numbers, comma-separated)."""
     numbers = _parse_frame_list(frames, runtime.settings.max_frames_per_request)
-    (ref,) = _lookup(request, runtime, access, study, series, instance)
+    (ref,) = lookup(request, runtime, access, study, series, instance)
     path, info = _frame_info(runtime, ref)
     beyond = [n for n in numbers if n > info.number_of_frames]
     if beyond:
@@ -321,7 +321,7 @@ def _bulkdata(
         path_tags = pixels.parse_tag_path(tag_path.strip("/").split("/"))
     except ValueError as exc:
         raise HTTPException(400, f"bulk data path {tag_path!r}: {exc}") from exc
-    (ref,) = _lookup(request, runtime, access, study, series, instance)
+    (ref,) = lookup(request, runtime, access, study, series, instance)
     if path_tags == [pixels.PIXEL_DATA]:
         path, info = _frame_info(runtime, ref)
         ts = _pixel_target(request, info)
