@@ -24,8 +24,9 @@ transfer-syntax=<uid>``. ``transferSyntax`` picks the syntax (lossless transcodi
 Explicit VR Little Endian, except that pixel data stored lossy is sent as stored.
 ``transferSyntax=*`` sends it as stored. A malformed UID, or Implicit VR Little Endian /
 Explicit VR Big Endian (not for web services, 8.7.3), is 400; one the server cannot produce
-from what it stores is 406 naming those it can. ``charset`` is accepted; the file keeps its
-own Specific Character Set (no conversion).
+from what it stores is 406 naming those it can. ``charset`` (IANA names, ``q`` allowed): an
+instance in none of those listed is re-encoded in UTF-8 when ``utf-8`` is among them
+(:mod:`gateway.imaging.charsets`), else sent in its own character set.
 
 **Rendered** (JPEG quality ``imageQuality`` 1..100, default 90): ``frameNumber`` (1-based,
 default the first frame; past the last one: 404), ``windowCenter`` and ``windowWidth``
@@ -56,6 +57,7 @@ from dicomweb.deps import URI_UIDS, RuntimeDep, WadoUriAccess
 from dicomweb.http_methods import GET_HEAD
 from dicomweb.params import check_uids
 from dicomweb.wado import instance_parts, lookup
+from gateway.imaging import charsets
 from gateway.imaging.rendering import (
     FrameOutOfRange,
     Limits,
@@ -185,12 +187,27 @@ def _transfer_syntax(q: Any, stored: str) -> str:
     return ts
 
 
-def _dicom(runtime: Any, ref: Any, ts: str) -> StreamingResponse:
+def _utf8_wanted(q: Any, path: Any) -> bool:
+    raw = q.get("charset")
+    if raw is None:
+        return False
+    requested = charsets.parse(raw)
+    if not requested:
+        return False
+    header = dcmread(path, stop_before_pixels=True, specific_tags=[0x00080005])
+    return charsets.needs_utf8(requested, charsets.stored_charset(
+        header.get("SpecificCharacterSet")))
+
+
+def _dicom(q: Any, runtime: Any, ref: Any, ts: str) -> Response:
     parts = instance_parts(runtime, [(ref, ts)])
     try:
         part = next(parts)
     except TranscodeError as exc:
         raise HTTPException(500, f"instance {ref.sop_instance_uid}: {exc}") from exc
+    if _utf8_wanted(q, runtime.store.path_of(ref.storage_key)):
+        body = charsets.to_utf8(b"".join(part.body))
+        return Response(body, media_type=part.content_type, headers=_HEADERS)
     headers = {**_HEADERS, **part.headers}
     return StreamingResponse(iter(part.body), media_type=part.content_type, headers=headers)
 
@@ -299,7 +316,7 @@ def wado_uri(request: Request, runtime: RuntimeDep, access: WadoUriAccess) -> Re
         present = [name for name in _RENDER_PARAMS if name in q]
         if present:
             raise _bad(f"{', '.join(present)}: for rendered images, not application/dicom")
-        return _dicom(runtime, ref, _transfer_syntax(q, ref.transfer_syntax_uid))
+        return _dicom(q, runtime, ref, _transfer_syntax(q, ref.transfer_syntax_uid))
     if "transferSyntax" in q:
         raise _bad(f"transferSyntax applies to application/dicom, not {chosen}")
     if document is not None and chosen == document[0]:

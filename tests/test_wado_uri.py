@@ -41,11 +41,13 @@ from pydicom.uid import (
 from sqlalchemy import create_engine, select
 
 from dicomweb.dicom_json import element
+from gateway.imaging import charsets
 from gateway.index.models import AuditEvent
 
 EXPLICIT = str(ExplicitVRLittleEndian)
 NS = {"n": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
 XML_ACCEPT = 'multipart/related; type="application/dicom+xml"'
+COMMENT = "Côté gauche, contrôle à 3 mois"
 BROWSER = ("text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,"
            "image/apng,*/*;q=0.8")
 
@@ -106,6 +108,7 @@ def _load(folder: Path, gw: Gateway) -> Loaded:
     a.ReferencedImageSequence[0].ReferencedSOPInstanceUID = generate_uid(TEST_ROOT)
     b = make_instance(study_uid=loaded.study, series_uid=ct, instance_number=2,
                       transfer_syntax=str(ImplicitVRLittleEndian), seed=2)
+    b.ImageComments = COMMENT  # Latin-1 (ISO_IR 100) as stored
     c = _multiframe(loaded.study, mf)
     d = make_instance(sop_class=EncapsulatedPDFStorage, study_uid=loaded.study,
                       series_uid=pdf, series_number=4)
@@ -174,6 +177,23 @@ def test_wado_uri_transfer_syntax(loaded: Loaded) -> None:
     # The Accept header alone selects DICOM too.
     r = loaded.wado("ct", headers={"Accept": "application/dicom"})
     assert r.headers["content-type"].startswith("application/dicom;")
+
+
+def test_wado_uri_charset(loaded: Loaded) -> None:
+    """PS3.18 8.3.3.2: an instance in none of the charsets asked is re-encoded in UTF-8 when
+    UTF-8 is acceptable; one in an acceptable charset is sent as stored."""
+    r = loaded.wado("implicit", contentType="application/dicom", charset="utf-8")
+    assert r.status_code == 200, r.text
+    ds = dcmread(io.BytesIO(r.content))
+    assert ds.SpecificCharacterSet == "ISO_IR 192" and ds.ImageComments == COMMENT
+    assert COMMENT.encode("utf-8") in r.content
+    assert ds.file_meta.TransferSyntaxUID == EXPLICIT
+    assert np.array_equal(ds.pixel_array, loaded.pixels("implicit"))
+    for charset in ("iso-8859-1", "utf-8;q=0.5, ISO-8859-1", "*"):
+        r = loaded.wado("implicit", contentType="application/dicom", charset=charset)
+        ds = dcmread(io.BytesIO(r.content))
+        assert ds.SpecificCharacterSet == "ISO_IR 100", charset
+        assert COMMENT.encode("latin-1") in r.content and ds.ImageComments == COMMENT
 
 
 @pytest.mark.parametrize(("params", "status", "says"), [
@@ -454,3 +474,12 @@ def test_dicom_json_rows_with_empty_values() -> None:
     assert element("IS", "1\\\\3") == {"vr": "IS", "Value": [1, None, 3]}
     assert element("DS", "1\\x") == {"vr": "DS"}  # not a number: empty, never invalid JSON
     assert element("PN", "A^B\\") == {"vr": "PN", "Value": [{"Alphabetic": "A^B"}, None]}
+
+
+def test_charset_choice() -> None:
+    assert charsets.parse("ISO-8859-1;q=0.2, utf-8, koi8-r;q=0") == ["utf-8", "iso-8859-1"]
+    assert charsets.stored_charset(None) == "us-ascii"
+    assert charsets.stored_charset(["", "ISO 2022 IR 87"]) is None  # no single IANA name
+    assert not charsets.needs_utf8(["iso-8859-1"], "us-ascii")  # ASCII is in every one
+    assert charsets.needs_utf8(["utf-8"], "iso-8859-1")
+    assert not charsets.needs_utf8(["iso-8859-2"], "iso-8859-1")  # as stored, not converted
