@@ -20,8 +20,9 @@ The access gates (``QidoAccess``, ``WadoAccess``, ``WadoUriAccess``, ``MetadataA
 (:func:`gateway.access.policy.decide`) with the request's path UIDs (WADO-URI: its
 ``studyUID``, ``seriesUID``, ``objectUID`` query parameters) and its ``KOS-SOPInstanceUID``
 header, record the decision, allowed or denied, in the audit trail (:mod:`gateway.access.audit`)
-before the answer leaves, and either raise the denial (403, or 404 when the policy hides the resource's existence) or hand the route a
-:class:`Granted` whose ``visible`` scope the route applies to what it sends.
+before the answer leaves, and either raise the denial (403, or 404 when the policy hides the
+resource's existence) or hand the route a :class:`Granted` whose ``visible`` scope the route
+applies to what it sends.
 Tokens are never logged nor stored; the audit keeps the SubjectNameID.
 """
 

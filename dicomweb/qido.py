@@ -31,9 +31,9 @@ The search itself (parameters, matching rules, paging, order, server maxima) is
   type="application/dicom+xml"`` (PS3.18 10.6.3): one Native DICOM Model document per
   result (:mod:`dicomweb.dicom_xml`, made from the same DICOM JSON objects), no match being
   204 (a multipart body needs at least one part); anything else is 406
-  (:func:`dicomweb.accept.json_or_xml`). Every route depends on ``QidoAccess`` (``dicomweb.deps``): the results reveal patient
-  data, and a consumer holding a KOS (R10) finds only that KOS's study, series and instances
-  (counts and ModalitiesInStudy included).
+  (:func:`dicomweb.accept.json_or_xml`). Every route depends on ``QidoAccess``
+  (``dicomweb.deps``): the results reveal patient data, and a consumer holding a KOS (R10)
+  finds only that KOS's study, series and instances (counts and ModalitiesInStudy included).
 """
 
 from __future__ import annotations
