@@ -40,7 +40,9 @@ def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
 async def _http_exception(request: Request, exc: StarletteHTTPException):  # noqa: ANN202
     if exc.status_code == 405:
         allowed = allowed_methods(request.app, request.scope)
-        if allowed:
+        # A route matching every method (a mount) would claim the refused one: keep the
+        # router's own answer then.
+        if allowed and request.method not in allowed:
             exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
     return await http_exception_handler(request, exc)
 
