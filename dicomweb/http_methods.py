@@ -6,22 +6,37 @@
   so ``DELETE /dicom-web/studies`` said ``Allow: GET, HEAD`` although STOW-RS answers
   ``POST`` there. :func:`install` registers a handler that, for a 405, lists every method
   some route accepts for that path (``Allow: GET, HEAD, POST``), in a fixed order.
-* **HEAD** (RFC 9110 9.3.2): the routes that declare it (QIDO-RS, WADO-RS, WADO-URI) answer
-  the same status and headers as GET. For a streamed body (a study retrieved as
+* **HEAD** (RFC 9110 9.3.2): the routes registered with :func:`get_and_head` (QIDO-RS,
+  WADO-RS, WADO-URI) answer the same status and headers as GET. For a streamed body (a study retrieved as
   ``multipart/related``), :class:`HeadWithoutBody` stops the stream after its first chunk
   instead of letting the server read, transcode and discard the whole study.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-GET_HEAD = ["GET", "HEAD"]
-"""The methods of a read-only DICOMweb resource (``methods=GET_HEAD`` on its route)."""
+
+
+def get_and_head(router: APIRouter, path: str) -> Callable[[Endpoint], Endpoint]:
+    """Register a read-only resource: ``GET`` (in the OpenAPI schema) and ``HEAD`` (the same
+    endpoint, left out of the schema: one operation, one operation id per resource)."""
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        router.add_api_route(path, endpoint, methods=["GET"])
+        router.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
+        return endpoint
+
+    return register
+
+Endpoint = Callable[..., Any]
 _ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 

@@ -33,7 +33,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from dicomweb import accept, dicom_xml
 from dicomweb.deps import Granted, MetadataAccess, RuntimeDep
 from dicomweb.evicted import ensure_local
-from dicomweb.http_methods import GET_HEAD
+from dicomweb.http_methods import get_and_head
 from dicomweb.params import accepts_gzip, check_uids, etag_matches
 from gateway.imaging.metadata import CachedJson, restricted
 
@@ -93,7 +93,7 @@ def _respond(request: Request, doc: CachedJson | None, what: str,
     return Response(doc.plain(), media_type=DICOM_JSON, headers=headers)
 
 
-@router.api_route("/studies/{study}/metadata", methods=GET_HEAD)
+@get_and_head(router, "/studies/{study}/metadata")
 def study_metadata(study: str, request: Request, runtime: RuntimeDep, access: MetadataAccess):
     """All instances of the study, series by series (Series Number order)."""
     check_uids(study=study)
@@ -102,7 +102,7 @@ def study_metadata(study: str, request: Request, runtime: RuntimeDep, access: Me
     return _respond(request, _visible(doc, access), "study", representation)
 
 
-@router.api_route("/studies/{study}/series/{series}/metadata", methods=GET_HEAD)
+@get_and_head(router, "/studies/{study}/series/{series}/metadata")
 def series_metadata(
     study: str, series: str, request: Request, runtime: RuntimeDep, access: MetadataAccess
 ):
@@ -114,10 +114,7 @@ def series_metadata(
     return _respond(request, _visible(doc, access), "series", representation)
 
 
-@router.api_route(
-    "/studies/{study}/series/{series}/instances/{instance}/metadata",
-    methods=GET_HEAD,
-)
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/metadata")
 def instance_metadata(
     study: str,
     series: str,

@@ -45,6 +45,7 @@ from fastapi.responses import JSONResponse
 
 from dicomweb import accept, dicom_json, dicom_xml
 from dicomweb.deps import Granted, QidoAccess, RuntimeDep
+from dicomweb.http_methods import get_and_head
 from dicomweb.urls import DicomWebURLs
 from gateway.imaging.query import Level, QueryError, SearchScope, parse_query, search, uids_of
 from gateway.ingest.uids import is_safe_uid
@@ -108,28 +109,27 @@ def _search(
     return Response(body, 200, headers=headers, media_type=MEDIA_TYPE)
 
 
-_METHODS = ["GET", "HEAD"]
 
 
-@router.api_route("/studies", methods=_METHODS)
+@get_and_head(router, "/studies")
 def search_studies(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
     """Search for studies (PS3.18 10.6, Table 10.6.3-3 return attributes)."""
     return _search(request, runtime, access, Level.STUDY)
 
 
-@router.api_route("/series", methods=_METHODS)
+@get_and_head(router, "/series")
 def search_series(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
     """Search for series in all studies (study and series attributes returned)."""
     return _search(request, runtime, access, Level.SERIES)
 
 
-@router.api_route("/instances", methods=_METHODS)
+@get_and_head(router, "/instances")
 def search_instances(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
     """Search for instances in all studies (study, series and instance attributes)."""
     return _search(request, runtime, access, Level.INSTANCE)
 
 
-@router.api_route("/studies/{study}/series", methods=_METHODS)
+@get_and_head(router, "/studies/{study}/series")
 def search_study_series(
     study: str, request: Request, runtime: RuntimeDep, access: QidoAccess
 ) -> Response:
@@ -137,7 +137,7 @@ def search_study_series(
     return _search(request, runtime, access, Level.SERIES, study)
 
 
-@router.api_route("/studies/{study}/instances", methods=_METHODS)
+@get_and_head(router, "/studies/{study}/instances")
 def search_study_instances(
     study: str, request: Request, runtime: RuntimeDep, access: QidoAccess
 ) -> Response:
@@ -145,7 +145,7 @@ def search_study_instances(
     return _search(request, runtime, access, Level.INSTANCE, study)
 
 
-@router.api_route("/studies/{study}/series/{series}/instances", methods=_METHODS)
+@get_and_head(router, "/studies/{study}/series/{series}/instances")
 def search_series_instances(
     study: str, series: str, request: Request, runtime: RuntimeDep, access: QidoAccess
 ) -> Response:

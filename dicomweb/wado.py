@@ -53,7 +53,7 @@ from fastapi.responses import StreamingResponse
 from dicomweb import accept
 from dicomweb.deps import Granted, RuntimeDep, WadoAccess
 from dicomweb.evicted import ensure_local
-from dicomweb.http_methods import GET_HEAD
+from dicomweb.http_methods import get_and_head
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
 from gateway.imaging import pixels, retrieval
 from gateway.imaging.retrieval import InstanceRef
@@ -181,7 +181,7 @@ def _retrieve(
     return _multipart(itertools.chain([first], parts), "application/dicom", **params)
 
 
-@router.api_route("/studies/{study}", methods=GET_HEAD)
+@get_and_head(router, "/studies/{study}")
 def retrieve_study(
     study: str, request: Request, runtime: RuntimeDep, access: WadoAccess
 ) -> StreamingResponse:
@@ -189,7 +189,7 @@ def retrieve_study(
     return _retrieve(request, runtime, access, study, None, None)
 
 
-@router.api_route("/studies/{study}/series/{series}", methods=GET_HEAD)
+@get_and_head(router, "/studies/{study}/series/{series}")
 def retrieve_series(
     study: str, series: str, request: Request, runtime: RuntimeDep, access: WadoAccess
 ) -> StreamingResponse:
@@ -197,9 +197,7 @@ def retrieve_series(
     return _retrieve(request, runtime, access, study, series, None)
 
 
-@router.api_route(
-    "/studies/{study}/series/{series}/instances/{instance}", methods=GET_HEAD
-)
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}")
 def retrieve_instance(
     study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
     access: WadoAccess,
@@ -267,10 +265,7 @@ def _native_value(path, info: pixels.FrameInfo, ts: str) -> Iterator[Part]:
     yield Part(f"application/octet-stream; transfer-syntax={ts}", frames)
 
 
-@router.api_route(
-    "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
-    methods=GET_HEAD,
-)
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
 def retrieve_frames(
     study: str, series: str, instance: str, frames: str, request: Request,
     runtime: RuntimeDep, access: WadoAccess,
@@ -289,10 +284,7 @@ def retrieve_frames(
                       transfer_syntax=ts)
 
 
-@router.api_route(
-    "/studies/{study}/series/{series}/instances/{instance}/bulkdata",
-    methods=GET_HEAD,
-)
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/bulkdata")
 def retrieve_pixel_bulkdata(
     study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
     access: WadoAccess,
@@ -301,10 +293,7 @@ def retrieve_pixel_bulkdata(
     return _bulkdata(study, series, instance, "7FE00010", request, runtime, access)
 
 
-@router.api_route(
-    "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}",
-    methods=GET_HEAD,
-)
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}")
 def retrieve_bulkdata(
     study: str, series: str, instance: str, tag_path: str, request: Request,
     runtime: RuntimeDep, access: WadoAccess,

@@ -54,7 +54,7 @@ from pydicom import dcmread
 
 from dicomweb import accept
 from dicomweb.deps import URI_UIDS, RuntimeDep, WadoUriAccess
-from dicomweb.http_methods import GET_HEAD
+from dicomweb.http_methods import get_and_head
 from dicomweb.params import check_uids
 from dicomweb.wado import instance_parts, lookup
 from gateway.imaging import charsets
@@ -285,7 +285,7 @@ def _rendered(q: Any, runtime: Any, ds: Any, media_type: str) -> Response:
 # -- the route ----------------------------------------------------------------------------
 
 
-@router.api_route(PATH, methods=GET_HEAD)
+@get_and_head(router, PATH)
 def wado_uri(request: Request, runtime: RuntimeDep, access: WadoUriAccess) -> Response:
     """Retrieve one instance as DICOM or rendered (PS3.18 9.4, 9.5)."""
     q = request.query_params
