@@ -1,4 +1,5 @@
-"""Accept header parsing and transfer-syntax negotiation for WADO-RS (PS3.18 8.7).
+"""Accept header parsing and transfer-syntax negotiation for WADO-RS (PS3.18 8.7); the choice
+between DICOM JSON and XML for QIDO-RS results and WADO-RS metadata (:func:`json_or_xml`).
 
 Pure functions, no I/O: the routes give the raw ``Accept`` values and what each instance is
 stored in; this module says what to send, or that nothing acceptable can be produced.
@@ -297,4 +298,30 @@ def select(
         ts = EXPLICIT_LE if offer.transfer_syntax == DEFAULT else offer.transfer_syntax
         if ts != ANY and can_produce(stored, ts):
             return ts
+    return None
+
+
+# -- metadata and search results: DICOM JSON or the Native DICOM Model XML ------------------
+
+DICOM_JSON = "application/dicom+json"
+DICOM_XML = "application/dicom+xml"
+JSON = "json"
+XML = "xml"
+_JSON_RANGES = frozenset({DICOM_JSON, "application/json", "application/*", "*/*"})
+XML_OFFERED = f'multipart/related; type="{DICOM_XML}"'
+
+
+def json_or_xml(ranges: list[MediaRange]) -> str | None:
+    """The representation of QIDO-RS results and WADO-RS metadata (PS3.18 8.7.6, 10.4.3,
+    10.6.3): :data:`JSON` for ``application/dicom+json`` (also ``application/json``,
+    ``application/*``, ``*/*``), :data:`XML` for ``multipart/related;
+    type="application/dicom+xml"`` (one Native DICOM Model document per part, PS3.19), the
+    acceptable range with the highest ``q`` winning (ties: the order in the header); ``None``
+    when the Accept header allows neither (answer 406). A single-part
+    ``application/dicom+xml`` is not a representation PS3.18 defines for these resources."""
+    for r in ranges:
+        if r.media_type in _JSON_RANGES:
+            return JSON
+        if r.media_type in ("multipart/related", "multipart/*") and r.part_type == DICOM_XML:
+            return XML
     return None

@@ -3,8 +3,9 @@
 Routes: ``GET /healthz`` (liveness and index reachability, no patient data), ``GET /metrics``
 (Prometheus text format), the viewer (``viewer`` module), the PSC login; with the Source role
 (``roles`` source or both) DICOMweb under ``/dicom-web`` (``qido``, ``wado``, ``stow``
-modules), the R18 viewer link, share links and the study admin; with the consumer role, the
-consumer pages under ``/consumer`` (``consumer`` module and its siblings).
+modules) and WADO-URI at ``/wado`` (``wado_uri``), the R18 viewer link, share links and the
+study admin; with the consumer role, the consumer pages under ``/consumer`` (``consumer``
+module and its siblings). ``http_methods``: 405 with a complete ``Allow``, HEAD.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 from fastapi import FastAPI, Response
 from sqlalchemy import text
 
-from dicomweb import admin_audit, metadata, qido, rendered, stow, viewer, wado
+from dicomweb import admin_audit, http_methods, metadata, qido, rendered, stow, viewer, wado
 from gateway import __version__
 from gateway import metrics as gateway_metrics
 from gateway.imaging.locations import DICOMWEB_PREFIX
@@ -27,10 +28,14 @@ def create_app(runtime: Runtime) -> FastAPI:
     # Modules that prove principals (viewer login, share links) append async callables here;
     # see dicomweb/deps.py for the order in which they are asked.
     app.state.principal_resolvers = []
+    http_methods.install(app)  # 405 with every allowed method; HEAD without a body
     source = runtime.settings.source_enabled
     if source:  # the Source's archive: DICOMweb, the R18 viewer link
         for module in (qido, wado, metadata, rendered, stow):
             app.include_router(module.router, prefix=DICOMWEB_PREFIX, tags=["dicomweb"])
+        from dicomweb import wado_uri
+
+        app.include_router(wado_uri.router, tags=["dicomweb"])  # WADO-URI at /wado
         from dicomweb import viewer_source
 
         app.include_router(viewer_source.router, tags=["viewer"])  # before /viewer/{rel}

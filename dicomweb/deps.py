@@ -15,12 +15,14 @@
 3. ``dicomweb_auth = none`` (loopback development only): :data:`~gateway.access.principal.ANONYMOUS`.
 4. Otherwise 401 with ``WWW-Authenticate: Bearer realm="DRIMbox"``.
 
-The access gates (``QidoAccess``, ``WadoAccess``, ``MetadataAccess``, ``RenderedAccess``,
-``StowAccess``, ``AdminAccess``) then ask the policy (:func:`gateway.access.policy.decide`) with the
-request's path UIDs and its ``KOS-SOPInstanceUID`` header, record the decision, allowed or
-denied, in the audit trail (:mod:`gateway.access.audit`) before the answer leaves, and either raise
-the denial (403, or 404 when the policy hides the resource's existence) or hand the route a
-:class:`Granted` whose ``visible`` scope the route applies to what it sends.
+The access gates (``QidoAccess``, ``WadoAccess``, ``WadoUriAccess``, ``MetadataAccess``,
+``RenderedAccess``, ``StowAccess``, ``AdminAccess``) then ask the policy
+(:func:`gateway.access.policy.decide`) with the request's path UIDs (WADO-URI: its
+``studyUID``, ``seriesUID``, ``objectUID`` query parameters) and its ``KOS-SOPInstanceUID``
+header, record the decision, allowed or denied, in the audit trail (:mod:`gateway.access.audit`)
+before the answer leaves, and either raise the denial (403, or 404 when the policy hides the
+resource's existence) or hand the route a :class:`Granted` whose ``visible`` scope the route
+applies to what it sends.
 Tokens are never logged nor stored; the audit keeps the SubjectNameID.
 """
 
@@ -269,19 +271,30 @@ def _decide_and_record(runtime: Runtime, principal: Principal, asked: AccessRequ
     return decision
 
 
-def _asked(request: Request, action: Action) -> AccessRequest:
-    p = request.path_params
-    return AccessRequest(action, p.get("study"), p.get("series"), p.get("instance"),
+URI_UIDS = ("studyUID", "seriesUID", "objectUID")
+"""WADO-URI names the instance in its query (PS3.18 9.4.1), not in its path."""
+
+
+def _asked(request: Request, action: Action, uids_in_query: bool = False) -> AccessRequest:
+    if uids_in_query:
+        q = request.query_params
+        study, series, instance = (q.get(name) for name in URI_UIDS)
+    else:
+        p = request.path_params
+        study, series, instance = p.get("study"), p.get("series"), p.get("instance")
+    return AccessRequest(action, study, series, instance,
                          request.headers.get(KOS_HEADER) or None)
 
 
-def guard(action: Action) -> Callable[[Request], Awaitable[Granted]]:
-    """The dependency that lets ``action`` through, or not (see the module docstring)."""
+def guard(action: Action, uids_in_query: bool = False
+          ) -> Callable[[Request], Awaitable[Granted]]:
+    """The dependency that lets ``action`` through, or not (see the module docstring);
+    ``uids_in_query``: the UIDs are WADO-URI's query parameters (:data:`URI_UIDS`)."""
 
     async def gate(request: Request) -> Granted:
         runtime: Runtime = request.app.state.runtime
         client = client_address(request)
-        asked = _asked(request, action)
+        asked = _asked(request, action, uids_in_query)
         try:
             principal = await resolve_principal(request)
         except Unauthenticated as exc:
@@ -303,6 +316,7 @@ def guard(action: Action) -> Callable[[Request], Awaitable[Granted]]:
 
 QidoAccess = Annotated[Granted, Depends(guard("qido"))]
 WadoAccess = Annotated[Granted, Depends(guard("wado"))]
+WadoUriAccess = Annotated[Granted, Depends(guard("wado", uids_in_query=True))]
 MetadataAccess = Annotated[Granted, Depends(guard("metadata"))]
 RenderedAccess = Annotated[Granted, Depends(guard("rendered"))]
 StowAccess = Annotated[Granted, Depends(guard("stow"))]

@@ -12,7 +12,8 @@ lists). Output, per PS3.18 F.2:
 * IS, DS and the binary numbers (US, UL, ...) are JSON numbers (F.2.3); a stored IS/DS
   string that is not a number is returned as an empty attribute rather than invalid JSON;
 * other strings (DA, TM, UI, CS, LO, SH, UR...) are JSON strings; multiple values, stored
-  with the DICOM ``\\`` delimiter (or held as a list), become several array items;
+  with the DICOM ``\\`` delimiter (or held as a list), become several array items, an empty
+  one among them ``null`` (F.2: ``CT\\\\MR`` is ``["CT", null, "MR"]``);
 * the body is UTF-8: when a row holds non-ASCII text, SpecificCharacterSet (0008,0005) is
   ``ISO_IR 192`` (the values were decoded from their original character set at ingest).
 """
@@ -73,8 +74,16 @@ def _values(value: Any, vr: str) -> list[Any]:
     else:
         items = [value]
     if vr in _NUMBER_VRS:
-        numbers = [_number(v) for v in items]
-        return [] if any(n is None for n in numbers) else numbers
+        numbers: list[Any] = []
+        for v in items:
+            if isinstance(v, str) and not v.strip():
+                numbers.append(None)  # an empty value among several: null (F.2)
+                continue
+            number = _number(v)
+            if number is None:
+                return []
+            numbers.append(number)
+        return numbers
     if vr == "PN":
         return [_person_name(str(v)) if v else None for v in items]
     return [str(v) if v != "" else None for v in items]

@@ -27,10 +27,13 @@ The search itself (parameters, matching rules, paging, order, server maxima) is
   ``Warning`` is sent for it.
 * RetrieveURL (0008,1190) is built from the configured public URL
   (``DRIMBOX_PUBLIC_URL``), never from the request's Host header.
-* Accept: ``application/dicom+json`` (also ``application/json``, ``*/*``); anything else is
-  406. Every route depends on ``QidoAccess`` (``dicomweb.deps``): the results reveal patient
-  data, and a consumer holding a KOS (R10) finds only that KOS's study, series and instances
-  (counts and ModalitiesInStudy included).
+* Accept: ``application/dicom+json`` (also ``application/json``, ``*/*``), or ``multipart/related;
+  type="application/dicom+xml"`` (PS3.18 10.6.3): one Native DICOM Model document per
+  result (:mod:`dicomweb.dicom_xml`, made from the same DICOM JSON objects), no match being
+  204 (a multipart body needs at least one part); anything else is 406
+  (:func:`dicomweb.accept.json_or_xml`). Every route depends on ``QidoAccess``
+  (``dicomweb.deps``): the results reveal patient data, and a consumer holding a KOS (R10)
+  finds only that KOS's study, series and instances (counts and ModalitiesInStudy included).
 """
 
 from __future__ import annotations
@@ -40,8 +43,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from dicomweb import dicom_json
+from dicomweb import accept, dicom_json, dicom_xml
 from dicomweb.deps import Granted, QidoAccess, RuntimeDep
+from dicomweb.http_methods import get_and_head
 from dicomweb.urls import DicomWebURLs
 from gateway.imaging.query import Level, QueryError, SearchScope, parse_query, search, uids_of
 from gateway.ingest.uids import is_safe_uid
@@ -49,7 +53,6 @@ from gateway.ingest.uids import is_safe_uid
 router = APIRouter()
 
 MEDIA_TYPE = "application/dicom+json"
-_ACCEPTABLE = {MEDIA_TYPE, "application/json", "application/*", "*/*"}
 _TOO_MANY = (
     '299 {host}: "The number of results exceeded the maximum supported by the server. '
     'Additional results can be requested."'
@@ -63,15 +66,6 @@ def _error(status: int, message: str, parameter: str | None = None) -> JSONRespo
     return JSONResponse(body, status_code=status)
 
 
-def _accepts_json(request: Request) -> bool:
-    header = request.headers.get("accept")
-    if not header:
-        return True
-    for item in header.split(","):
-        media = item.split(";")[0].strip().lower()
-        if media in _ACCEPTABLE:
-            return True
-    return False
 
 
 def _search(
@@ -85,8 +79,9 @@ def _search(
     for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)):
         if uid is not None and not is_safe_uid(uid):
             return _error(400, f"{name} in the path is not a UID: {uid!r}", name)
-    if not _accepts_json(request):
-        return _error(406, f"QIDO-RS answers {MEDIA_TYPE} only")
+    representation = accept.json_or_xml(accept.parse_accept(request.headers.getlist("accept")))
+    if representation is None:
+        return _error(406, f"QIDO-RS answers {MEDIA_TYPE} or {accept.XML_OFFERED}")
     try:
         query = parse_query(level, request.query_params.multi_items(), study, series)
     except QueryError as exc:
@@ -105,32 +100,36 @@ def _search(
     if result.truncated:
         host = urls.base.split("://", 1)[-1].split("/", 1)[0]
         headers["Warning"] = _TOO_MANY.format(host=host)
+    if representation == accept.XML:
+        if not result.rows:
+            return Response(status_code=204, headers=headers)
+        return dicom_xml.response(
+            (dicom_json.dataset(query.returned, row) for row in result.rows), headers)
     body = dicom_json.dumps(query.returned, result.rows)
     return Response(body, 200, headers=headers, media_type=MEDIA_TYPE)
 
 
-_METHODS = ["GET", "HEAD"]
 
 
-@router.api_route("/studies", methods=_METHODS)
+@get_and_head(router, "/studies")
 def search_studies(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
     """Search for studies (PS3.18 10.6, Table 10.6.3-3 return attributes)."""
     return _search(request, runtime, access, Level.STUDY)
 
 
-@router.api_route("/series", methods=_METHODS)
+@get_and_head(router, "/series")
 def search_series(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
     """Search for series in all studies (study and series attributes returned)."""
     return _search(request, runtime, access, Level.SERIES)
 
 
-@router.api_route("/instances", methods=_METHODS)
+@get_and_head(router, "/instances")
 def search_instances(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
     """Search for instances in all studies (study, series and instance attributes)."""
     return _search(request, runtime, access, Level.INSTANCE)
 
 
-@router.api_route("/studies/{study}/series", methods=_METHODS)
+@get_and_head(router, "/studies/{study}/series")
 def search_study_series(
     study: str, request: Request, runtime: RuntimeDep, access: QidoAccess
 ) -> Response:
@@ -138,7 +137,7 @@ def search_study_series(
     return _search(request, runtime, access, Level.SERIES, study)
 
 
-@router.api_route("/studies/{study}/instances", methods=_METHODS)
+@get_and_head(router, "/studies/{study}/instances")
 def search_study_instances(
     study: str, request: Request, runtime: RuntimeDep, access: QidoAccess
 ) -> Response:
@@ -146,7 +145,7 @@ def search_study_instances(
     return _search(request, runtime, access, Level.INSTANCE, study)
 
 
-@router.api_route("/studies/{study}/series/{series}/instances", methods=_METHODS)
+@get_and_head(router, "/studies/{study}/series/{series}/instances")
 def search_series_instances(
     study: str, series: str, request: Request, runtime: RuntimeDep, access: QidoAccess
 ) -> Response:

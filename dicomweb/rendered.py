@@ -58,6 +58,7 @@ from pydicom.dataset import Dataset
 
 from dicomweb.deps import Granted, RenderedAccess, RuntimeDep
 from dicomweb.evicted import ensure_local
+from dicomweb.http_methods import get_and_head
 from dicomweb.params import check_uids, etag_matches, media_matches, parse_accept
 from dicomweb.urls import DicomWebURLs
 from gateway.imaging.rendering import (
@@ -392,7 +393,7 @@ def _thumbnail_of(runtime: Runtime, request: Request, refs: list[InstanceRef],
 # -- routes -------------------------------------------------------------------------------
 
 
-@router.get("/studies/{study}/rendered")
+@get_and_head(router, "/studies/{study}/rendered")
 def study_rendered(study: str, request: Request, runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study)
     refs = _shown([r for se in _study_series(runtime, access, study)
@@ -402,7 +403,7 @@ def study_rendered(study: str, request: Request, runtime: RuntimeDep, access: Re
     return _render_instances(runtime, _local(request, runtime, access, refs), request)
 
 
-@router.get("/studies/{study}/series/{series}/rendered")
+@get_and_head(router, "/studies/{study}/series/{series}/rendered")
 def series_rendered(study: str, series: str, request: Request, runtime: RuntimeDep,
                     access: RenderedAccess):
     check_uids(study=study, series=series)
@@ -410,7 +411,7 @@ def series_rendered(study: str, series: str, request: Request, runtime: RuntimeD
     return _render_instances(runtime, refs, request)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/rendered")
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/rendered")
 def instance_rendered(study: str, series: str, instance: str, request: Request,
                       runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
@@ -428,7 +429,7 @@ def instance_rendered(study: str, series: str, instance: str, request: Request,
     return _image(request, ref, ds, 1, options, _limits(runtime))
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered")
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/rendered")
 def frames_rendered(study: str, series: str, instance: str, frames: str, request: Request,
                     runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
@@ -455,7 +456,7 @@ def frames_rendered(study: str, series: str, instance: str, frames: str, request
                       options.media_type)
 
 
-@router.get("/studies/{study}/thumbnail")
+@get_and_head(router, "/studies/{study}/thumbnail")
 def study_thumbnail(study: str, request: Request, runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study)
     for se in _study_series(runtime, access, study):
@@ -465,21 +466,21 @@ def study_thumbnail(study: str, request: Request, runtime: RuntimeDep, access: R
     raise HTTPException(406, "nothing in this study has an image for a thumbnail")
 
 
-@router.get("/studies/{study}/series/{series}/thumbnail")
+@get_and_head(router, "/studies/{study}/series/{series}/thumbnail")
 def series_thumbnail(study: str, series: str, request: Request, runtime: RuntimeDep,
                      access: RenderedAccess):
     check_uids(study=study, series=series)
     return _thumbnail_of(runtime, request, _series_refs(runtime, access, study, series), access)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/thumbnail")
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/thumbnail")
 def instance_thumbnail(study: str, series: str, instance: str, request: Request,
                        runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)
     return _thumbnail_of(runtime, request, [_instance(runtime, study, series, instance)], access)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail")
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}/thumbnail")
 def frame_thumbnail(study: str, series: str, instance: str, frames: str, request: Request,
                     runtime: RuntimeDep, access: RenderedAccess):
     check_uids(study=study, series=series, instance=instance)

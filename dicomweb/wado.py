@@ -56,6 +56,7 @@ from fastapi.responses import StreamingResponse
 from dicomweb import accept
 from dicomweb.deps import Granted, RuntimeDep, WadoAccess
 from dicomweb.evicted import ensure_local
+from dicomweb.http_methods import get_and_head
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
 from gateway.imaging import pixels, retrieval
 from gateway.imaging.retrieval import InstanceRef
@@ -81,7 +82,7 @@ def _ranges(request: Request) -> list[accept.MediaRange]:
     return accept.parse_accept(request.headers.getlist("accept"))
 
 
-def _lookup(
+def lookup(
     request: Request, runtime: Runtime, access: Granted, study: str, series: str | None = None,
     instance: str | None = None,
 ) -> list[InstanceRef]:
@@ -149,7 +150,7 @@ def _multipart(parts: Iterator[Part], part_type: str, **params: str) -> Streamin
 # -- instances -------------------------------------------------------------------------------
 
 
-def _instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> Iterator[Part]:
+def instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> Iterator[Part]:
     for ref, ts in plan:
         f, current = _open(runtime, ref)
         part_type = f"application/dicom; transfer-syntax={ts}"
@@ -173,7 +174,7 @@ def _retrieve(
     request: Request, runtime: Runtime, access: Granted, study: str, series: str | None,
     instance: str | None,
 ) -> StreamingResponse:
-    refs = _lookup(request, runtime, access, study, series, instance)
+    refs = lookup(request, runtime, access, study, series, instance)
     offers = accept.instance_offers(_ranges(request))
     produced = 'multipart/related; type="application/dicom" with transfer-syntax ' + ", ".join(
         sorted(PRODUCIBLE)
@@ -193,7 +194,7 @@ def _retrieve(
         plan.append((ref, ts))
     syntaxes = {ts for _, ts in plan}
     params = {"transfer_syntax": syntaxes.pop()} if len(syntaxes) == 1 else {}
-    parts = _instance_parts(runtime, plan)
+    parts = instance_parts(runtime, plan)
     try:  # the first part is made before the status line: its failure gets a real status
         first = next(parts)
     except SourceUnreadable as exc:
@@ -206,7 +207,7 @@ def _retrieve(
     return _multipart(itertools.chain([first], parts), "application/dicom", **params)
 
 
-@router.get("/studies/{study}")
+@get_and_head(router, "/studies/{study}")
 def retrieve_study(
     study: str, request: Request, runtime: RuntimeDep, access: WadoAccess
 ) -> StreamingResponse:
@@ -214,7 +215,7 @@ def retrieve_study(
     return _retrieve(request, runtime, access, study, None, None)
 
 
-@router.get("/studies/{study}/series/{series}")
+@get_and_head(router, "/studies/{study}/series/{series}")
 def retrieve_series(
     study: str, series: str, request: Request, runtime: RuntimeDep, access: WadoAccess
 ) -> StreamingResponse:
@@ -222,7 +223,7 @@ def retrieve_series(
     return _retrieve(request, runtime, access, study, series, None)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}")
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}")
 def retrieve_instance(
     study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
     access: WadoAccess,
@@ -304,14 +305,14 @@ def _native_value(path, info: pixels.FrameInfo, ts: str) -> Iterator[Part]:
     yield Part(f"application/octet-stream; transfer-syntax={ts}", itertools.chain([first], rest))
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
 def retrieve_frames(
     study: str, series: str, instance: str, frames: str, request: Request,
     runtime: RuntimeDep, access: WadoAccess,
 ) -> StreamingResponse:
     """Retrieve frames of one instance (1-based frame numbers, comma-separated)."""
     numbers = _parse_frame_list(frames, runtime.settings.max_frames_per_request)
-    (ref,) = _lookup(request, runtime, access, study, series, instance)
+    (ref,) = lookup(request, runtime, access, study, series, instance)
     path, info = _frame_info(runtime, ref)
     if info.problem:
         raise _unreadable(ref, UnreadablePixels(info.problem))
@@ -325,7 +326,7 @@ def retrieve_frames(
                       accept.pixel_media_type(ts), transfer_syntax=ts)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata")
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/bulkdata")
 def retrieve_pixel_bulkdata(
     study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
     access: WadoAccess,
@@ -334,7 +335,7 @@ def retrieve_pixel_bulkdata(
     return _bulkdata(study, series, instance, "7FE00010", request, runtime, access)
 
 
-@router.get("/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}")
+@get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/bulkdata/{tag_path:path}")
 def retrieve_bulkdata(
     study: str, series: str, instance: str, tag_path: str, request: Request,
     runtime: RuntimeDep, access: WadoAccess,
@@ -351,7 +352,7 @@ def _bulkdata(
         path_tags = pixels.parse_tag_path(tag_path.strip("/").split("/"))
     except ValueError as exc:
         raise HTTPException(400, f"bulk data path {tag_path!r}: {exc}") from exc
-    (ref,) = _lookup(request, runtime, access, study, series, instance)
+    (ref,) = lookup(request, runtime, access, study, series, instance)
     if path_tags == [pixels.PIXEL_DATA]:
         path, info = _frame_info(runtime, ref)
         ts = _pixel_target(request, info)

@@ -10,6 +10,7 @@ from dicomweb.accept import (
     EXPLICIT_LE,
     IMPLICIT_LE,
     instance_offers,
+    json_or_xml,
     parse_accept,
     pixel_media_type,
     pixel_offers,
@@ -155,3 +156,19 @@ def test_pixel_media_types() -> None:
     assert pixel_media_type(J2K) == "image/jp2"
     assert pixel_media_type(JPEG_SV1) == "image/jpeg"
     assert pixel_media_type(RLE) == "image/dicom-rle"
+
+
+@pytest.mark.parametrize(("header", "chosen"), [
+    (None, "json"),
+    ("*/*", "json"),
+    ("application/json", "json"),
+    ('multipart/related; type="application/dicom+xml"', "xml"),
+    ('multipart/related;type=application/dicom+xml, application/dicom+json', "xml"),
+    ('application/dicom+json;q=0.5, multipart/related; type="application/dicom+xml"', "xml"),
+    ('multipart/related; type="application/dicom+xml";q=0.4, */*;q=0.5', "json"),
+    ("application/dicom+xml", None),  # single part: not a representation of these resources
+    ('multipart/related; type="application/dicom"', None),
+    ("text/html", None),
+])
+def test_json_or_xml(header: str | None, chosen: str | None) -> None:
+    assert json_or_xml(parse_accept([header] if header else None)) == chosen

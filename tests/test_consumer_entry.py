@@ -289,11 +289,13 @@ def test_without_the_consumer_role_there_is_no_consumer(gateway_factory) -> None
 
 
 def test_a_consumer_only_box_opens_nothing_of_the_source(consumer) -> None:
-    """``roles = consumer``: the Source's DICOMweb, R18 link, share links and study admin
-    answer 404, no DICOM SCP listens, and the viewer knows only the retrieved studies."""
+    """``roles = consumer``: the Source's DICOMweb (WADO-URI too), R18 link, share links and
+    study admin answer 404, no DICOM SCP listens, and the viewer knows only the retrieved
+    studies."""
     gw, _sim = consumer
     with httpx.Client(timeout=30) as client:
         for path in ("/dicom-web/studies", "/dicom-web/studies/1.2.3/metadata",
+                     "/wado?requestType=WADO&studyUID=1.2&seriesUID=1.3&objectUID=1.4",
                      "/admin/share-links", "/admin/studies/1.2.3"):
             assert client.get(f"{gw.url}{path}").status_code == 404, path
         assert client.get(f"{gw.url}/consumer").status_code == 302  # to the PSC login

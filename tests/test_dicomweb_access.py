@@ -378,6 +378,41 @@ def test_consumer_sees_exactly_the_kos_instances(world: World, mode: str) -> Non
                      headers=headers).status_code == 404
 
 
+def test_wado_uri_and_xml_metadata_obey_the_kos_scope(world: World) -> None:
+    """R10 over WADO-URI (PS3.18 9): the query's UIDs go through the same policy and audit
+    as WADO-RS; XML metadata (PS3.19) holds the KOS's instances only, as JSON does."""
+    gw, token = world.jwt_gw, world.sim.token(subject=PRACTITIONER)
+    series = {str(se.SeriesInstanceUID): [str(r.ReferencedSOPInstanceUID)
+                                          for r in se.ReferencedSOPSequence]
+              for item in world.kos.CurrentRequestedProcedureEvidenceSequence
+              for se in item.ReferencedSeriesSequence}
+    referenced_series, sops = next(iter(series.items()))
+
+    def uri(series_uid: str, sop: str, kos: str | None) -> httpx.Response:
+        return httpx.get(f"{gw.url}/wado", headers=bearer(token, kos), params={
+            "requestType": "WADO", "studyUID": world.study, "seriesUID": series_uid,
+            "objectUID": sop, "contentType": "application/dicom"})
+
+    before = last_audit_id(world)
+    r = uri(referenced_series, sops[0], world.kos_uid)
+    assert r.status_code == 200, r.text
+    assert str(dcmread(io.BytesIO(r.content)).SOPInstanceUID) == sops[0]
+    assert uri(*world.late_instance, world.kos_uid).status_code == 404
+    assert uri(referenced_series, sops[0], None).status_code == 403
+    rows = audit_rows(world, before)
+    assert [(row.action, row.outcome, row.reason) for row in rows] == [
+        ("wado", "allowed", "kos_scope"), ("wado", "denied", "instance_outside_kos"),
+        ("wado", "denied", "kos_header_missing")]
+    assert rows[0].sop_instance_uids == sops[0] and rows[0].kos_uid == world.kos_uid
+
+    r = httpx.get(f"{gw.url}/dicom-web/studies/{world.study}/metadata", headers=bearer(
+        token, world.kos_uid, Accept='multipart/related; type="application/dicom+xml"'))
+    assert r.status_code == 200, r.text
+    found = set(re.findall(rb'tag="00080018" vr="UI" keyword="SOPInstanceUID">'
+                           rb'<Value number="1">([0-9.]+)<', r.content))
+    assert {f.decode() for f in found} == world.referenced
+
+
 @pytest.mark.parametrize("mode", ["jwt", "introspection"])
 def test_tokens_of_listed_consumer_clients_only(world: World, mode: str) -> None:
     """A consumer presents a token issued to its own PSC client: accepted when that client is

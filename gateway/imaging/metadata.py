@@ -27,6 +27,11 @@ once (kept in memory by storage key, within :data:`FRAGMENT_BUDGET`) and rebuild
 file once no instance of it arrived for ``quiet`` seconds (the series is "stable"): the
 first viewer request finds the files ready, or at worst a build that only concatenates. A
 request never depends on the warmer; it computes whatever is missing itself.
+
+Empty values of a multi-valued string (``ORIGINAL\\\\AXIAL``, ``1\\\\2`` in a DS) are ``null``
+(PS3.18 F.2: an empty value in a multi-valued attribute is encoded as null), keeping the
+other values at their positions; pydicom would write ``""`` for text, and fail on an empty
+IS, DS or PN value (the attribute would be left out).
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ from gateway.ingest.uids import is_safe_uid
 log = logging.getLogger(__name__)
 
 #: Bumped whenever the JSON we produce changes, so that older cache files are not served.
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
 
 #: Binary VRs whose values are always sent as BulkDataURIs (never InlineBinary).
 BULK_THRESHOLD = 0
@@ -97,12 +102,39 @@ def _elements_json(ds: Dataset, bulk_base: str) -> dict[str, Any]:
                         for i, item in enumerate(elem.value)
                     ],
                 }
+            elif elem.VR in _STRING_VRS and elem.VM > 1:
+                out[key] = _multi_valued_json(elem)
             else:
                 uri = _url_join(bulk_base, key)
                 out[key] = elem.to_json_dict(lambda _e, uri=uri: uri, BULK_THRESHOLD)
         except Exception as exc:  # noqa: BLE001 - one bad element must not hide the rest
             log.warning("metadata: element %s not encodable (%s); left out", key, exc)
     return out
+
+
+_STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "PN", "SH", "TM",
+                         "UC", "UI"})
+"""String VRs that may hold several values (LT, ST, UT, UR hold one: a backslash is text)."""
+_PN_GROUPS = ("Alphabetic", "Ideographic", "Phonetic")
+
+
+def _json_value(vr: str, value: Any) -> Any:
+    """One value of a multi-valued string in DICOM JSON; ``None`` (null) when empty."""
+    text = str(value).strip() if vr != "PN" else str(value)
+    if text == "":
+        return None
+    if vr in ("IS", "DS"):
+        # as pydicom writes single values: IS an integer, DS a float; a bad number raises
+        # and the element is left out, as before
+        return int(float(text)) if vr == "IS" else float(text)
+    if vr == "PN":
+        return {name: group for name, group in zip(_PN_GROUPS, text.split("="), strict=False)
+                if group} or None
+    return value
+
+
+def _multi_valued_json(elem: Any) -> dict[str, Any]:
+    return {"vr": elem.VR, "Value": [_json_value(elem.VR, v) for v in elem.value]}
 
 
 def read_instance_json(path: Path, instance_url: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@ What can be matched and returned is the registry :data:`ATTRIBUTES`: the columns
 index plus a few values computed in SQL (counts, ModalitiesInStudy) or constant
 (InstanceAvailability ``ONLINE``). A matching key outside it is refused (400): an answer
 that silently ignored a filter would return studies the caller did not ask for. An
-``includefield`` outside it is accepted and the attribute is simply absent.
+``includefield`` outside it is accepted and the attribute is simply absent; so is a private
+tag (odd group: ``00091010``, or ``0009xx10`` for any private block), never indexed.
 
 Matching rules (PS3.4 C.2.2.2), on values as stored (as received, without padding):
 
@@ -186,6 +187,9 @@ _UID_OF = {Level.STUDY: "StudyInstanceUID", Level.SERIES: "SeriesInstanceUID",
 _NUMERIC_VRS = {"IS", "US", "UL", "SS", "SL", "DS", "FL", "FD"}
 _NO_WILDCARD_VRS = {"UI", "DA", "TM", "DT", *_NUMERIC_VRS}
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_PRIVATE_TAG = re.compile(r"^[0-9A-Fa-f]{3}[13579BDFbdf](?:[0-9A-Fa-f]{2}|[xX]{2})[0-9A-Fa-f]{2}$")
+"""A private tag (odd group), as 8 hex digits or with ``xx`` for its private block
+(``00091010``, ``0009xx10``)."""
 _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 _CONTROL = {"includefield", "limit", "offset", "fuzzymatching"}
 
@@ -409,6 +413,8 @@ def parse_query(
             for token in (t.strip() for t in value.split(",")):
                 if token == "all":
                     include_all = True
+                elif _PRIVATE_TAG.match(token):
+                    continue  # a private attribute: never indexed, so absent (not a 400)
                 elif token:
                     keyword = _attribute_key(token, name)
                     if keyword:
