@@ -62,6 +62,12 @@ class PeerAE(BaseModel):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    storage_commitment: Literal["same_association", "new_association"] = "same_association"
+    """Where our Storage Commitment result (N-EVENT-REPORT, PS3.4 J.3.3) goes: on the
+    association of the request while it is open (else on a new one), or always on a new
+    association to ``host`` and ``storage_commitment_port``."""
+    storage_commitment_port: int | None = Field(default=None, ge=1, le=65535)
+    """The port of the peer's Storage Commitment SCU for a new association. Default ``port``."""
 
     _check_ae = field_validator("ae_title")(validate_ae_title)
 
@@ -168,6 +174,11 @@ class Settings(BaseSettings):
 
     accept_unknown_sop_classes: bool = False
     """Accept C-STORE of private or unknown SOP classes (like Orthanc's UnknownSopClassAccepted)."""
+
+    storage_commitment: Literal["off", "peers", "any"] = "peers"
+    """Storage Commitment Push Model SCP (PS3.4 Annex J): ``off`` (not negotiated), ``peers``
+    (only calling AE titles listed in ``peers``; others get 0x0124 refused), ``any`` caller
+    (one not in ``peers`` gets its result on the same association only)."""
 
     duplicate_policy: Literal["replace", "refuse", "keep"] = "replace"
     """What a re-sent SOP Instance UID with *different* content does: ``replace`` the stored

@@ -20,7 +20,8 @@ class Principal:
     kind: PrincipalKind
     subject: str
     """SubjectNameID (practitioner), user name (staff), share-link id (share), "anonymous",
-    or the gateway's own task (system: e.g. the whitelist refresher)."""
+    or the gateway's own task (system: e.g. the whitelist refresher), or a DICOM peer's calling
+    AE title (system, via ``dicom``: Storage Commitment requests)."""
     roles: frozenset[str] = field(default_factory=frozenset)
     """Local roles granted by configuration (staff, or practitioners listed as centre staff)."""
     activity: str | None = None

@@ -5,6 +5,8 @@ Conformance (what a modality or PACS vendor needs to know):
 * Verification SCP (C-ECHO).
 * Storage SCP (C-STORE) for every storage SOP class pynetdicom knows (PS3.4 Annex B), and,
   with ``accept_unknown_sop_classes``, for private/unknown ones too.
+* Storage Commitment Push Model SCP (PS3.4 Annex J; ``storage_commitment``): N-ACTION and
+  the N-EVENT-REPORT that follows, :mod:`gateway.ingest.storage_commitment`.
 * Transfer syntaxes: implicit and explicit VR little endian, explicit big endian (retired),
   deflated, RLE, JPEG baseline/extended/lossless (14, 14 SV1), JPEG-LS, JPEG 2000, HTJ2K,
   MPEG-2/MPEG-4/HEVC video and the other non-private syntaxes pydicom lists. The dataset is
@@ -59,6 +61,7 @@ from gateway import metrics
 from gateway.config import Settings
 from gateway.ingest.dimse_guard import ConnectionGuard, calling_ae
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
+from gateway.ingest.storage_commitment import StorageCommitmentSCP
 from gateway.tls import describe, handshake_failure, listener_context, peer_subject
 
 log = logging.getLogger(__name__)
@@ -269,6 +272,8 @@ class DicomService:
         ae.add_supported_context(Verification)
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+        self.commitment = StorageCommitmentSCP(settings, ingestor)
+        self.commitment.add_contexts(ae)
         # A module-level switch of pynetdicom: when on, unknown abstract syntaxes are storage.
         _config.UNRESTRICTED_STORAGE_SERVICE = settings.accept_unknown_sop_classes
         self.ae = ae
@@ -298,6 +303,7 @@ class DicomService:
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_CONN_OPEN, self._on_open),
+            *self.commitment.handlers(),
         ]
         if listen_socket is None:
             address = (self.settings.host, self.settings.dicom_port)
@@ -344,6 +350,7 @@ class DicomService:
             log.warning("aborting %d association(s) still open after %.0f s", len(stuck), grace)
         for assoc in left:
             assoc.abort()
+        self.commitment.wait(max(0.0, min(5.0, deadline - time.monotonic())))
         self.ae.shutdown()
         self.guard.stop()
         self.server = None
