@@ -252,6 +252,10 @@ class Settings(BaseSettings):
     repository_oid: str | None = None
     """This DRIMbox's repository OID: Retrieve Location UID in the KOS and the assigning
     authority of the studyInstanceUID reference id (XDS-I.b). Required to build a manifest."""
+    accession_issuer_oid: str | None = None
+    """OID of the authority assigning this centre's accession numbers: the Issuer of Accession
+    Number (0008,0051) of a study whose instances carry none (modalities rarely fill it), for
+    the KOS and the XDS-I.b accession number reference id. An issuer in the instances wins."""
     institution_name: str = ""
     """InstitutionName of the KOS (the centre)."""
     structure_id: str = ""
@@ -754,7 +758,7 @@ class Settings(BaseSettings):
     def _ae(cls, v: str) -> str:
         return validate_ae_title(v)
 
-    @field_validator("repository_oid")
+    @field_validator("repository_oid", "accession_issuer_oid")
     @classmethod
     def _repository_oid(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^[0-2](\.(0|[1-9][0-9]*))+$", v):
