@@ -119,6 +119,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
                               evt_handlers=[(evt.EVT_N_EVENT_REPORT, on_report)])
     peers = [
         {"ae_title": "MODALITY", "host": "127.0.0.1", "port": 104},
+        {"ae_title": "FALLBACK", "host": "127.0.0.1", "port": scp_port},  # same_association
         {"ae_title": "REPORTS", "host": "127.0.0.1", "port": 104,
          "storage_commitment": "new_association", "storage_commitment_port": scp_port},
     ]
@@ -156,7 +157,8 @@ def _request(refs: list[Reference], transaction: str | None = None) -> Dataset:
     return ds
 
 
-def _associate(port: int, calling: str, reports: queue.Queue | None = None) -> Association:
+def _associate(port: int, calling: str, reports: queue.Queue | None = None,
+               answer: int = 0x0000) -> Association:
     """An association proposing the Push Model; a report received on it goes to ``reports``
     once its response has left (pynetdicom's requestor answers incoming N-EVENT-REPORTs on a
     thread of its own: released earlier, the gateway would never see the answer)."""
@@ -169,7 +171,7 @@ def _associate(port: int, calling: str, reports: queue.Queue | None = None) -> A
         assert (event.request.AffectedSOPClassUID, event.request.AffectedSOPInstanceUID) == (
             StorageCommitmentPushModel, PUSH_MODEL_INSTANCE)
         answered.append((event.request.EventTypeID, event.event_information))
-        return 0x0000, None
+        return answer, None
 
     def on_pdu_sent(event: evt.Event) -> None:
         if answered and isinstance(event.pdu, P_DATA_TF):  # the N-EVENT-REPORT-RSP
@@ -240,6 +242,21 @@ def test_result_on_a_new_association_to_the_peer(setup: Setup) -> None:
     assert info.TransactionUID == transaction
     assert _refs(info.ReferencedSOPSequence) == setup.stored
     assert "FailedSOPSequence" not in info
+
+
+def test_result_refused_on_the_same_association_comes_again_on_a_new_one(setup: Setup) -> None:
+    """A peer that answers the report with a failure on the request's association (or has
+    released it) gets it again on a new association to its configured address."""
+    transaction = generate_uid()
+    received: queue.Queue = queue.Queue()
+    assoc = _associate(setup.port, "FALLBACK", received, answer=0x0110)
+    try:
+        assert _action(assoc, _request(setup.stored, transaction)).Status == 0x0000
+        assert received.get(timeout=20)[1].TransactionUID == transaction
+    finally:
+        assoc.release()
+    event_type, info, caller = setup.reports.get(timeout=20)
+    assert (event_type, caller, info.TransactionUID) == (1, "DRIMBOX", transaction)
 
 
 def test_unknown_caller_is_refused_and_audited(setup: Setup) -> None:

@@ -23,8 +23,9 @@ and its file in the store, or evicted to the PACS); this module speaks the proto
   while it is open, else on a new one; ``new_association`` always on a new association to the
   peer's ``host`` and ``storage_commitment_port`` (default ``port``), called AE its AE title,
   proposing the SCP role (SCP/SCU Role Selection, PS3.4 J.3.3.1.3). A caller not in ``peers``
-  (``storage_commitment = any``) is answered on the same association only. The new
-  association is plain TCP. A report that cannot be delivered is logged and not retried:
+  (``storage_commitment = any``) is answered on the same association only. On the same
+  association, a failure status or no answer (the peer released it) sends the report again on
+  a new association when the peer is known. The new association is plain TCP. A report that cannot be delivered is logged and not retried:
   the peer asks again (a new Transaction UID).
 """
 
@@ -255,6 +256,8 @@ class StorageCommitmentSCP:
         return "a new association" if self._on_new(peer, event_type, info) else ""
 
     def _on_same(self, assoc: Any, event_type: int, info: Dataset) -> bool:
+        """True when the peer accepted the report on the request's association (else the
+        caller tries a new association: the peer released it, or answered with a failure)."""
         if not assoc.is_established:
             return False
         try:
@@ -266,9 +269,11 @@ class StorageCommitmentSCP:
         except (RuntimeError, ValueError) as exc:
             log.warning("storage commitment report on the same association failed: %s", exc)
             return False
-        return self._answered(status)
+        return self._answered(status) == 0x0000
 
     def _on_new(self, peer: PeerAE, event_type: int, info: Dataset) -> bool:
+        """True when the peer answered the report on a new association (whatever the status:
+        a failure is logged, and not sent again)."""
         ae = AE(ae_title=self.settings.ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.settings.network_timeout
         ae.add_requested_context(StorageCommitmentPushModel)
@@ -288,16 +293,16 @@ class StorageCommitmentSCP:
         finally:
             if assoc.is_established:
                 assoc.release()
-        return self._answered(status)
+        return self._answered(status) is not None
 
     @staticmethod
-    def _answered(status: Dataset) -> bool:
-        """The peer answered (an empty status: no answer, the association was aborted)."""
+    def _answered(status: Dataset) -> int | None:
+        """The peer's status, None when it did not answer (the association was aborted)."""
         if "Status" not in status:
-            return False
+            return None
         if status.Status != 0x0000:
             log.warning("storage commitment report answered 0x%04X", status.Status)
-        return True
+        return int(status.Status)
 
     def _audit(self, calling: str, address: str, outcome: str, reason: str,
                sops: tuple[str, ...] = ()) -> None:
