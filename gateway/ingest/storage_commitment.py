@@ -129,9 +129,10 @@ def _item(sop_class: str, sop_instance: str) -> Dataset:
 
 
 @contextmanager
-def _reactor_paused(assoc: Any) -> Iterator[None]:
+def _reactor_paused(assoc: Any, timeout: float = 5.0) -> Iterator[bool]:
     """Hold the acceptor's reactor loop (pynetdicom's ``_reactor_checkpoint``) so that it takes
-    nothing off the association's message queue while we wait there for our response.
+    nothing off the association's message queue while we wait there for our response; yields
+    False when the reactor did not pause within ``timeout`` (busy serving a request).
 
     pynetdicom's own pause (in every ``send_*``) takes the first ``_is_paused`` it sees; the
     reactor may be just past its checkpoint at that moment, and would then take our response.
@@ -140,12 +141,13 @@ def _reactor_paused(assoc: Any) -> Iterator[None]:
     checkpoint = assoc._reactor_checkpoint
     checkpoint.clear()
     try:
+        deadline = time.monotonic() + timeout
+        paused = False
         for _ in range(2):
-            deadline = time.monotonic() + 5
-            while not assoc._is_paused and time.monotonic() < deadline:
+            while not (paused := bool(assoc._is_paused)) and time.monotonic() < deadline:
                 time.sleep(0.0005)
             time.sleep(0.002)
-        yield
+        yield paused and bool(assoc._is_paused)
     finally:
         checkpoint.set()
 
@@ -261,8 +263,8 @@ class StorageCommitmentSCP:
         if not assoc.is_established:
             return False
         try:
-            with _reactor_paused(assoc):
-                if not assoc.is_established:
+            with _reactor_paused(assoc) as paused:
+                if not (paused and assoc.is_established):
                     return False
                 status, _ = assoc.send_n_event_report(
                     info, event_type, StorageCommitmentPushModel, PUSH_MODEL_INSTANCE)
