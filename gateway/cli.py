@@ -392,7 +392,7 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
     click.echo(f"received     {state.created_at:%Y-%m-%d %H:%M:%S} .. {state.updated_at:%Y-%m-%d %H:%M:%S}")
     click.echo(f"stable       {'yes, since ' + format(state.stable_at, '%Y-%m-%d %H:%M:%S') if state.stable else 'no (receiving)'}")
     click.echo(f"INS          {ins}")
-    click.echo(f"publishable  {'yes' if state.publishable else 'no: ' + state.reason}")
+    click.echo(f"publishable  {'yes' if status['publishable'] else 'no: ' + status['reason']}")
     report = status["report"]
     if report:
         click.echo(f"report       CR {report['id_cda']} ({report['message_type']}, received "

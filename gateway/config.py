@@ -62,6 +62,12 @@ class PeerAE(BaseModel):
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    storage_commitment: Literal["same_association", "new_association"] = "same_association"
+    """Where our Storage Commitment result (N-EVENT-REPORT, PS3.4 J.3.3) goes: on the
+    association of the request while it is open (else on a new one), or always on a new
+    association to ``host`` and ``storage_commitment_port``."""
+    storage_commitment_port: int | None = Field(default=None, ge=1, le=65535)
+    """The port of the peer's Storage Commitment SCU for a new association. Default ``port``."""
 
     _check_ae = field_validator("ae_title")(validate_ae_title)
 
@@ -182,6 +188,11 @@ class Settings(BaseSettings):
     accept_unknown_sop_classes: bool = False
     """Accept C-STORE of private or unknown SOP classes (like Orthanc's UnknownSopClassAccepted)."""
 
+    storage_commitment: Literal["off", "peers", "any"] = "peers"
+    """Storage Commitment Push Model SCP (PS3.4 Annex J): ``off`` (not negotiated), ``peers``
+    (only calling AE titles listed in ``peers``; others get 0x0124 refused), ``any`` caller
+    (one not in ``peers`` gets its result on the same association only)."""
+
     duplicate_policy: Literal["replace", "refuse", "keep"] = "replace"
     """What a re-sent SOP Instance UID with *different* content does: ``replace`` the stored
     instance (the PACS corrected it), ``refuse`` it with status 0x0111, or ``keep`` the stored
@@ -254,6 +265,10 @@ class Settings(BaseSettings):
     repository_oid: str | None = None
     """This DRIMbox's repository OID: Retrieve Location UID in the KOS and the assigning
     authority of the studyInstanceUID reference id (XDS-I.b). Required to build a manifest."""
+    accession_issuer_oid: str | None = None
+    """OID of the authority assigning this centre's accession numbers: the Issuer of Accession
+    Number (0008,0051) of a study whose instances carry none (modalities rarely fill it), for
+    the KOS and the XDS-I.b accession number reference id. An issuer in the instances wins."""
     institution_name: str = ""
     """InstitutionName of the KOS (the centre)."""
     structure_id: str = ""
@@ -761,7 +776,7 @@ class Settings(BaseSettings):
     def _ae(cls, v: str) -> str:
         return validate_ae_title(v)
 
-    @field_validator("repository_oid")
+    @field_validator("repository_oid", "accession_issuer_oid")
     @classmethod
     def _repository_oid(cls, v: str | None) -> str | None:
         if v is not None and not re.match(r"^[0-2](\.(0|[1-9][0-9]*))+$", v):

@@ -131,7 +131,7 @@ DICOM_SERVICE_MODULES = frozenset({
     "test_dimse_store", "test_dimse_bad_input", "test_durability", "test_dicom_workers",
     "test_dimse_admission", "test_ingest_completeness", "test_import", "test_iocm",
     "test_interop_orthanc", "test_pacs_retrieve", "test_storage_and_header",
-    "test_query_retrieve",
+    "test_query_retrieve", "test_storage_commitment",
 })
 
 

@@ -185,7 +185,10 @@ def _wait_stable(gw, study: str, timeout: float = 30) -> dict:  # noqa: ANN001
 
 def test_study_becomes_stable_and_a_new_instance_reopens_it(gateway_factory,
                                                             tmp_path: Path) -> None:
-    gw = gateway_factory(DRIMBOX_STUDY_STABLE_SECONDS="4").start()
+    # Publishable needs what a publication needs: our repository OID and the facility type.
+    gw = gateway_factory(DRIMBOX_STUDY_STABLE_SECONDS="4",
+                         DRIMBOX_REPOSITORY_OID="1.2.250.1.999.1.1",
+                         DRIMBOX_HEALTHCARE_FACILITY_TYPE="SA07").start()
     study, files = write_study(tmp_path / "study", per_series=1)
     storescu(files, gw.dicom_port)
     index = InstanceIndex(create_index_engine(gw.database_url))

@@ -229,6 +229,8 @@ def test_find_refuses_bad_identifiers(qr: Peers) -> None:
 
 
 def test_a_caller_not_allowed_is_refused_and_audited(qr: Peers) -> None:
+    matches, log = find(qr, "-S", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""})
+    assert matches and status_code(log) == "0000", log  # FINDSCU, from its host: allowed
     matches, log = find(qr, "-S", {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""},
                         aet="STRANGER")
     assert matches == [] and status_code(log) == "0124", log

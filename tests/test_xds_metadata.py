@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from test_kos import CREATED, PUBLISHER, facts
 
+from gateway.manifest.facts import accession_issuer
 from gateway.manifest.kos import build_kos
 from gateway.manifest.xds_metadata import (
     Author,
@@ -74,3 +75,18 @@ def test_missing_values_are_named() -> None:
         kos_document_entry(replace(facts(), accession_number=""), data, "2.25.1", CREATED, CTX)
     with pytest.raises(MetadataError, match="masking flag"):
         kos_document_entry(facts(), data, "2.25.1", CREATED, replace(CTX, masking_flags=("X",)))
+
+
+def test_accession_issuer_default_applies_only_when_the_instances_carry_none() -> None:
+    """``accession_issuer_oid``: the centre's issuer for a study whose instances carry none
+    (modalities rarely fill (0008,0051)); an issuer in the instances always wins, and a study
+    without an accession number gets no issuer."""
+    centre = "1.2.250.1.999.2"
+    assert accession_issuer("ACN1", "", centre) == centre
+    assert accession_issuer("ACN1", "1.2.250.1.213.4.5.2.5", centre) == "1.2.250.1.213.4.5.2.5"
+    assert accession_issuer("", "", centre) == ""
+    assert accession_issuer("ACN1", "", "") == ""  # no default: the publication refuses it
+    _, data = kos_and_bytes()
+    with pytest.raises(MetadataError, match="no issuer OID"):
+        kos_document_entry(replace(facts(), accession_number_issuer=""), data, "2.25.1",
+                           CREATED, CTX)

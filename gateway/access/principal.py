@@ -21,7 +21,8 @@ class Principal:
     subject: str
     """SubjectNameID (practitioner), user name (staff), share-link id (share), "anonymous",
     or the gateway's own task (system: e.g. the whitelist refresher), or a DICOM peer's calling
-    AE title (dicom: a C-FIND, C-MOVE or C-GET, :mod:`gateway.access.dicom_peers`)."""
+    AE title (dicom: a C-FIND, C-MOVE or C-GET, :mod:`gateway.access.dicom_peers`; a Storage
+    Commitment request, :mod:`gateway.ingest.storage_commitment`)."""
     roles: frozenset[str] = field(default_factory=frozenset)
     """Local roles granted by configuration (staff, or practitioners listed as centre staff)."""
     activity: str | None = None

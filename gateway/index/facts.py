@@ -18,7 +18,13 @@ from sqlalchemy.orm import Session
 from gateway.identity.ins import Ins, InsError, check_publishable
 from gateway.index.models import Instance, Patient, Series, Study
 from gateway.index.store import InstanceIndex
-from gateway.manifest.facts import InstanceRef, PatientFacts, SeriesFacts, StudyFacts
+from gateway.manifest.facts import (
+    InstanceRef,
+    PatientFacts,
+    SeriesFacts,
+    StudyFacts,
+    accession_issuer,
+)
 
 
 class NotPublishable(Exception):
@@ -35,6 +41,8 @@ class PublicationPolicy:
 
     dicom_ins_status: str = "QUAL"
     admit_validated: bool = False
+    accession_issuer_oid: str = ""
+    """The centre's default Issuer of Accession Number (``accession_issuer_oid``)."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class StudyState:
     ins_oid: str
     ins_refusal: str
     publishable: bool
+    """As far as the index alone tells (the INS rule of R19). ``study show`` says more: the
+    publication's own verdict (:func:`gateway.publication.study_status.publication_refusal`)."""
     reason: str
     """Why it is not publishable ('' when it is)."""
 
@@ -156,5 +166,7 @@ def study_facts(index: InstanceIndex, study_uid: str, policy: PublicationPolicy,
             study_id=study.study_id,
             referring_physician_name=study.referring_physician_name,
             accession_number=study.accession_number,
-            accession_number_issuer=study.accession_number_issuer,
+            accession_number_issuer=accession_issuer(
+                study.accession_number, study.accession_number_issuer,
+                policy.accession_issuer_oid),
         )

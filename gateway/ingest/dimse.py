@@ -7,6 +7,8 @@ Conformance (what a modality or PACS vendor needs to know):
   ``query_retrieve`` is on: :mod:`gateway.ingest.query_retrieve`.
 * Storage SCP (C-STORE) for every storage SOP class pynetdicom knows (PS3.4 Annex B), and,
   with ``accept_unknown_sop_classes``, for private/unknown ones too.
+* Storage Commitment Push Model SCP (PS3.4 Annex J; ``storage_commitment``): N-ACTION and
+  the N-EVENT-REPORT that follows, :mod:`gateway.ingest.storage_commitment`.
 * Transfer syntaxes: implicit and explicit VR little endian, explicit big endian (retired),
   deflated, RLE, JPEG baseline/extended/lossless (14, 14 SV1), JPEG-LS, JPEG 2000, HTJ2K,
   MPEG-2/MPEG-4/HEVC video and the other non-private syntaxes pydicom lists. The dataset is
@@ -62,6 +64,7 @@ from gateway.config import Settings
 from gateway.ingest.dimse_guard import ConnectionGuard, calling_ae
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
 from gateway.ingest.query_retrieve import QueryRetrieveSCP
+from gateway.ingest.storage_commitment import StorageCommitmentSCP
 from gateway.tls import describe, handshake_failure, listener_context, peer_subject
 
 log = logging.getLogger(__name__)
@@ -276,6 +279,8 @@ class DicomService:
             ae.add_supported_context(cx.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
         if query_retrieve is not None:  # C-FIND, C-MOVE, C-GET (gateway.ingest.query_retrieve)
             query_retrieve.add_contexts(ae)
+        self.commitment = StorageCommitmentSCP(settings, ingestor)
+        self.commitment.add_contexts(ae)
         # A module-level switch of pynetdicom: when on, unknown abstract syntaxes are storage.
         _config.UNRESTRICTED_STORAGE_SERVICE = settings.accept_unknown_sop_classes
         self.ae = ae
@@ -305,6 +310,7 @@ class DicomService:
             (evt.EVT_ABORTED, self._on_ended),
             (evt.EVT_CONN_CLOSE, self._on_closed),
             (evt.EVT_CONN_OPEN, self._on_open),
+            *self.commitment.handlers(),
         ]
         if self.query_retrieve is not None:
             handlers.append((evt.EVT_C_FIND, self.query_retrieve.on_find))
@@ -353,6 +359,7 @@ class DicomService:
             log.warning("aborting %d association(s) still open after %.0f s", len(stuck), grace)
         for assoc in left:
             assoc.abort()
+        self.commitment.wait(max(0.0, min(5.0, deadline - time.monotonic())))
         self.ae.shutdown()
         self.guard.stop()
         self.server = None

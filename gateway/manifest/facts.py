@@ -46,6 +46,15 @@ class PatientFacts:
     ipp_issuer: str | None = None
 
 
+def accession_issuer(accession_number: str, carried: str, default: str) -> str:
+    """The Issuer of Accession Number (0008,0051) a study is published with: the one its
+    instances carry, else the centre's default (``accession_issuer_oid``, modalities rarely
+    fill it), and none for a study without an accession number."""
+    if carried:
+        return carried
+    return default if accession_number else ""
+
+
 @dataclass(frozen=True, slots=True)
 class StudyFacts:
     study_instance_uid: str

@@ -37,7 +37,8 @@ if TYPE_CHECKING:
 
 
 def policy(settings: Settings) -> PublicationPolicy:
-    return PublicationPolicy(settings.dicom_ins_status, settings.admit_validated_ins)
+    return PublicationPolicy(settings.dicom_ins_status, settings.admit_validated_ins,
+                             settings.accession_issuer_oid or "")
 
 
 def publisher(settings: Settings) -> Publisher:
