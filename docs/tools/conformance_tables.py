@@ -33,14 +33,6 @@ def _service():  # noqa: ANN202 - the DicomService, imported late (the script mu
         return DicomService(settings, None, QueryRetrieveSCP(settings, None, None, None))
 
 
-def _encoding(uid) -> str:  # noqa: ANN001 - a pydicom UID
-    if uid == "1.2.840.10008.1.2.1.99":
-        return "deflated"
-    if not uid.is_encapsulated:
-        return "native"
-    return "encapsulated"
-
-
 def storage_sop_classes() -> str:
     import pynetdicom
     from pynetdicom import AllStoragePresentationContexts
@@ -66,9 +58,9 @@ def storage_transfer_syntaxes() -> str:
 
     lines = [f"{len(STORAGE_TRANSFER_SYNTAXES)} transfer syntaxes: every public one pydicom "
              f"{pydicom.__version__} knows, in this order of preference.", "",
-             "| preference | Transfer Syntax | UID | encoding |", "|---|---|---|---|"]
+             "| preference | Transfer Syntax | UID |", "|---|---|---|"]
     for n, ts in enumerate(STORAGE_TRANSFER_SYNTAXES, 1):
-        lines.append(f"| {n} | {ts.name} | `{ts}` | {_encoding(ts)} |")
+        lines.append(f"| {n} | {ts.name} | `{ts}` |")
     return "\n".join(lines) + "\n"
 
 
