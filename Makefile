@@ -24,7 +24,7 @@ LOCK_VENV = .cache/lock-venv
 PYTEST_WORKERS ?= 4
 PYTEST_XDIST    = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
 
-.PHONY: setup viewer run test lint lock samples clean
+.PHONY: setup viewer run test lint lock samples conformance clean
 
 setup: $(STAMP) viewer
 
@@ -53,6 +53,9 @@ lock:                 ## re-resolve requirements.lock from pyproject.toml (UPGRA
 
 samples:              ## refresh tests/data/drim-m-samples from ../shared/drim-m-samples
 	$(PYTHON) tests/data/refresh_samples.py
+
+conformance:          ## regenerate the generated tables of docs/conformance-statement.md
+	$(PY) docs/tools/conformance_tables.py
 
 run: setup            ## serve with SQLite and ./data (override with DRIMBOX_* variables)
 	$(VENV)/bin/drimbox serve $(if $(CONFIG),--config $(CONFIG))
