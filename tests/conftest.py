@@ -193,7 +193,10 @@ class Gateway:
     def url(self) -> str:
         return f"{'https' if self.https else 'http'}://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout: float = 30) -> Gateway:
+    def start(self, timeout: float = 60) -> Gateway:
+        """Start and wait until ``/healthz`` answers. ``timeout``: a start with a DICOM worker
+        process costs ~5 s of CPU from ``exec``, which took more than 30 s of wall time on a
+        2-core machine loaded by other runs."""
         env = self.env
         with open(self.log_path, "ab") as log:
             if launcher.enabled() and env["DRIMBOX_DICOM_WORKERS"] == "0":

@@ -44,15 +44,7 @@ def drimbox_import(
 ) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
     env.update(DRIMBOX_DATA_DIR=str(data_dir), DRIMBOX_DATABASE_URL=database_url)
-    return launcher.run(
-        ["import", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return launcher.run(["import", *args], env=env, cwd=cwd, timeout=300)
 
 
 def summary_of(proc: subprocess.CompletedProcess[str]) -> dict:
