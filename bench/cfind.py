@@ -62,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -308,14 +309,16 @@ class Gateway(Server):
         return [self.proc.pid, *self.workers]
 
 
-def reset_postgres(url: str) -> None:
+def reset_postgres(url: str, create: bool = True) -> None:
     plain = url.replace("+psycopg", "")
     name = plain.rsplit("/", 1)[1]
     if not name.startswith("h3bench"):
         sys.exit(f"refusing to drop database {name!r} (the name must start with h3bench)")
     admin = plain.rsplit("/", 1)[0] + "/postgres"
-    subprocess.run(["psql", "-q", admin, "-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-                    "-c", f'CREATE DATABASE "{name}"'], check=True)
+    sql = ["-c", f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)']
+    if create:
+        sql += ["-c", f'CREATE DATABASE "{name}"']
+    subprocess.run(["psql", "-q", admin, *sql], check=True)
 
 
 # -- queries --------------------------------------------------------------------------------
@@ -361,6 +364,25 @@ def canonical(ds: Dataset) -> tuple:
             int(ds.get("NumberOfStudyRelatedInstances") or -1), str(ds.get("AccessionNumber", "")))
 
 
+class _Held(threading.Event):
+    """Stands in for an association's reactor checkpoint (pynetdicom 3.0) and stays cleared.
+
+    A requestor's association thread (its "reactor") polls the DIMSE queue between two
+    ``send_c_find`` calls, and ``send_c_find`` pauses it with a check that can race: the
+    reactor, already past its checkpoint, took the first C-FIND-RSP of a request off the queue
+    (logged as "Received unexpected C-FIND service message" and dropped), so one match went
+    missing on a fast server under load. The bench needs no reactor (the peer sends no
+    requests), so it is held paused for the association's life."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = True
+
+    def set(self) -> None:
+        if not self.hold:
+            super().set()
+
+
 class Client:
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -375,6 +397,16 @@ class Client:
         if not assoc.is_established:
             sys.exit(f"association with {self.server.name} refused or aborted")
         assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Nothing is in flight yet: whatever the reactor is doing, it finds no message, and
+        # from its next checkpoint on it stays paused.
+        self.gate = _Held()
+        assoc._reactor_checkpoint = self.gate
+        deadline, paused = time.monotonic() + 10, 0
+        while paused < 5 and time.monotonic() < deadline:  # paused, and still paused 20 ms on
+            paused = paused + 1 if assoc._is_paused else 0
+            time.sleep(0.005)
+        if paused < 5:
+            sys.exit(f"the association with {self.server.name} did not pause its reactor")
         return assoc
 
     def find(self, params: dict[str, str]) -> tuple[float, list[tuple]]:
@@ -402,6 +434,8 @@ class Client:
 
     def close(self) -> None:
         self.assoc.release()
+        self.gate.hold = False
+        self.gate.set()
 
 
 def findscu(server: Server, params: dict[str, str]) -> tuple[float, int]:
@@ -627,6 +661,8 @@ def main() -> None:
             for s in servers:
                 if getattr(s, "proc", None) is not None:
                     s.stop()
+            if args.database_url:
+                reset_postgres(args.database_url, create=False)
 
 
 def summarize(result: dict, shapes: list[str]) -> str:
