@@ -324,3 +324,19 @@ def test_each_connection_gets_its_own_copy_of_the_contexts() -> None:
             theirs.abstract_syntax, theirs.transfer_syntax, theirs.context_id)
     copies[0].transfer_syntax.append("1.2.3")
     assert "1.2.3" not in original[0].transfer_syntax
+
+
+def test_accepted_connections_have_nagle_off() -> None:
+    """Each accepted DICOM connection has TCP_NODELAY: a DIMSE message is two writes
+    (command, dataset), and with Nagle's algorithm the second waited for the peer's delayed
+    ACK, ~40 ms per C-FIND match (bench/RESULTS.md, "Query/Retrieve")."""
+    from gateway.ingest.dimse import GuardedAssociationServer
+
+    server = GuardedAssociationServer.__new__(GuardedAssociationServer)
+    server.ssl_context = None
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server.socket = listener
+        with socket.create_connection(listener.getsockname(), timeout=5):
+            accepted, _ = server.get_request()
+            with accepted:
+                assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
