@@ -29,7 +29,6 @@ from __future__ import annotations
 import io
 import logging
 import secrets
-import time
 from collections.abc import Callable, Iterator, Sequence
 from io import BytesIO
 
@@ -50,6 +49,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from adapters.pacs.reactor import exchange
 from gateway.config import Settings
 from gateway.consumer.export import (
     FAILED,
@@ -192,16 +192,9 @@ class CStoreDestination:
         req.AffectedSOPClassUID = sop
         req.AffectedSOPInstanceUID = instance.sop_instance_uid
         req.DataSet = io.BytesIO(data)
-        # As pynetdicom's own send_c_store does (the dataset goes as it is, never re-encoded):
-        # pause the reactor so that it does not take our response.
-        assoc._reactor_checkpoint.clear()
-        while not assoc._is_paused and assoc.is_established:
-            time.sleep(0.0001)
-        try:
-            assoc.dimse.send_msg(req, context)
-            _, rsp = assoc.dimse.get_msg(block=True)
-        finally:
-            assoc._reactor_checkpoint.set()
+        # Sent ourselves, as pynetdicom's send_c_store would, but the dataset as it is (never
+        # re-encoded), the reactor held meanwhile.
+        rsp = exchange(assoc, req, context)
         if rsp is None or not isinstance(rsp, C_STORE) or rsp.Status is None:
             outcome = failed("no C-STORE response (association lost or DIMSE timeout): "
                              "not known to be stored")

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import io
 import logging
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -52,6 +51,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from adapters.pacs.reactor import exchange
 from gateway import metrics
 from gateway.access.audit import ALLOWED, DENIED
 from gateway.access.dicom_peers import QueryRetrieveAccess, audit
@@ -538,17 +538,9 @@ class _Sink:
             assoc.dimse.send_msg(req, context_id)
             _, rsp = assoc.dimse.get_msg(block=True)
             return rsp
-        # C-MOVE: our association's reactor polls its queue; pause it as pynetdicom's own
-        # send_c_store does, so that it does not take the response.
-        assoc._reactor_checkpoint.clear()
-        while not assoc._is_paused and assoc.is_established:
-            time.sleep(0.0001)
-        try:
-            assoc.dimse.send_msg(req, context_id)
-            _, rsp = assoc.dimse.get_msg(block=True)
-        finally:
-            assoc._reactor_checkpoint.set()
-        return rsp
+        # C-MOVE: our association's reactor polls its queue; held, so that it does not take
+        # the response.
+        return exchange(assoc, req, context_id)
 
 
 def build(settings: Settings, runtime: Any) -> QueryRetrieveSCP | None:

@@ -34,14 +34,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import StorageCommitmentPushModel  # type: ignore[attr-defined]
 
+from adapters.pacs.reactor import reactor_paused
 from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
 from gateway.access.principal import Principal
 from gateway.config import PeerAE, Settings
@@ -126,30 +125,6 @@ def _item(sop_class: str, sop_instance: str) -> Dataset:
     item.ReferencedSOPClassUID = sop_class
     item.ReferencedSOPInstanceUID = sop_instance
     return item
-
-
-@contextmanager
-def _reactor_paused(assoc: Any, timeout: float = 5.0) -> Iterator[bool]:
-    """Hold the acceptor's reactor loop (pynetdicom's ``_reactor_checkpoint``) so that it takes
-    nothing off the association's message queue while we wait there for our response; yields
-    False when the reactor did not pause within ``timeout`` (busy serving a request).
-
-    pynetdicom's own pause (in every ``send_*``) takes the first ``_is_paused`` it sees; the
-    reactor may be just past its checkpoint at that moment, and would then take our response.
-    Once the checkpoint is cleared, any later pause is real: so wait for a pause, let the
-    reactor run its current turn out, and wait for a pause again."""
-    checkpoint = assoc._reactor_checkpoint
-    checkpoint.clear()
-    try:
-        deadline = time.monotonic() + timeout
-        paused = False
-        for _ in range(2):
-            while not (paused := bool(assoc._is_paused)) and time.monotonic() < deadline:
-                time.sleep(0.0005)
-            time.sleep(0.002)
-        yield paused and bool(assoc._is_paused)
-    finally:
-        checkpoint.set()
 
 
 class StorageCommitmentSCP:
@@ -263,7 +238,7 @@ class StorageCommitmentSCP:
         if not assoc.is_established:
             return False
         try:
-            with _reactor_paused(assoc) as paused:
+            with reactor_paused(assoc) as paused:
                 if not (paused and assoc.is_established):
                     return False
                 status, _ = assoc.send_n_event_report(
