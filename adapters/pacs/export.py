@@ -49,7 +49,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from adapters.pacs.reactor import exchange
+from adapters.pacs.reactor import exchange, reactor_paused
 from gateway.config import Settings
 from gateway.consumer.export import (
     FAILED,
@@ -115,16 +115,17 @@ class CStoreDestination:
                 q.StudyInstanceUID = study
                 q.SeriesInstanceUID = series
                 q.SOPInstanceUID = ""
-                for status, match in assoc.send_c_find(
-                        q, StudyRootQueryRetrieveInformationModelFind):
-                    if not status:
-                        return None
-                    if int(status.Status) in (0xFF00, 0xFF01) and match is not None:
-                        found.add(str(match.get("SOPInstanceUID", "") or ""))
-                    elif int(status.Status) != 0x0000:
-                        log.info("C-FIND for export answered 0x%04X: sending everything",
-                                 int(status.Status))
-                        return None
+                with reactor_paused(assoc):  # pynetdicom's own pause has a race
+                    for status, match in assoc.send_c_find(
+                            q, StudyRootQueryRetrieveInformationModelFind):
+                        if not status:
+                            return None
+                        if int(status.Status) in (0xFF00, 0xFF01) and match is not None:
+                            found.add(str(match.get("SOPInstanceUID", "") or ""))
+                        elif int(status.Status) != 0x0000:
+                            log.info("C-FIND for export answered 0x%04X: sending everything",
+                                     int(status.Status))
+                            return None
         finally:
             if assoc.is_established:
                 assoc.release()

@@ -25,6 +25,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from adapters.pacs.reactor import reactor_paused
 from gateway.reports.workflow import PacsMoveFailed, PacsUnavailable, RemoteStudy
 
 log = logging.getLogger(__name__)
@@ -57,16 +58,17 @@ class PacsClient:
         assoc = self._associate(StudyRootQueryRetrieveInformationModelFind, "C-FIND")
         matches: list[Dataset] = []
         try:
-            for status, found in assoc.send_c_find(identifier,
-                                                   StudyRootQueryRetrieveInformationModelFind):
-                if not status:
-                    raise PacsUnavailable("C-FIND: the association was lost")
-                code = int(status.Status)
-                if code in _PENDING:
-                    if found is not None:
-                        matches.append(found)
-                elif code != 0x0000:
-                    raise PacsUnavailable(f"C-FIND failed with status 0x{code:04X}")
+            with reactor_paused(assoc):  # pynetdicom's own pause has a race (adapters.pacs.reactor)
+                for status, found in assoc.send_c_find(
+                        identifier, StudyRootQueryRetrieveInformationModelFind):
+                    if not status:
+                        raise PacsUnavailable("C-FIND: the association was lost")
+                    code = int(status.Status)
+                    if code in _PENDING:
+                        if found is not None:
+                            matches.append(found)
+                    elif code != 0x0000:
+                        raise PacsUnavailable(f"C-FIND failed with status 0x{code:04X}")
         finally:
             assoc.release()
         return matches
@@ -106,11 +108,12 @@ class PacsClient:
         assoc = self._associate(StudyRootQueryRetrieveInformationModelMove, "C-MOVE")
         final = None
         try:
-            for status, _ in assoc.send_c_move(q, self.our_ae_title,
-                                               StudyRootQueryRetrieveInformationModelMove):
-                if not status:
-                    raise PacsUnavailable("C-MOVE: the association was lost")
-                final = status
+            with reactor_paused(assoc):  # pynetdicom's own pause has a race (adapters.pacs.reactor)
+                for status, _ in assoc.send_c_move(q, self.our_ae_title,
+                                                   StudyRootQueryRetrieveInformationModelMove):
+                    if not status:
+                        raise PacsUnavailable("C-MOVE: the association was lost")
+                    final = status
         finally:
             assoc.release()
         code = int(final.Status) if final is not None else -1

@@ -11,7 +11,8 @@ it then reads the queue once more. That race lost a response in a benchmark's cl
 
 :func:`reactor_paused` holds the checkpoint and waits for a pause that is certainly the
 reactor waiting there; :func:`exchange` sends one request and takes its response inside it.
-Used by the PACS export, the C-MOVE/C-GET sub-operations of the Query/Retrieve SCP and the
+Used by the PACS client and export (around pynetdicom's own C-FIND and C-MOVE senders too),
+the C-MOVE/C-GET sub-operations of the Query/Retrieve SCP and the
 Storage Commitment report on the request's association. These rely on pynetdicom 3's private
 attributes (``_reactor_checkpoint``, ``_is_paused``), as its own senders do.
 """
