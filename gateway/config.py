@@ -218,8 +218,17 @@ class Settings(BaseSettings):
 
     commit_batch_max: int = Field(default=64, ge=1, le=10_000)
     """Most index rows one group commit holds (instances arriving together over several
-    associations share a directory fsync and an index commit; each is still acknowledged
-    only after the commit that holds it)."""
+    associations share one flush and one index commit; each is still acknowledged only
+    after the flush and commit that hold it)."""
+
+    ingest_flush: Literal["filesystem", "files"] = "filesystem"
+    """How a group of received instances is made durable before its acknowledgement
+    (:mod:`gateway.ingest.recovery`). ``filesystem``: one ``syncfs`` of the data directory's
+    file system per group, covering files, directory entries and (SQLite beside the data)
+    the index, whose rows are rebuilt from the files after an unclean stop. ``files``: an
+    ``fsync`` per file and per directory, then a flushed index commit (for a data directory
+    on a file system other programs write heavily to; also used where ``syncfs`` is
+    missing)."""
 
     dicom_workers: int = Field(default=2, ge=0, le=64)
     """Processes that accept DICOM associations (``drimbox serve``; see

@@ -11,6 +11,7 @@ from gateway.imaging.restore import Restorer
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestResult
+from gateway.ingest.recovery import recover
 from gateway.ingest.storage import FileStore
 from gateway.reports.wiring import build_report_workflow
 from gateway.reports.workflow import ReportWorkflow
@@ -62,6 +63,8 @@ class Runtime:
         if migrate:
             upgrade(engine)
         index = InstanceIndex(engine)
+        if clear_staging:  # the process that prepares the data directory recovers it
+            recover(store, index)
         urls = DicomWebURLs(settings.effective_public_url)
         metadata = MetadataCache(store, index, settings.data_dir / "metadata", urls.instance)
         warmer = MetadataWarmer(metadata.warm, metadata.prepare_instance)
@@ -70,6 +73,7 @@ class Runtime:
             index,
             settings.duplicate_policy,
             commit_batch_max=settings.commit_batch_max,
+            flush_mode=settings.ingest_flush,
             warmer=warmer,
         )
         from gateway.ingest.iocm import RejectionHandler
@@ -89,4 +93,5 @@ class Runtime:
 
     def close(self) -> None:
         self.warmer.stop()
+        self.ingestor.close()
         self.index.engine.dispose()
