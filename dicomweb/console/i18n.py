@@ -154,7 +154,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "filter": ("Filtrer", "Filter"),
     "all": ("tous", "all"),
     "no_rows": ("Aucune ligne.", "No rows."),
-    "next_attempt": ("Prochain essai", "Next attempt"),
+    "next_attempt": ("Terminé le / prochain essai", "Finished / next attempt"),
     "last_error": ("Dernière erreur", "Last error"),
     # audit
     "subject": ("Sujet (SubjectNameID, utilisateur, lien)", "Subject (SubjectNameID, user, link)"),

@@ -315,9 +315,8 @@ def outbox_page(request: Request, state: str = "") -> Response:
     t = staff.t
     state = state if state in outbox.STATES else ""
     parts = outbox_fragments(request, staff, state)
-    options = "".join(f"<option value='{s}'{' selected' if s == state else ''}>{e(t(s))}"
-                      "</option>" for s in ("", *outbox.STATES)).replace(
-        "<option value=''>", f"<option value=''>{e(t('all'))}", 1)
+    options = "".join(f"<option value='{s}'{' selected' if s == state else ''}>"
+                      f"{e(t(s or 'all'))}</option>" for s in ("", *outbox.STATES))
     body = (
         f"<form class=filters method=get action='/console/outbox'><div>"
         f"<label for=f-state>{e(t('state'))}</label><select id=f-state name=state>{options}"
