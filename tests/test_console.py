@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -23,8 +24,10 @@ from sqlalchemy import select
 from test_viewer_login import begin_login, psc_answer
 
 from dicomweb.session_cookies import form_token
+from gateway.access.audit import AccessRecord, record_access
+from gateway.access.principal import Principal
 from gateway.config import Settings
-from gateway.index.models import AuditEvent, ShareLink
+from gateway.index.models import AuditEvent, ConsumerRetrieval, OutboxItem, ShareLink
 
 EVIL = "<script>alert(1)</script>^EVIL"
 EVIL_SHOWN = "&lt;script&gt;alert(1)&lt;/script&gt; EVIL"
@@ -263,18 +266,63 @@ def test_viewer_role_looks_but_cannot_act(tmp_path: Path, gateway_factory) -> No
         OUTSIDER, "denied", "admin_role_required")
 
 
+def seed_activity(gw) -> None:  # noqa: ANN001
+    """A refused publication (the DMP's code and text), a consumer retrieval and export."""
+    now = datetime.now(UTC)
+    index = open_index(gw.database_url)
+    try:
+        with index.write() as s:
+            s.add(OutboxItem(kind="publish", study_instance_uid="1.2.3.4", kos_uid="1.2.3.4.5",
+                             ins_matricule="279035121518989", ins_oid="1.2.250.1.213.1.4.10",
+                             state="refused", attempts=1, created_at=now, next_attempt_at=now,
+                             done_at=now, error_code="XDSNonIdenticalHash",
+                             error_text="hash <b>differs</b>"))
+            s.add(ConsumerRetrieval(session_sha256="0" * 64, subject="899999000001",
+                                    kos_uid="1.2.9.9", study_instance_uid="1.2.9.8",
+                                    patient_ins="279035121518989", state="partial", bytes=2_500_000,
+                                    created_at=now, updated_at=now, last_used_at=now))
+        record_access(index, AccessRecord(Principal(kind="practitioner", subject="899999000001"),
+                                          "consumer_export", "denied", "2 sent, 1 failed",
+                                          study_uid="1.2.9.8"))
+    finally:
+        index.engine.dispose()
+
+
 def test_console_auth_none_opens_on_loopback_only(tmp_path: Path, gateway_factory) -> None:
+    """Development on loopback without a login (as admin); also the consumer page, the last
+    errors, a refused row's DMP code and its retry."""
     with pytest.raises(ValueError, match="console_auth = none"):
         Settings(http_host="0.0.0.0", http_tls="proxy", console_auth="none",
                  public_url="https://drimbox.example")
-    gw = gateway_factory(DRIMBOX_CONSOLE_AUTH="none").start()
+    gw = gateway_factory(DRIMBOX_CONSOLE_AUTH="none", DRIMBOX_ROLES="both").start()
+    seed_activity(gw)
     with httpx.Client(timeout=30) as browser:
         home = browser.get(f"{gw.url}/")
         assert home.status_code == 200 and "mode développement" in home.text
         assert "drimbox-console" in browser.cookies
+        assert "Consommatrice : <span class=ok>actif" in home.text
+        assert "XDSNonIdenticalHash hash &lt;b&gt;differs&lt;/b&gt;" in home.text  # last errors
         page = browser.get(f"{gw.url}/console/shares")
         assert page.status_code == 200
-        assert browser.get(f"{gw.url}/console/live.json?view=home").json()["health"]
+        live = browser.get(f"{gw.url}/console/live.json?view=home").json()
+        assert "data-count='refused'><a href='/console/outbox?state=refused'>1<" in live["outbox"]
+        consumer = browser.get(f"{gw.url}/console/consumer").text
+        assert "data-state='partial'" in consumer and "2.5 MB" in consumer
+        assert "2 sent, 1 failed" in consumer
+
+        outbox_page = browser.get(f"{gw.url}/console/outbox", params={"state": "refused"})
+        assert "<strong class=bad>XDSNonIdenticalHash</strong>" in outbox_page.text
+        row_id = re.findall(r"data-row='(\d+)' data-state='refused'", outbox_page.text)[0]
+        token = csrf_of(outbox_page.text)
+        r = browser.post(f"{gw.url}/console/outbox/{row_id}/retry",
+                         data={"csrf": token, "confirm": "yes"})
+        assert r.status_code == 200 and f"#{row_id}" in r.text
+        rows = browser.get(f"{gw.url}/console/live.json",
+                           params={"view": "outbox"}).json()["outbox-rows"]
+        assert f"data-row='{row_id}' data-state='pending'" in rows
+    (retried,) = audit_rows(gw, "outbox-retry")
+    assert (retried.subject, retried.outcome, retried.study_instance_uid) == (
+        "console-dev", "allowed", "1.2.3.4")
     # Off by default: the same gateway without the setting wants a login.
     assert gw.stop() == 0
     other = gateway_factory().start()
