@@ -21,13 +21,14 @@ from dimse_client import associate, open_index, store_dataset
 from psc_support import OUTSIDER, STAFF, PscSim, psc_env
 from pydicom.uid import generate_uid
 from sqlalchemy import select
+from test_viewer_login import audit as audit_rows
 from test_viewer_login import begin_login, psc_answer
 
 from dicomweb.session_cookies import form_token
 from gateway.access.audit import AccessRecord, record_access
 from gateway.access.principal import Principal
 from gateway.config import Settings
-from gateway.index.models import AuditEvent, ConsumerRetrieval, OutboxItem, ShareLink
+from gateway.index.models import ConsumerRetrieval, OutboxItem, ShareLink
 
 EVIL = "<script>alert(1)</script>^EVIL"
 EVIL_SHOWN = "&lt;script&gt;alert(1)&lt;/script&gt; EVIL"
@@ -89,16 +90,6 @@ def csrf_of(page: str) -> str:
     tokens = set(re.findall(r"name=csrf value='([^']+)'", page))
     assert len(tokens) == 1, tokens
     return tokens.pop()
-
-
-def audit_rows(gw, action: str) -> list[AuditEvent]:  # noqa: ANN001
-    index = open_index(gw.database_url)
-    try:
-        with index.read() as s:
-            return list(s.scalars(select(AuditEvent).where(AuditEvent.action == action)
-                                  .order_by(AuditEvent.id)))
-    finally:
-        index.engine.dispose()
 
 
 def share_rows(gw) -> list[ShareLink]:  # noqa: ANN001

@@ -83,53 +83,43 @@ def _workflow(request: Request) -> PublicationWorkflow:
     return PublicationWorkflow(runtime.index, runtime.settings)
 
 
-@router.post("/console/studies/{uid}/publish")
-def publish(uid: str, request: Request, csrf: str = Form(""), confirm: str = Form("")) -> Response:
+def _publication_act(request: Request, uid: str, csrf: str, confirm: str, action: str,
+                     reason: str = "") -> Response:
+    """``publish`` (``drimbox publish``) or ``unpublish`` (``drimbox unpublish``)."""
     _source_only(request)
     uid = _study(uid)
-    staff = _actor(request, csrf, "publish", uid)
+    staff = _actor(request, csrf, action, uid)
     if not isinstance(staff, Staff):
         return staff
     t, back = staff.t, views.study_href(uid)
     if confirm != "yes":
-        return _confirm(request, staff, t("publish"), f"{back}/publish", back, {},
-                        f"{e(t('study'))} <code>{e(uid)}</code>")
+        fields = {"reason": reason} if action == "unpublish" else {}
+        summary = f"{e(t('study'))} <code>{e(uid)}</code>" + (
+            f" — {e(t('unpublish_reason'))} : {e(reason)}" if reason else "")
+        return _confirm(request, staff, t(action), f"{back}/{action}", back, fields, summary)
+    workflow = _workflow(request)
     try:
-        result = _workflow(request).request_publication(uid)
+        result = (workflow.request_publication(uid) if action == "publish"
+                  else workflow.request_withdrawal(uid, reason=reason))
     except UnknownStudy:
         raise HTTPException(404, "study not found") from None
     if not result.queued:
-        audit(request, staff.principal, "publish", DENIED, result.reason, uid)
+        audit(request, staff.principal, action, DENIED, result.reason, uid)
         return _result(request, staff, False, t("nothing_queued", reason=result.reason), back)
-    audit(request, staff.principal, "publish", ALLOWED, f"outbox #{result.outbox_id}", uid)
+    audit(request, staff.principal, action, ALLOWED, f"outbox #{result.outbox_id}", uid)
     return _result(request, staff, True, t("queued", id=result.outbox_id, kind=result.kind,
                                            kos=result.kos_uid), back)
+
+
+@router.post("/console/studies/{uid}/publish")
+def publish(uid: str, request: Request, csrf: str = Form(""), confirm: str = Form("")) -> Response:
+    return _publication_act(request, uid, csrf, confirm, "publish")
 
 
 @router.post("/console/studies/{uid}/unpublish")
 def unpublish(uid: str, request: Request, csrf: str = Form(""), confirm: str = Form(""),
               reason: str = Form("")) -> Response:
-    _source_only(request)
-    uid = _study(uid)
-    staff = _actor(request, csrf, "unpublish", uid)
-    if not isinstance(staff, Staff):
-        return staff
-    t, back = staff.t, views.study_href(uid)
-    reason = reason.strip()[:200]
-    if confirm != "yes":
-        return _confirm(request, staff, t("unpublish"), f"{back}/unpublish", back,
-                        {"reason": reason}, f"{e(t('study'))} <code>{e(uid)}</code>"
-                        + (f" — {e(t('unpublish_reason'))} : {e(reason)}" if reason else ""))
-    try:
-        result = _workflow(request).request_withdrawal(uid, reason=reason)
-    except UnknownStudy:
-        raise HTTPException(404, "study not found") from None
-    if not result.queued:
-        audit(request, staff.principal, "unpublish", DENIED, result.reason, uid)
-        return _result(request, staff, False, t("nothing_queued", reason=result.reason), back)
-    audit(request, staff.principal, "unpublish", ALLOWED, f"outbox #{result.outbox_id}", uid)
-    return _result(request, staff, True, t("queued", id=result.outbox_id, kind=result.kind,
-                                           kos=result.kos_uid), back)
+    return _publication_act(request, uid, csrf, confirm, "unpublish", reason.strip()[:200])
 
 
 @router.post("/console/studies/{uid}/share")
