@@ -64,7 +64,6 @@ class ErrorLine:
     outbox_id: int | None
 
 
-
 def last_errors(s: Session, limit: int = 10) -> list[ErrorLine]:
     """The latest publication problems: rows waiting after an error, refused rows, and the
     publication history's error events; newest first."""
