@@ -188,13 +188,21 @@ def test_admin_searches_sees_escaped_names_and_acts_with_csrf_and_confirmation(s
         (link,) = share_rows(gw)
         assert link.created_by == STAFF
 
-        # Revoke it, from the shares page.
+        # Revoke it, from the shares page; make another there, for a study named by its UID.
         shares = browser.get(f"{gw.url}/console/shares")
         assert f"id='revoke-{link.id}'" in shares.text
         r = browser.post(f"{gw.url}/console/shares/{link.id}/revoke",
                          data={"csrf": csrf_of(shares.text), "confirm": "yes"})
         assert r.status_code == 200 and link.id in r.text
         assert browser.get(url).status_code == 410  # revoked: at once
+        confirm = browser.post(f"{gw.url}/console/shares",
+                               data={"csrf": token, "study_uid": plain, "days": "3"})
+        assert f"name=study_uid value='{plain}'" in confirm.text
+        made = browser.post(f"{gw.url}/console/shares",
+                            data={"csrf": token, "study_uid": plain, "days": "3",
+                                  "confirm": "yes"})
+        assert made.status_code == 200 and "id=share-qr" in made.text
+        assert {s.study_instance_uid for s in share_rows(gw)} == {evil, plain}
 
         # Publish a study the publication refuses: nothing queued, the reason shown, audited.
         r = browser.post(f"{gw.url}/console/studies/{evil}/publish",
@@ -206,7 +214,7 @@ def test_admin_searches_sees_escaped_names_and_acts_with_csrf_and_confirmation(s
 
         # The audit page filters; every act is there with its outcome.
         audit = browser.get(f"{gw.url}/console/audit", params={"action": "share-create"})
-        assert re.findall(r"data-action='([^']+)'", audit.text) == ["share-create"] * 3
+        assert re.findall(r"data-action='([^']+)'", audit.text) == ["share-create"] * 4
         denied = browser.get(f"{gw.url}/console/audit",
                              params={"outcome": "denied", "subject": STAFF})
         actions = re.findall(r"data-action='([^']+)' data-outcome='denied'", denied.text)
@@ -225,7 +233,8 @@ def test_admin_searches_sees_escaped_names_and_acts_with_csrf_and_confirmation(s
     acts = [(e.action, e.outcome, e.study_instance_uid == evil)
             for e in audit_rows(gw, "share-create") + audit_rows(gw, "share-revoke")]
     assert acts == [("share-create", "denied", True), ("share-create", "denied", True),
-                    ("share-create", "allowed", True), ("share-revoke", "allowed", True)]
+                    ("share-create", "allowed", True), ("share-create", "allowed", False),
+                    ("share-revoke", "allowed", True)]
     assert [e.reason for e in audit_rows(gw, "share-create")][:2] == [
         "csrf_token_mismatch", "csrf_token_mismatch"]
     views = [(e.subject, e.reason) for e in audit_rows(gw, "console")

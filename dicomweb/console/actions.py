@@ -125,19 +125,36 @@ def unpublish(uid: str, request: Request, csrf: str = Form(""), confirm: str = F
 @router.post("/console/studies/{uid}/share")
 def share(uid: str, request: Request, csrf: str = Form(""), confirm: str = Form(""),
           days: str = Form("")) -> Response:
+    return _share_act(request, _study(uid), csrf, confirm, days, f"{views.study_href(uid)}/share")
+
+
+@router.post("/console/shares")
+def share_from_list(request: Request, csrf: str = Form(""), confirm: str = Form(""),
+                    days: str = Form(""), study_uid: str = Form("")) -> Response:
+    """The shares page's form: the study named by its UID."""
+    return _share_act(request, study_uid.strip(), csrf, confirm, days, "/console/shares")
+
+
+def _share_act(request: Request, uid: str, csrf: str, confirm: str, days: str,
+               path: str) -> Response:
+    """A share link (``drimbox share``): its URL once, its QR code, the handout's link."""
     _source_only(request)
-    uid = _study(uid)
-    staff = _actor(request, csrf, "share-create", uid)
+    safe = is_safe_uid(uid)
+    staff = _actor(request, csrf, "share-create", uid if safe else "")
     if not isinstance(staff, Staff):
         return staff
-    t, back = staff.t, views.study_href(uid)
+    t = staff.t
+    back = views.study_href(uid) if safe else "/console/shares"
+    if not safe:
+        return _result(request, staff, False, f"{t('study_uid')} : {uid!r}", back)
     settings = request.app.state.runtime.settings
     try:
         n = int(days) if days.strip() else settings.share_link_days
     except ValueError:
         n = 0
     if confirm != "yes":
-        return _confirm(request, staff, t("share"), f"{back}/share", back, {"days": str(n)},
+        return _confirm(request, staff, t("share"), path, back,
+                        {"days": str(n), "study_uid": uid},
                         f"{e(t('study'))} <code>{e(uid)}</code> — {e(t('share_days'))} : {n}")
     links = share_links(request)
     try:

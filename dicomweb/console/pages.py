@@ -460,8 +460,20 @@ def shares_page(request: Request) -> Response:
     staff = _staff(request, "shares")
     if not isinstance(staff, Staff):
         return staff
+    t = staff.t
     links = share_links(request)
-    body = views.share_rows(staff.t, links.list(None), links.now(), staff.csrf, staff.can_act)
+    settings = _runtime(request).settings
+    form = ""
+    if staff.can_act:
+        form = (
+            "<form class=filters method=post action='/console/shares' id=new-share>"
+            + views.hidden("csrf", staff.csrf)
+            + _field(t("study_uid"), "study_uid", "", extra=" required size=40 autocomplete=off")
+            + _field(t("share_days"), "days", str(settings.share_link_days), "number",
+                     f" min=1 max={settings.share_link_max_days}")
+            + f"<div><button type=submit id=new-share-submit>{e(t('share'))}</button></div>"
+            "</form>")
+    body = form + views.share_rows(t, links.list(None), links.now(), staff.csrf, staff.can_act)
     viewed(request, staff, "shares")
     return render(request, staff, staff.t("shares"), body, "shares")
 
