@@ -165,7 +165,7 @@ def _share_act(request: Request, uid: str, csrf: str, confirm: str, days: str,
     audit(request, staff.principal, "share-create", ALLOWED, f"link {new.link.id}", uid)
     url = share_url(request_public_url(request), new.token)
     qr = base64.b64encode(qr_svg(url).encode()).decode()
-    extra = (f"<h2>{e(t('share_made'))}</h2><dl class=facts>"
+    extra = ("<dl class=facts>"
              f"<dt>{e(t('share_url'))}</dt><dd><code id=share-url>{e(url)}</code></dd>"
              f"<dt>{e(t('expires'))}</dt><dd>{e(when(new.link.expires_at))} UTC</dd></dl>"
              f"<div class=qr><img id=share-qr src='data:image/svg+xml;base64,{qr}' "
