@@ -4,8 +4,8 @@ as centre staff. Logs in through a real ``drimbox psc-sim``, finds a study by IN
 another is not publishable, publishes the first to a real ``drimbox dmp-sim`` and watches its
 outbox row go to done without reloading (the page polls), creates and revokes a share link,
 filters the audit trail. Each page gets an accessibility check run in the page (every
-control labelled, every image with alt text, a skip link, ``lang``, a visible focus outline
-after Tab) and a screenshot in ``test-artifacts/console-*.png``; the home page is also drawn
+control labelled, every image with alt text, a skip link, ``lang``, text contrast of at
+least 4.5:1, a visible focus outline after Tab) and a screenshot in ``test-artifacts/console-*.png``; the home page is also drawn
 at tablet width without horizontal scrolling.
 
 SQLite only: the back-end makes no difference to the browser (tests/test_console.py runs
@@ -27,7 +27,7 @@ from psc_support import STAFF, PscSim, psc_env
 from test_manifest_e2e import INS, write_study
 from test_publication_e2e import dmp_env
 
-A11Y = """(() => {
+A11Y = r"""(() => {
   const problems = [];
   for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
     const byFor = el.id && document.querySelector('label[for="' + CSS.escape(el.id) + '"]');
@@ -53,6 +53,26 @@ A11Y = """(() => {
     }
   }
   if (!focusRule) problems.push('no :focus-visible style');
+  // Text contrast (WCAG 2 AA, 4.5:1) of every visible text element against its background.
+  const rgb = (c) => (c.match(/[\d.]+/g) || []).map(Number);
+  const lum = ([r, g, b]) => [r, g, b].map((v) => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); })
+    .reduce((s, v, i) => s + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const background = (el) => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || c[3] > 0) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  for (const el of document.querySelectorAll('body *')) {
+    const own = [...el.childNodes].some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length || el.closest('.skip')) continue;
+    const [a, b] = [lum(rgb(getComputedStyle(el).color)), lum(background(el))];
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    if (ratio < 4.5) problems.push('contrast ' + ratio.toFixed(2) + ': ' + el.tagName + ' '
+                                   + el.textContent.trim().slice(0, 30));
+  }
   return problems;
 })()"""
 
