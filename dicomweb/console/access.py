@@ -1,4 +1,5 @@
-"""Who may use the console, and the anti-CSRF token of its forms.
+"""Who may use the console, and the anti-CSRF token of its forms (R15: staff log in with
+Pro Santé Connect; R22: every view and act is in the audit trail).
 
 * A PSC login (the viewer's session, :mod:`dicomweb.session_cookies`) or any principal the
   gateway's resolvers prove (:func:`dicomweb.deps.principal_or_none`) whose roles include

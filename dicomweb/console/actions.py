@@ -20,7 +20,7 @@ from fastapi import APIRouter, Form, HTTPException, Request, Response
 from dicomweb.console import views
 from dicomweb.console.access import Staff, audit, csrf_ok
 from dicomweb.console.layout import e, when
-from dicomweb.console.pages import _source_only, _staff, render
+from dicomweb.console.pages import render, source_only, staff_for
 from dicomweb.session_cookies import share_links
 from dicomweb.urls import request_public_url
 from gateway.access.audit import ALLOWED, DENIED
@@ -36,7 +36,7 @@ router = APIRouter(include_in_schema=False)
 
 def _actor(request: Request, csrf: str, action: str, study_uid: str = "") -> Staff | Response:
     """The admin allowed to act, or the refusal (login, 403 without the role or the token)."""
-    staff = _staff(request, action)
+    staff = staff_for(request, action)
     if not isinstance(staff, Staff):
         return staff
     t = staff.t
@@ -86,7 +86,7 @@ def _workflow(request: Request) -> PublicationWorkflow:
 def _publication_act(request: Request, uid: str, csrf: str, confirm: str, action: str,
                      reason: str = "") -> Response:
     """``publish`` (``drimbox publish``) or ``unpublish`` (``drimbox unpublish``)."""
-    _source_only(request)
+    source_only(request)
     uid = _study(uid)
     staff = _actor(request, csrf, action, uid)
     if not isinstance(staff, Staff):
@@ -138,7 +138,7 @@ def share_from_list(request: Request, csrf: str = Form(""), confirm: str = Form(
 def _share_act(request: Request, uid: str, csrf: str, confirm: str, days: str,
                path: str) -> Response:
     """A share link (``drimbox share``): its URL once, its QR code, the handout's link."""
-    _source_only(request)
+    source_only(request)
     safe = is_safe_uid(uid)
     staff = _actor(request, csrf, "share-create", uid if safe else "")
     if not isinstance(staff, Staff):
@@ -178,7 +178,7 @@ def _share_act(request: Request, uid: str, csrf: str, confirm: str, days: str,
 @router.post("/console/shares/{link_id}/revoke")
 def revoke(link_id: str, request: Request, csrf: str = Form(""),
            confirm: str = Form("")) -> Response:
-    _source_only(request)
+    source_only(request)
     links = share_links(request)
     known = links.get(link_id)
     study_uid = known.study_uid if known else ""
@@ -203,7 +203,7 @@ def revoke(link_id: str, request: Request, csrf: str = Form(""),
 @router.post("/console/outbox/{row_id}/retry")
 def retry(row_id: int, request: Request, csrf: str = Form(""),
           confirm: str = Form("")) -> Response:
-    _source_only(request)
+    source_only(request)
     index = request.app.state.runtime.index
     with index.read() as s:
         row = outbox.get_row(s, row_id)

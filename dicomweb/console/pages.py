@@ -18,9 +18,10 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from sqlalchemy import text
 
 from dicomweb.console import views
-from dicomweb.console.access import Staff, staff_or_refusal, viewed
+from dicomweb.console.access import Staff, audit, staff_or_refusal, viewed
 from dicomweb.console.layout import da, e, link, page, person_name, state_span, table, when
 from dicomweb.session_cookies import share_links
+from gateway.access.audit import DENIED
 from gateway.access.audit_export import fhir_audit_bundle, kpi_csv
 from gateway.index import outbox
 from gateway.index.activity import (
@@ -42,7 +43,8 @@ STATIC_FILES = {"console.css": "text/css; charset=utf-8",
                 "console.js": "text/javascript; charset=utf-8"}
 
 
-def _staff(request: Request, what: str) -> Staff | Response:
+def staff_for(request: Request, what: str) -> Staff | Response:
+    """The console's user (routes run in a worker thread), or the answer sending them away."""
     return run_async(staff_or_refusal, request, what)
 
 
@@ -66,7 +68,7 @@ def render(request: Request, staff: Staff, title: str, body: str, current: str, 
         live_view=live_view, live_query=live_query, logout=staff.has_session))
 
 
-def _source_only(request: Request) -> None:
+def source_only(request: Request) -> None:
     if not request.app.state.runtime.settings.source_enabled:
         raise HTTPException(404, "the Source role is off")
 
@@ -107,7 +109,7 @@ def home_fragments(request: Request, staff: Staff) -> dict[str, str]:
 
 @router.get("/")
 def home(request: Request) -> Response:
-    staff = _staff(request, "home")
+    staff = staff_for(request, "home")
     if not isinstance(staff, Staff):
         return staff
     t = staff.t
@@ -161,16 +163,17 @@ def _field(label: str, name: str, value: str, kind: str = "text", extra: str = "
 @router.get("/console/studies")
 def studies(request: Request, ins: str = "", name: str = "", date_from: str = "",
             date_to: str = "", accession: str = "", modality: str = "") -> Response:
-    _source_only(request)
-    staff = _staff(request, "studies")
+    source_only(request)
+    staff = staff_for(request, "studies")
     if not isinstance(staff, Staff):
         return staff
     t = staff.t
     query = StudyQuery(ins=ins.strip(), name=name.strip(), date_from=_da(date_from),
                        date_to=_da(date_to), accession=accession.strip(),
                        modality=modality.strip().upper()[:16])
-    if query.empty:
-        query = StudyQuery(limit=50)
+    filtered = not query.empty
+    if not filtered:
+        query = StudyQuery(limit=50)  # the latest studies
     with _runtime(request).index.read() as s:
         rows = find_studies(s, query)
     form = (
@@ -183,9 +186,7 @@ def studies(request: Request, ins: str = "", name: str = "", date_from: str = ""
         + _field(t("accession"), "accession", accession, extra=" autocomplete=off")
         + _field(t("modality"), "modality", modality, extra=" size=6")
         + f"<div><button type=submit id=search>{e(t('search'))}</button></div></form>")
-    heading = t("latest") if query.limit == 50 and not (ins or name or date_from or date_to
-                                                          or accession or modality) \
-        else t("results", n=len(rows))
+    heading = t("results", n=len(rows)) if filtered else t("latest")
     body = form + f"<h2 id=results>{e(heading)}</h2>" + views.study_rows(t, rows)
     viewed(request, staff, "studies")
     return render(request, staff, t("studies"), body, "studies")
@@ -281,8 +282,8 @@ def study_body(request: Request, staff: Staff, uid: str) -> str | None:
 
 @router.get("/console/studies/{uid}")
 def study_page(uid: str, request: Request) -> Response:
-    _source_only(request)
-    staff = _staff(request, "study")
+    source_only(request)
+    staff = staff_for(request, "study")
     if not isinstance(staff, Staff):
         return staff
     t = staff.t
@@ -308,8 +309,8 @@ def outbox_fragments(request: Request, staff: Staff, state: str) -> dict[str, st
 
 @router.get("/console/outbox")
 def outbox_page(request: Request, state: str = "") -> Response:
-    _source_only(request)
-    staff = _staff(request, "outbox")
+    source_only(request)
+    staff = staff_for(request, "outbox")
     if not isinstance(staff, Staff):
         return staff
     t = staff.t
@@ -335,7 +336,7 @@ def outbox_page(request: Request, state: str = "") -> Response:
 def live(request: Request, view: str = "home", state: str = "") -> Response:
     """The fragments of the home or outbox page (server-rendered, escaped). Not audited per
     poll: the page load that starts the polling is."""
-    staff = _staff(request, "live")
+    staff = staff_for(request, "live")
     if not isinstance(staff, Staff):
         return JSONResponse({}, 401 if staff.status_code in (302, 303) else staff.status_code)
     if view == "outbox" and _runtime(request).settings.source_enabled:
@@ -358,7 +359,7 @@ def _day(value: str) -> datetime | None:
 @router.get("/console/audit")
 def audit_page(request: Request, subject: str = "", study: str = "", action: str = "",
                outcome: str = "", since: str = "", until: str = "") -> Response:
-    staff = _staff(request, "audit")
+    staff = staff_for(request, "audit")
     if not isinstance(staff, Staff):
         return staff
     t = staff.t
@@ -425,14 +426,11 @@ def audit_export(request: Request, format: str = "fhir",  # noqa: A002 - the que
                  since: str = "") -> Response:
     """The FHIR AuditEvent Bundle or the DRIM-M KPI file, as ``GET /admin/audit`` and
     ``drimbox audit export`` make them (the same functions); role ``admin``."""
-    staff = _staff(request, "audit-export")
+    staff = staff_for(request, "audit-export")
     if not isinstance(staff, Staff):
         return staff
-    from dicomweb.console.access import audit as record
-    from gateway.access.audit import DENIED
-
     if not staff.can_act:
-        record(request, staff.principal, "console", DENIED, "admin_role_required: audit-export")
+        audit(request, staff.principal, "console", DENIED, "admin_role_required: audit-export")
         return render(request, staff, staff.t("forbidden_title"),
                       f"<p id=refusal>{e(staff.t('admin_only'))}</p>", "audit", status=403)
     try:
@@ -456,8 +454,8 @@ def audit_export(request: Request, format: str = "fhir",  # noqa: A002 - the que
 
 @router.get("/console/shares")
 def shares_page(request: Request) -> Response:
-    _source_only(request)
-    staff = _staff(request, "shares")
+    source_only(request)
+    staff = staff_for(request, "shares")
     if not isinstance(staff, Staff):
         return staff
     t = staff.t
@@ -482,7 +480,7 @@ def shares_page(request: Request) -> Response:
 
 @router.get("/console/consumer")
 def consumer_page(request: Request) -> Response:
-    staff = _staff(request, "consumer")
+    staff = staff_for(request, "consumer")
     if not isinstance(staff, Staff):
         return staff
     t = staff.t

@@ -57,7 +57,9 @@ def listeners(t: Words, rows: list[tuple[str, str, int, str]], source: bool,
     body = table([t("listener"), t("address"), t("tls")],
                  [[e(names.get(n, n)), f"<code>{e(h)}:{p}</code>", e(mode)]
                   for n, h, p, mode in rows], "", "listeners")
-    role = lambda on: f"<span class={'ok' if on else 'note'}>{e(t('on' if on else 'off'))}</span>"  # noqa: E731
+    def role(on: bool) -> str:
+        return f"<span class={'ok' if on else 'note'}>{e(t('on' if on else 'off'))}</span>"
+
     return (body + f"<p id=roles>{e(t('role_source'))} : {role(source)} · "
             f"{e(t('role_consumer'))} : {role(consumer)}</p>")
 
