@@ -270,6 +270,13 @@ class Settings(BaseSettings):
     (:mod:`gateway.access.policy`). ``none``: anonymous readers see everything; development only,
     accepted only while the HTTP side listens on a loopback address."""
 
+    console_auth: Literal["psc", "none"] = "psc"
+    """Who may open the operator console at ``/`` (docs/console.md). ``psc``: a PSC login
+    whose SubjectNameID has the staff role ``viewer`` (look) or ``admin`` (look and act) in
+    ``staff_roles``. ``none``: loopback development, the console opens without a login as an
+    ``admin`` (a login, when there is one, still wins); accepted only while the HTTP side
+    listens on a loopback address."""
+
     # --- Manifests and publishability (R3, R19). ---
     repository_oid: str | None = None
     """This DRIMbox's repository OID: Retrieve Location UID in the KOS and the assigning
@@ -847,6 +854,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"HTTP host {self.effective_http_host} is not a loopback address: anonymous DICOMweb "
                 "(dicomweb_auth = none) would expose patient data"
+            )
+        if self.console_auth == "none" and not _is_loopback(self.effective_http_host):
+            raise ValueError(
+                f"HTTP host {self.effective_http_host} is not a loopback address: the operator "
+                "console without login (console_auth = none) would expose patient data"
             )
         if self.restrict_callers and not self.peers:
             raise ValueError("restrict_callers is on but no peers are configured")
