@@ -53,10 +53,13 @@ class Runtime:
 
     @classmethod
     def build(
-        cls, settings: Settings, migrate: bool = True, clear_staging: bool = True
+        cls, settings: Settings, migrate: bool = True, clear_staging: bool = True,
+        prepare_instances: bool = True,
     ) -> Runtime:
         """Prepare the data directory (clearing staging unless told not to: see
-        :meth:`FileStore.prepare`), upgrade the index, wire ingest."""
+        :meth:`FileStore.prepare`), upgrade the index, wire ingest. ``prepare_instances=False``
+        (DICOM worker processes): no per-instance metadata ahead of the series build, which
+        one process makes for all (the others would compute their share for nothing)."""
         store = FileStore(settings.data_dir)
         store.prepare(clear_staging=clear_staging)
         engine = create_index_engine(settings.effective_database_url)
@@ -67,7 +70,8 @@ class Runtime:
             recover(store, index)
         urls = DicomWebURLs(settings.effective_public_url)
         metadata = MetadataCache(store, index, settings.data_dir / "metadata", urls.instance)
-        warmer = MetadataWarmer(metadata.warm, metadata.prepare_instance)
+        warmer = MetadataWarmer(metadata.warm,
+                                metadata.prepare_instance if prepare_instances else None)
         ingestor = _WarmingIngestor(
             store,
             index,

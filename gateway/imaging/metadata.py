@@ -36,6 +36,7 @@ IS, DS or PN value (the attribute would be left out).
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import json
@@ -46,7 +47,8 @@ import time
 import uuid
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,7 +248,7 @@ class MetadataCache:
         cached = self._read(path, etag)
         if cached is not None:
             return cached
-        with self._lock(f"study:{study_uid}"):
+        with self._exclusive(f"study:{study_uid}"):
             cached = self._read(path, etag)
             if cached is not None:
                 return cached
@@ -307,7 +309,7 @@ class MetadataCache:
         cached = self._read(path, etag)
         if cached is not None:
             return cached
-        with self._lock(f"series:{v.series_instance_uid}"):
+        with self._exclusive(f"series:{v.series_instance_uid}"):
             cached = self._read(path, etag)
             if cached is not None:
                 return cached
@@ -372,6 +374,22 @@ class MetadataCache:
     def _lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
             return self._locks.setdefault(key, threading.Lock())
+
+    @contextmanager
+    def _exclusive(self, key: str) -> Iterator[None]:
+        """One builder of ``key`` at a time, across threads and processes (the DICOM worker
+        processes each warm the series they received: the second one waits, then reads the
+        file the first one wrote instead of building it again)."""
+        with self._lock(key):
+            directory = self.cache_dir / ".locks"
+            directory.mkdir(parents=True, exist_ok=True)
+            name = hashlib.sha256(key.encode()).hexdigest()[:32]
+            fd = os.open(directory / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the lock
 
 
 class MetadataWarmer:
