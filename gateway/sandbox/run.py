@@ -75,6 +75,8 @@ def check_ports_free(layout: Layout) -> None:
     busy = []
     for name, port in layout.ports.items():
         with socket.socket() as s:
+            # As the servers bind: a port left in TIME_WAIT by a previous run is free.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((HOST, port))
             except OSError:
