@@ -1,112 +1,223 @@
-"""A study as DICOM media (PS3.10 / PS3.11 General Purpose media): a File-set with its
-DICOMDIR, like the CD a patient used to get, written to a directory and handed out as a zip.
+"""A study's stored instances as DICOM media: a PS3.10 File-set with its DICOMDIR, General
+Purpose profile of PS3.11 (file IDs of at most 8 components of 8 characters ``A-Z 0-9 _``).
 
-:func:`write_fileset` builds the DICOMDIR with pydicom's :class:`pydicom.fileset.FileSet`
-(PATIENT / STUDY / SERIES / IMAGE-or-other records, File IDs ``PT000000/ST000000/…``) from the
-headers of the stored files, then puts each stored file in its File ID **byte for byte** (the
-instances are never re-encoded: what the patient takes away is what the modality sent). A
-header missing a value that a directory record must have (Type 1 in PS3.3 F.5: Study Date,
-Study Time, Study ID, Series Number, Patient ID) gets a neutral one in its record only.
+pydicom's :class:`~pydicom.fileset.FileSet` builds the directory records and chooses the file
+IDs (``PTnnnnnn/STnnnnnn/SEnnnnnn/IMnnnnnn``); the instances themselves are written **as
+stored**, byte for byte, never re-encoded: pydicom is only given their headers (read without
+the pixel data), and each file it would write is replaced by the original bytes. The DICOMDIR
+references files by path only, so the original bytes are what the records describe (same SOP
+class, SOP instance and transfer syntax).
 
-:func:`zip_stream` streams a directory as a zip (stored, no compression: DICOM pixel data
-hardly compresses and the machine has two cores), chunk by chunk, never whole in memory.
+Two outputs:
+
+* :func:`write_study_media` — a folder (a CD/USB image, the "download the exam" button);
+* :func:`add_study_media_to_zip` / :func:`stream_study_media_zip` — the same layout inside a
+  zip archive (an open :class:`zipfile.ZipFile`, or a stream of chunks for an HTTP response),
+  without copying the images to disk.
+
+``files`` is an iterable of Part 10 files, each a path or the file's bytes. ``prefix`` is the
+folder of the File-set inside the target (``""``: the DICOMDIR at the root).
+
+Directory records need a few Type 1 attributes (PS3.3 F.5: Patient ID, Study Date/Time/ID,
+Series Number, Instance Number, ...). When an instance lacks one, the record gets an invented
+value (like ``dcmmkdir +I``); the instance file is untouched.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.fileset import FileSet
 
-#: What a directory record must carry (pydicom refuses an empty Type 1 value): the neutral
-#: value put in the record when the instance's header has none.
-_RECORD_DEFAULTS = {"StudyDate": "19000101", "StudyTime": "000000", "StudyID": "1",
-                    "SeriesNumber": 1, "InstanceNumber": 1, "PatientID": "INCONNU"}
-FILESET_ID = "DRIMBOX"
-_CHUNK = 1 << 20
+MediaSource = str | os.PathLike[str] | bytes
+
+# Values a directory record requires (Type 1) and the value invented when the instance has none.
+_INVENTED: dict[str, str | int] = {
+    "PatientID": "UNKNOWN",
+    "StudyDate": "19000101",
+    "StudyTime": "000000",
+    "StudyID": "1",
+    "Modality": "OT",
+    "SeriesNumber": 1,
+    "InstanceNumber": 1,
+    "ContentDate": "19000101",
+    "ContentTime": "000000",
+    "CompletionFlag": "COMPLETE",
+    "VerificationFlag": "UNVERIFIED",
+}
 
 
-@dataclass(frozen=True, slots=True)
-class MediaFile:
-    """One instance on the media: its SOP Instance UID and File ID (``/``-separated)."""
+class MediaError(ValueError):
+    """A file cannot be placed on the media (not DICOM, no SOP Instance UID, ...)."""
 
-    sop_instance_uid: str
+
+@dataclass(frozen=True)
+class MediaEntry:
+    """One instance on the media: its file ID (POSIX, relative to the DICOMDIR) and source."""
+
     file_id: str
+    sop_instance_uid: str
+    source: MediaSource
 
 
-def write_fileset(files: Iterable[Path], directory: Path,
-                  fileset_id: str = FILESET_ID) -> list[MediaFile]:
-    """Write ``files`` (stored Part 10 files) under ``directory`` with a ``DICOMDIR``;
-    return where each went. ``directory`` must be empty (or not exist)."""
-    directory.mkdir(parents=True, exist_ok=True)
+@dataclass(frozen=True)
+class MediaLayout:
+    """A planned File-set: the encoded DICOMDIR and where each instance goes."""
+
+    dicomdir: bytes
+    entries: tuple[MediaEntry, ...]
+
+
+def _header(source: MediaSource) -> Dataset:
+    try:
+        if isinstance(source, bytes):
+            ds = dcmread(io.BytesIO(source), stop_before_pixels=True)
+        else:
+            ds = dcmread(source, stop_before_pixels=True)
+    except (InvalidDicomError, OSError, EOFError, ValueError) as exc:
+        raise MediaError(f"not a DICOM Part 10 file: {exc}") from exc
+    if "SOPInstanceUID" not in ds or "SOPClassUID" not in ds:
+        raise MediaError("the file has no SOP Class or SOP Instance UID")
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
+        raise MediaError(f"{ds.SOPInstanceUID}: no File Meta Information (not a Part 10 file)")
+    return ds
+
+
+def _with_record_attributes(ds: Dataset) -> Dataset:
+    """Fill the Type 1 record attributes the instance lacks (the header only, not the file)."""
+    for keyword, value in _INVENTED.items():
+        if keyword not in ds or ds[keyword].VM == 0:
+            setattr(ds, keyword, value)
+    if "ConceptNameCodeSequence" in ds and len(ds.ConceptNameCodeSequence) == 0:
+        del ds.ConceptNameCodeSequence
+    return ds
+
+
+def plan_study_media(files: Iterable[MediaSource]) -> MediaLayout:
+    """The DICOMDIR and file IDs for ``files`` (duplicates of a SOP instance: the first kept)."""
     fs = FileSet()
-    fs.ID = fileset_id
-    sources: dict[str, Path] = {}
-    for path in files:
-        ds = dcmread(path, stop_before_pixels=True)  # the records need the header only
-        for keyword, value in _RECORD_DEFAULTS.items():
-            if keyword not in ds or ds[keyword].VM == 0:
-                setattr(ds, keyword, value)
-        sources[str(ds.SOPInstanceUID)] = path
-        fs.add(ds)
-    fs.write(directory)
-    placed = []
-    for instance in fs:
-        target = directory / instance.FileID  # FileID uses os.sep
-        # The stored bytes, not pydicom's re-encoding of the header read above.
-        with open(sources[instance.SOPInstanceUID], "rb") as src, open(target, "wb") as dst:
-            while chunk := src.read(_CHUNK):
-                dst.write(chunk)
-        placed.append(MediaFile(instance.SOPInstanceUID,
-                                instance.FileID.replace(os.sep, "/")))
-    return placed
+    sources: dict[str, MediaSource] = {}
+    for source in files:
+        ds = _header(source)
+        uid = str(ds.SOPInstanceUID)
+        if uid in sources:
+            continue
+        sources[uid] = source
+        try:
+            fs.add(_with_record_attributes(ds))
+        except ValueError as exc:
+            raise MediaError(f"{uid}: no directory record for this instance: {exc}") from exc
+    if not sources:
+        raise MediaError("no instance to write")
+    with tempfile.TemporaryDirectory(prefix="drimbox-media-") as tmp:
+        # pydicom writes header-only stand-ins next to the DICOMDIR: only the DICOMDIR is kept.
+        fs.write(tmp)
+        dicomdir = (Path(tmp) / "DICOMDIR").read_bytes()
+        entries = tuple(
+            MediaEntry(
+                file_id=PurePosixPath(*Path(instance.FileID).parts).as_posix(),
+                sop_instance_uid=str(instance.SOPInstanceUID),
+                source=sources[str(instance.SOPInstanceUID)],
+            )
+            for instance in fs
+        )
+    return MediaLayout(dicomdir=dicomdir, entries=entries)
 
 
-class _Sink:
-    """What :class:`zipfile.ZipFile` writes to: bytes collected until the stream takes them
-    (not seekable: zipfile then writes data descriptors)."""
+def _member(prefix: str, name: str) -> str:
+    prefix = prefix.strip("/")
+    return f"{prefix}/{name}" if prefix else name
+
+
+def write_study_media(
+    files: Iterable[MediaSource], target_dir: str | os.PathLike[str], prefix: str = ""
+) -> MediaLayout:
+    """Write the File-set into ``target_dir/prefix``: ``DICOMDIR`` and the files as stored."""
+    layout = plan_study_media(files)
+    root = Path(target_dir) / prefix.strip("/") if prefix.strip("/") else Path(target_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "DICOMDIR").write_bytes(layout.dicomdir)
+    for entry in layout.entries:
+        dst = root.joinpath(*entry.file_id.split("/"))
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(entry.source, bytes):
+            dst.write_bytes(entry.source)
+        else:
+            shutil.copyfile(entry.source, dst)
+    return layout
+
+
+def add_study_media_to_zip(
+    archive: zipfile.ZipFile, files: Iterable[MediaSource], prefix: str = ""
+) -> MediaLayout:
+    """Add the File-set to an open zip archive under ``prefix`` (the images stored, not deflated:
+    they are mostly compressed already, and media readers prefer it)."""
+    layout = plan_study_media(files)
+    archive.writestr(_member(prefix, "DICOMDIR"), layout.dicomdir, zipfile.ZIP_DEFLATED)
+    for entry in layout.entries:
+        name = _member(prefix, entry.file_id)
+        if isinstance(entry.source, bytes):
+            archive.writestr(name, entry.source, zipfile.ZIP_STORED)
+        else:
+            with open(entry.source, "rb") as src, archive.open(name, "w") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    return layout
+
+
+class _ChunkSink(io.RawIOBase):
+    """A write-only, non-seekable file that hands over what was written (zipfile streams into
+    it with data descriptors)."""
 
     def __init__(self) -> None:
-        self.parts: list[bytes] = []
-        self.offset = 0
+        self._chunks: list[bytes] = []
+        self._offset = 0
 
-    def write(self, data: bytes) -> int:
-        self.parts.append(bytes(data))
-        self.offset += len(data)
-        return len(data)
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        chunk = bytes(data)
+        self._chunks.append(chunk)
+        self._offset += len(chunk)
+        return len(chunk)
 
     def tell(self) -> int:
-        return self.offset
-
-    def flush(self) -> None:
-        pass
+        return self._offset
 
     def take(self) -> bytes:
-        data = b"".join(self.parts)
-        self.parts.clear()
-        return data
+        out = b"".join(self._chunks)
+        self._chunks.clear()
+        return out
 
 
-def zip_stream(directory: Path) -> Iterator[bytes]:
-    """The files under ``directory`` as a zip, ``DICOMDIR`` first, in chunks."""
-    files = sorted((p for p in directory.rglob("*") if p.is_file()),
-                   key=lambda p: (p.name != "DICOMDIR", p.relative_to(directory).as_posix()))
-    sink = _Sink()
-    with zipfile.ZipFile(sink, "w", zipfile.ZIP_STORED) as archive:  # type: ignore[arg-type]
-        for path in files:
-            info = zipfile.ZipInfo.from_file(path, path.relative_to(directory).as_posix())
-            info.compress_type = zipfile.ZIP_STORED
-            with archive.open(info, "w", force_zip64=True) as out, open(path, "rb") as src:
-                while chunk := src.read(_CHUNK):
-                    out.write(chunk)
-                    if sink.parts:
-                        yield sink.take()
-            if sink.parts:
-                yield sink.take()
-    if sink.parts:
+def stream_study_media_zip(files: Iterable[MediaSource], prefix: str = "") -> Iterator[bytes]:
+    """The zip archive of the File-set, as chunks (for a streamed HTTP response); no temporary
+    copy of the images."""
+    layout = plan_study_media(files)
+    sink = _ChunkSink()
+    with zipfile.ZipFile(sink, "w") as archive:  # type: ignore[arg-type]
+        archive.writestr(_member(prefix, "DICOMDIR"), layout.dicomdir, zipfile.ZIP_DEFLATED)
         yield sink.take()
+        for entry in layout.entries:
+            name = _member(prefix, entry.file_id)
+            with archive.open(name, "w", force_zip64=True) as dst:
+                if isinstance(entry.source, bytes):
+                    dst.write(entry.source)
+                    yield sink.take()
+                else:
+                    with open(entry.source, "rb") as src:
+                        while block := src.read(1 << 20):
+                            dst.write(block)
+                            yield sink.take()
+            yield sink.take()
+    yield sink.take()
