@@ -1,5 +1,5 @@
 """``GET /download/studies/{study}``: the study as DICOM media, a zip holding a DICOMDIR and
-every instance byte for byte (:mod:`gateway.imaging.media`), like the CD it replaces. The
+every instance byte for byte (:mod:`gateway.imaging.media`, streamed: no copy on disk), like the CD it replaces. The
 viewer offers it ("Télécharger l'examen", :mod:`dicomweb.viewer`) in a share link's session.
 
 Access is the DICOMweb gate's (:func:`dicomweb.deps.guard`, action ``download``): a share
@@ -11,10 +11,6 @@ PACS first, as for WADO-RS (:mod:`dicomweb.evicted`).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Annotated
 from urllib.parse import quote
 
@@ -24,7 +20,7 @@ from fastapi.responses import StreamingResponse
 from dicomweb.deps import Granted, RuntimeDep, guard
 from dicomweb.evicted import ensure_local
 from gateway.imaging import retrieval
-from gateway.imaging.media import write_fileset, zip_stream
+from gateway.imaging.media import stream_study_media_zip
 
 router = APIRouter()
 
@@ -53,20 +49,8 @@ def download_study(study: str, request: Request, access: DownloadAccess,
         raise HTTPException(404, "study not found")
     ensure_local(request, runtime, access, "download", study,
                  [r.sop_instance_uid for r in refs])
-    work = Path(tempfile.mkdtemp(prefix="drimbox-media-"))
-    try:
-        write_fileset((runtime.store.path_of(r.storage_key) for r in refs),
-                               work / "media")
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-
-    def body() -> Iterator[bytes]:
-        try:
-            yield from zip_stream(work / "media")
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-    return StreamingResponse(body(), media_type="application/zip", headers={
+    store = runtime.store
+    body = stream_study_media_zip([store.path_of(r.storage_key) for r in refs])
+    return StreamingResponse(body, media_type="application/zip", headers={
         "Content-Disposition": 'attachment; filename="examen.zip"',
         "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"})

@@ -88,6 +88,7 @@ def test_share_link_viewer_is_french_without_tour_or_banner_and_downloads_the_ex
     assert "nov. 2026" in text and "Nov" not in text, text[:600]  # French dates
     # No tour (Shepherd's step) and no investigational-use dialog.
     assert browser.evaluate("document.querySelector('.shepherd-element') === null")
+    assert "basicViewerTour" in browser.evaluate("localStorage.getItem('shownTours')")
     assert "investigational" not in text.lower()
     # The centre's name and the download link, in OHIF's header.
     assert browser.evaluate("document.querySelector('#drimbox-centre').textContent") == CENTRE
