@@ -8,6 +8,8 @@ every stored instance byte for byte), audited and refused outside the share sess
 from __future__ import annotations
 
 import io
+import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -19,6 +21,9 @@ from dimse_client import open_index
 from pydicom import dcmread
 from pydicom.fileset import FileSet
 from sqlalchemy import select
+from psc_support import STAFF
+from test_consumer_entry import HOSPITAL, PATIENT, consumer, login_through_psc  # noqa: F401
+from test_consumer_entry import Browser as EntryBrowser
 from test_viewer import DRAWN
 from test_viewer_login_browser import browser, cookies, database_url, site  # noqa: F401
 
@@ -125,3 +130,51 @@ def test_staff_viewer_has_centre_name_and_no_download_link(site) -> None:  # noq
     assert "drimbox-download" not in js and "drimbox-centre" in js
     assert '"investigationalUseDialog": {\n    "option": "never"\n  }' in js
     assert "i18nextLng" in js and "basicViewerTour" in js
+
+
+def test_consumer_viewer_carries_the_identity_banner(consumer, browser: Browser) -> None:  # noqa: F811
+    """R14 where the viewer is served: a consumer session with a current appel contextuel gets
+    the strict INS traits in OHIF's header (``app-config.js``, never cached), audited as a
+    consumer view; another session, none."""
+    gw, _sim = consumer
+    chromium, browser = browser, EntryBrowser()
+    try:
+        r = browser.send("POST", f"{gw.url}/consumer/context",
+                         data={**PATIENT, "Situation": HOSPITAL})
+        assert r.status_code == 303, r.text
+        assert login_through_psc(browser, gw, STAFF).status_code == 303
+        assert browser.send("GET", f"{gw.url}/consumer").status_code == 200
+        js = browser.send("GET", f"{gw.url}/viewer/app-config.js")
+        session = browser.client.cookies.get("drimbox-session")
+    finally:
+        browser.close()
+    assert js.status_code == 200 and js.headers["cache-control"] == "no-store"
+    m = re.search(r"var traits = (\[.*\]);", js.text)
+    assert m, js.text[:500]
+    traits = {t[0]: t[2] for t in json.loads(m.group(1))}
+    assert traits == {
+        "birth-name": "D'ARTAGNAN", "first-given-name": "JEAN-LOUIS",
+        "birth-date": "12/03/1979", "gender": "Masculin", "birthplace": "51215"}
+    assert "279035121518989" not in js.text  # the INS itself stays on the consumer page
+    assert "identity-banner" not in httpx.get(f"{gw.url}/viewer/app-config.js").text
+    index = open_index(gw.database_url)
+    try:
+        with index.read() as s:
+            (row,) = s.scalars(select(AuditEvent).where(AuditEvent.reason == "viewer_banner"))
+    finally:
+        index.engine.dispose()
+    assert (row.action, row.subject, row.patient_ins) == ("consumer_view", STAFF,
+                                                         "279035121518989")
+    # In Chromium, OHIF served alone (not framed): the strip along the window's bottom.
+    chromium.call("Network.setCookie", name="drimbox-session", value=session, url=gw.url)
+    chromium.goto(f"{gw.url}/viewer")
+    try:
+        shown = chromium.wait_for(
+            "document.querySelector('#identity-banner [data-trait=\"birth-name\"]')"
+            " && document.querySelector('#identity-banner').innerText", 60,
+            "the identity banner around OHIF")
+    finally:
+        chromium.screenshot(ARTIFACTS / "viewer-product-consumer.png")
+    assert "D'ARTAGNAN" in shown and "12/03/1979" in shown
+    assert chromium.evaluate("getComputedStyle(document.querySelector('#identity-banner'))"
+                             ".position") == "fixed"
