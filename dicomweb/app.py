@@ -40,6 +40,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         from dicomweb import viewer_source
 
         app.include_router(viewer_source.router, tags=["viewer"])  # before /viewer/{rel}
+        from dicomweb import download
+
+        app.include_router(download.router, tags=["viewer"])  # the study as DICOM media
     app.include_router(viewer.router, tags=["viewer"])
 
     # Viewer sessions (PSC login) and, for a Source, patient share links.

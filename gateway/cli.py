@@ -1,7 +1,7 @@
 """The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``backup
 create|verify|restore|list``, ``study show``, ``kos``, ``manifest``, ``publish``,
 ``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``, ``whitelist check``,
-``consumer export``, ``pki init``.
+``consumer export``, ``pki init``, ``sandbox``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -849,6 +849,24 @@ def mhd_bundle(config_file: Path | None, study_uid: str, replaces: str | None,
         output.write_text(text + "\n", encoding="utf-8")
 
 # -- HL7 v2 (reports from the RIS) ---------------------------------------------
+
+
+@main.command("sandbox")
+@click.option("--base-port", type=click.IntRange(1024, 65535 - 8), default=None,
+              help="First of the 8 loopback ports (docs/sandbox.md). [default: 8700]")
+@click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Its state, emptied at each start. [default: ./data/sandbox]")
+@click.option("--no-orthanc", is_flag=True, help="Do not start Orthanc (no PACS).")
+def sandbox(base_port: int | None, root: Path | None, no_orthanc: bool) -> None:
+    """The whole chain on loopback: a fresh development PKI, a Source and a Consumer gateway,
+    dmp-sim, psc-sim and Orthanc as the Consumer's PACS; a sample study published. Prints the
+    URLs and "ready"; Ctrl-C (SIGINT) or SIGTERM stops everything.
+    """
+    from gateway.sandbox.layout import DEFAULT_BASE_PORT, DEFAULT_DIR
+    from gateway.sandbox.run import run
+
+    sys.exit(run(base_port or DEFAULT_BASE_PORT, root or DEFAULT_DIR,
+                 lambda line: click.echo(line), with_orthanc=not no_orthanc))
 
 
 @main.group()
