@@ -36,7 +36,7 @@ from adapters.dmp import dsg
 from adapters.dmp import ns as N
 from adapters.dmp.ebrim import entry_from_extrinsic
 from adapters.xdm import layout as L
-from adapters.xdm.archive import ExportDocuments, Sender, write_xdm
+from adapters.xdm.archive import ExportDocuments, Sender, report_entry, write_xdm
 from adapters.xdm.reader import XdmRefused, load_trusted_cas, read_xdm
 from gateway.index.engine import create_index_engine
 from gateway.index.store import InstanceIndex
@@ -132,6 +132,37 @@ def test_export_validates_and_reads_back(own_pki: Pki) -> None:
     # Zipped inside a top folder, as a mailer zips the media's folder: read the same.
     wrapped = _zip({f"EXAMEN/{n}": b for n, b in _members(data).items()})
     assert read_xdm(wrapped, trusted_cas=load_trusted_cas(own_pki.ca_cert)).media_root == "EXAMEN/"
+
+
+def test_export_with_the_report(own_pki: Pki) -> None:
+    """The CR in force travels as a third document: in METADATA.XML with its own entry (the
+    CDA's id, LOINC code, hash and size), signed with the KOS."""
+    cda = (Path(__file__).parent / "data" / "drim-m-samples" / "cda" / "drimbox-poc"
+           / "IMG_CR_IMG_2023.11_CDA-R2-Niveau-1.xml").read_bytes()
+    pub = publication()
+    buf = io.BytesIO()
+    docs = ExportDocuments(pub.kos, pub.entry, published=True,
+                           report=(report_entry(pub.entry, cda), cda))
+    write_xdm(buf, docs, source_id="1.2.250.1.999", content_type=Code("04", "1.2.250.1.213.2.2", "04"),
+              sign_key_pem=own_pki.sign_key.read_bytes(),
+              sign_cert_pem=own_pki.sign_cert.read_bytes(), sender=Sender("CENTRE"))
+    data = buf.getvalue()
+    assert _members(data)[L.subset_member(L.CR_FILE)] == cda
+    package = read_xdm(data, trusted_cas=load_trusted_cas(own_pki.ca_cert))
+    report = package.report
+    assert report is not None and report.data == cda
+    assert report.entry.unique_id == "1.2.250.1.213.1.1.1.45.2"
+    assert report.entry.type_code.code == "18748-4" and report.entry.mime_type == "text/xml"
+    assert report.entry.patient_id == pub.entry.patient_id
+    # The CR is signed too: a changed CR with its metadata made to match is refused.
+    m = _members(data)
+    changed = cda.replace(b"Scanner", b"Scanneur")
+    m[L.subset_member(L.CR_FILE)] = changed
+    meta = _set_slot(m[META_MEMBER], L.CR_ID, "size", str(len(changed)))
+    m[META_MEMBER] = _set_slot(meta, L.CR_ID, "hash", hashlib.sha1(changed).hexdigest())  # noqa: S324
+    with pytest.raises(XdmRefused, match="signature refused: IHEManifest digest of "
+                                         "urn:oid:1.2.250.1.213.1.1.1.45.2 does not match"):
+        read_xdm(_zip(m), trusted_cas=load_trusted_cas(own_pki.ca_cert))
 
 
 def _tampered(own_pki: Pki, case: str) -> bytes:
