@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import launcher
 import pytest
 from dmp_pki import Pki, make_pki
@@ -298,6 +299,13 @@ def test_xdm_export_reimports_on_a_consumer_like_the_dmp(world: World, tmp_path:
     kos_sim = dcmread(io.BytesIO(members[KOS_MEMBER]))
     assert kos_sim.SOPInstanceUID == kos_uid
     assert "urn:ihe:iti:xds:2013:referenceIdList" in slots
+    unknown = cli(world.a, "xdm", "export", "1.2.3.4", "-o", str(tmp_path / "none.zip"))
+    assert unknown.returncode == 1 and "no study 1.2.3.4 in the index" in unknown.stderr
+    assert not (tmp_path / "none.zip").exists()
+    # Without a PSC session the upload goes to the login, nothing read.
+    anonymous = httpx.post(f"{world.b.url}/consumer/xdm", timeout=30,
+                           files={"archive": ("XDM.zip", data, "application/zip")})
+    assert anonymous.status_code in (302, 303) and "/auth/login" in anonymous.headers["location"]
     checked = cli(world.b, "xdm", "import", "--check", str(out))
     assert checked.returncode == 0, checked.stderr
     assert f"KOS {kos_uid}" in checked.stdout and "signed by CN=DRIMbox signature" in checked.stdout
