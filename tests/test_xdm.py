@@ -349,6 +349,13 @@ def test_xdm_export_reimports_on_a_consumer_like_the_dmp(world: World, tmp_path:
     kos_rows = [r for r in audit_b(world, "consumer_kos") if r.outcome == "allowed"]
     assert sorted(r.reason for r in kos_rows) == ["3 series", "xdm: 3 series"]
 
+    # Un-published, the study has no KOS a consumer could use (R10): refused, but with the
+    # images it is exported all the same (its KOS built now).
+    assert cli(world.a, "unpublish", study).returncode == 0
+    refused_export = cli(world.a, "xdm", "export", study, "-o", str(tmp_path / "no.zip"))
+    assert refused_export.returncode == 1
+    assert "it has no KOS published in the DMP" in refused_export.stderr
+
     # With the images: `drimbox xdm import` on a fresh gateway stores them as A holds them.
     with_images = tmp_path / "exam-images.zip"
     done = cli(world.a, "xdm", "export", study, "-o", str(with_images), "--with-images")
