@@ -171,7 +171,9 @@ def _tampered(own_pki: Pki, case: str) -> bytes:
     m = _members(data)
     if case == "not a zip":
         return data[: len(data) // 2]
-    if case == "no metadata":
+    if case == "zip bomb":
+        m["IHE_XDM/SUBSET01/ZEROS.BIN"] = bytes(30 << 20)
+    elif case == "no metadata":
         del m[META_MEMBER]
     elif case == "kos missing":
         del m[KOS_MEMBER]
@@ -209,6 +211,7 @@ def _tampered(own_pki: Pki, case: str) -> bytes:
 
 @pytest.mark.parametrize(("case", "reason"), [
     ("not a zip", "not a readable zip archive"),
+    ("zip bomb", "the archive would expand to "),
     ("no metadata", "no IHE_XDM/<subset>/METADATA.XML in the archive"),
     ("kos missing", "document DocumentKOS (KOS_1.DCM) named in METADATA.XML is not in the "
                     "archive"),
@@ -234,6 +237,9 @@ def test_signer_of_an_untrusted_ca_refused(own_pki: Pki) -> None:
     with pytest.raises(XdmRefused, match="signature refused: the SIGN_1.XML certificate is not "
                                          "issued by a trusted CA"):
         read_xdm(data, trusted_cas=load_trusted_cas(own_pki.ca_cert))
+    # No CA configured at all: said so.
+    with pytest.raises(XdmRefused, match="no CA is configured to verify XDM signatures"):
+        read_xdm(_export(own_pki), trusted_cas=[])
     # Development switch: accepted, with the note, the hashes still checked.
     package = read_xdm(data, trusted_cas=load_trusted_cas(own_pki.ca_cert),
                        require_signature=False)
