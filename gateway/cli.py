@@ -1279,11 +1279,13 @@ def xdm_export(config_file: Path | None, study_uid: str, output: Path, with_imag
               help="Only check the archive (zip, METADATA.XML, sizes and hashes, signature).")
 def xdm_import(config_file: Path | None, archive: Path, check_only: bool) -> None:
     """Check an XDM archive, then import it: its images (DICOM media) through the same path
-    as C-STORE, like ``drimbox import``. Its KOS is followed on the consumer page (upload),
-    under the practitioner's Pro Sante Connect session.
+    as C-STORE, like ``drimbox import``; on a consumer, the archive is kept in the XDM inbox:
+    the consumer page of its patient offers to retrieve the study (under the practitioner's
+    Pro Sante Connect session).
 
     Exit status: 0 imported (or checked), 1 refused (the reason is printed) or images
     rejected, 2 configuration errors."""
+    import io
     import tempfile
 
     from adapters.xdm.reader import XdmRefused, check_archive, extract_media
@@ -1315,8 +1317,22 @@ def xdm_import(config_file: Path | None, archive: Path, check_only: bool) -> Non
     else:
         click.echo("images: none in the archive")
     if settings.consumer_enabled:
-        click.echo("KOS: open the consumer page and upload the archive to retrieve the study "
-                   "from its Source with your Pro Sante Connect session")
+        import datetime as dt
+
+        from pydicom import dcmread
+
+        from gateway.consumer.xdm_inbox import InboxItem, XdmInbox
+
+        ins, _, rest = package.patient_id.partition("^^^&")
+        kos = dcmread(io.BytesIO(package.kos.data), stop_before_pixels=True)
+        kept = XdmInbox(settings.data_dir).put(archive, InboxItem(
+            kos_uid=package.kos.entry.unique_id, study_uid=str(kos.get("StudyInstanceUID", "")),
+            patient_ins=ins, patient_oid=rest.split("&", 1)[0],
+            received_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            signer=package.signer, filename=archive.name))
+        click.echo(f"KOS: kept in the consumer's XDM inbox ({kept}); the consumer page of "
+                   "this patient offers it: the study is retrieved from its Source under the "
+                   "practitioner's Pro Sante Connect session")
     sys.exit(status)
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@
 * The official sample (ANS/PoC ``KA202401``) is read, SOAP envelope and all.
 * End to end: a study published by Source A to ``drimbox dmp-sim``, exported by
   ``drimbox xdm export``, uploaded on consumer B's page, is retrieved from A exactly as
-  through the DMP (the same instances, byte for byte); ``drimbox xdm import`` of an export
+  through the DMP (the same instances, byte for byte); ``drimbox xdm import`` on B keeps it in
+  the XDM inbox, whence a new session retrieves it; ``drimbox xdm import`` of an export
   ``--with-images`` stores the images as ``drimbox import`` would.
 """
 
@@ -354,6 +355,26 @@ def test_xdm_export_reimports_on_a_consumer_like_the_dmp(world: World, tmp_path:
     assert xdm_rows[1].reason.startswith("refused: IHE_XDM/SUBSET01/KOS_1.DCM")
     kos_rows = [r for r in audit_b(world, "consumer_kos") if r.outcome == "allowed"]
     assert sorted(r.reason for r in kos_rows) == ["3 series", "xdm: 3 series"]
+
+    # `drimbox xdm import` on consumer B keeps the archive in its XDM inbox; the consumer page
+    # of that patient offers it, and following it is the same retrieval again.
+    kept = cli(world.b, "xdm", "import", str(out))
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "kept in the consumer's XDM inbox" in kept.stdout
+    later = Browser(world)  # a new session of the practitioner
+    try:
+        page = later.client.get(f"{world.b.url}/consumer").text
+        assert f"data-kos='{kos_uid}'" in page and study in page
+        r = later.client.post(f"{world.b.url}/consumer/xdm/inbox/{kos_uid}")
+        assert r.status_code == 303, r.text
+        assert later.wait(kos_uid)["state"] == "complete"
+        assert later.client.post(f"{world.b.url}/consumer/xdm/inbox/1.2.3").status_code == 404
+    finally:
+        later.close()
+    third = b_retrievals(world)[-1]
+    assert set(cached_files(world, third.id)) == set(source)
+    assert [r.reason.split(" ")[0] for r in audit_b(world, "consumer_xdm")] == [
+        "upload:", "refused:", "inbox:", "inbox_archive_not_found"]
 
     # Un-published, the study has no KOS a consumer could use (R10): refused, but with the
     # images it is exported all the same (its KOS built now).
