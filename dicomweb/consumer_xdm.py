@@ -63,11 +63,13 @@ async def _archive_bytes(request: Request, limit: int) -> bytes | None:
     if declared.isdigit() and int(declared) > limit + 64 * 1024:
         return None
     form = await request.form(max_files=1, max_fields=4)
-    upload = form.get(FIELD)
-    if upload is None or isinstance(upload, str):
-        return None
-    data = await upload.read(limit + 1)
-    await form.close()
+    try:
+        upload = form.get(FIELD)
+        if upload is None or isinstance(upload, str):
+            return None
+        data = await upload.read(limit + 1)
+    finally:
+        await form.close()
     return data if 0 < len(data) <= limit else None
 
 
