@@ -139,9 +139,12 @@ def store_check(config_file: Path | None, repair: bool, verify: bool, min_age: f
     from gateway.ingest.storage import FileStore
     from gateway.ingest.store_check import check_store
 
+    from gateway.ingest.recovery import recover
+
     settings = _settings(config_file)
-    report = check_store(FileStore(settings.data_dir), _runtime_index(settings), repair=repair,
-                         verify=verify, min_age=min_age)
+    store, index = FileStore(settings.data_dir), _runtime_index(settings)
+    recover(store, index)  # after an unclean stop, rows lost with the last flush come back first
+    report = check_store(store, index, repair=repair, verify=verify, min_age=min_age)
     if as_json:
         click.echo(jsonlib.dumps(report.as_dict(), indent=2))
     else:

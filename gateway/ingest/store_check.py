@@ -2,7 +2,9 @@
 
 An instance is acknowledged only once its file is durable *and* its index row committed, so a
 crash between the two can leave a file under ``storage/`` that no row names (an *orphan*: it
-was never acknowledged, and re-sending the instance makes it whole). Nothing else should ever
+was never acknowledged, and re-sending the instance makes it whole). The rows a power cut
+took with the last group's flush are not orphans: ``drimbox store check`` first runs the
+recovery that indexes their files again (:mod:`gateway.ingest.recovery`). Nothing else should ever
 differ; this check finds out:
 
 * **orphans** — files no index row names, older than ``min_age`` seconds (a younger file may
