@@ -1,7 +1,7 @@
 """The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``backup
 create|verify|restore|list``, ``study show``, ``kos``, ``manifest``, ``publish``,
-``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``, ``whitelist check``,
-``consumer export``, ``pki init``.
+``unpublish``, ``outbox list|retry``, ``mssante list|retry``, ``dmp-sim``, ``psc-sim``,
+``annuaire-sim``, ``whitelist check``, ``consumer export``, ``pki init``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -400,6 +400,8 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
         click.echo(f"viewer link  {status['viewer_link']}")
     else:
         click.echo("report       none")
+    for problem in status["problems"]:
+        click.echo(f"problem      {problem}")
     _echo_publication(publication)
 
 
@@ -627,6 +629,39 @@ def outbox_retry(config_file: Path | None, row_id: int) -> None:
         click.echo(f"drimbox: {why_not}", err=True)
         sys.exit(1)
     click.echo(f"outbox #{row_id}: due now")
+
+
+@main.command("annuaire-sim")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8280, show_default=True, type=int)
+@click.option("--api-key", envvar="ANNUAIRE_SIM_API_KEY", required=True,
+              help="The ESANTE-API-KEY it accepts (or ANNUAIRE_SIM_API_KEY); any other is 401.")
+@click.option("--fixture", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="JSON file {\"resources\": [...]} of Practitioner, "
+                                 "PractitionerRole and Organization resources (default: the "
+                                 "test entries of adapters/annuaire/fixture.json).")
+@click.option("--base-url", default=None, help="Public base URL (fullUrl of the entries).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Serve https with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Private key of --tls-cert (PEM).")
+def annuaire_sim(host: str, port: int, api_key: str, fixture: Path | None,
+                 base_url: str | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Run the Annuaire Santé FHIR API simulator (Practitioner, PractitionerRole,
+    Organization searches from a fixture; 401 without the API key)."""
+    from adapters.annuaire.simulator import DEFAULT_FIXTURE, AnnuaireSimulator, load_fixture, serve
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    try:
+        resources = load_fixture(fixture or DEFAULT_FIXTURE)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--fixture") from None
+    scheme = "https" if tls_cert else "http"
+    sim = AnnuaireSimulator(resources, api_key, base_url or f"{scheme}://{host}:{port}")
+    click.echo(f"annuaire-sim: {len(resources)} resources on {scheme}://{host}:{port}",
+               err=True)
+    serve(sim, host, port, tls_cert, tls_key)
 
 
 @main.command("psc-sim")

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 def serve(settings: Settings) -> None:
     _check_tls(settings)  # may exit: before anything is built or listens
     runtime = Runtime.build(settings)  # clears staging: before any worker exists
+    _annuaire(settings, runtime)
     _psc_client(settings, runtime)  # may exit: before the workers
     source = settings.source_enabled  # roles: a consumer-only box opens no Source listener
     stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
@@ -143,7 +144,7 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
         if runtime.reports is not None:  # CRs publish; ``publication_trigger``
             from gateway.publication.report_trigger import ReportPublisher
 
-            publisher = ReportPublisher(workflow, settings)
+            publisher = ReportPublisher(workflow, settings, directory=runtime.directory)
             publisher.attach(runtime.reports)
             stability.subscribe_in_transaction(publisher.on_stable)
         else:
@@ -165,6 +166,23 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
     log.info("publication outbox worker started (%s transport, auto_publish=%s)",
              settings.dmp_transport, settings.effective_auto_publish)
     return worker
+
+
+def _annuaire(settings: Settings, runtime: Runtime) -> None:
+    """The Annuaire Santé client (``annuaire_url``): completes reports' authors and finds
+    MSSanté recipients' addresses. A wrong setting stops start-up (exit 2)."""
+    if not settings.annuaire_url:
+        return
+    from adapters.annuaire import AnnuaireClient
+
+    try:
+        runtime.directory = AnnuaireClient.from_settings(settings)
+    except ValueError as exc:
+        log.error("Annuaire Santé configuration: %s", exc)
+        runtime.close()
+        sys.exit(2)
+    log.info("Annuaire Santé at %s (answers kept %.0f s)", settings.annuaire_url,
+             settings.annuaire_cache_seconds)
 
 
 def _psc_client(settings: Settings, runtime: Runtime) -> None:

@@ -48,6 +48,10 @@ def publication_refusal(index: InstanceIndex, settings: Settings, study_uid: str
     return ""
 
 
+#: History events that are problems an operator should see (``problems`` of ``study show``).
+PROBLEM_EVENTS = ("annuaire_problem", "mssante_problem")
+
+
 def study_status(index: InstanceIndex, settings: Settings, study_uid: str) -> dict:
     """JSON-ready state of one study; raises :class:`~gateway.index.facts.UnknownStudy`."""
     state = study_state(index, study_uid, policy(settings))
@@ -72,4 +76,5 @@ def study_status(index: InstanceIndex, settings: Settings, study_uid: str) -> di
              "received_at": m.received_at} for m in messages],
         "viewer_link": viewer_link(settings, study_uid, current.id_cda) if current else None,
         "publication": asdict(publication),
+        "problems": [e.detail for e in publication.history if e.event in PROBLEM_EVENTS],
     }
