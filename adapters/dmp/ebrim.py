@@ -186,32 +186,68 @@ class Submission:
     signature_unique_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class ExtraDocument:
+    """Another document of the submission (the CR in an XDM export): its symbolic id, its
+    DocumentEntry and its bytes; it is a member of the submission set and signed too."""
+
+    symbolic_id: str
+    entry: DocumentEntry
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SignedObjects:
+    """The ``lcm:SubmitObjectsRequest`` of a submission and the Signature01 bytes it lists."""
+
+    request: etree._Element
+    signature: bytes
+
+
+def submit_objects(entry: DocumentEntry, ss: SubmissionSet, kos_bytes: bytes,
+                   sign_key_pem: bytes, sign_cert_pem: bytes, signature_unique_id: str,
+                   replaces_entry_uuid: str | None = None, now: dt.datetime | None = None,
+                   extra: tuple[ExtraDocument, ...] = ()) -> SignedObjects:
+    """The registry objects of a KOS submission (R4, R5; RPLC with ``replaces_entry_uuid``,
+    R8): SubmissionSet01, DocumentKOS, the ``extra`` documents, Signature01 over all of them.
+    ITI-41 sends it in a ProvideAndRegisterDocumentSetRequest; ITI-32 (XDM) writes it as
+    METADATA.XML."""
+    if entry.patient_id != ss.patient_id:
+        raise ValueError("the submission set and the document are for different patients")
+    ids = _Ids()
+    sor = etree.Element(q(LCM, "SubmitObjectsRequest"), nsmap={"lcm": LCM, "rim": RIM})
+    rol = etree.SubElement(sor, q(RIM, "RegistryObjectList"))
+    rp = registry_package(rol, ss, ids)
+    _extrinsic(rol, KOS_ID, entry, ids)
+    for doc in extra:
+        if doc.entry.patient_id != ss.patient_id:
+            raise ValueError(f"{doc.symbolic_id} is for another patient")
+        _extrinsic(rol, doc.symbolic_id, doc.entry, ids)
+    signed = {entry.unique_id: kos_bytes} | {d.entry.unique_id: d.data for d in extra}
+    sig_bytes = dsg.sign_submission(ss.unique_id, rp, signed, sign_key_pem, sign_cert_pem, now)
+    _extrinsic(rol, SIG_ID, signature_entry(entry, signature_unique_id, ss.submission_time,
+                                            sig_bytes), ids)
+    for member in (KOS_ID, *(d.symbolic_id for d in extra), SIG_ID):
+        association(rol, N.HAS_MEMBER, SS_ID, member, SubmissionSetStatus="Original")
+    association(rol, N.SIGNS, SIG_ID, SS_ID)
+    if replaces_entry_uuid:
+        association(rol, N.RPLC, KOS_ID, replaces_entry_uuid)
+    return SignedObjects(sor, sig_bytes)
+
+
 def provide_and_register(entry: DocumentEntry, ss: SubmissionSet, kos_bytes: bytes,
                          sign_key_pem: bytes, sign_cert_pem: bytes, signature_unique_id: str,
                          replaces_entry_uuid: str | None = None,
                          now: dt.datetime | None = None) -> Submission:
     """The ProvideAndRegisterDocumentSetRequest of a KOS publication (R4, R5), or of its
     replacement (``replaces_entry_uuid``: RPLC, R8)."""
-    if entry.patient_id != ss.patient_id:
-        raise ValueError("the submission set and the document are for different patients")
-    ids = _Ids()
+    objects = submit_objects(entry, ss, kos_bytes, sign_key_pem, sign_cert_pem,
+                             signature_unique_id, replaces_entry_uuid, now)
     req = etree.Element(q(XDSB, "ProvideAndRegisterDocumentSetRequest"),
                         nsmap={"xdsb": XDSB, "lcm": LCM, "rim": RIM})
-    sor = etree.SubElement(req, q(LCM, "SubmitObjectsRequest"))
-    rol = etree.SubElement(sor, q(RIM, "RegistryObjectList"))
-    rp = registry_package(rol, ss, ids)
-    _extrinsic(rol, KOS_ID, entry, ids)
-    sig_bytes = dsg.sign_submission(ss.unique_id, rp, {entry.unique_id: kos_bytes},
-                                    sign_key_pem, sign_cert_pem, now)
-    _extrinsic(rol, SIG_ID, signature_entry(entry, signature_unique_id, ss.submission_time,
-                                            sig_bytes), ids)
-    association(rol, N.HAS_MEMBER, SS_ID, KOS_ID, SubmissionSetStatus="Original")
-    association(rol, N.HAS_MEMBER, SS_ID, SIG_ID, SubmissionSetStatus="Original")
-    association(rol, N.SIGNS, SIG_ID, SS_ID)
-    if replaces_entry_uuid:
-        association(rol, N.RPLC, KOS_ID, replaces_entry_uuid)
+    req.append(objects.request)
     attachments = {}
-    for doc_id, data in ((KOS_ID, kos_bytes), (SIG_ID, sig_bytes)):
+    for doc_id, data in ((KOS_ID, kos_bytes), (SIG_ID, objects.signature)):
         cid = f"{doc_id}.{uuid.uuid4().hex}@drimbox"
         xop_include(etree.SubElement(req, q(XDSB, "Document"), id=doc_id), cid)
         attachments[cid] = data
