@@ -402,6 +402,11 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
         click.echo("report       none")
     for problem in status["problems"]:
         click.echo(f"problem      {problem}")
+    for m in status["mssante"]:
+        state = m["state"] + (f", attempt {m['attempts']}" if m["state"] != "sent" else "")
+        said = m["smtp_reply"] or m["error_text"] or m["last_error"]
+        click.echo(f"MSSanté      #{m['id']} {m['recipient_kind']} {m['address']}: {state}"
+                   f" {m['message_id']}" + (f" ({said})" if said else ""))
     _echo_publication(publication)
 
 
@@ -629,6 +634,65 @@ def outbox_retry(config_file: Path | None, row_id: int) -> None:
         click.echo(f"drimbox: {why_not}", err=True)
         sys.exit(1)
     click.echo(f"outbox #{row_id}: due now")
+
+
+@main.group("mssante")
+def mssante_group() -> None:
+    """The MSSanté outbox: reports' messages queued, sent, refused."""
+
+
+@mssante_group.command("list")
+@config_option
+@click.option("--state", type=click.Choice(["pending", "sending", "sent", "refused"]),
+              default=None, help="Only messages in this state.")
+@click.option("--study", "study_uid", default=None, help="Only this study's messages.")
+@click.option("--limit", type=int, default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def mssante_list(config_file: Path | None, state: str | None, study_uid: str | None,
+                 limit: int, as_json: bool) -> None:
+    """MSSanté messages, newest first, with counts by state."""
+    import json as jsonlib
+    from dataclasses import asdict
+
+    from gateway.index import mssante
+    from gateway.publication.outbox import redact
+
+    index = _runtime_index(_settings(config_file))
+    with index.read() as s:
+        rows = mssante.list_rows(s, study_uid=study_uid, state=state, limit=limit)
+        counts = mssante.counts_by_state(s)
+    if as_json:
+        shown = [{k: (redact(v) if k == "address" else v) for k, v in asdict(r).items()
+                  if k != "body"} for r in rows]
+        click.echo(jsonlib.dumps({"counts": counts, "rows": shown}, default=str, indent=2))
+        return
+    click.echo("  ".join(f"{k} {v}" for k, v in counts.items()))
+    for r in rows:
+        if r.state == "refused":
+            status = f"REFUSED {r.error_text}"
+        elif r.state == "sent":
+            status = f"sent {r.done_at:%Y-%m-%d %H:%M:%S} {r.smtp_reply}"
+        else:
+            status = f"{r.state} (attempt {r.attempts}, next {r.next_attempt_at:%H:%M:%S})" + (
+                f" last error: {r.last_error}" if r.last_error else "")
+        click.echo(f"#{r.id:<5} {r.recipient_kind:<12} {redact(r.address)} "
+                   f"{r.study_instance_uid} {r.message_id}  {status}")
+
+
+@mssante_group.command("retry")
+@config_option
+@click.argument("row_id", type=int)
+def mssante_retry(config_file: Path | None, row_id: int) -> None:
+    """Send a refused (or waiting) message again now (the same Message-ID)."""
+    from gateway.index import mssante
+
+    index = _runtime_index(_settings(config_file))
+    with index.write() as s:
+        why_not = mssante.retry_now(s, row_id)
+    if why_not:
+        click.echo(f"drimbox: {why_not}", err=True)
+        sys.exit(1)
+    click.echo(f"MSSanté #{row_id}: due now")
 
 
 @main.command("annuaire-sim")

@@ -37,6 +37,7 @@ def serve(settings: Settings) -> None:
     stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
     outbox_worker = (_publication(settings, runtime, stability)  # may exit: before the workers
                      if source else None)
+    mssante_worker = _mssante(settings, runtime) if source else None  # may exit
     whitelist_refresher = _whitelist(settings, runtime)  # may exit: before the workers
     retention = _retention(settings, runtime)
     dicom: DicomService | WorkerPool | None = None
@@ -97,6 +98,9 @@ def serve(settings: Settings) -> None:
         if outbox_worker is not None:
             outbox_worker.stop()
             outbox_worker.transport.close()
+        if mssante_worker is not None:
+            mssante_worker.stop()
+            mssante_worker.transport.close()
         runtime.close()
         log.info("stopped")
     if unclean:
@@ -165,6 +169,39 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
     worker.start()
     log.info("publication outbox worker started (%s transport, auto_publish=%s)",
              settings.dmp_transport, settings.effective_auto_publish)
+    return worker
+
+
+def _mssante(settings: Settings, runtime: Runtime):  # noqa: ANN202
+    """MSSanté delivery of CRs (DESTMSSANTEPS / DESTMSSANTEPAT): the report hook that queues
+    messages and, with ``mssante_smtp_host``, the worker that sends them with the study's XDM
+    archive. An unreadable certificate stops start-up (exit 2)."""
+    if runtime.reports is None:
+        return None
+    from gateway.mssante.delivery import MssanteDelivery, MssanteWorker
+
+    delivery = MssanteDelivery(runtime.index, settings, directory=runtime.directory)
+    delivery.attach(runtime.reports)
+    if not settings.mssante_configured:
+        return None
+    from adapters.mssante.smtp import SmtpTransport
+    from adapters.xdm.archive import build_xdm_archive
+
+    try:
+        transport = SmtpTransport.from_settings(settings)
+    except ValueError as exc:
+        log.error("MSSanté configuration: %s", exc)
+        runtime.close()
+        sys.exit(2)
+
+    def attachment(study_uid: str, _id_cda: str) -> bytes:
+        return build_xdm_archive(runtime.index, settings, study_uid).data
+
+    worker = MssanteWorker.from_settings(runtime.index, transport, settings, attachment)
+    delivery.on_queued = worker.nudge
+    worker.start()
+    log.info("MSSanté outbox worker started (%s:%d, from %s)", settings.mssante_smtp_host,
+             settings.mssante_smtp_port, settings.mssante_sender)
     return worker
 
 

@@ -66,17 +66,19 @@ def annuaire_sim(tmp: Path, api_key: str = API_KEY) -> Iterator[AnnuaireSim]:
             proc.wait()
 
 
-def cda_g_author_id_only(author_id: str = BIDEAULT, *, recipients: tuple[tuple[str, str], ...] = (),
-                         patient_mailto: bool = True) -> bytes:
-    """Exam G's CR with its author reduced to ``assignedAuthor/id`` = ``author_id``: no
-    ``code`` (profession/specialty), no ``assignedPerson`` (name), no structure id.
-    ``recipients``: (IdNat_PS, MSSanté address or '') as ``informationRecipient``."""
+def cda_g(*, author_id_only: str | None = None, recipients: tuple[tuple[str, str], ...] = (),
+          patient_mailto: bool = True) -> bytes:
+    """Exam G's CR, changed: ``author_id_only`` reduces its author to ``assignedAuthor/id`` =
+    that IdNat_PS (no ``code`` = profession/specialty, no ``assignedPerson`` = name, no
+    structure id); ``recipients``: (IdNat_PS, MSSanté address or '') added as
+    ``informationRecipient``; ``patient_mailto`` False removes the patient's ``mailto:``."""
     root = etree.fromstring(CDA_G1_MAJ.read_bytes())
-    author = root.find("cda:author/cda:assignedAuthor", NS)
-    author.find("cda:id", NS).set("extension", author_id)
-    for path in ("cda:code", "cda:assignedPerson", "cda:representedOrganization/cda:id"):
-        el = author.find(path, NS)
-        el.getparent().remove(el)
+    if author_id_only is not None:
+        author = root.find("cda:author/cda:assignedAuthor", NS)
+        author.find("cda:id", NS).set("extension", author_id_only)
+        for path in ("cda:code", "cda:assignedPerson", "cda:representedOrganization/cda:id"):
+            el = author.find(path, NS)
+            el.getparent().remove(el)
     if not patient_mailto:
         for tel in root.findall("cda:recordTarget/cda:patientRole/cda:telecom", NS):
             if tel.get("value", "").startswith("mailto:"):
@@ -85,9 +87,15 @@ def cda_g_author_id_only(author_id: str = BIDEAULT, *, recipients: tuple[tuple[s
     for ident, address in reversed(recipients):  # after custodian, in order
         rec = etree.Element("{urn:hl7-org:v3}informationRecipient", typeCode="PRCP")
         intended = etree.SubElement(rec, "{urn:hl7-org:v3}intendedRecipient")
-        etree.SubElement(intended, "{urn:hl7-org:v3}id", root="1.2.250.1.71.4.2.1",
-                         extension=ident)
+        if ident:
+            etree.SubElement(intended, "{urn:hl7-org:v3}id", root="1.2.250.1.71.4.2.1",
+                             extension=ident)
         if address:
             etree.SubElement(intended, "{urn:hl7-org:v3}telecom", value=f"mailto:{address}")
         anchor.addnext(rec)
     return etree.tostring(root, xml_declaration=True, encoding="UTF-8")
+
+
+def cda_g_author_id_only(author_id: str = BIDEAULT) -> bytes:
+    """Exam G's CR with its author reduced to an identifier (see :func:`cda_g`)."""
+    return cda_g(author_id_only=author_id)

@@ -51,7 +51,7 @@ from gateway.index import mssante as rows
 from gateway.index import outbox as history
 from gateway.index.store import InstanceIndex
 from gateway.ingest.processes import alive
-from gateway.mssante.message import build_message, new_message_id
+from gateway.mssante.message import build_message, new_message_id, wire_bytes
 from gateway.mssante.transport import MailRefused, MailTransport, MailUnavailable
 from gateway.publication.outbox import backoff_delay, redact
 from gateway.publication.study_status import viewer_link
@@ -274,7 +274,7 @@ class MssanteWorker:
                                     message_id=row.message_id, subject=row.subject,
                                     body=row.body, attachment=attachment,
                                     read_receipt=row.ack_read)
-            reply = self.transport.send(self.sender, [row.address], message.as_bytes(),
+            reply = self.transport.send(self.sender, [row.address], wire_bytes(message),
                                         delivery_receipt=row.ack_reception)
         except MailRefused as exc:
             self._refused(row, exc)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from email.policy import SMTP
 from email.utils import format_datetime
 
 XDM_FILENAME = "IHE_XDM.ZIP"
@@ -42,3 +43,9 @@ def build_message(*, sender: str, recipient: str, message_id: str, subject: str,
     msg.add_attachment(attachment, maintype="application", subtype="zip",
                        filename=XDM_FILENAME)
     return msg
+
+
+def wire_bytes(msg: EmailMessage) -> bytes:
+    """The message as SMTP carries it: every line ends with CRLF (``smtplib`` sends bytes as
+    they are; a bare LF would make one long line of the whole message)."""
+    return msg.as_bytes(policy=SMTP)
