@@ -38,23 +38,21 @@ mailbox recognises the copy (SMTP has no way to ask a server whether it took a m
 from __future__ import annotations
 
 import logging
-import os
-import socket
-import threading
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.orm import Session
 
 from gateway.config import Settings
 from gateway.directory.professionals import DirectoryError, ProfessionalDirectory
 from gateway.index import mssante as rows
 from gateway.index import outbox as history
 from gateway.index.store import InstanceIndex
-from gateway.ingest.processes import alive
 from gateway.mssante.message import build_message, new_message_id, wire_bytes
 from gateway.mssante.transport import MailRefused, MailTransport, MailUnavailable
 from gateway.publication.outbox import backoff_delay, redact
 from gateway.publication.study_status import viewer_link
+from gateway.publication.worker import OutboxThread
 from gateway.reports.workflow import ImagingReport, ReportWorkflow
 
 log = logging.getLogger(__name__)
@@ -178,26 +176,22 @@ class MssanteDelivery:
                 self.on_queued()
 
 
-class MssanteWorker:
+class MssanteWorker(OutboxThread):
     """Sends the queued messages (module docstring)."""
+
+    thread_name = "mssante-outbox"
 
     def __init__(self, index: InstanceIndex, transport: MailTransport, sender: str,
                  attachment: AttachmentBuilder, *, backoff_initial: float = 30.0,
                  backoff_max: float = 3600.0, poll_interval: float = 2.0,
                  lease_seconds: float = 300.0) -> None:
-        self.index = index
+        super().__init__(index, poll_interval)
         self.transport = transport
         self.sender = sender
         self.attachment = attachment
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
-        self.host = socket.gethostname()
-        self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @classmethod
     def from_settings(cls, index: InstanceIndex, transport: MailTransport,
@@ -208,52 +202,11 @@ class MssanteWorker:
                    poll_interval=settings.mssante_poll_interval,
                    lease_seconds=4 * settings.mssante_timeout + 60)
 
-    # ------------------------------------------------------------------------------ thread
+    def claimants(self, s: Session) -> list[str]:
+        return rows.claimants(s)
 
-    def start(self) -> None:
-        self.recover()
-        self._thread = threading.Thread(target=self._run, name="mssante-outbox", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def nudge(self, *_: object) -> None:
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # noqa: BLE001 - the index may be briefly unreachable
-                log.exception("MSSanté outbox pass failed; will retry")
-                worked = False
-            if not worked:
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
-
-    def recover(self) -> int:
-        """Messages claimed by a process of this host that is gone are due again at once."""
-        mine_host, my_pid = f"{self.host}:", os.getpid()
-        with self.index.write() as s:
-            dead = []
-            for claimant in rows.claimants(s):
-                if not claimant.startswith(mine_host):
-                    continue
-                try:
-                    pid = int(claimant.rsplit(":", 2)[1])
-                except (ValueError, IndexError):
-                    continue
-                if claimant != self.worker_id and (pid == my_pid or not alive(pid)):
-                    dead.append(claimant)
-            n = rows.release_claims(s, dead)
-        if n:
-            log.warning("MSSanté outbox: %d message(s) claimed by a process that died are due "
-                        "again", n)
-        return n
+    def release_claims(self, s: Session, workers: list[str]) -> int:
+        return rows.release_claims(s, workers)
 
     # -------------------------------------------------------------------------------- work
 
