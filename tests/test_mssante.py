@@ -31,6 +31,7 @@ from test_report_publication_e2e import images_g
 
 from adapters.mssante.smtp import SmtpTransport, client_context
 from adapters.xdm.reader import read_xdm
+from gateway.config import load_settings
 from gateway.mssante.message import XDM_FILENAME, build_message, new_message_id, wire_bytes
 from gateway.mssante.transport import MailRefused, MailUnavailable
 
@@ -262,3 +263,25 @@ def test_message_is_multipart_mixed_with_the_xdm_attachment() -> None:
     wire = wire_bytes(msg)  # as SMTP carries it: CRLF lines, none over 78 characters
     assert b"\n" not in wire.replace(b"\r\n", b"")
     assert max(len(line) for line in wire.split(b"\r\n")) <= 78
+
+
+def test_settings_and_start_up_refuse_an_unusable_mssante_configuration(
+        gateway_factory, pki, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    with pytest.raises(Exception, match="mssante_smtp_host and mssante_sender go together"):
+        load_settings(None, mssante_smtp_host="smtp.example.mssante.fr")
+    with pytest.raises(Exception, match="mssante_client_cert and mssante_client_key go together"):
+        load_settings(None, mssante_client_cert=pki.client_cert)
+    with pytest.raises(Exception, match="not an e-mail address"):
+        load_settings(None, mssante_smtp_host="h", mssante_sender="drimbox")
+    # A certificate that cannot be read stops `drimbox serve` at start-up (exit 2), naming it.
+    with smtp_server(pki) as smtp:
+        gw = gateway_factory(DRIMBOX_HL7_PORT=str(free_port()),
+                             DRIMBOX_MSSANTE_SMTP_HOST=smtp.host,
+                             DRIMBOX_MSSANTE_SMTP_PORT=str(smtp.port),
+                             DRIMBOX_MSSANTE_SENDER=SENDER,
+                             DRIMBOX_MSSANTE_CLIENT_CERT=str(tmp_path / "missing.pem"),
+                             DRIMBOX_MSSANTE_CLIENT_KEY=str(pki.client_key))
+        with pytest.raises(RuntimeError, match="exited at start-up") as failed:
+            gw.start()
+        assert "MSSanté configuration: mssante_client_cert" in str(failed.value)
+        assert gw.proc.returncode == 2
