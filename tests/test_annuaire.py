@@ -66,6 +66,12 @@ def test_lookups_answer_practitioner_role_and_organization(annuaire) -> None:  #
         # A bare RPPS (11 digits) is the same professional; ADELI-style ids are searched as given.
         assert client.professional("01234567897").mssante_addresses == (MEDIONI_MSSANTE,)
         assert client.structure("101235555").idnst == "1101235555"
+        # ADELI: the IdNat_PS 0 + ADELI, or the bare ADELI.
+        for adeli in ("0751234567", "751234567"):
+            manipulator = client.professional(adeli)
+            assert (manipulator.idnps, manipulator.family, manipulator.profession.code) == (
+                "0751234567", "LEROUX", "80")
+            assert manipulator.author_specialty.code == "G15_80"
         assert client.professional(UNKNOWN) is None
         # The cache: asked again, no request goes out (unknown ids included).
         before = client.requests

@@ -98,11 +98,15 @@ class ProfessionalDirectory(Protocol):
 
 
 def idnps_of(identifier: str, root: str = "") -> str:
-    """The IdNat_PS of an identifier as reports write it: an IdNat_PS (12 characters, ``8`` or
-    ``0`` first), or a bare RPPS (11 digits) that gets its ``8``."""
+    """The IdNat_PS of an identifier as reports write it: an IdNat_PS (``8`` + RPPS, 12
+    characters; ``0`` + ADELI, 10), or a bare RPPS (11 digits) that gets its ``8``, or a bare
+    ADELI (9 characters) that gets its ``0``."""
     value = identifier.strip()
-    if len(value) == 11 and value.isdigit() and root in ("", OID_IDNPS):
-        return "8" + value
+    if root in ("", OID_IDNPS) and value.isalnum():
+        if len(value) == 11 and value.isdigit():
+            return "8" + value
+        if len(value) == 9:
+            return "0" + value
     return value
 
 
