@@ -12,21 +12,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cryptography import x509
 from annuaire_support import (
     API_KEY,
     BIDEAULT,
-    MEDIONI,
     MEDIONI_MSSANTE,
     UNKNOWN,
     annuaire_sim,
     cda_g_author_id_only,
 )
-from dmp_support import Sim, pki, start_sim  # noqa: F401
+from cryptography import x509
+from dmp_support import pki, start_sim  # noqa: F401
 from hl7_support import fill, sample, send, with_cda
+from peers import storescu
 from test_publication_e2e import IndexView, dmp_entries, of_study, view  # noqa: F401
 from test_report_publication_e2e import STUDY_G, images_g, report_gateway, show
-from peers import storescu
 
 from adapters.annuaire import AnnuaireClient
 from adapters.dmp.transport import SystemPublisher
