@@ -56,6 +56,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         from dicomweb import consumer_studies  # R17: retrieval, cache, consumer DICOMweb
 
         consumer_studies.install(app)
+        from dicomweb import consumer_xdm  # R23: a KOS from an XDM archive, the same retrieval
+
+        consumer_xdm.install(app)
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> Response:

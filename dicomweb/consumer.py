@@ -69,6 +69,19 @@ MAX_BODY = 16 * 1024
 ACTION_CONTEXT = "consumer_context"
 ACTION_VIEW = "consumer_view"
 _HEADERS = PAGE_HEADERS
+XDM_PATH = "/consumer/xdm"
+"""The XDM upload (R23, :mod:`dicomweb.consumer_xdm`)."""
+XDM_FIELD = "archive"
+
+
+def xdm_form(base: str) -> str:
+    """The upload form of the consumer page."""
+    return (f"<details id=xdm-import><summary>Importer une archive IHE XDM (reçue par "
+            f"messagerie sécurisée, sur un support)</summary>"
+            f"<form id=xdm-form method=post enctype='multipart/form-data' "
+            f"action='{html.escape(base)}{XDM_PATH}'>"
+            f"<p><input type=file name={XDM_FIELD} accept='.zip,application/zip' required></p>"
+            "<button id=xdm-submit>Importer</button></form></details>")
 
 
 def _page(title: str, body: str, status: int = 200) -> HTMLResponse:
@@ -218,6 +231,7 @@ def _render(request: Request, info: SessionInfo, current: CurrentContext | None)
     return _page("Examens du patient",
                  header + identity_banner(patient) + consent
                  + priors_section(request, info, patient, principal)
+                 + (xdm_form(base) if patient.consent else "")
                  + "<details id=other-patient><summary>Autre patient</summary>"
                  + _search_form(base, info) + "</details>")
 

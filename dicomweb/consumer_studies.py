@@ -168,7 +168,6 @@ def study_page(document_unique_id: str, request: Request) -> Response:
 
         with DmpClient.from_settings(settings) as dmp:
             data = fetch_kos(dmp, vihf, document_unique_id, patient.ins)
-        plan = read_kos(data)
     except KosUnreadable as exc:
         _audit(request, principal, ACTION_KOS, DENIED, "kos_unusable: " + str(exc),
                ins=patient.ins, kos=document_unique_id)
@@ -184,21 +183,40 @@ def study_page(document_unique_id: str, request: Request) -> Response:
         log.warning("consumer: the DMP refused or failed ITI-18/43 (%s)", type(exc).__name__)
         return _page("DMP indisponible", "<p id=error>Le DMP n'a pas fourni le document "
                      "(refus ou indisponibilité). Réessayez plus tard.</p>", 502)
-    if plan.patient_id and plan.patient_id != patient.ins:
-        _audit(request, principal, ACTION_KOS, DENIED, "kos_other_patient", ins=patient.ins,
-               kos=document_unique_id, study=plan.study_uid)
-        return _page("Examen refusé", "<p id=error>Le KOS ne désigne pas le patient en cours "
-                     "(identifiant patient différent).</p>", 409)
-    _audit(request, principal, ACTION_KOS, ALLOWED, f"{len(plan.series)} series",
-           ins=patient.ins, kos=document_unique_id, study=plan.study_uid)
-    rid = retriever(request).start(key, plan, token, principal, patient.ins, _trust(request),
-                                   client_address(request))
+    rid, refusal = follow_kos(request, key, principal, patient, document_unique_id, data, token)
+    if refusal is not None:
+        return refusal
     status = retriever(request).status(rid)
     if status is None:
         row = session_retrieval(index, key, kos_uid=document_unique_id)
         status = row_status(row) if row is not None else {"state": FAILED, "series": []}
     return _render(request, info, patient, document_unique_id,
                    {**status, "kos": document_unique_id})
+
+
+def follow_kos(request: Request, key: str, principal: Principal, patient,  # noqa: ANN001
+               document_unique_id: str, data: bytes, token: str,
+               origin: str = "") -> tuple[int, Response | None]:
+    """A KOS's bytes, fetched from the DMP or imported from an XDM archive (R23), become a
+    retrieval of this session: read (:func:`read_kos`), checked against the current patient,
+    audited ``consumer_kos``, started (each RetrieveURL checked against the whitelist).
+    ``(retrieval id, None)``, or ``(0, the page that says why not)``."""
+    try:
+        plan = read_kos(data)
+    except KosUnreadable as exc:
+        _audit(request, principal, ACTION_KOS, DENIED, origin + "kos_unusable: " + str(exc),
+               ins=patient.ins, kos=document_unique_id)
+        return 0, _page("Examen indisponible", f"<p id=error>{html.escape(str(exc))}</p>", 404)
+    if plan.patient_id and plan.patient_id != patient.ins:
+        _audit(request, principal, ACTION_KOS, DENIED, origin + "kos_other_patient",
+               ins=patient.ins, kos=document_unique_id, study=plan.study_uid)
+        return 0, _page("Examen refusé", "<p id=error>Le KOS ne désigne pas le patient en cours "
+                        "(identifiant patient différent).</p>", 409)
+    _audit(request, principal, ACTION_KOS, ALLOWED, f"{origin}{len(plan.series)} series",
+           ins=patient.ins, kos=document_unique_id, study=plan.study_uid)
+    rid = retriever(request).start(key, plan, token, principal, patient.ins, _trust(request),
+                                   client_address(request))
+    return rid, None
 
 
 @router.get(STUDIES_PATH + "/{document_unique_id}/status", include_in_schema=False)

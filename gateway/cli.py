@@ -1326,5 +1326,97 @@ def consumer_cache_purge(config_file: Path | None, everything: bool) -> None:
                f"{freed} bytes")
 
 
+
+# --- IHE XDM archives (ITI-32, R23). ---
+
+
+@main.group()
+def xdm() -> None:
+    """IHE XDM archives: a study's manifest on media or by MSSante (R23)."""
+
+
+@xdm.command("export")
+@config_option
+@click.argument("study_uid")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The zip archive to write.")
+@click.option("--with-images", is_flag=True,
+              help="Add the stored images as DICOM media (DICOMDIR at the archive's root).")
+def xdm_export(config_file: Path | None, study_uid: str, output: Path, with_images: bool) -> None:
+    """Write the XDM archive of a study: METADATA.XML (the DMP publication's XDS-I.b
+    metadata), the KOS, the CR when there is one, SIGN_1.XML, INDEX.HTM, README.TXT.
+
+    Exit status: 0 written, 1 the study cannot be exported (the reason is printed)."""
+    from adapters.xdm.archive import XdmExportError, build_xdm_archive
+    from gateway.index.facts import NotPublishable, UnknownStudy
+    from gateway.manifest.xds_metadata import MetadataError
+
+    settings = _settings(config_file)
+    index = _runtime_index(settings)
+    try:
+        archive = build_xdm_archive(index, settings, study_uid, with_images=with_images)
+    except UnknownStudy:
+        click.echo(f"drimbox xdm export: no study {study_uid} in the index", err=True)
+        sys.exit(1)
+    except (NotPublishable, MetadataError, XdmExportError) as exc:
+        click.echo(f"drimbox xdm export: study {study_uid} cannot be exported: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        index.engine.dispose()
+    tmp = output.with_name(output.name + ".partial")
+    tmp.write_bytes(archive.data)
+    tmp.replace(output)
+    images = f", {archive.image_count} images" if with_images else ""
+    click.echo(f"{output}: XDM of study {study_uid}, KOS {archive.kos_uid}{images}, "
+               f"{len(archive.data)} bytes")
+
+
+@xdm.command("import")
+@config_option
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--check", "check_only", is_flag=True,
+              help="Only check the archive (zip, METADATA.XML, sizes and hashes, signature).")
+def xdm_import(config_file: Path | None, archive: Path, check_only: bool) -> None:
+    """Check an XDM archive, then import it: its images (DICOM media) through the same path
+    as C-STORE, like ``drimbox import``. Its KOS is followed on the consumer page (upload),
+    under the practitioner's Pro Sante Connect session.
+
+    Exit status: 0 imported (or checked), 1 refused (the reason is printed) or images
+    rejected, 2 configuration errors."""
+    import tempfile
+
+    from adapters.xdm.reader import XdmRefused, check_archive, extract_media
+
+    settings = _settings(config_file)
+    try:
+        package = check_archive(archive, settings)
+    except XdmRefused as exc:
+        click.echo(f"drimbox xdm import: refused: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{archive}: XDM checked: KOS {package.kos.entry.unique_id} "
+               f"(patient {package.patient_id.split('^')[0]}), "
+               + (f"signed by {package.signer}" if package.signer else "not signed")
+               + "".join(f"; {note}" for note in package.notes))
+    if check_only:
+        return
+    status = 0
+    if package.has_dicomdir:
+        from gateway.ingest.importer import run_import
+
+        with tempfile.TemporaryDirectory(prefix="drimbox-xdm-") as tmp:
+            try:
+                count = extract_media(archive, package, Path(tmp))
+            except XdmRefused as exc:
+                click.echo(f"drimbox xdm import: refused: {exc}", err=True)
+                sys.exit(1)
+            click.echo(f"images: {count} files of DICOM media")
+            status = run_import(settings, [Path(tmp)], quiet=True)
+    else:
+        click.echo("images: none in the archive")
+    if settings.consumer_enabled:
+        click.echo("KOS: open the consumer page and upload the archive to retrieve the study "
+                   "from its Source with your Pro Sante Connect session")
+    sys.exit(status)
+
 if __name__ == "__main__":
     main()

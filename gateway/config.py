@@ -808,6 +808,17 @@ class Settings(BaseSettings):
     """DEVELOPMENT ONLY: without a verified ANS whitelist (``whitelist_source`` unset), trust
     every https Source. Off: without a list every series is refused (R11)."""
 
+    # --- IHE XDM archives (R23): import checks. ---
+    xdm_signature_ca_bundle: Path | None = None
+    """PEM bundle of the CAs whose certificates may sign an imported XDM archive (SIGN_*.XML;
+    IGC-Santé ORG signature ACs). Default: ``dmp_ca_bundle``."""
+    xdm_require_signature: bool = True
+    """Refuse an XDM archive that is not signed or whose signature does not verify. Off
+    (DEVELOPMENT ONLY): such an archive is imported, its KOS and documents still checked
+    against METADATA.XML's sizes and hashes."""
+    xdm_max_upload_bytes: int = Field(default=512 * 1024**2, ge=1024)
+    """Largest XDM archive the consumer page accepts as an upload."""
+
     @field_validator("query_retrieve_callers")
     @classmethod
     def _callers(cls, v: list[str]) -> list[str]:

@@ -2,9 +2,10 @@
 
 :func:`build_xdm_archive` is the entry point (``drimbox xdm export``, the MSSanté sender): it
 takes the study's KOS and DocumentEntry **as published** (the outbox row of the live manifest:
-the same uniqueId, bytes, hash and size as in the DMP), or, for a study not published, builds
-them as a publication would (:mod:`gateway.manifest.manifests`); adds the CR in force when the
-RIS sent one; and writes the archive (:func:`write_xdm`):
+the same uniqueId, bytes, hash and size as in the DMP; a Source serves only a published KOS,
+R10), or, for a study not published exported with its images, builds them as a publication
+would (:mod:`gateway.manifest.manifests`); adds the CR in force when the RIS sent one; and
+writes the archive (:func:`write_xdm`):
 
 * ``METADATA.XML`` — the very registry objects of the DMP publication
   (:func:`adapters.dmp.ebrim.submit_objects`: SubmissionSet01, DocumentKOS, Signature01 and
@@ -39,6 +40,8 @@ from gateway import __version__
 from gateway.config import Settings
 from gateway.imaging.media import MediaSource, add_study_media_to_zip
 from gateway.imaging.retrieval import find_instances
+from gateway.index.facts import UnknownStudy
+from gateway.index.lookup import study_exists
 from gateway.index.models import OutboxItem
 from gateway.index.outbox import PUBLISH, REPLACE, entry_from_json
 from gateway.index.reports import current_report
@@ -82,7 +85,8 @@ class ExportDocuments:
     kos_bytes: bytes
     entry: DocumentEntry
     published: bool
-    """True: the KOS and entry of the live publication (outbox row); False: built now."""
+    """True: the KOS and entry the DMP holds (the publication's outbox row); False: built now
+    (the study is not published; only with the images)."""
     report: tuple[DocumentEntry, bytes] | None = None
 
 
@@ -119,14 +123,20 @@ def report_entry(kos: DocumentEntry, cda: bytes) -> DocumentEntry:
         size=len(cda))
 
 
-def study_documents(index: InstanceIndex, settings: Settings, study_uid: str) -> ExportDocuments:
-    """The KOS and entry of the live publication of ``study_uid``, else built as a publication
-    would build them (raises :class:`~gateway.index.facts.NotPublishable` or
-    :class:`~gateway.manifest.xds_metadata.MetadataError`, which say why); the CR in force."""
+def study_documents(index: InstanceIndex, settings: Settings, study_uid: str, *,
+                    require_published: bool = True) -> ExportDocuments:
+    """The KOS and entry of the study's publication in the DMP, and the CR in force.
+
+    A Source serves a consumer only the KOS it has published (R10): a KOS built now would be
+    refused at retrieval (``kos_unknown``). So a study without a published KOS is refused
+    (:class:`XdmExportError`), unless ``require_published`` is off (an archive that carries
+    the images): its KOS is then built as a publication would build it (raising
+    :class:`~gateway.index.facts.NotPublishable` or
+    :class:`~gateway.manifest.xds_metadata.MetadataError`, which say why)."""
     with index.read() as s:
         live = live_manifest(s, study_uid)
         row = None
-        if live is not None:
+        if live is not None and live.published:
             row = s.scalars(select(OutboxItem)
                             .where(OutboxItem.kos_uid == live.kos_uid,
                                    OutboxItem.kind.in_((PUBLISH, REPLACE)),
@@ -136,6 +146,13 @@ def study_documents(index: InstanceIndex, settings: Settings, study_uid: str) ->
         cr = current_report(s, study_uid)
     if kos is not None:
         docs = ExportDocuments(kos[0], kos[1], published=True)
+    elif require_published:
+        if not study_exists(index, study_uid):
+            raise UnknownStudy(study_uid)
+        raise XdmExportError(
+            "it has no KOS published in the DMP, and this DRIMbox serves a consumer only a "
+            "published KOS (R10): publish it first (drimbox publish), or export it "
+            "--with-images")
     else:
         manifest = build_study_manifest(index, settings, study_uid)
         docs = ExportDocuments(manifest.kos_bytes, document_entry(manifest, settings),
@@ -233,14 +250,16 @@ def build_xdm_archive(index: InstanceIndex, settings: Settings, study_uid: str, 
                       now: dt.datetime | None = None) -> XdmArchive:
     """The XDM archive of ``study_uid`` (R23) as bytes, ready to be written or attached.
 
-    Raises :class:`XdmExportError` (no signing certificate configured, unreadable CR),
+    Without ``with_images`` the study must be published (:func:`study_documents`).
+    Raises :class:`XdmExportError` (no signing certificate configured, no published KOS,
+    unreadable CR),
     :class:`~gateway.index.facts.UnknownStudy` / ``NotPublishable`` /
     :class:`~gateway.manifest.xds_metadata.MetadataError` (a study that cannot be published,
     each saying why)."""
     if settings.dmp_sign_cert is None or settings.dmp_sign_key is None:
         raise XdmExportError("signing the XDM archive needs the organisation signature "
                              "certificate: set dmp_sign_cert and dmp_sign_key")
-    docs = study_documents(index, settings, study_uid)
+    docs = study_documents(index, settings, study_uid, require_published=not with_images)
     images = None
     if with_images:
         store = store or FileStore(settings.data_dir)

@@ -232,8 +232,13 @@ def read_xdm(data: bytes | Path, *, trusted_cas: list[x509.Certificate],
             try:
                 verified = dsg.verify_signature_document(signature.data, ss_uid, package,
                                                          signed, trusted_cas)
-            except ValueError as exc:  # SignatureDocumentError, unreadable certificate
-                reason = str(exc).replace("Signature01", signature.member.rsplit("/", 1)[-1])
+            except Exception as exc:  # noqa: BLE001 - SignatureDocumentError, unreadable
+                # certificate, a signature that does not follow the XMLDSig schema...
+                name = signature.member.rsplit("/", 1)[-1]
+                reason = (str(exc).replace("Signature01", name)
+                          if isinstance(exc, dsg.SignatureDocumentError)
+                          else f"{name} is not a verifiable XML signature "
+                               f"({type(exc).__name__}: {exc})")
                 if require_signature:
                     raise XdmRefused(f"signature refused: {reason}") from None
                 notes.append(f"signature not verified (accepted: xdm_require_signature is "
@@ -270,3 +275,11 @@ def extract_media(data: bytes | Path, package: XdmPackage, target: Path) -> int:
             dst.write_bytes(_read(archive, info, 4 * MAX_DOCUMENT))
             count += 1
     return count
+
+
+def check_archive(data: bytes | Path, settings) -> XdmPackage:  # noqa: ANN001 - Settings
+    """:func:`read_xdm` with the configured trust: ``xdm_signature_ca_bundle`` (default
+    ``dmp_ca_bundle``) and ``xdm_require_signature``."""
+    bundle = settings.xdm_signature_ca_bundle or settings.dmp_ca_bundle
+    return read_xdm(data, trusted_cas=load_trusted_cas(bundle),
+                    require_signature=settings.xdm_require_signature)

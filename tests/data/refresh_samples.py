@@ -19,8 +19,9 @@ DEST = HERE / "drim-m-samples"
 DEFAULT_SOURCE = HERE.parents[2] / "shared" / "drim-m-samples"
 
 #: What the tests read: whole folders where a test globs them (every HL7 v2 message for the INS
-#: codec round trips, every WADO-RS request text for the ANS validator cases), single files else.
-GLOBS = ["hl7v2/**/*.hl7", "wado-rs/**/*.txt"]
+#: codec round trips, every WADO-RS request text for the ANS validator cases, the XDM sample
+#: archive's tree for the R23 import), single files else.
+GLOBS = ["hl7v2/**/*.hl7", "wado-rs/**/*.txt", "xdm/**/*"]
 FILES = [
     "cda/drimbox-poc/IMG_CR_IMG_2023.11_CDA-R2-Niveau-1.xml",
     "cda/referencement/Examen_G/CR_G1_MAJ.abridged.xml",
