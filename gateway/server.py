@@ -38,6 +38,8 @@ def serve(settings: Settings) -> None:
     outbox_worker = (_publication(settings, runtime, stability)  # may exit: before the workers
                      if source else None)
     mssante_worker = _mssante(settings, runtime) if source else None  # may exit
+    if mssante_worker is not None and outbox_worker is not None:
+        outbox_worker.published_hooks.append(mssante_worker.on_study_published)
     whitelist_refresher = _whitelist(settings, runtime)  # may exit: before the workers
     retention = _retention(settings, runtime)
     dicom: DicomService | WorkerPool | None = None

@@ -4,7 +4,8 @@ real MLLP socket to a running gateway reaches a real loopback SMTP server (aiosm
 required, the sender's client certificate from the development PKI required) exactly once,
 even when the server refuses the first attempts; the MIME structure is MSSanté's
 (multipart/mixed, text body, ``IHE_XDM.ZIP``) and the attachment is the study's XDM archive
-(METADATA.XML read by lxml, the KOS by pydicom, the signature checked by the XDM reader).
+(METADATA.XML read by lxml, the KOS by pydicom, the signature checked by the XDM reader),
+whose KOS is the one the DMP simulator holds.
 Recipients come from the CR, else from the Annuaire Santé by RPPS; the patient's address from
 the report. Both index back-ends.
 """
@@ -21,13 +22,14 @@ import pydicom
 import pytest
 from annuaire_support import API_KEY, MEDIONI, MEDIONI_MSSANTE, UNKNOWN, annuaire_sim, cda_g
 from cryptography import x509
-from dmp_support import pki  # noqa: F401
+from dmp_support import Sim, pki  # noqa: F401
 from hl7_support import INS, STUDY_G, fill, sample, send, with_cda
 from lxml import etree
 from mssante_support import Mailbox, smtp_server
 from peers import free_port, storescu
 from test_manifest_e2e import cli
-from test_report_publication_e2e import images_g
+from test_publication_e2e import dmp_entries, of_study
+from test_report_publication_e2e import images_g, report_gateway, sim  # noqa: F401
 
 from adapters.mssante.smtp import SmtpTransport, client_context
 from adapters.xdm.reader import read_xdm
@@ -55,16 +57,8 @@ def oru_g(cda: bytes, *, professionals: bool = True, patient: bool = False,
     return text
 
 
-def mssante_gateway(gateway_factory, pki, smtp, **extra: str):  # noqa: ANN001, ANN201
-    port = free_port()
-    gw = gateway_factory(
-        DRIMBOX_HL7_PORT=str(port),
-        DRIMBOX_REPOSITORY_OID="1.2.250.1.999.1.1",
-        DRIMBOX_INSTITUTION_NAME="CENTRE IMAGERIE TEST",
-        DRIMBOX_STRUCTURE_ID="300017985",
-        DRIMBOX_HEALTHCARE_FACILITY_TYPE="SA07",
-        DRIMBOX_DMP_SIGN_CERT=str(pki.sign_cert),  # signs the XDM archive
-        DRIMBOX_DMP_SIGN_KEY=str(pki.sign_key),
+def mssante_env(pki, smtp, **extra: str) -> dict[str, str]:  # noqa: ANN001
+    return dict(
         DRIMBOX_MSSANTE_SMTP_HOST=smtp.host,
         DRIMBOX_MSSANTE_SMTP_PORT=str(smtp.port),
         DRIMBOX_MSSANTE_SENDER=SENDER,
@@ -77,9 +71,12 @@ def mssante_gateway(gateway_factory, pki, smtp, **extra: str):  # noqa: ANN001, 
         DRIMBOX_MSSANTE_POLL_INTERVAL="0.2",
         **extra,
     )
-    gw.hl7_port = port
-    gw.extra_env["DRIMBOX_PUBLIC_URL"] = gw.url
-    return gw.start()
+
+
+def mssante_gateway(gateway_factory, sim: Sim, smtp, **extra: str):  # noqa: ANN001, ANN201
+    """A gateway publishing to ``sim`` (the XDM archive carries the KOS as published) and
+    sending MSSanté messages to ``smtp``."""
+    return report_gateway(gateway_factory, sim, **mssante_env(sim.pki, smtp, **extra))
 
 
 def show(gw, study: str) -> dict:  # noqa: ANN001
@@ -102,9 +99,10 @@ def wait_messages(gw, study: str, count: int, timeout: float = 90) -> list[dict]
         time.sleep(0.3)
 
 
-def check_xdm(data: bytes, ca_cert: Path, cda: bytes) -> None:
+def check_xdm(data: bytes, ca_cert: Path, cda: bytes) -> str:
     """The attachment is the study's XDM archive: METADATA.XML (lxml) names the KOS and the CR,
-    the KOS is a DICOM KOS of exam G (pydicom), the CR is the one sent, the signature holds."""
+    the KOS is a DICOM KOS of exam G (pydicom), the CR is the one sent, the signature holds.
+    Returns the KOS's SOP Instance UID."""
     with zipfile.ZipFile(io.BytesIO(data)) as z:
         names = set(z.namelist())
         assert {"README.TXT", "INDEX.HTM", "IHE_XDM/SUBSET01/METADATA.XML",
@@ -121,13 +119,14 @@ def check_xdm(data: bytes, ca_cert: Path, cda: bytes) -> None:
     package = read_xdm(data, trusted_cas=[x509.load_pem_x509_certificate(ca_cert.read_bytes())])
     assert package.kos.entry.unique_id == kos.SOPInstanceUID
     assert package.report is not None and package.report.data == cda
+    return str(kos.SOPInstanceUID)
 
 
 def test_flagged_report_reaches_the_smtp_server_exactly_once_despite_refusals(
-        gateway_factory, pki, tmp_path: Path) -> None:  # noqa: ANN001, F811
+        gateway_factory, sim: Sim, pki, tmp_path: Path) -> None:  # noqa: ANN001, F811
     mailbox = Mailbox(refusals=2)  # 451 twice, then taken
     with smtp_server(pki, mailbox) as smtp:
-        gw = mssante_gateway(gateway_factory, pki, smtp)
+        gw = mssante_gateway(gateway_factory, sim, smtp)
         storescu(images_g(tmp_path / "g", 2), gw.dicom_port)
         cda = cda_g(recipients=(("", DR_MARTIN),))
         text, control_id = fill(oru_g(cda))
@@ -135,8 +134,9 @@ def test_flagged_report_reaches_the_smtp_server_exactly_once_despite_refusals(
         assert (ack["ack"], ack["control_id"]) == ("AA", control_id), ack["raw"]
 
         (row,) = wait_messages(gw, STUDY_G, 1)
-        assert (row["state"], row["attempts"], row["recipient_kind"], row["address"]) == (
-            "sent", 3, "professional", DR_MARTIN)
+        assert (row["state"], row["recipient_kind"], row["address"]) == (
+            "sent", "professional", DR_MARTIN)
+        assert row["attempts"] >= 3  # (and those that waited for the DMP publication)
         assert row["smtp_reply"].startswith("250")
         # Exactly one message reached the server; the two refusals were retried, nothing more.
         assert mailbox.data_commands == 3
@@ -160,21 +160,25 @@ def test_flagged_report_reaches_the_smtp_server_exactly_once_despite_refusals(
     assert attachment.get_content_type() == "application/zip"
     assert attachment.get_content_disposition() == "attachment"
     assert attachment.get_filename() == XDM_FILENAME == "IHE_XDM.ZIP"
-    check_xdm(attachment.get_content(), pki.ca_cert, cda)
+    kos_uid = check_xdm(attachment.get_content(), pki.ca_cert, cda)
+    # The archive's KOS is the one the DMP holds (a consumer retrieves with it, R10).
+    (entry,) = of_study(dmp_entries(sim), STUDY_G)
+    assert (entry.unique_id, entry.status) == (kos_uid, "Approved")
 
     history = show(gw, STUDY_G)["publication"]["history"]
     events = [h["event"] for h in history if h["event"].startswith("mssante")]
-    assert events == ["mssante_queued", "mssante_error", "mssante_sent"]
-    assert "451" in next(h["detail"] for h in history if h["event"] == "mssante_error")
+    assert events[0] == "mssante_queued" and events[-1] == "mssante_sent"
+    assert set(events[1:-1]) == {"mssante_error"}
+    assert any("451" in h["detail"] for h in history if h["event"] == "mssante_error")
     text_show = cli(gw, "study", "show", STUDY_G).stdout
     assert f"MSSanté      #{row['id']} professional {DR_MARTIN}: sent {row['message_id']}" \
         in text_show
 
 
 def test_recipients_from_the_annuaire_and_the_patient_unknown_rpps_said(
-        gateway_factory, pki, tmp_path: Path) -> None:  # noqa: ANN001, F811
+        gateway_factory, sim: Sim, pki, tmp_path: Path) -> None:  # noqa: ANN001, F811
     with smtp_server(pki) as smtp, annuaire_sim(tmp_path) as annuaire:
-        gw = mssante_gateway(gateway_factory, pki, smtp, DRIMBOX_ANNUAIRE_URL=annuaire.url,
+        gw = mssante_gateway(gateway_factory, sim, smtp, DRIMBOX_ANNUAIRE_URL=annuaire.url,
                              DRIMBOX_ANNUAIRE_API_KEY=API_KEY)
         storescu(images_g(tmp_path / "g", 1), gw.dicom_port)
         cda = cda_g(recipients=((MEDIONI, ""), (UNKNOWN, "")))
@@ -200,21 +204,29 @@ def test_recipients_from_the_annuaire_and_the_patient_unknown_rpps_said(
     assert INS not in gw.log()  # the patient's address is the INS: never logged
 
 
-def test_flag_without_recipient_or_address_is_a_problem_not_a_message(
+def test_flag_without_recipient_address_or_dmp_is_a_problem_not_a_message(
         gateway_factory, pki, tmp_path: Path) -> None:  # noqa: ANN001, F811
+    """No Annuaire to find a recipient's address, no patient address, and no DMP to publish
+    the KOS the archive must carry: each is said, nothing is queued or sent."""
     with smtp_server(pki) as smtp:
-        gw = mssante_gateway(gateway_factory, pki, smtp)
+        port = free_port()
+        gw = gateway_factory(DRIMBOX_HL7_PORT=str(port), DRIMBOX_REPOSITORY_OID="1.2.250.1.999.1.1",
+                             DRIMBOX_HEALTHCARE_FACILITY_TYPE="SA07",
+                             **mssante_env(pki, smtp)).start()
         storescu(images_g(tmp_path / "g", 1), gw.dicom_port)
-        cda = cda_g(recipients=((MEDIONI, ""),), patient_mailto=False)
+        cda = cda_g(recipients=((MEDIONI, ""), ("", DR_MARTIN)), patient_mailto=False)
         text, _ = fill(oru_g(cda, patient=True))
-        assert send(gw.hl7_port, text)["ack"] == "AA"
+        assert send(port, text)["ack"] == "AA"
         state = show(gw, STUDY_G)
         assert state["mssante"] == []
         assert state["problems"] == [
             f"recipient {MEDIONI}: the CR gives no MSSanté address and no Annuaire Santé is "
             "configured (annuaire_url) to find one",
             "DESTMSSANTEPAT = Y but the report gives no MSSanté address of the patient "
-            "(recordTarget/patientRole/telecom, PID-13)"]
+            "(recordTarget/patientRole/telecom, PID-13)",
+            "the CR asks for MSSanté delivery, whose XDM archive carries the study's KOS as "
+            "published in the DMP (a Source serves only a published KOS, R10), and no DMP is "
+            "configured: nothing sent"]
         assert smtp.mailbox.received == []
 
 

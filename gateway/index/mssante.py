@@ -154,6 +154,14 @@ def retry_now(s: Session, row_id: int, now: datetime | None = None) -> str:
     return ""
 
 
+def due_now(s: Session, study_uid: str, now: datetime | None = None) -> int:
+    """The study's waiting messages become due now (its KOS was just published)."""
+    return s.execute(update(MssanteMessage)
+                     .where(MssanteMessage.study_instance_uid == study_uid,
+                            MssanteMessage.state == PENDING)
+                     .values(next_attempt_at=now or datetime.now(UTC))).rowcount or 0
+
+
 def release_claims(s: Session, workers: list[str], now: datetime | None = None) -> int:
     if not workers:
         return 0

@@ -20,11 +20,14 @@ a log line; never a guessed address. Each message is queued in the index (table
 Sending (:class:`MssanteWorker`, a thread of ``drimbox serve`` when ``mssante_smtp_host`` is
 set): each pass claims one due message, builds the attachment (the study's XDM archive,
 ``IHE_XDM.ZIP``: the function given, :func:`adapters.xdm.archive.build_xdm_archive` in
-``serve``) and the MIME message (:mod:`gateway.mssante.message`), and submits it
+``serve``, which carries the KOS *as published in the DMP*: until the DMP outbox has published
+it the message waits, tried again every ``mssante_backoff_initial`` and at once when the
+publication is recorded, :meth:`MssanteWorker.on_study_published`) and the MIME message
+(:mod:`gateway.mssante.message`), and submits it
 (:class:`~gateway.mssante.transport.MailTransport`). Taken → ``sent`` with the server's reply
 (``mssante_sent`` event); :class:`~gateway.mssante.transport.MailUnavailable` (4xx, connection,
-TLS) or a failure to build the attachment → back to ``pending`` after an exponential backoff
-with jitter (``mssante_backoff_initial`` doubling up to ``mssante_backoff_max``);
+TLS) → back to ``pending`` after an exponential backoff with jitter
+(``mssante_backoff_initial`` doubling up to ``mssante_backoff_max``);
 :class:`~gateway.mssante.transport.MailRefused` (5xx) → ``refused``, shown, retried only by
 ``drimbox mssante retry``.
 
@@ -151,6 +154,11 @@ class MssanteDelivery:
             problems.append("the CR asks for MSSanté delivery but no MSSanté sender is "
                             "configured (mssante_smtp_host, mssante_sender): nothing sent")
             messages = []
+        elif messages and not self.settings.dmp_configured:
+            problems.append("the CR asks for MSSanté delivery, whose XDM archive carries the "
+                            "study's KOS as published in the DMP (a Source serves only a "
+                            "published KOS, R10), and no DMP is configured: nothing sent")
+            messages = []
         now = datetime.now(UTC)
         with self.index.write() as s:
             for kind, national_id, address in messages:
@@ -205,6 +213,14 @@ class MssanteWorker(OutboxThread):
     def claimants(self, s: Session) -> list[str]:
         return rows.claimants(s)
 
+    def on_study_published(self, study_uid: str) -> None:
+        """The DMP outbox published a KOS of the study: its messages waiting for the archive
+        go now."""
+        with self.index.write() as s:
+            n = rows.due_now(s, study_uid)
+        if n:
+            self.nudge()
+
     def release_claims(self, s: Session, workers: list[str]) -> int:
         return rows.release_claims(s, workers)
 
@@ -218,11 +234,14 @@ class MssanteWorker(OutboxThread):
             return False
         log.info("MSSanté #%d: attempt %d", row.id, row.attempts)
         try:
-            try:
-                attachment = self.attachment(row.study_instance_uid, row.id_cda)
-            except Exception as exc:  # noqa: BLE001 - e.g. a study not publishable yet
-                raise MailUnavailable(f"the XDM archive could not be made: "
-                                      f"{type(exc).__name__}: {exc}") from exc
+            attachment = self.attachment(row.study_instance_uid, row.id_cda)
+        except Exception as exc:  # noqa: BLE001 - e.g. the KOS not published in the DMP yet
+            # Not the mail server's doing: tried again every ``backoff_initial`` (and at once
+            # when the study's KOS is published), not after a growing wait.
+            self._postpone(row, f"the XDM archive cannot be made yet: {exc}",
+                           delay=self.backoff_initial)
+            return True
+        try:
             message = build_message(sender=self.sender, recipient=row.address,
                                     message_id=row.message_id, subject=row.subject,
                                     body=row.body, attachment=attachment,
@@ -251,8 +270,9 @@ class MssanteWorker(OutboxThread):
                                             f"{row.address}: {reply}"))
         log.info("MSSanté #%d sent (%s)", row.id, redact(reply))
 
-    def _postpone(self, row: rows.MessageRow, error: str) -> None:
-        delay = backoff_delay(row.attempts, self.backoff_initial, self.backoff_max)
+    def _postpone(self, row: rows.MessageRow, error: str, delay: float | None = None) -> None:
+        if delay is None:
+            delay = backoff_delay(row.attempts, self.backoff_initial, self.backoff_max)
         now = datetime.now(UTC)
         with self.index.write() as s:
             if rows.postpone(s, row.id, self.worker_id, error, now + timedelta(seconds=delay)) \

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -80,6 +81,9 @@ class OutboxWorker(OutboxThread):
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.lease_seconds = lease_seconds
+        self.published_hooks: list[Callable[[str], None]] = []
+        """Called with the study UID after a KOS is recorded published (the MSSanté messages
+        waiting for it go at once)."""
 
     @classmethod
     def from_settings(cls, index: InstanceIndex, transport: DocumentTransport,
@@ -189,6 +193,8 @@ class OutboxWorker(OutboxThread):
                 outbox.add_event(s, row.study_instance_uid, "replaced", kos_uid=rplc_of,
                                  outbox_id=row.id, detail=f"by {row.kos_uid} (RPLC)", now=now)
         log.info("outbox #%d: KOS %s published (%s)", row.id, row.kos_uid, entry_uuid)
+        for hook in self.published_hooks:
+            hook(row.study_instance_uid)
 
     def _withdraw(self, row: ClaimedRow) -> None:
         with self.index.read() as s:
