@@ -36,6 +36,7 @@ from adapters.xdm.reader import read_xdm
 from gateway.config import load_settings
 from gateway.mssante.message import XDM_FILENAME, build_message, new_message_id, wire_bytes
 from gateway.mssante.transport import MailRefused, MailUnavailable
+from gateway.reports.hl7_reader import parse, read_message
 
 SENDER = "drimbox@centre-imagerie-test.mssante.fr"
 DR_MARTIN = "claire.martin@hopital-test.mssante.fr"
@@ -297,3 +298,29 @@ def test_settings_and_start_up_refuse_an_unusable_mssante_configuration(
             gw.start()
         assert "MSSanté configuration: mssante_client_cert" in str(failed.value)
         assert gw.proc.returncode == 2
+
+
+def test_recipients_are_read_from_the_cda_and_the_hl7_prt_rct_segments() -> None:
+    """The CR's recipients: the CDA's informationRecipient and the PRT segments with PRT-4 =
+    RCT (PRT-5 the professional, PRT-15 the MSSanté address); the patient's address from the
+    CDA's telecom, else PID-13. One recipient per identifier or address."""
+    cda = cda_g(recipients=((MEDIONI, ""), ("", DR_MARTIN)), patient_mailto=False)
+    text = oru_g(cda)
+    prt = ("PRT||UC||RCT^Result Copies To^HL70912|801234567897^MEDIONI^Stephane^^^^^^"
+           "ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^RPPS||||||||||^NET^Internet^"
+           f"{MEDIONI_MSSANTE}")
+    other = ("PRT||UC||RCT^Result Copies To^HL70912|899700111111^DURAND^Anne^^^^^^"
+             "ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^RPPS")
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("PRT"))
+    lines[at + 1:at + 1] = [prt, other]
+    pid = next(i for i, line in enumerate(lines) if line.startswith("PID"))
+    fields = lines[pid].split("|")
+    fields[13] = f"^NET^Internet^{PATIENT_ADDRESS}"
+    lines[pid] = "|".join(fields)
+    report = read_message(parse(fill("\r".join(lines))[0]))
+    assert report.flags["DESTMSSANTEPS"] is True
+    assert [(r.id, r.address) for r in report.recipients] == [
+        (MEDIONI, MEDIONI_MSSANTE), ("", DR_MARTIN), ("899700111111", "")]
+    assert report.patient_address == PATIENT_ADDRESS
+    assert report.sender.person_id == "801234564895"  # still the PRT with PRT-4 = SB
