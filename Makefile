@@ -24,7 +24,7 @@ LOCK_VENV = .cache/lock-venv
 PYTEST_WORKERS ?= 4
 PYTEST_XDIST    = $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup)
 
-.PHONY: setup viewer run test lint lock samples conformance clean
+.PHONY: setup viewer run sandbox test lint lock samples conformance clean
 
 setup: $(STAMP) viewer
 
@@ -59,6 +59,9 @@ conformance:          ## regenerate the generated tables of docs/conformance-sta
 
 run: setup            ## serve with SQLite and ./data (override with DRIMBOX_* variables)
 	$(VENV)/bin/drimbox serve $(if $(CONFIG),--config $(CONFIG))
+
+sandbox: setup        ## the whole chain on loopback: Source, Consumer, dmp-sim, psc-sim, Orthanc (docs/sandbox.md)
+	$(VENV)/bin/drimbox sandbox $(if $(BASE_PORT),--base-port $(BASE_PORT)) $(if $(DIR),--dir $(DIR))
 
 test: setup           ## the whole suite (SQLite and PostgreSQL back-ends, real dcmtk peers)
 	$(PY) -m pytest $(PYTEST_XDIST) --durations=20 $(PYTEST_ARGS)

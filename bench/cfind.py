@@ -7,7 +7,7 @@ French INS OID for most patients, a local issuer for one in five) is generated o
 stored with dcmtk ``storescu`` into
 
 * a private Orthanc (Debian's ``/usr/sbin/Orthanc``, its own configuration and storage under
-  ``--work``, DICOM and REST on free loopback ports, kept on loopback by ``tests/loopback_bind.c``
+  ``--work``, DICOM and REST on free loopback ports, kept on loopback by ``gateway/sandbox/loopback_bind.c``
   LD_PRELOAD'ed, ``TCP_NODELAY=1`` as in the other benchmarks, the bench's AE title declared in
   ``DicomModalities`` so that it may query), and
 * a private gateway (``drimbox serve`` from a ``git archive`` of ``--ref``, SQLite in its data
@@ -255,7 +255,7 @@ class Orthanc(Server):
     def start(self) -> None:
         so = self.dir / "loopback_bind.so"
         subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(so),
-                        str(ROOT / "tests" / "loopback_bind.c"), "-ldl"], check=True)
+                        str(ROOT / "gateway" / "sandbox" / "loopback_bind.c"), "-ldl"], check=True)
         cfg = {
             "Name": "cfind-bench", "StorageDirectory": str(self.dir / "db"),
             "IndexDirectory": str(self.dir / "db"), "StorageCompression": False,

@@ -5,7 +5,8 @@ Routes: ``GET /healthz`` (liveness and index reachability, no patient data), ``G
 (``roles`` source or both) DICOMweb under ``/dicom-web`` (``qido``, ``wado``, ``stow``
 modules) and WADO-URI at ``/wado`` (``wado_uri``), the R18 viewer link, share links and the
 study admin; with the consumer role, the consumer pages under ``/consumer`` (``consumer``
-module and its siblings). ``http_methods``: 405 with a complete ``Allow``, HEAD.
+module and its siblings). ``http_methods``: 405 with a complete ``Allow``, HEAD. The operator console at ``/``
+(``console`` package, docs/console.md).
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ def create_app(runtime: Runtime) -> FastAPI:
         from dicomweb import viewer_source
 
         app.include_router(viewer_source.router, tags=["viewer"])  # before /viewer/{rel}
+        from dicomweb import download
+
+        app.include_router(download.router, tags=["viewer"])  # the study as DICOM media
     app.include_router(viewer.router, tags=["viewer"])
 
     # Viewer sessions (PSC login) and, for a Source, patient share links.
@@ -48,6 +52,9 @@ def create_app(runtime: Runtime) -> FastAPI:
     login.install(app)
     if source:
         share.install(app)
+    from dicomweb import console  # the operator console at / (docs/console.md)
+
+    console.install(app)
     if runtime.settings.consumer_enabled:  # R13-R16: the consumer role's routes, else 404
         from dicomweb import consumer, consumer_export
 

@@ -59,6 +59,7 @@ from gateway.consumer.contexts import (
     ContextStore,
     CurrentContext,
 )
+from gateway.consumer.xdm_inbox import InboxItem, XdmInbox
 
 router = APIRouter()
 
@@ -74,12 +75,27 @@ XDM_PATH = "/consumer/xdm"
 XDM_FIELD = "archive"
 
 
-def xdm_form(base: str) -> str:
-    """The upload form of the consumer page."""
-    return (f"<details id=xdm-import><summary>Importer une archive IHE XDM (reçue par "
-            f"messagerie sécurisée, sur un support)</summary>"
+XDM_INBOX_PATH = XDM_PATH + "/inbox"
+"""``/{KOS uniqueId}``: follow an archive of the XDM inbox (``drimbox xdm import``)."""
+
+
+def xdm_form(base: str, inbox: list[InboxItem] | None = None) -> str:
+    """The XDM part of the consumer page: the patient's archives of the XDM inbox, each with
+    its button, and the upload form."""
+    e = html.escape
+    listed = "".join(
+        f"<li class=xdm-archive data-kos='{e(i.kos_uid)}'>Examen {e(i.study_uid)} "
+        f"(archive {e(i.filename)}, reçue le {e(i.received_at[:10])}"
+        f"{', signée par ' + e(i.signer) if i.signer else ''})"
+        f"<form method=post action='{e(base)}{XDM_INBOX_PATH}/{e(i.kos_uid)}'>"
+        "<button>Récupérer les images</button></form></li>" for i in inbox or [])
+    inbox_part = (f"<section id=xdm-inbox><h2>Archives IHE XDM reçues</h2><ul>{listed}</ul>"
+                  "</section>" if listed else "")
+    return (inbox_part
+            + "<details id=xdm-import><summary>Importer une archive IHE XDM (reçue par "
+            "messagerie sécurisée, sur un support)</summary>"
             f"<form id=xdm-form method=post enctype='multipart/form-data' "
-            f"action='{html.escape(base)}{XDM_PATH}'>"
+            f"action='{e(base)}{XDM_PATH}'>"
             f"<p><input type=file name={XDM_FIELD} accept='.zip,application/zip' required></p>"
             "<button id=xdm-submit>Importer</button></form></details>")
 
@@ -231,7 +247,9 @@ def _render(request: Request, info: SessionInfo, current: CurrentContext | None)
     return _page("Examens du patient",
                  header + identity_banner(patient) + consent
                  + priors_section(request, info, patient, principal)
-                 + (xdm_form(base) if patient.consent else "")
+                 + (xdm_form(base, XdmInbox(request.app.state.runtime.settings.data_dir)
+                             .for_patient(patient.ins, patient.ins_oid))
+                    if patient.consent else "")
                  + "<details id=other-patient><summary>Autre patient</summary>"
                  + _search_form(base, info) + "</details>")
 

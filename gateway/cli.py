@@ -1,7 +1,7 @@
 """The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``backup
 create|verify|restore|list``, ``study show``, ``kos``, ``manifest``, ``publish``,
 ``unpublish``, ``outbox list|retry``, ``mssante list|retry``, ``dmp-sim``, ``psc-sim``,
-``annuaire-sim``, ``whitelist check``, ``consumer export``, ``pki init``.
+``annuaire-sim``, ``whitelist check``, ``consumer export``, ``pki init``, ``sandbox``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -950,6 +950,24 @@ def mhd_bundle(config_file: Path | None, study_uid: str, replaces: str | None,
 # -- HL7 v2 (reports from the RIS) ---------------------------------------------
 
 
+@main.command("sandbox")
+@click.option("--base-port", type=click.IntRange(1024, 65535 - 8), default=None,
+              help="First of the 8 loopback ports (docs/sandbox.md). [default: 8700]")
+@click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Its state, emptied at each start. [default: ./data/sandbox]")
+@click.option("--no-orthanc", is_flag=True, help="Do not start Orthanc (no PACS).")
+def sandbox(base_port: int | None, root: Path | None, no_orthanc: bool) -> None:
+    """The whole chain on loopback: a fresh development PKI, a Source and a Consumer gateway,
+    dmp-sim, psc-sim and Orthanc as the Consumer's PACS; a sample study published. Prints the
+    URLs and "ready"; Ctrl-C (SIGINT) or SIGTERM stops everything.
+    """
+    from gateway.sandbox.layout import DEFAULT_BASE_PORT, DEFAULT_DIR
+    from gateway.sandbox.run import run
+
+    sys.exit(run(base_port or DEFAULT_BASE_PORT, root or DEFAULT_DIR,
+                 lambda line: click.echo(line), with_orthanc=not no_orthanc))
+
+
 @main.group()
 def hl7() -> None:
     """HL7 v2 over MLLP (reports from the RIS)."""
@@ -1378,11 +1396,13 @@ def xdm_export(config_file: Path | None, study_uid: str, output: Path, with_imag
               help="Only check the archive (zip, METADATA.XML, sizes and hashes, signature).")
 def xdm_import(config_file: Path | None, archive: Path, check_only: bool) -> None:
     """Check an XDM archive, then import it: its images (DICOM media) through the same path
-    as C-STORE, like ``drimbox import``. Its KOS is followed on the consumer page (upload),
-    under the practitioner's Pro Sante Connect session.
+    as C-STORE, like ``drimbox import``; on a consumer, the archive is kept in the XDM inbox:
+    the consumer page of its patient offers to retrieve the study (under the practitioner's
+    Pro Sante Connect session).
 
     Exit status: 0 imported (or checked), 1 refused (the reason is printed) or images
     rejected, 2 configuration errors."""
+    import io
     import tempfile
 
     from adapters.xdm.reader import XdmRefused, check_archive, extract_media
@@ -1414,8 +1434,22 @@ def xdm_import(config_file: Path | None, archive: Path, check_only: bool) -> Non
     else:
         click.echo("images: none in the archive")
     if settings.consumer_enabled:
-        click.echo("KOS: open the consumer page and upload the archive to retrieve the study "
-                   "from its Source with your Pro Sante Connect session")
+        import datetime as dt
+
+        from pydicom import dcmread
+
+        from gateway.consumer.xdm_inbox import InboxItem, XdmInbox
+
+        ins, _, rest = package.patient_id.partition("^^^&")
+        kos = dcmread(io.BytesIO(package.kos.data), stop_before_pixels=True)
+        kept = XdmInbox(settings.data_dir).put(archive, InboxItem(
+            kos_uid=package.kos.entry.unique_id, study_uid=str(kos.get("StudyInstanceUID", "")),
+            patient_ins=ins, patient_oid=rest.split("&", 1)[0],
+            received_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            signer=package.signer, filename=archive.name))
+        click.echo(f"KOS: kept in the consumer's XDM inbox ({kept}); the consumer page of "
+                   "this patient offers it: the study is retrieved from its Source under the "
+                   "practitioner's Pro Sante Connect session")
     sys.exit(status)
 
 if __name__ == "__main__":

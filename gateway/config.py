@@ -218,8 +218,17 @@ class Settings(BaseSettings):
 
     commit_batch_max: int = Field(default=64, ge=1, le=10_000)
     """Most index rows one group commit holds (instances arriving together over several
-    associations share a directory fsync and an index commit; each is still acknowledged
-    only after the commit that holds it)."""
+    associations share one flush and one index commit; each is still acknowledged only
+    after the flush and commit that hold it)."""
+
+    ingest_flush: Literal["filesystem", "files"] = "filesystem"
+    """How a group of received instances is made durable before its acknowledgement
+    (:mod:`gateway.ingest.recovery`). ``filesystem``: one ``syncfs`` of the data directory's
+    file system per group, covering files, directory entries and (SQLite beside the data)
+    the index, whose rows are rebuilt from the files after an unclean stop. ``files``: an
+    ``fsync`` per file and per directory, then a flushed index commit (for a data directory
+    on a file system other programs write heavily to; also used where ``syncfs`` is
+    missing)."""
 
     dicom_workers: int = Field(default=2, ge=0, le=64)
     """Processes that accept DICOM associations (``drimbox serve``; see
@@ -260,6 +269,13 @@ class Settings(BaseSettings):
     DRIMbox) or a principal from the viewer login / share links, then the access policy
     (:mod:`gateway.access.policy`). ``none``: anonymous readers see everything; development only,
     accepted only while the HTTP side listens on a loopback address."""
+
+    console_auth: Literal["psc", "none"] = "psc"
+    """Who may open the operator console at ``/`` (docs/console.md). ``psc``: a PSC login
+    whose SubjectNameID has the staff role ``viewer`` (look) or ``admin`` (look and act) in
+    ``staff_roles``. ``none``: loopback development, the console opens without a login as an
+    ``admin`` (a login, when there is one, still wins); accepted only while the HTTP side
+    listens on a loopback address."""
 
     # --- Manifests and publishability (R3, R19). ---
     repository_oid: str | None = None
@@ -921,6 +937,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"HTTP host {self.effective_http_host} is not a loopback address: anonymous DICOMweb "
                 "(dicomweb_auth = none) would expose patient data"
+            )
+        if self.console_auth == "none" and not _is_loopback(self.effective_http_host):
+            raise ValueError(
+                f"HTTP host {self.effective_http_host} is not a loopback address: the operator "
+                "console without login (console_auth = none) would expose patient data"
             )
         if self.restrict_callers and not self.peers:
             raise ValueError("restrict_callers is on but no peers are configured")

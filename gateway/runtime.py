@@ -11,6 +11,7 @@ from gateway.imaging.restore import Restorer
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestResult
+from gateway.ingest.recovery import recover
 from gateway.ingest.storage import FileStore
 from gateway.reports.wiring import build_report_workflow
 from gateway.reports.workflow import ReportWorkflow
@@ -56,24 +57,31 @@ class Runtime:
 
     @classmethod
     def build(
-        cls, settings: Settings, migrate: bool = True, clear_staging: bool = True
+        cls, settings: Settings, migrate: bool = True, clear_staging: bool = True,
+        prepare_instances: bool = True,
     ) -> Runtime:
         """Prepare the data directory (clearing staging unless told not to: see
-        :meth:`FileStore.prepare`), upgrade the index, wire ingest."""
+        :meth:`FileStore.prepare`), upgrade the index, wire ingest. ``prepare_instances=False``
+        (DICOM worker processes): no per-instance metadata ahead of the series build, which
+        one process makes for all (the others would compute their share for nothing)."""
         store = FileStore(settings.data_dir)
         store.prepare(clear_staging=clear_staging)
         engine = create_index_engine(settings.effective_database_url)
         if migrate:
             upgrade(engine)
         index = InstanceIndex(engine)
+        if clear_staging:  # the process that prepares the data directory recovers it
+            recover(store, index)
         urls = DicomWebURLs(settings.effective_public_url)
         metadata = MetadataCache(store, index, settings.data_dir / "metadata", urls.instance)
-        warmer = MetadataWarmer(metadata.warm, metadata.prepare_instance)
+        warmer = MetadataWarmer(metadata.warm,
+                                metadata.prepare_instance if prepare_instances else None)
         ingestor = _WarmingIngestor(
             store,
             index,
             settings.duplicate_policy,
             commit_batch_max=settings.commit_batch_max,
+            flush_mode=settings.ingest_flush,
             warmer=warmer,
         )
         from gateway.ingest.iocm import RejectionHandler
@@ -93,4 +101,5 @@ class Runtime:
 
     def close(self) -> None:
         self.warmer.stop()
+        self.ingestor.close()
         self.index.engine.dispose()

@@ -27,7 +27,7 @@ import pytest
 from peers import free_port, in_ci, require_tool
 
 PLUGIN_DIRS = [Path("/usr/share/orthanc/plugins"), Path("/usr/lib/orthanc/plugins")]
-SHIM_SOURCE = Path(__file__).with_name("loopback_bind.c")
+SHIM_SOURCE = Path(__file__).resolve().parent.parent / "gateway" / "sandbox" / "loopback_bind.c"
 
 
 def dicomweb_plugin() -> Path:

@@ -206,7 +206,7 @@ class _FakeIndex:
         self.entered = threading.Event()
         self.fail: set[str] = set()
 
-    def record_many(self, items):  # noqa: ANN001, ANN201
+    def record_many(self, items, flush=True):  # noqa: ANN001, ANN201
         self.entered.set()
         self.release.wait(10)
         self.log.append(("commit", [h.sop_instance_uid for h, _ in items]))
@@ -217,7 +217,7 @@ class _FakeIndex:
 def test_group_commit_returns_only_after_the_commit_holding_the_row() -> None:
     log: list = []
     index = _FakeIndex(log)
-    gc = GroupCommitter(index, lambda dirs: log.append(("sync", sorted(map(str, dirs)))))
+    gc = GroupCommitter(index, lambda paths: log.append(("flush", sorted(map(str, paths)))))
     index.release.clear()
     returned = threading.Event()
     t = threading.Thread(target=lambda: (gc.record(_header(1), _stored(1)), returned.set()))
@@ -231,18 +231,18 @@ def test_group_commit_returns_only_after_the_commit_holding_the_row() -> None:
     assert log[-1] == ("commit", ["1.2.3.4.1"])
 
 
-def test_group_commit_batches_waiters_and_syncs_dirs_first() -> None:
+def test_group_commit_batches_waiters_and_flushes_once_first() -> None:
     log: list = []
     index = _FakeIndex(log)
-    gc = GroupCommitter(index, lambda dirs: log.append(("sync", sorted(map(str, dirs)))))
+    gc = GroupCommitter(index, lambda paths: log.append(("flush", sorted(map(str, paths)))))
     index.release.clear()
-    leader = threading.Thread(target=gc.record, args=(_header(0), _stored(0), Path("/d/a")))
+    leader = threading.Thread(target=gc.record, args=(_header(0), _stored(0), Path("/d/a/0")))
     leader.start()
     assert index.entered.wait(5)
     # While the leader commits, five more arrive: they must share the next commit.
     followers = [
         threading.Thread(
-            target=gc.record, args=(_header(i), _stored(i), Path("/d/a" if i % 2 else "/d/b"))
+            target=gc.record, args=(_header(i), _stored(i), Path(f"/d/{'ab'[i % 2]}/{i}"))
         )
         for i in range(1, 6)
     ]
@@ -254,9 +254,10 @@ def test_group_commit_batches_waiters_and_syncs_dirs_first() -> None:
     index.release.set()
     for th in [leader, *followers]:
         th.join(5)
-    assert log[0] == ("sync", ["/d/a"])
+    assert log[0] == ("flush", ["/d/a/0"])
     assert log[1] == ("commit", ["1.2.3.4.0"])
-    assert log[2] == ("sync", ["/d/a", "/d/b"])  # each directory once, before the commit
+    # one flush for the five files of the second group, before its commit
+    assert log[2] == ("flush", ["/d/a/2", "/d/a/4", "/d/b/1", "/d/b/3", "/d/b/5"])
     assert log[3][0] == "commit" and sorted(log[3][1]) == [f"1.2.3.4.{i}" for i in range(1, 6)]
     assert gc.batches == 2
 
@@ -270,14 +271,14 @@ def test_group_commit_errors_are_per_row_and_sync_failure_commits_nothing() -> N
     with pytest.raises(ValueError):
         gc.record(_header(2), _stored(2))
 
-    def broken_sync(dirs) -> None:  # noqa: ANN001
+    def broken_sync(paths) -> None:  # noqa: ANN001
         raise OSError("EIO")
 
     gc2 = GroupCommitter(index, broken_sync)
     before = len(log)
     with pytest.raises(OSError):
         gc2.record(_header(3), _stored(3), Path("/d"))
-    assert len(log) == before  # no commit after a failed directory fsync
+    assert len(log) == before  # no commit after a failed flush
 
 
 # -- batched index writes (both back-ends) -----------------------------------------------
@@ -339,28 +340,30 @@ def test_group_commit_with_real_index_concurrent(database_url: str) -> None:
         index.engine.dispose()
 
 
-def test_ingest_syncs_directory_before_commit_and_returns_after(
+def test_ingest_flushes_before_commit_and_returns_after(
     database_url: str, tmp_path: Path
 ) -> None:
-    """The acknowledgement rule at the Ingestor level, with group commit in the path."""
+    """The acknowledgement rule at the Ingestor level, with group commit in the path: one
+    flush of the file system (the file, its directory and, SQLite beside the data, the
+    earlier commits), then the commit, flushed by itself only where the flush does not
+    cover the index (PostgreSQL)."""
     from gateway.ingest.ingestor import Incoming, Ingestor
 
     store = FileStore(tmp_path / "data")
     store.prepare()
     index = _index(database_url)
     order: list[str] = []
-    real_sync, real_many = store.sync_dirs, index.record_many
+    real_flush, real_many = store.flush, index.record_many
 
-    def sync_dirs(dirs) -> None:  # noqa: ANN001
-        dirs = list(dirs)
-        order.append("sync " + ",".join(sorted(d.name for d in dirs)))
-        real_sync(dirs)
+    def flush() -> None:
+        order.append("flush")
+        real_flush()
 
-    def record_many(items):  # noqa: ANN001, ANN201
-        order.append("commit")
-        return real_many(items)
+    def record_many(items, flush=True):  # noqa: ANN001, ANN201
+        order.append(f"commit flush={flush}")
+        return real_many(items, flush=flush)
 
-    store.sync_dirs = sync_dirs  # type: ignore[method-assign]
+    store.flush = flush  # type: ignore[method-assign]
     index.record_many = record_many  # type: ignore[method-assign]
     try:
         ingestor = Ingestor(store, index)
@@ -371,7 +374,12 @@ def test_ingest_syncs_directory_before_commit_and_returns_after(
         assert stored is not None  # committed before ingest() returned
         path = store.path_of(stored.storage_key)
         assert path.is_file() and path.read_bytes().endswith(data)
-        assert order == [f"sync {path.parent.name}", "commit"]
+        postgres = database_url.startswith("postgresql")
+        assert order == ["flush", f"commit flush={postgres}"]
         assert result.outcome.value == "stored"
+        mark_files = list((store.root / "marks").glob("*.mark"))
+        assert len(mark_files) == (0 if postgres else 1)  # rows rebuilt from files if lost
+        ingestor.close()
+        assert not list((store.root / "marks").glob("*.mark"))  # clean stop: nothing to recover
     finally:
         index.engine.dispose()

@@ -40,6 +40,8 @@ FACES = (
     "adapters.psc.simulator", "adapters.mhd.recipient", "adapters.annuaire.simulator",
     # The development PKI (``drimbox pki init``): a tool beside the simulators.
     "gateway.pki",
+    # ``drimbox sandbox``: runs the other faces (gateways, simulators) as processes.
+    "gateway.sandbox",
 )
 WIRING = ("gateway.runtime", "gateway.reports.wiring", "adapters")
 STORE = ("gateway.index", "gateway.ingest.storage", "gateway.ingest.processes",

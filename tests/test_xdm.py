@@ -10,7 +10,8 @@
 * The official sample (ANS/PoC ``KA202401``) is read, SOAP envelope and all.
 * End to end: a study published by Source A to ``drimbox dmp-sim``, exported by
   ``drimbox xdm export``, uploaded on consumer B's page, is retrieved from A exactly as
-  through the DMP (the same instances, byte for byte); ``drimbox xdm import`` of an export
+  through the DMP (the same instances, byte for byte); ``drimbox xdm import`` on B keeps it in
+  the XDM inbox, whence a new session retrieves it; ``drimbox xdm import`` of an export
   ``--with-images`` stores the images as ``drimbox import`` would.
 """
 
@@ -171,7 +172,9 @@ def _tampered(own_pki: Pki, case: str) -> bytes:
     m = _members(data)
     if case == "not a zip":
         return data[: len(data) // 2]
-    if case == "no metadata":
+    if case == "zip bomb":
+        m["IHE_XDM/SUBSET01/ZEROS.BIN"] = bytes(30 << 20)
+    elif case == "no metadata":
         del m[META_MEMBER]
     elif case == "kos missing":
         del m[KOS_MEMBER]
@@ -209,6 +212,7 @@ def _tampered(own_pki: Pki, case: str) -> bytes:
 
 @pytest.mark.parametrize(("case", "reason"), [
     ("not a zip", "not a readable zip archive"),
+    ("zip bomb", "the archive would expand to "),
     ("no metadata", "no IHE_XDM/<subset>/METADATA.XML in the archive"),
     ("kos missing", "document DocumentKOS (KOS_1.DCM) named in METADATA.XML is not in the "
                     "archive"),
@@ -234,6 +238,9 @@ def test_signer_of_an_untrusted_ca_refused(own_pki: Pki) -> None:
     with pytest.raises(XdmRefused, match="signature refused: the SIGN_1.XML certificate is not "
                                          "issued by a trusted CA"):
         read_xdm(data, trusted_cas=load_trusted_cas(own_pki.ca_cert))
+    # No CA configured at all: said so.
+    with pytest.raises(XdmRefused, match="no CA is configured to verify XDM signatures"):
+        read_xdm(_export(own_pki), trusted_cas=[])
     # Development switch: accepted, with the note, the hashes still checked.
     package = read_xdm(data, trusted_cas=load_trusted_cas(own_pki.ca_cert),
                        require_signature=False)
@@ -348,6 +355,26 @@ def test_xdm_export_reimports_on_a_consumer_like_the_dmp(world: World, tmp_path:
     assert xdm_rows[1].reason.startswith("refused: IHE_XDM/SUBSET01/KOS_1.DCM")
     kos_rows = [r for r in audit_b(world, "consumer_kos") if r.outcome == "allowed"]
     assert sorted(r.reason for r in kos_rows) == ["3 series", "xdm: 3 series"]
+
+    # `drimbox xdm import` on consumer B keeps the archive in its XDM inbox; the consumer page
+    # of that patient offers it, and following it is the same retrieval again.
+    kept = cli(world.b, "xdm", "import", str(out))
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "kept in the consumer's XDM inbox" in kept.stdout
+    later = Browser(world)  # a new session of the practitioner
+    try:
+        page = later.client.get(f"{world.b.url}/consumer").text
+        assert f"data-kos='{kos_uid}'" in page and study in page
+        r = later.client.post(f"{world.b.url}/consumer/xdm/inbox/{kos_uid}")
+        assert r.status_code == 303, r.text
+        assert later.wait(kos_uid)["state"] == "complete"
+        assert later.client.post(f"{world.b.url}/consumer/xdm/inbox/1.2.3").status_code == 404
+    finally:
+        later.close()
+    third = b_retrievals(world)[-1]
+    assert set(cached_files(world, third.id)) == set(source)
+    assert [r.reason.split(" ")[0] for r in audit_b(world, "consumer_xdm")] == [
+        "upload:", "refused:", "inbox:", "inbox_archive_not_found"]
 
     # Un-published, the study has no KOS a consumer could use (R10): refused, but with the
     # images it is exported all the same (its KOS built now).

@@ -4,7 +4,8 @@ Importer, R23).
 :func:`read_xdm` accepts an archive only when all of this holds, and otherwise raises
 :class:`XdmRefused` whose message names the first thing wrong:
 
-1. it is a readable zip (every member's CRC checked);
+1. it is a readable zip (every member's CRC checked) that does not expand past ``MAX_TOTAL``
+   nor ``MAX_RATIO`` times its compressed size;
 2. it holds exactly one ``IHE_XDM/<subset>/METADATA.XML`` (a single top folder around the
    tree is allowed, as when a mailer zips the media's folder);
 3. METADATA.XML is well-formed XML holding an ebRIM ``lcm:SubmitObjectsRequest`` (alone, or
@@ -42,6 +43,8 @@ from gateway.manifest.xds_metadata import KOS_FORMAT_CODE, DocumentEntry
 
 MAX_METADATA = 8 << 20
 MAX_DOCUMENT = 64 << 20
+MAX_TOTAL = 64 << 30
+MAX_RATIO = 200
 _METADATA_RE = re.compile(r"^(?P<root>(?:[^/]+/)?)ihe_xdm/(?P<subset>[^/]+)/metadata\.xml$",
                           re.IGNORECASE)
 KOS_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"
@@ -87,6 +90,11 @@ def _open(data: bytes | Path) -> zipfile.ZipFile:
         archive = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
         raise XdmRefused(f"not a readable zip archive ({exc})") from None
+    declared = sum(i.file_size for i in archive.infolist())
+    packed = sum(i.compress_size for i in archive.infolist())
+    if declared > MAX_TOTAL or declared > MAX_RATIO * max(packed, 1) + (1 << 20):
+        archive.close()
+        raise XdmRefused(f"the archive would expand to {declared} bytes: refused (a zip bomb?)")
     try:
         bad = archive.testzip()
     except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError, OSError) as exc:
@@ -227,6 +235,9 @@ def read_xdm(data: bytes | Path, *, trusted_cas: list[x509.Certificate],
                 raise XdmRefused("the archive is not signed: METADATA.XML lists no signature "
                                  "document (SIGN_*.XML, IHE DSG)")
             notes.append("not signed (accepted: xdm_require_signature is off)")
+        elif require_signature and not trusted_cas:
+            raise XdmRefused("signature refused: no CA is configured to verify XDM signatures "
+                             "(xdm_signature_ca_bundle, or dmp_ca_bundle)")
         else:
             signed = {d.entry.unique_id: d.data for d in documents if d is not signature}
             try:

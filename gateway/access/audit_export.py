@@ -32,7 +32,7 @@ day, call type and status::
     2026-11-23;wado;3;erreur
 
 ``Type_Appel`` is the audited action (``qido``, ``wado``, ``metadata``, ``rendered``,
-``stow``, ``admin``, and those other modules record, e.g. ``login``); ``Statut_Appel`` is
+``download``, ``stow``, ``admin``, and those other modules record, e.g. ``login``); ``Statut_Appel`` is
 ``succes`` for an allowed call and ``erreur`` for a denied one.
 """
 
@@ -69,6 +69,7 @@ EVENT_TYPES: dict[str, tuple[str, str, str, tuple[str, str] | None]] = {
     "wado": ("110106", "Export", "R", ("RAD-107", "WADO-RS Retrieve")),
     "metadata": ("110106", "Export", "R", ("RAD-107", "WADO-RS Retrieve")),
     "rendered": ("110106", "Export", "R", ("RAD-107", "WADO-RS Retrieve")),
+    "download": ("110106", "Export", "R", None),  # the study as DICOM media (a zip)
     "stow": ("110107", "Import", "C", ("RAD-108", "Store Instances over the Web")),
     "admin": ("110101", "Audit Log Used", "R", None),
     "dicom_find": ("110112", "Query", "E", None),

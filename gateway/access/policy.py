@@ -33,8 +33,8 @@ from typing import Literal
 from gateway.access.principal import Principal
 from gateway.index.manifests import ManifestScope
 
-Action = Literal["qido", "wado", "metadata", "rendered", "stow", "admin"]
-READ_ACTIONS = frozenset({"qido", "wado", "metadata", "rendered"})
+Action = Literal["qido", "wado", "metadata", "rendered", "download", "stow", "admin"]
+READ_ACTIONS = frozenset({"qido", "wado", "metadata", "rendered", "download"})
 
 ROLE_VIEWER = "viewer"
 """May see every study of this centre (in the viewer, and over DICOMweb)."""

@@ -1,51 +1,69 @@
-"""Group commit: index rows of instances received at the same time share one transaction.
+"""Group commit: instances received at the same time share one flush and one transaction.
 
-Every kept instance costs durable writes before its acknowledgement: its file (fsync), its
-directory entry (fsync of the directory) and its index row (a commit, i.e. a WAL fsync on
-SQLite with ``synchronous=FULL``). With several associations sending at once, the directory
-fsyncs and the commits of instances that arrive together can be shared.
-
-:class:`GroupCommitter` does it without a thread of its own (leader / follower): a caller of
-:meth:`GroupCommitter.record` queues its row; if no commit is running it becomes the leader,
-takes every queued row, fsyncs each distinct directory once, writes the rows in one
+Every kept instance must be on disk and in the index before its acknowledgement. The files
+are written without a flush; :class:`GroupCommitter` makes a whole group durable at once
+(leader / follower, no thread of its own): a caller of :meth:`GroupCommitter.record` queues
+its row; if no commit is running it becomes the leader, takes every queued row, calls the
+*flush* once for the group (one ``syncfs`` of the data directory's file system, or per-file
+``fsync`` in the ``files`` mode: see :mod:`gateway.ingest.recovery`), writes the rows in one
 transaction (:meth:`InstanceIndex.record_many`) and wakes the callers whose rows it
-committed. Rows queued meanwhile wait for the next leader. Nobody returns before the commit
-that holds its row, so "acknowledged means on disk and in the index" is unchanged; with one
-association the caller is always its own leader and nothing waits.
+committed. Rows queued meanwhile wait for the next leader. Nobody returns before the flush
+and the commit that hold its row; with one association the caller is always its own leader
+and nothing waits.
+
+When the index commit goes without a flush of its own (``flush_index=False``: SQLite beside
+the data), the leader keeps this process's recovery mark (:class:`RecoveryMark`) current:
+after each flush, every earlier commit is durable, so the mark moves to the oldest write of
+the group being committed.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
 from gateway.ingest.header import InstanceHeader
+
+if TYPE_CHECKING:
+    from gateway.ingest.recovery import RecoveryMark
 
 
 @dataclass(eq=False)
 class _Pending:
     header: InstanceHeader
     stored: StoredFile
-    directory: Path | None
+    path: Path | None
+    written_at: float
     done: bool = False
     result: StoredInstance | None = None
     error: BaseException | None = None
 
 
 class GroupCommitter:
-    """Shares directory fsyncs and index commits between concurrent :meth:`record` calls."""
+    """Shares one flush and one index commit between concurrent :meth:`record` calls."""
 
     def __init__(
         self,
         index: InstanceIndex,
-        sync_dirs: Callable[[Iterable[Path]], None],
+        flush: Callable[[list[Path]], None],
         max_batch: int = 64,
+        *,
+        flush_index: bool = True,
+        mark: RecoveryMark | None = None,
     ) -> None:
+        """``flush(paths)`` makes the group's files durable; ``flush_index=False`` commits the
+        rows without a flush of their own, relying on ``mark`` (required then)."""
+        if not flush_index and mark is None:
+            raise ValueError("an index committed without a flush needs a recovery mark")
         self.index = index
-        self._sync_dirs = sync_dirs
+        self._flush = flush
+        self.flush_index = flush_index
+        self.mark = mark
         self.max_batch = max_batch
         self._cond = threading.Condition()
         self._queue: list[_Pending] = []
@@ -54,11 +72,13 @@ class GroupCommitter:
         """Commits made (for tests and metrics)."""
 
     def record(
-        self, header: InstanceHeader, stored: StoredFile, directory: Path | None = None
+        self, header: InstanceHeader, stored: StoredFile, path: Path | None = None,
+        written_at: float | None = None,
     ) -> StoredInstance | None:
-        """Make ``directory`` (the file's parent, if its entry is not yet synced) and the
+        """Make the file at ``path`` (written from ``written_at`` on, without a flush) and the
         index row durable; same result and exceptions as :meth:`InstanceIndex.record`."""
-        item = _Pending(header, stored, directory)
+        item = _Pending(header, stored, path,
+                        time.time() if written_at is None else written_at)
         with self._cond:
             self._queue.append(item)
         while True:
@@ -88,13 +108,19 @@ class GroupCommitter:
     def _commit(self, batch: list[_Pending]) -> None:
         self.batches += 1
         try:
-            self._sync_dirs({it.directory for it in batch if it.directory is not None})
+            if self.mark is not None and not self.mark.opened:
+                self.mark.open(min(it.written_at for it in batch))
+            self._flush([it.path for it in batch if it.path is not None])
+            if self.mark is not None:
+                # every commit before this flush is on disk now; this group's is not yet
+                self.mark.advance(min(it.written_at for it in batch))
         except BaseException as exc:  # nothing is committed: every row fails the same way
             for it in batch:
                 it.error = exc
             return
         try:
-            results = self.index.record_many([(it.header, it.stored) for it in batch])
+            results = self.index.record_many([(it.header, it.stored) for it in batch],
+                                              flush=self.flush_index)
         except BaseException as exc:
             results = [exc] * len(batch)
         for it, res in zip(batch, results, strict=True):

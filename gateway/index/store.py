@@ -73,6 +73,28 @@ def _instance_values(
     }
 
 
+def _chunks(values: list, size: int) -> Iterator[list]:
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+@contextmanager
+def _relaxed_sync(conn, relaxed: bool) -> Iterator[None]:  # noqa: ANN001 - a Connection
+    """SQLite's ``synchronous=NORMAL`` for the transactions inside, ``FULL`` again after (the
+    setting belongs to the pooled connection, and cannot change within a transaction)."""
+    if not relaxed:
+        yield
+        return
+    raw = conn.connection.driver_connection
+    raw.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        if conn.in_transaction():
+            conn.rollback()
+        raw.execute("PRAGMA synchronous=FULL")
+
+
 class _ParentCache:
     """Series Instance UID -> (series pk, study pk) of series indexed recently.
 
@@ -186,6 +208,26 @@ class InstanceIndex:
             rows = s.execute(_STORED_INSTANCES.order_by(Instance.id)).all()
         return [StoredInstance(*r) for r in rows]
 
+    def indexed_keys(self, keys: list[str]) -> set[str]:
+        """Which of these storage keys (``<study>/<series>/<sop>.<hash12>.dcm``) an index row
+        names (looked up by SOP Instance UID, the unique column)."""
+        sops = {k.rsplit("/", 1)[-1].rsplit(".", 2)[0] for k in keys}
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(sops), 500):
+                found.update(conn.execute(
+                    select(Instance.storage_key).where(Instance.sop_instance_uid.in_(chunk))
+                ).scalars())
+        return found & set(keys)
+
+    @property
+    def sqlite_file(self) -> str | None:
+        """The SQLite database file, or None (PostgreSQL, or an in-memory database)."""
+        if self._dialect != "sqlite":
+            return None
+        database = self.engine.url.database
+        return database if database and database != ":memory:" else None
+
     # -- writes --------------------------------------------------------------------------
 
     def record(self, header: InstanceHeader, stored: StoredFile) -> StoredInstance | None:
@@ -208,7 +250,7 @@ class InstanceIndex:
         return self._record_full(header, stored, now)
 
     def record_many(
-        self, items: list[tuple[InstanceHeader, StoredFile]]
+        self, items: list[tuple[InstanceHeader, StoredFile]], *, flush: bool = True
     ) -> list[StoredInstance | None | Exception]:
         """:meth:`record` for several instances, with one commit for the common case.
 
@@ -216,6 +258,10 @@ class InstanceIndex:
         the others (new series, re-sent or replaced instances, or all of them if that
         transaction fails) go through :meth:`record` one by one. Returns, per item, what
         :meth:`record` would return or the exception it would raise.
+
+        ``flush=False`` (SQLite only): that one transaction is committed without flushing
+        the log (``synchronous=NORMAL``): the caller keeps the files from which a lost row is
+        rebuilt (:mod:`gateway.ingest.recovery`).
         """
         results: list[StoredInstance | None | Exception] = [None] * len(items)
         fast = []
@@ -229,8 +275,9 @@ class InstanceIndex:
             return results
         now = datetime.now(UTC)
         leftovers: list[int] = []
+        relaxed = not flush and self._dialect == "sqlite"
         try:
-            with self._writer.connect() as conn:
+            with self._writer.connect() as conn, _relaxed_sync(conn, relaxed):
                 for i, header, stored, (series_pk, _study_pk) in fast:
                     inserted = conn.execute(
                         self._insert_instance,

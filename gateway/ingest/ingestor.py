@@ -4,11 +4,11 @@
 refuses it with an :class:`IngestRejected` naming a :class:`Rejection`. Keeping means, in this
 order: header read, dataset found whole (:mod:`gateway.ingest.completeness`: no element cut short,
 Pixel Data complete, present in an image, VR form as the transfer syntax says), header
-checked, file written and fsync'ed under ``storage/`` (atomic rename),
-directory entry fsync'ed and index row committed (both shared with concurrent ingests by
-:class:`~gateway.index.group_commit.GroupCommitter`). Only then does it return, so a caller
-that acknowledges after :meth:`ingest` returns never acknowledges an instance that a crash
-could lose.
+checked, file written under ``storage/`` (atomic rename), then made durable and its index
+row committed, one flush and one commit shared with concurrent ingests
+(:class:`~gateway.index.group_commit.GroupCommitter`, :mod:`gateway.ingest.recovery`). Only
+then does it return, so a caller that acknowledges after :meth:`ingest` returns never
+acknowledges an instance that a crash could lose.
 
 Re-sent instances: identical bytes are :attr:`Outcome.ALREADY_PRESENT` (no second copy);
 different bytes follow ``duplicate_policy`` (``replace`` swaps file and index row in one
@@ -20,7 +20,9 @@ from __future__ import annotations
 import enum
 import hashlib
 import logging
+import os
 import struct
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,7 +38,8 @@ from gateway.ingest.completeness import (
     check_complete,
 )
 from gateway.ingest.header import HeaderError, InstanceHeader, read_header
-from gateway.ingest.storage import FileStore, StorageFullError, storage_key
+from gateway.ingest.recovery import RecoveryMark, marks_dir
+from gateway.ingest.storage import FileStore, StorageFullError, storage_key, syncfs_available
 from gateway.ingest.uids import is_safe_uid
 
 if TYPE_CHECKING:
@@ -149,6 +152,18 @@ _IMPLEMENTATION_ELEMENTS = _meta_element(
 ) + _meta_element(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" "))
 
 
+def _beside(sqlite_file: str | None, data_dir) -> bool:  # noqa: ANN001 - a Path
+    """Whether the SQLite index lies on the data directory's file system (one ``syncfs``
+    then flushes both)."""
+    if sqlite_file is None:
+        return False
+    try:
+        return os.stat(os.path.dirname(os.path.abspath(sqlite_file))).st_dev == os.stat(
+            data_dir).st_dev
+    except OSError:
+        return False
+
+
 def _check_header(h: InstanceHeader, incoming: Incoming) -> None:
     for keyword, value in (
         ("SOPClassUID", h.sop_class_uid),
@@ -199,17 +214,35 @@ class Ingestor:
         index: InstanceIndex,
         duplicate_policy: str = "replace",
         commit_batch_max: int = 64,
+        flush_mode: str = "filesystem",
     ) -> None:
         if duplicate_policy not in ("replace", "refuse", "keep"):
             raise ValueError(f"unknown duplicate policy {duplicate_policy!r}")
+        if flush_mode not in ("filesystem", "files"):
+            raise ValueError(f"unknown flush mode {flush_mode!r}")
         self.store = store
         self.index = index
         self.duplicate_policy = duplicate_policy
-        # Directory fsync and index commit of concurrent ingests are shared (group commit);
-        # each ingest still returns only after the commit that holds its row.
-        self.committer = GroupCommitter(index, store.sync_dirs, max_batch=commit_batch_max)
+        # One flush and one index commit per group of concurrent ingests (group commit);
+        # each ingest still returns only after the flush and commit that hold its row.
+        if flush_mode == "filesystem" and syncfs_available():
+            flush_index = not _beside(index.sqlite_file, store.root)
+            self.committer = GroupCommitter(
+                index, lambda _paths: store.flush(), max_batch=commit_batch_max,
+                flush_index=flush_index,
+                mark=None if flush_index else RecoveryMark(marks_dir(store)))
+        else:
+            self.committer = GroupCommitter(index, store.sync_files, max_batch=commit_batch_max)
         self.rejections: RejectionHandler | None = None
         """IOCM rejection notes (:mod:`gateway.ingest.iocm`): set by the runtime."""
+
+    def close(self) -> None:
+        """Clean stop: flush what the last commits left unflushed, then drop the recovery mark
+        (none left means nothing to recover at the next start)."""
+        mark = self.committer.mark
+        if mark is not None and mark.opened:
+            self.store.flush()
+            mark.close()
 
     def _rejection_note(self, header: InstanceHeader, incoming: Incoming) -> bool:
         """Apply an IOCM rejection note (kept aside, not indexed); False for another KOS."""
@@ -281,15 +314,16 @@ class Ingestor:
             incoming.transfer_syntax_uid,
             incoming.source,
         )
+        written_at = time.time()
         try:
-            self.store.put(key, (meta, incoming.dataset), sync_dir=False)
+            self.store.put(key, (meta, incoming.dataset), sync=False)
         except StorageFullError as exc:
             raise IngestRejected(Rejection.OUT_OF_RESOURCES, str(exc)) from None
         except OSError as exc:
             raise IngestRejected(Rejection.PROCESSING_FAILURE, f"storage: {exc}") from None
 
         stored = StoredFile(incoming.transfer_syntax_uid, digest, size, key, incoming.source)
-        previous = self._record(header, stored, key)
+        previous = self._record(header, stored, key, written_at)
         if previous is not None and previous.storage_key != key:
             self.store.delete(previous.storage_key)
             return IngestResult(Outcome.REPLACED, header, size)
@@ -344,12 +378,14 @@ class Ingestor:
         header: InstanceHeader,
         stored: StoredFile,
         key: str,
+        written_at: float,
     ) -> StoredInstance | None:
         attempts = 3
         for attempt in range(attempts):
             try:
-                # fsyncs the file's directory, then commits the row (shared with others)
-                return self.committer.record(header, stored, self.store.path_of(key).parent)
+                # flushes the file, then commits the row (both shared with others)
+                return self.committer.record(header, stored, self.store.path_of(key),
+                                             written_at)
             except IntegrityError:
                 # Another association created the same row first: read it again.
                 if attempt == attempts - 1:

@@ -8,7 +8,9 @@ Layout under ``<data_dir>``::
 
 A file is written to ``staging/``, flushed and fsync'ed, renamed atomically into
 ``storage/`` and the directory entry fsync'ed: after :meth:`FileStore.put` returns, the file
-survives a crash or power loss. The storage key embeds the first 12 hex digits of the
+survives a crash or power loss. The ingest path writes without those flushes
+(``put(..., sync=False)``) and makes a whole group of files durable at once with
+:meth:`FileStore.flush` (one ``syncfs``: see :mod:`gateway.ingest.recovery`). The storage key embeds the first 12 hex digits of the
 content hash, so a replacement never overwrites the file it replaces (the index switches to the
 new key in one transaction, then the old file is removed).
 
@@ -18,8 +20,11 @@ hex digests; anything else raises :class:`ValueError` before touching the disk.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Iterable
@@ -27,6 +32,31 @@ from pathlib import Path
 
 from gateway.ingest.processes import alive
 from gateway.ingest.uids import is_safe_uid
+
+
+def _load_syncfs():  # noqa: ANN202 - a ctypes function or None
+    """Linux's ``syncfs(2)``: flush every dirty page and inode of one file system in one go."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_syncfs = _load_syncfs()
+
+
+_MAX_REMEMBERED_DIRS = 20_000
+"""Series directories remembered as existing (a bound: a gateway receives a few at a time)."""
+
+
+def syncfs_available() -> bool:
+    return _syncfs is not None
 
 
 class StorageFullError(OSError):
@@ -73,6 +103,9 @@ class FileStore:
         self._storage_prefix = str(self.storage_dir) + os.sep
         self._dir_lock = threading.Lock()
         self._known_dirs: set[Path] = set()
+        """Directories whose entries are durable (created and fsync'ed by :meth:`put`)."""
+        self._seen_dirs: set[Path] = set()
+        """Directories created without a flush (``put(..., sync=False)``)."""
 
     def prepare(self, clear_staging: bool = True) -> None:
         """Create the layout and remove what a crashed writer left in staging (never indexed).
@@ -105,13 +138,16 @@ class FileStore:
         return self.path_of(key).is_file()
 
     def put(
-        self, key: str, chunks: Iterable[bytes | memoryview], *, sync_dir: bool = True
+        self, key: str, chunks: Iterable[bytes | memoryview], *, sync_dir: bool = True,
+        sync: bool = True,
     ) -> int:
         """Write ``chunks`` durably at ``key``; return the number of bytes written.
 
         With ``sync_dir=False`` the file's content is durable but its directory entry is not
         yet: the caller must pass the parent directory to :meth:`sync_dirs` before relying on
-        it (the ingest path does this once per directory for a whole group commit).
+        it. With ``sync=False`` nothing is flushed (neither the file nor its directory): the
+        caller makes it durable later, with :meth:`flush` or :meth:`sync_files`, before
+        relying on it (the ingest path does this once for a whole group commit).
         Raises :class:`StorageFullError` when the disk is full; nothing is left behind then.
         """
         final = self.path_of(key)
@@ -126,12 +162,20 @@ class FileStore:
                         n = os.write(fd, view)
                         view = view[n:]
                         size += n
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
-            self._ensure_dir(final.parent)
+            if sync:
+                self._ensure_dir(final.parent)
+            elif final.parent not in self._known_dirs and final.parent not in self._seen_dirs:
+                # created now, made durable by the caller's flush (so not in _known_dirs)
+                os.makedirs(final.parent, exist_ok=True)
+                if len(self._seen_dirs) > _MAX_REMEMBERED_DIRS:
+                    self._seen_dirs.clear()
+                self._seen_dirs.add(final.parent)
             os.replace(tmp, final)
-            if sync_dir:
+            if sync and sync_dir:
                 fsync_dir(final.parent)
         except OSError as exc:
             try:
@@ -142,6 +186,32 @@ class FileStore:
                 raise StorageFullError(exc.errno, "no space left for the instance") from exc
             raise
         return size
+
+    def flush(self) -> None:
+        """Make everything written under the data directory durable: one ``syncfs`` of its
+        file system (files, renames, new directories, and an index kept beside them).
+        Raises :class:`OSError` when the flush fails (nothing may be acknowledged then)."""
+        if _syncfs is None:
+            raise OSError(errno.ENOSYS, "syncfs is not available on this system")
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}")
+        finally:
+            os.close(fd)
+
+    def sync_files(self, paths: Iterable[Path]) -> None:
+        """fsync each file, then each distinct parent directory once (per-file flushes: the
+        ``files`` flush mode, and systems without ``syncfs``)."""
+        paths = list(paths)
+        for path in paths:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.sync_dirs({p.parent for p in paths})
 
     def sync_dirs(self, directories: Iterable[Path]) -> None:
         """fsync each directory once: makes the entries renamed into them durable."""

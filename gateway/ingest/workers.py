@@ -122,7 +122,8 @@ def worker_main(
     from gateway.ingest.dimse import DicomService
     from gateway.runtime import Runtime
 
-    runtime = Runtime.build(settings, migrate=False, clear_staging=False)
+    runtime = Runtime.build(settings, migrate=False, clear_staging=False,
+                            prepare_instances=False)
     dicom = DicomService(settings, runtime.ingestor,
                          query_retrieve=query_retrieve.build(settings, runtime))
     dicom.start(listen_socket=sock, shared=shared)
