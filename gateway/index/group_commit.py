@@ -24,13 +24,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
 from gateway.ingest.header import InstanceHeader
 
-if TYPE_CHECKING:
-    from gateway.ingest.recovery import RecoveryMark
+
+
+class RecoveryMark(Protocol):
+    """This process's recovery mark (:class:`gateway.ingest.recovery.RecoveryMark`)."""
+
+    @property
+    def opened(self) -> bool: ...
+
+    def open(self, since: float) -> None: ...
+
+    def advance(self, since: float) -> None: ...
 
 
 @dataclass(eq=False)
