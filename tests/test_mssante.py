@@ -18,6 +18,7 @@ import time
 import zipfile
 from pathlib import Path
 
+import httpx
 import pydicom
 import pytest
 from annuaire_support import API_KEY, MEDIONI, MEDIONI_MSSANTE, UNKNOWN, annuaire_sim, cda_g
@@ -180,7 +181,7 @@ def test_recipients_from_the_annuaire_and_the_patient_unknown_rpps_said(
         gateway_factory, sim: Sim, pki, tmp_path: Path) -> None:  # noqa: ANN001, F811
     with smtp_server(pki) as smtp, annuaire_sim(tmp_path) as annuaire:
         gw = mssante_gateway(gateway_factory, sim, smtp, DRIMBOX_ANNUAIRE_URL=annuaire.url,
-                             DRIMBOX_ANNUAIRE_API_KEY=API_KEY)
+                             DRIMBOX_ANNUAIRE_API_KEY=API_KEY, DRIMBOX_CONSOLE_AUTH="none")
         storescu(images_g(tmp_path / "g", 1), gw.dicom_port)
         cda = cda_g(recipients=((MEDIONI, ""), (UNKNOWN, "")))
         text, _ = fill(oru_g(cda, patient=True, read_receipt=True))
@@ -203,6 +204,11 @@ def test_recipients_from_the_annuaire_and_the_patient_unknown_rpps_said(
     assert "/viewer/source" not in body  # the viewer is for professionals (PSC)
     assert f"recipient {UNKNOWN} is not in the Annuaire Santé" in gw.log()
     assert INS not in gw.log()  # the patient's address is the INS: never logged
+    # The operator console's study page shows the messages and the problem too.
+    page = httpx.get(f"{gw.url}/console/studies/{STUDY_G}", timeout=30).text
+    assert "<table id=mssante>" in page and MEDIONI_MSSANTE in page
+    assert f"<li class=bad>recipient {UNKNOWN} is not in the Annuaire Santé" in page
+    assert f"{INS[:5]}**********@patient.mssante.fr" in page
 
 
 def test_flag_without_recipient_address_or_dmp_is_a_problem_not_a_message(
