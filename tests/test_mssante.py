@@ -146,6 +146,7 @@ def test_flagged_report_reaches_the_smtp_server_exactly_once_despite_refusals(
         # The same message later: nothing is sent again.
         time.sleep(1.5)
         assert len(mailbox.received) == 1 and mailbox.data_commands == 3
+        assert 'drimbox_mssante_messages{state="sent"} 1.0' in gw.metrics()
 
     assert (got.mail_from, got.rcpt_tos) == (SENDER, [DR_MARTIN])
     assert "CN=DRIMbox" in got.peer_subject.replace("commonName=", "CN=")  # our certificate

@@ -46,6 +46,7 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from gateway import metrics
 from gateway.config import Settings
 from gateway.directory.professionals import DirectoryError, ProfessionalDirectory
 from gateway.index import mssante as rows
@@ -212,6 +213,15 @@ class MssanteWorker(OutboxThread):
 
     def claimants(self, s: Session) -> list[str]:
         return rows.claimants(s)
+
+    def after_pass(self) -> None:
+        try:
+            with self.index.read() as s:
+                counts = rows.counts_by_state(s)
+        except Exception:  # noqa: BLE001 - the index may be briefly unreachable
+            return
+        for state, n in counts.items():
+            metrics.MSSANTE_MESSAGES.labels(state).set(n)
 
     def on_study_published(self, study_uid: str) -> None:
         """The DMP outbox published a KOS of the study: its messages waiting for the archive
