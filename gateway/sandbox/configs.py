@@ -132,6 +132,7 @@ def consumer_settings(layout: Layout, pki: DevPki, whitelist: Path,
         "consumer_source_client_key": pki.client_key.resolve(),
         "consumer_source_ca_bundle": pki.ca_cert.resolve(),
         "consumer_source_timeout": 30.0,
+        "staff_roles": {STAFF_PRACTITIONER: ["viewer", "admin"]},  # the console at /
     }
     if orthanc:
         settings.update(export_destination="orthanc", export_orthanc_url=layout.orthanc_url)
