@@ -1,7 +1,7 @@
 """The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``backup
 create|verify|restore|list``, ``study show``, ``kos``, ``manifest``, ``publish``,
-``unpublish``, ``outbox list|retry``, ``dmp-sim``, ``psc-sim``, ``whitelist check``,
-``consumer export``, ``pki init``, ``sandbox``.
+``unpublish``, ``outbox list|retry``, ``mssante list|retry``, ``dmp-sim``, ``psc-sim``,
+``annuaire-sim``, ``whitelist check``, ``consumer export``, ``pki init``, ``sandbox``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -403,6 +403,13 @@ def study_show(config_file: Path | None, study_uid: str, as_json: bool) -> None:
         click.echo(f"viewer link  {status['viewer_link']}")
     else:
         click.echo("report       none")
+    for problem in status["problems"]:
+        click.echo(f"problem      {problem}")
+    for m in status["mssante"]:
+        state = m["state"] + (f", attempt {m['attempts']}" if m["state"] != "sent" else "")
+        said = m["smtp_reply"] or m["error_text"] or m["last_error"]
+        click.echo(f"MSSanté      #{m['id']} {m['recipient_kind']} {m['address']}: {state}"
+                   f" {m['message_id']}" + (f" ({said})" if said else ""))
     _echo_publication(publication)
 
 
@@ -630,6 +637,98 @@ def outbox_retry(config_file: Path | None, row_id: int) -> None:
         click.echo(f"drimbox: {why_not}", err=True)
         sys.exit(1)
     click.echo(f"outbox #{row_id}: due now")
+
+
+@main.group("mssante")
+def mssante_group() -> None:
+    """The MSSanté outbox: reports' messages queued, sent, refused."""
+
+
+@mssante_group.command("list")
+@config_option
+@click.option("--state", type=click.Choice(["pending", "sending", "sent", "refused"]),
+              default=None, help="Only messages in this state.")
+@click.option("--study", "study_uid", default=None, help="Only this study's messages.")
+@click.option("--limit", type=int, default=200, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def mssante_list(config_file: Path | None, state: str | None, study_uid: str | None,
+                 limit: int, as_json: bool) -> None:
+    """MSSanté messages, newest first, with counts by state."""
+    import json as jsonlib
+    from dataclasses import asdict
+
+    from gateway.index import mssante
+    from gateway.publication.outbox import redact
+
+    index = _runtime_index(_settings(config_file))
+    with index.read() as s:
+        rows = mssante.list_rows(s, study_uid=study_uid, state=state, limit=limit)
+        counts = mssante.counts_by_state(s)
+    if as_json:
+        shown = [{k: (redact(v) if k == "address" else v) for k, v in asdict(r).items()
+                  if k != "body"} for r in rows]
+        click.echo(jsonlib.dumps({"counts": counts, "rows": shown}, default=str, indent=2))
+        return
+    click.echo("  ".join(f"{k} {v}" for k, v in counts.items()))
+    for r in rows:
+        if r.state == "refused":
+            status = f"REFUSED {r.error_text}"
+        elif r.state == "sent":
+            status = f"sent {r.done_at:%Y-%m-%d %H:%M:%S} {r.smtp_reply}"
+        else:
+            status = f"{r.state} (attempt {r.attempts}, next {r.next_attempt_at:%H:%M:%S})" + (
+                f" last error: {r.last_error}" if r.last_error else "")
+        click.echo(f"#{r.id:<5} {r.recipient_kind:<12} {redact(r.address)} "
+                   f"{r.study_instance_uid} {r.message_id}  {status}")
+
+
+@mssante_group.command("retry")
+@config_option
+@click.argument("row_id", type=int)
+def mssante_retry(config_file: Path | None, row_id: int) -> None:
+    """Send a refused (or waiting) message again now (the same Message-ID)."""
+    from gateway.index import mssante
+
+    index = _runtime_index(_settings(config_file))
+    with index.write() as s:
+        why_not = mssante.retry_now(s, row_id)
+    if why_not:
+        click.echo(f"drimbox: {why_not}", err=True)
+        sys.exit(1)
+    click.echo(f"MSSanté #{row_id}: due now")
+
+
+@main.command("annuaire-sim")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8280, show_default=True, type=int)
+@click.option("--api-key", envvar="ANNUAIRE_SIM_API_KEY", required=True,
+              help="The ESANTE-API-KEY it accepts (or ANNUAIRE_SIM_API_KEY); any other is 401.")
+@click.option("--fixture", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="JSON file {\"resources\": [...]} of Practitioner, "
+                                 "PractitionerRole and Organization resources (default: the "
+                                 "test entries of adapters/annuaire/fixture.json).")
+@click.option("--base-url", default=None, help="Public base URL (fullUrl of the entries).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Serve https with this certificate (PEM).")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Private key of --tls-cert (PEM).")
+def annuaire_sim(host: str, port: int, api_key: str, fixture: Path | None,
+                 base_url: str | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Run the Annuaire Santé FHIR API simulator (Practitioner, PractitionerRole,
+    Organization searches from a fixture; 401 without the API key)."""
+    from adapters.annuaire.simulator import DEFAULT_FIXTURE, AnnuaireSimulator, load_fixture, serve
+
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    try:
+        resources = load_fixture(fixture or DEFAULT_FIXTURE)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--fixture") from None
+    scheme = "https" if tls_cert else "http"
+    sim = AnnuaireSimulator(resources, api_key, base_url or f"{scheme}://{host}:{port}")
+    click.echo(f"annuaire-sim: {len(resources)} resources on {scheme}://{host}:{port}",
+               err=True)
+    serve(sim, host, port, tls_cert, tls_key)
 
 
 @main.command("psc-sim")

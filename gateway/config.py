@@ -617,6 +617,48 @@ class Settings(BaseSettings):
     the MHD ``ihe-designationType``); ``04`` is the ANS sample's value: set the one your DMP
     integration was validated with."""
 
+    # --- The Annuaire Santé (adapters/annuaire, docs/annuaire.md). ---
+    annuaire_url: str | None = None
+    """Base URL of the Annuaire Santé FHIR API (production:
+    ``https://gateway.api.esante.gouv.fr/fhir/v2``). Set: a report's author is completed from
+    it (name, profession, specialty, structure) and MSSanté recipients named only by RPPS get
+    their address from it. Unset: neither."""
+    annuaire_api_key: SecretStr | None = None
+    """The centre's API key of the Annuaire Santé API (sent as ``ESANTE-API-KEY``)."""
+    annuaire_timeout: float = Field(default=10.0, gt=0, le=300)
+    """Seconds an Annuaire Santé request may take."""
+    annuaire_cache_seconds: float = Field(default=86400.0, ge=0)
+    """How long an answer (a professional, a structure, or that one is unknown) is kept in
+    memory before it is asked again."""
+    annuaire_ca_bundle: Path | None = None
+    """PEM CAs trusted for the Annuaire Santé's https server. Default: the system's CAs."""
+
+    # --- MSSanté delivery of reports (gateway/mssante, adapters/mssante, docs/mssante.md). ---
+    mssante_smtp_host: str | None = None
+    """The centre's MSSanté operator's SMTP server (submission, STARTTLS). Set with
+    ``mssante_sender``: reports flagged DESTMSSANTEPS / DESTMSSANTEPAT are sent."""
+    mssante_smtp_port: int = Field(default=587, ge=1, le=65535)
+    """Its port (submission with STARTTLS)."""
+    mssante_sender: str | None = None
+    """The MSSanté address the messages come from: the centre's applicative mailbox (BAL
+    applicative), e.g. ``drimbox@centre.mssante.fr``."""
+    mssante_client_cert: Path | None = None
+    """PEM certificate (chain) presented in the TLS handshake after STARTTLS: the applicative
+    mailbox's IGC-Santé certificate (ORG authentication). ``drimbox pki init`` issues a test one."""
+    mssante_client_key: Path | None = None
+    """PEM private key of ``mssante_client_cert``."""
+    mssante_ca_bundle: Path | None = None
+    """PEM CAs trusted for the operator's SMTP server certificate. Default: the system's."""
+    mssante_timeout: float = Field(default=60.0, gt=0, le=600)
+    """Seconds the SMTP server may stay silent before an attempt is abandoned (retried)."""
+    mssante_backoff_initial: float = Field(default=30.0, gt=0)
+    """Wait before the first retry of a message the server did not take (4xx, connection);
+    doubled at each retry up to ``mssante_backoff_max``, with jitter."""
+    mssante_backoff_max: float = Field(default=3600.0, gt=0)
+    """The longest wait between two attempts of a message."""
+    mssante_poll_interval: float = Field(default=2.0, gt=0, le=300)
+    """How often the MSSanté outbox looks for due messages when nothing woke it."""
+
     # --- Consumer: the ANS whitelist (R11; adapters/whitelist, docs/consumer.md). ---
     whitelist_source: str | None = None
     """Where the signed ANS whitelist is fetched: an ``https://`` URL or a local file path.
@@ -828,6 +870,36 @@ class Settings(BaseSettings):
             raise ValueError(f"{v!r} is not an https:// URL (every flow is encrypted, R7/R12)")
         return v
 
+    @field_validator("annuaire_url")
+    @classmethod
+    def _annuaire_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        m = re.match(r"^(https?)://([^/\s:]+|\[[^\]]+\])(:[0-9]+)?(/\S*)?$", v)
+        if m is None:
+            raise ValueError(f"{v!r} is not an http(s) URL")
+        if m.group(1) == "http" and not _is_loopback(m.group(2).strip("[]")):
+            raise ValueError(f"{v!r}: plain http only on loopback (a simulator); the Annuaire "
+                             "Santé is https (R12)")
+        return v.rstrip("/")
+
+    @field_validator("mssante_sender")
+    @classmethod
+    def _mssante_sender(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$", v):
+            raise ValueError(f"{v!r} is not an e-mail address")
+        return v
+
+    @model_validator(mode="after")
+    def _mssante_pairs(self) -> Settings:
+        if (self.mssante_client_cert is None) != (self.mssante_client_key is None):
+            raise ValueError("mssante_client_cert and mssante_client_key go together")
+        if bool(self.mssante_smtp_host) != bool(self.mssante_sender):
+            raise ValueError("mssante_smtp_host and mssante_sender go together")
+        if self.annuaire_url and self.annuaire_api_key is None:
+            raise ValueError("annuaire_url needs annuaire_api_key (ESANTE-API-KEY)")
+        return self
+
     @model_validator(mode="after")
     def _dmp_pairs(self) -> Settings:
         for cert, key in (("dmp_client_cert", "dmp_client_key"), ("dmp_sign_cert", "dmp_sign_key")):
@@ -904,6 +976,11 @@ class Settings(BaseSettings):
     @property
     def effective_hl7_host(self) -> str:
         return self.hl7_host or self.host
+
+    @property
+    def mssante_configured(self) -> bool:
+        """An MSSanté SMTP server and sender are set: the MSSanté outbox worker runs."""
+        return bool(self.mssante_smtp_host and self.mssante_sender)
 
     @property
     def dmp_configured(self) -> bool:

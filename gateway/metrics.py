@@ -68,6 +68,13 @@ OUTBOX_ROWS = Gauge(
     multiprocess_mode="mostrecent",  # only the serving process's outbox worker sets it
 )
 
+MSSANTE_MESSAGES = Gauge(
+    "drimbox_mssante_messages",
+    "MSSanté outbox messages by state (pending, sending, sent, refused)",
+    ["state"],
+    multiprocess_mode="mostrecent",  # only the serving process's MSSanté worker sets it
+)
+
 
 def exposition() -> tuple[bytes, str]:
     """The ``/metrics`` body and content type. With DICOM worker processes

@@ -15,9 +15,9 @@ ST=<département>,C=FR``). What the directory holds:
                        DICOM TLS and MLLP listeners, ``dmp-sim``, ``psc-sim``, a Source's
                        DICOMweb
 ``client.pem``/``.key``  ORG *authentication* certificate (clientAuth): our TLS client
-                       certificate towards the DMP, PSC (``tls_client_auth``) and Source
-                       DRIMboxes, and the one a test modality, RIS or consumer presents to
-                       our listeners
+                       certificate towards the DMP, PSC (``tls_client_auth``), Source
+                       DRIMboxes and the MSSanté SMTP server (the applicative mailbox's),
+                       and the one a test modality, RIS or consumer presents to our listeners
 ``sign.pem``/``.key``  ORG *signature* certificate: the VIHF (R6) and Signature01 (R5)
 =====================  =====================================================================
 
@@ -280,6 +280,10 @@ def settings_guide(pki: DevPki) -> str:
         f'psc_ca_bundle = "{p["ca_cert"]}"',
         f'psc_client_cert = "{p["client_cert"]}"',
         f'psc_client_key = "{p["client_key"]}"',
+        "# MSSanté: the applicative mailbox's certificate after STARTTLS (docs/mssante.md)",
+        f'mssante_client_cert = "{p["client_cert"]}"',
+        f'mssante_client_key = "{p["client_key"]}"',
+        f'mssante_ca_bundle = "{p["ca_cert"]}"',
         "",
         "# the DMP simulator (mutual TLS; it trusts the CA for the VIHF and Signature01 too)",
         f"drimbox dmp-sim --port 8443 --tls-cert {p['server_cert']} --tls-key "

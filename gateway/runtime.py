@@ -48,6 +48,10 @@ class Runtime:
     psc_client: object | None = None
     """Our PSC client (``adapters.psc.client_auth.PscClientAuth``, R21), checked and set by
     ``drimbox serve`` when ``psc_issuer`` is configured."""
+    directory: object | None = None
+    """The Annuaire Santé (``adapters.annuaire.AnnuaireClient``, a
+    :class:`~gateway.directory.professionals.ProfessionalDirectory`), set by ``drimbox serve``
+    when ``annuaire_url`` is configured."""
     restorer: Restorer | None = None
     """Fetches evicted instances back from the PACS before WADO-RS reads them."""
 

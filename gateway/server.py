@@ -31,11 +31,15 @@ log = logging.getLogger(__name__)
 def serve(settings: Settings) -> None:
     _check_tls(settings)  # may exit: before anything is built or listens
     runtime = Runtime.build(settings)  # clears staging: before any worker exists
+    _annuaire(settings, runtime)
     _psc_client(settings, runtime)  # may exit: before the workers
     source = settings.source_enabled  # roles: a consumer-only box opens no Source listener
     stability = StabilityMonitor(runtime.index, settings.study_stable_seconds)
     outbox_worker = (_publication(settings, runtime, stability)  # may exit: before the workers
                      if source else None)
+    mssante_worker = _mssante(settings, runtime) if source else None  # may exit
+    if mssante_worker is not None and outbox_worker is not None:
+        outbox_worker.published_hooks.append(mssante_worker.on_study_published)
     whitelist_refresher = _whitelist(settings, runtime)  # may exit: before the workers
     retention = _retention(settings, runtime)
     dicom: DicomService | WorkerPool | None = None
@@ -96,6 +100,9 @@ def serve(settings: Settings) -> None:
         if outbox_worker is not None:
             outbox_worker.stop()
             outbox_worker.transport.close()
+        if mssante_worker is not None:
+            mssante_worker.stop()
+            mssante_worker.transport.close()
         runtime.close()
         log.info("stopped")
     if unclean:
@@ -143,7 +150,7 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
         if runtime.reports is not None:  # CRs publish; ``publication_trigger``
             from gateway.publication.report_trigger import ReportPublisher
 
-            publisher = ReportPublisher(workflow, settings)
+            publisher = ReportPublisher(workflow, settings, directory=runtime.directory)
             publisher.attach(runtime.reports)
             stability.subscribe_in_transaction(publisher.on_stable)
         else:
@@ -165,6 +172,56 @@ def _publication(settings: Settings, runtime: Runtime, stability: StabilityMonit
     log.info("publication outbox worker started (%s transport, auto_publish=%s)",
              settings.dmp_transport, settings.effective_auto_publish)
     return worker
+
+
+def _mssante(settings: Settings, runtime: Runtime):  # noqa: ANN202
+    """MSSanté delivery of CRs (DESTMSSANTEPS / DESTMSSANTEPAT): the report hook that queues
+    messages and, with ``mssante_smtp_host``, the worker that sends them with the study's XDM
+    archive. An unreadable certificate stops start-up (exit 2)."""
+    if runtime.reports is None:
+        return None
+    from gateway.mssante.delivery import MssanteDelivery, MssanteWorker
+
+    delivery = MssanteDelivery(runtime.index, settings, directory=runtime.directory)
+    delivery.attach(runtime.reports)
+    if not settings.mssante_configured:
+        return None
+    from adapters.mssante.smtp import SmtpTransport
+    from adapters.xdm.archive import build_xdm_archive
+
+    try:
+        transport = SmtpTransport.from_settings(settings)
+    except ValueError as exc:
+        log.error("MSSanté configuration: %s", exc)
+        runtime.close()
+        sys.exit(2)
+
+    def attachment(study_uid: str, _id_cda: str) -> bytes:
+        return build_xdm_archive(runtime.index, settings, study_uid).data
+
+    worker = MssanteWorker.from_settings(runtime.index, transport, settings, attachment)
+    delivery.on_queued = worker.nudge
+    worker.start()
+    log.info("MSSanté outbox worker started (%s:%d, from %s)", settings.mssante_smtp_host,
+             settings.mssante_smtp_port, settings.mssante_sender)
+    return worker
+
+
+def _annuaire(settings: Settings, runtime: Runtime) -> None:
+    """The Annuaire Santé client (``annuaire_url``): completes reports' authors and finds
+    MSSanté recipients' addresses. A wrong setting stops start-up (exit 2)."""
+    if not settings.annuaire_url:
+        return
+    from adapters.annuaire import AnnuaireClient
+
+    try:
+        runtime.directory = AnnuaireClient.from_settings(settings)
+    except ValueError as exc:
+        log.error("Annuaire Santé configuration: %s", exc)
+        runtime.close()
+        sys.exit(2)
+    log.info("Annuaire Santé at %s (answers kept %.0f s)", settings.annuaire_url,
+             settings.annuaire_cache_seconds)
 
 
 def _psc_client(settings: Settings, runtime: Runtime) -> None:

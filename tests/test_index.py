@@ -43,7 +43,7 @@ def stored(n: int, sha: str = "a") -> StoredFile:
 
 def test_migrations_match_the_models(index: InstanceIndex) -> None:
     """`drimbox db upgrade` builds exactly the schema the code uses (no missing migration)."""
-    assert current_revision(index.engine) == head_revision() == "0012"
+    assert current_revision(index.engine) == head_revision() == "0013"
     with index.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []

@@ -37,7 +37,7 @@ FACES = (
     "gateway.ingest.dimse_guard", "gateway.ingest.query_retrieve", "gateway.ingest.workers",
     "gateway.ingest.importer", "gateway.ingest.storage_commitment",
     "gateway.reports.mllp", "adapters.dmp.simulator", "adapters.dmp.sim_store",
-    "adapters.psc.simulator", "adapters.mhd.recipient",
+    "adapters.psc.simulator", "adapters.mhd.recipient", "adapters.annuaire.simulator",
     # The development PKI (``drimbox pki init``): a tool beside the simulators.
     "gateway.pki",
     # ``drimbox sandbox``: runs the other faces (gateways, simulators) as processes.
@@ -56,7 +56,7 @@ DOMAIN = (
     "gateway.ingest.uids", "gateway.ingest.completeness", "gateway.reports.cda",
     "gateway.reports.workflow", "gateway.reports.hl7_reader", "gateway.access.principal",
     "gateway.publication.transport", "gateway.consumer.context", "gateway.consumer.trust",
-    "gateway.consumer.source",
+    "gateway.consumer.source", "gateway.directory",
     # A codec with no I/O of its own, read by a face (STOW-RS) and an adapter (the consumer's
     # WADO-RS client): it imports nothing of the project.
     "dicomweb.multipart_reader",

@@ -78,16 +78,17 @@ class SystemPublisher:
         """The VIHF for ``patient``; its subject is the DocumentEntry's ``author`` when that is
         a professional (a publication from a CR: the report's author, FAQ 8801),
         the configured ``dmp_author_*`` otherwise."""
-        subject_id, subject_name = self.author_id, self.author_name
+        subject_id, subject_name, roles = self.author_id, self.author_name, self.roles
         person = (author.person if author is not None else "").split("^")
         if person[0]:
             subject_id = person[0]
             named = " ".join(p for p in (person[2:3] + person[1:2]) if p)
             subject_name = named or subject_id
+            roles = author_roles(author.specialty) or roles
         return VihfContext(
             subject_id=subject_id, subject_name=subject_name,
             structure_id=self.structure_id, activity_sector=self.activity_sector,
-            roles=self.roles, patient_id=xds_patient_id(patient), lps_id=self.lps_id,
+            roles=roles, patient_id=xds_patient_id(patient), lps_id=self.lps_id,
             lps_name=self.lps_name, lps_version=self.lps_version,
             lps_homologation_id=self.lps_homologation_id,
             authentication_mode=self.authentication_mode)
@@ -126,6 +127,22 @@ class SystemPublisher:
                    content_type=Code(content, SCHEME_CONTENT_TYPE,
                                      CONTENT_TYPE_NAMES.get(content, content)),
                    author=structure_author(settings))
+
+
+def author_roles(specialty: str) -> tuple[Role, ...]:
+    """The VIHF roles of an XDS ``authorSpecialty`` (JDV_J01, ``G15_10/SM44^display^OID``, from
+    the CR or the Annuaire Santé): the TRE_G15 profession and, for a doctor or a pharmacist,
+    the TRE_R38 specialty (R6). () when the value is not of that form."""
+    code = specialty.split("^", 1)[0].strip()
+    if not code.startswith("G15_"):
+        return ()
+    profession, _, savoir_faire = code[4:].partition("/")
+    if not profession:
+        return ()
+    roles = [Role(profession, PROFESSION_SCHEME)]
+    if savoir_faire:
+        roles.append(Role(savoir_faire, SPECIALTY_SCHEME))
+    return tuple(roles)
 
 
 def _refusals(errors: list[XdsError]) -> list[Refusal]:

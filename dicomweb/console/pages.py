@@ -246,6 +246,17 @@ def study_body(request: Request, staff: Staff, uid: str) -> str | None:
         f"<h3>{e(t('outbox_rows'))}</h3>"
         + views.outbox_rows(t, [outbox.OutboxRow(**r) for r in pub["rows"]], staff.csrf,
                             staff.can_act)
+        + (f"<h3>{e(t('problems'))}</h3><ul id=problems>"
+           + "".join(f"<li class=bad>{e(p)}</li>" for p in st["problems"]) + "</ul>"
+           if st["problems"] else "")
+        + f"<h3>{e(t('mssante_messages'))}</h3>"
+        + table(["#", t("recipient"), t("address"), t("state"), t("attempts"), "Message-ID",
+                 t("smtp_answer")],
+                [[e(m["id"]), e(f"{m['recipient_kind']} {m['recipient_id']}".strip()),
+                  e(m["address"]), e(m["state"]), e(m["attempts"]),
+                  f"<code>{e(m['message_id'])}</code>",
+                  e(m["smtp_reply"] or m["error_text"] or m["last_error"])]
+                 for m in st["mssante"]], t("no_rows"), "mssante")
         + f"<h3>{e(t('history'))}</h3>"
         + table([t("when"), t("what"), "#", "KOS", t("detail")],
                 [[e(when(h["at"])), e(h["event"]), e(h["outbox_id"] or ""),

@@ -13,6 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Index,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -378,6 +380,53 @@ class PublicationEvent(Base):
     kos_uid: Mapped[str] = mapped_column(UID, default="", server_default="")
     outbox_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     detail: Mapped[str] = mapped_column(Text, default="", server_default="")
+
+
+# --- MSSanté delivery of reports (gateway/mssante/): one row per message. ---
+
+
+class MssanteMessage(Base):
+    """One MSSanté message to send: a CR flagged DESTMSSANTEPS (to a professional) or
+    DESTMSSANTEPAT (to the patient), with the study's XDM archive, written when the report is
+    accepted and sent by the MSSanté outbox (:mod:`gateway.mssante.delivery`). ``message_id``
+    (the ``Message-ID`` header) is fixed here, before any attempt: every retry sends the same
+    message.
+
+    ``state``: ``pending`` (due at ``next_attempt_at``), ``sending`` (claimed by ``claimed_by``
+    until ``lease_until``), ``sent`` (the server took it: ``smtp_reply``), ``refused`` (a
+    permanent SMTP refusal, 5xx: ``error_code`` / ``error_text``)."""
+
+    __tablename__ = "mssante_outbox"
+    __table_args__ = (
+        Index(None, "state", "next_attempt_at"),
+        Index(None, "study_instance_uid", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    id_cda: Mapped[str] = mapped_column(Text)
+    """The CR (ClinicalDocument/id) the message carries."""
+    recipient_kind: Mapped[str] = mapped_column(String(16))
+    """``professional`` (DESTMSSANTEPS) or ``patient`` (DESTMSSANTEPAT)."""
+    recipient_id: Mapped[str] = mapped_column(Text, default="", server_default="")
+    """The professional's IdNat_PS ('' for the patient)."""
+    address: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str] = mapped_column(String(255), unique=True)
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    ack_reception: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    ack_read: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str] = mapped_column(Text, default="", server_default="")
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    done_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    smtp_reply: Mapped[str] = mapped_column(Text, default="", server_default="")
+    last_error: Mapped[str] = mapped_column(Text, default="", server_default="")
+    error_code: Mapped[str] = mapped_column(Text, default="", server_default="")
+    error_text: Mapped[str] = mapped_column(Text, default="", server_default="")
 
 
 # --- The consumer role (R13-R16; gateway/consumer/): the patient an appel contextuel names. ---

@@ -27,15 +27,13 @@ process is gone.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import re
-import socket
-import threading
-import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from gateway import metrics
 from gateway.config import Settings
@@ -44,13 +42,13 @@ from gateway.index.manifests import mark_published, mark_withdrawn
 from gateway.index.models import Manifest
 from gateway.index.outbox import PUBLISH, REPLACE, WITHDRAW, ClaimedRow
 from gateway.index.store import InstanceIndex
-from gateway.ingest.processes import alive
 from gateway.publication.transport import (
     DocumentTransport,
     OutgoingDocument,
     TransportRefused,
     TransportUnavailable,
 )
+from gateway.publication.worker import OutboxThread
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +70,20 @@ def redact(text: str) -> str:
     return _MATRICULE.sub(lambda m: m.group(1) + "*" * 10, text)
 
 
-class OutboxWorker:
+class OutboxWorker(OutboxThread):
+    thread_name = "publication-outbox"
+
     def __init__(self, index: InstanceIndex, transport: DocumentTransport, *,
                  backoff_initial: float = 5.0, backoff_max: float = 900.0,
                  poll_interval: float = 2.0, lease_seconds: float = 150.0) -> None:
-        self.index = index
+        super().__init__(index, poll_interval)
         self.transport = transport
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.poll_interval = poll_interval
         self.lease_seconds = lease_seconds
-        self.host = socket.gethostname()
-        self.worker_id = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.published_hooks: list[Callable[[str], None]] = []
+        """Called with the study UID after a KOS is recorded published (the MSSanté messages
+        waiting for it go at once)."""
 
     @classmethod
     def from_settings(cls, index: InstanceIndex, transport: DocumentTransport,
@@ -98,32 +95,8 @@ class OutboxWorker:
 
     # ------------------------------------------------------------------------------ thread
 
-    def start(self) -> None:
-        self.recover()
-        self._thread = threading.Thread(target=self._run, name="publication-outbox", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def nudge(self, *_: object) -> None:
-        """Something was queued: look now rather than at the next poll."""
-        self._wake.set()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                worked = self.run_once()
-            except Exception:  # noqa: BLE001 - the index may be briefly unreachable
-                log.exception("outbox pass failed; will retry")
-                worked = False
-            self._refresh_gauge()
-            if not worked:
-                self._wake.wait(self.poll_interval)
-                self._wake.clear()
+    def after_pass(self) -> None:
+        self._refresh_gauge()
 
     def _refresh_gauge(self) -> None:
         try:
@@ -134,26 +107,13 @@ class OutboxWorker:
         for state, n in counts.items():
             metrics.OUTBOX_ROWS.labels(state).set(n)
 
-    def recover(self) -> int:
-        """Release rows claimed by processes of this host that are gone (a SIGKILL, a crash):
-        they are sent again at once, after a query by uniqueId."""
-        mine_host, my_pid = f"{self.host}:", os.getpid()
-        with self.index.write() as s:
-            dead = []
-            for claimant in outbox.claimants(s):
-                if not claimant.startswith(mine_host):
-                    continue
-                try:
-                    _, pid, _nonce = claimant.rsplit(":", 2)
-                    pid_n = int(pid)
-                except ValueError:
-                    continue
-                if claimant != self.worker_id and (pid_n == my_pid or not alive(pid_n)):
-                    dead.append(claimant)
-            n = outbox.release_claims(s, dead)
-        if n:
-            log.warning("outbox: %d row(s) claimed by a process that died are due again", n)
-        return n
+    def claimants(self, s: Session) -> list[str]:
+        return outbox.claimants(s)
+
+    def release_claims(self, s: Session, workers: list[str]) -> int:
+        """Rows claimed by processes of this host that are gone (a SIGKILL, a crash) are sent
+        again at once, after a query by uniqueId."""
+        return outbox.release_claims(s, workers)
 
     # -------------------------------------------------------------------------------- work
 
@@ -233,6 +193,8 @@ class OutboxWorker:
                 outbox.add_event(s, row.study_instance_uid, "replaced", kos_uid=rplc_of,
                                  outbox_id=row.id, detail=f"by {row.kos_uid} (RPLC)", now=now)
         log.info("outbox #%d: KOS %s published (%s)", row.id, row.kos_uid, entry_uuid)
+        for hook in self.published_hooks:
+            hook(row.study_instance_uid)
 
     def _withdraw(self, row: ClaimedRow) -> None:
         with self.index.read() as s:

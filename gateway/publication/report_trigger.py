@@ -14,6 +14,12 @@ between :class:`~gateway.reports.workflow.ReportWorkflow` and :class:`~gateway.p
   history (``order`` event) and nothing is re-published: the KOS and its DocumentEntry are
   built from the images and the CR, not from the order, so a new or changed order cannot
   change what the record holds; the next CR (MDM^T10) carries the corrected data.
+* With the Annuaire Santé configured (``annuaire_url``), the CR's author is completed from it
+  where the CR lacks a name, a profession/specialty or a structure
+  (:func:`gateway.directory.professionals.complete_author`): the XDS author slots and the VIHF
+  built from them (R4, R6). An author the Annuaire does not know, or an Annuaire that cannot
+  be asked, is an ``annuaire`` event of the study's history (``drimbox study show``) and a log
+  line; the publication goes on with what the CR gave, nothing invented.
 * Stability (``publication_trigger``): with ``report``, a study without a CR in force is not
   published when it becomes stable (a ``waiting_for_report`` event says so); a study with one
   is re-published with that CR's metadata, which is a replacement when instances were added
@@ -23,6 +29,7 @@ between :class:`~gateway.reports.workflow.ReportWorkflow` and :class:`~gateway.p
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from sqlalchemy import select
@@ -30,6 +37,11 @@ from sqlalchemy.orm import Session
 
 from gateway.access.sessions import aware
 from gateway.config import Settings
+from gateway.directory.professionals import (
+    DirectoryError,
+    ProfessionalDirectory,
+    complete_author,
+)
 from gateway.identity.codecs import PatientIds
 from gateway.index import outbox
 from gateway.index.facts import NotPublishable, UnknownStudy
@@ -50,15 +62,40 @@ from gateway.reports.workflow import (
 log = logging.getLogger(__name__)
 
 
-def stored_report_context(report: StoredReport, settings: Settings) -> PublicationContext:
-    """The publication context of a CR read back from the ``reports`` table (its CDA and the
-    masking flags kept as confidentiality codes). Raises ``NotPublishable`` / ``CdaError``."""
+def imaging_report_of(report: StoredReport) -> ImagingReport:
+    """A CR read back from the ``reports`` table (its CDA and the masking flags kept as
+    confidentiality codes). Raises ``CdaError``."""
     cda = read_cda(report.cda) if report.cda else None
     flags = {code: True for code in report.confidentiality if code in MASKING_FLAGS}
-    imaging = ImagingReport(MessageKey("", "", ""), report.message_type, ReportKind.REPORT,
-                            PatientIds(), cda=cda, cda_bytes=report.cda, flags=flags,
-                            document_id=report.id_cda)
-    return publication_context(imaging, configured_context(settings))
+    return ImagingReport(MessageKey("", "", ""), report.message_type, ReportKind.REPORT,
+                         PatientIds(), cda=cda, cda_bytes=report.cda, flags=flags,
+                         document_id=report.id_cda)
+
+
+def stored_report_context(report: StoredReport, settings: Settings) -> PublicationContext:
+    """The publication context of a CR read back from the ``reports`` table. Raises
+    ``NotPublishable`` / ``CdaError``."""
+    return publication_context(imaging_report_of(report), configured_context(settings))
+
+
+def completed_context(context: PublicationContext, report: ImagingReport,
+                      directory: ProfessionalDirectory | None
+                      ) -> tuple[PublicationContext, str, str]:
+    """``context`` with its author completed from the Annuaire Santé (module docstring), what
+    came from it and what went wrong, to say in the study's history ('' when nothing)."""
+    if directory is None:
+        return context, "", ""
+    national_id = report.author_id
+    try:
+        found = directory.professional(national_id) if national_id else None
+    except DirectoryError as exc:
+        return context, "", f"author {national_id}: the Annuaire Santé could not be asked: {exc}"
+    cda_author = report.cda.author if report.cda is not None else None
+    done = complete_author(context.author, national_id, found,
+                           has_institution=bool(cda_author and cda_author.organization_id))
+    filled = (f"author {national_id}: {', '.join(done.filled)} from the Annuaire Santé"
+              if done.filled else "")
+    return dataclasses.replace(context, author=done.author), filled, "; ".join(done.problems)
 
 
 def _built_with(s: Session, study_uid: str, report: ImagingReport) -> bool:
@@ -77,9 +114,23 @@ class ReportPublisher:
     """Attach to a :class:`ReportWorkflow` (:meth:`attach`) and, for ``drimbox serve``, to the
     stability monitor (:meth:`on_stable`)."""
 
-    def __init__(self, publication: PublicationWorkflow, settings: Settings) -> None:
+    def __init__(self, publication: PublicationWorkflow, settings: Settings,
+                 directory: ProfessionalDirectory | None = None) -> None:
         self.publication = publication
         self.settings = settings
+        self.directory = directory
+        """The Annuaire Santé (``annuaire_url``), which completes the CR's author."""
+
+    @staticmethod
+    def _say(s: Session, study_uid: str, filled: str, problem: str) -> None:
+        """The Annuaire's part in the study's history: ``annuaire`` (what it gave) and
+        ``annuaire_problem`` (an unknown author, an Annuaire that refused or failed)."""
+        if filled:
+            outbox.add_event(s, study_uid, "annuaire", detail=filled)
+            log.info("study %s: %s", study_uid, filled)
+        if problem:
+            outbox.add_event(s, study_uid, "annuaire_problem", detail=problem)
+            log.warning("study %s: %s", study_uid, problem)
 
     def attach(self, reports: ReportWorkflow) -> None:
         reports.report_ready_hooks.append(self.on_report_ready)
@@ -95,12 +146,15 @@ class ReportPublisher:
             with self.publication.index.write() as s:
                 outbox.add_event(s, study_uid, "not_publishable", detail=str(exc))
             return
+        # The Annuaire is asked before the transaction: no lock held over an HTTP request.
+        context, filled, problem = completed_context(context, report, self.directory)
         with self.publication.index.write() as s:
             self.publication.lock_study(s, study_uid)
             outbox.add_event(s, study_uid, "report",
                              detail=f"{report.message_type} CR {report.id_cda}"
                              + (f" replacing {report.replaces_id_cda}"
                                 if report.replaces_id_cda else ""))
+            self._say(s, study_uid, filled, problem)
             try:
                 result = self.publication.plan_publication(
                     s, study_uid, trigger=f"report {report.id_cda}", context=context,
@@ -149,9 +203,13 @@ class ReportPublisher:
                             continue
                         self.publication.plan_publication(s, uid, trigger="stable")
                         continue
-                    context = stored_report_context(report, self.settings)
-                    self.publication.plan_publication(
+                    imaging = imaging_report_of(report)
+                    context, filled, problem = completed_context(publication_context(
+                        imaging, configured_context(self.settings)), imaging, self.directory)
+                    result = self.publication.plan_publication(
                         s, uid, trigger=f"stable, CR {report.id_cda}", context=context)
+                    if result.queued:  # said once per publication, not at every stability
+                        self._say(s, uid, filled, problem)
             except Exception as exc:  # noqa: BLE001 - one study must not block the others
                 log.exception("publication of study %s could not be planned", uid)
                 outbox.add_event(s, uid, "error", detail=f"planning failed: {exc}")

@@ -14,12 +14,14 @@ from dataclasses import asdict
 from urllib.parse import quote
 
 from gateway.config import Settings
+from gateway.index import mssante
 from gateway.index.facts import NotPublishable, study_facts, study_state
 from gateway.index.reports import current_report, study_reports
 from gateway.index.store import InstanceIndex
 from gateway.manifest.manifests import manifest_from_facts, policy
 from gateway.manifest.manifests import publication_context as configured_context
 from gateway.manifest.xds_metadata import kos_document_entry
+from gateway.publication.outbox import redact
 from gateway.publication.report_trigger import stored_report_context
 from gateway.publication.workflow import publication_status
 
@@ -48,6 +50,10 @@ def publication_refusal(index: InstanceIndex, settings: Settings, study_uid: str
     return ""
 
 
+#: History events that are problems an operator should see (``problems`` of ``study show``).
+PROBLEM_EVENTS = ("annuaire_problem", "mssante_problem", "mssante_refused")
+
+
 def study_status(index: InstanceIndex, settings: Settings, study_uid: str) -> dict:
     """JSON-ready state of one study; raises :class:`~gateway.index.facts.UnknownStudy`."""
     state = study_state(index, study_uid, policy(settings))
@@ -56,6 +62,7 @@ def study_status(index: InstanceIndex, settings: Settings, study_uid: str) -> di
     with index.read() as s:
         messages = study_reports(s, study_uid)
         current = current_report(s, study_uid)
+        mails = mssante.list_rows(s, study_uid=study_uid)
     report = None
     if current is not None:
         report = {"id_cda": current.id_cda, "message_type": current.message_type,
@@ -72,4 +79,8 @@ def study_status(index: InstanceIndex, settings: Settings, study_uid: str) -> di
              "received_at": m.received_at} for m in messages],
         "viewer_link": viewer_link(settings, study_uid, current.id_cda) if current else None,
         "publication": asdict(publication),
+        "problems": [e.detail for e in publication.history if e.event in PROBLEM_EVENTS],
+        # No patient identity in the output: a patient's address is often the INS.
+        "mssante": [{k: (redact(v) if k == "address" else v) for k, v in asdict(m).items()
+                     if k != "body"} for m in mails],
     }

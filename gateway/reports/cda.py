@@ -71,6 +71,20 @@ class CdaPerson:
     organization_id: str = ""
     organization_name: str = ""
     time: str = ""
+    code: Code | None = None
+    """``assignedAuthor/code``: profession / specialty (JDV_J01, ``G15_10/SM44``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A recipient the CR names (``informationRecipient/intendedRecipient``): a professional by
+    national identifier and/or an MSSanté address (``telecom`` ``mailto:``)."""
+
+    id: str = ""
+    id_root: str = ""
+    family: str = ""
+    given: str = ""
+    address: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +116,11 @@ class CdaHeader:
     """``relatedDocument[@typeCode='RPLC']/parentDocument/id`` of the replaced report."""
     body: str = ""
     """``structured`` (level 3), ``pdf`` (level 1, ``nonXMLBody`` PDF) or another media type."""
+    recipients: tuple[Recipient, ...] = ()
+    """``informationRecipient/intendedRecipient``, in document order."""
+    patient_address: str = ""
+    """The patient's MSSanté address (``recordTarget/patientRole/telecom`` ``mailto:`` on an
+    MSSanté domain), '' when none."""
 
 
 def _one(el: etree._Element, path: str, where: str) -> etree._Element:
@@ -156,7 +175,44 @@ def _person(el: etree._Element | None, entity: str, time_el: etree._Element | No
                          if org is not None and org.find("cda:id", NS) is not None else ""),
         organization_name=_text(org, "cda:name"),
         time=(time_el.get("value") or "").strip() if time_el is not None else "",
+        code=_code(assigned.find("cda:code", NS)),
     )
+
+
+def _mailto(el: etree._Element | None) -> list[str]:
+    """The ``mailto:`` addresses of ``el``'s ``telecom`` children."""
+    if el is None:
+        return []
+    out = []
+    for tel in el.findall("cda:telecom", NS):
+        value = (tel.get("value") or "").strip()
+        if value.lower().startswith("mailto:") and "@" in value:
+            out.append(value[7:].strip())
+    return out
+
+
+def is_mssante_address(address: str) -> bool:
+    """An address of the MSSanté space: its domain is ``mssante.fr`` or one of its
+    sub-domains (operators' domains: ``<operator>.mssante.fr``, patients'
+    ``patient.mssante.fr``)."""
+    domain = address.rpartition("@")[2].strip().lower().rstrip(".")
+    return domain == "mssante.fr" or domain.endswith(".mssante.fr")
+
+
+def _recipients(root: etree._Element) -> tuple[Recipient, ...]:
+    out = []
+    for rec in root.findall("cda:informationRecipient/cda:intendedRecipient", NS):
+        ident = rec.find("cda:id", NS)
+        person = rec.find("cda:informationRecipient/cda:name", NS)
+        addresses = [a for a in _mailto(rec) if is_mssante_address(a)]
+        found = Recipient(
+            id=(ident.get("extension") or "").strip() if ident is not None else "",
+            id_root=(ident.get("root") or "").strip() if ident is not None else "",
+            family=_text(person, "cda:family"), given=_text(person, "cda:given"),
+            address=addresses[0] if addresses else "")
+        if found.id or found.address:
+            out.append(found)
+    return tuple(out)
 
 
 def parse_xml(data: bytes) -> etree._Element:
@@ -275,6 +331,9 @@ def read_cda(data: bytes) -> CdaHeader:
         practice_setting=practice,
         replaces=str(_ii(rplc) or ""),
         body=_body_kind(root),
+        recipients=_recipients(root),
+        patient_address=next((a for a in _mailto(root.find("cda:recordTarget/cda:patientRole", NS))
+                              if is_mssante_address(a)), ""),
     )
 
 

@@ -15,7 +15,9 @@ in error as an HL7 ERR location (``PID^1^3``):
 * the CDA travels base64 in OBX-5 of the ``ED`` OBX (``^TEXT^XML^Base64^<data>``);
 * ``PID-3`` carries the INS (with its OID) and the IPP (``PI``), ``PID-32`` the identity status;
 * MetaDMPMSS flags are OBX ``<FLAG>^<text>^MetaDMPMSS`` with OBX-5 ``Y`` or ``N``;
-* ``PRT`` (PRT-4 = SB) names the sending professional and structure (PRT-8.10);
+* ``PRT`` (PRT-4 = SB) names the sending professional and structure (PRT-8.10); a ``PRT`` with
+  PRT-4 = RCT (*Results Copies To*) names a recipient of the CR (PRT-5 the professional,
+  PRT-15 the MSSanté address, ``^NET^Internet^<address>``); PID-13 may carry the patient's;
 * ``TXA-12`` / ``TXA-13`` (MDM) are the document id and the id it replaces;
 * ``ORC-1 = CA`` means withdrawal (ORU/MDM) or exam cancellation (OMI), as does ``MDM^T04``;
 * ``IPC`` (OMI) carries accession (IPC-1) and StudyInstanceUID (IPC-3).
@@ -31,7 +33,7 @@ import re
 import hl7
 
 from gateway.identity.codecs import ins_from_pid3
-from gateway.reports.cda import CdaError, read_cda
+from gateway.reports.cda import CdaError, Recipient, is_mssante_address, read_cda
 from gateway.reports.workflow import (
     Ack,
     ImagingReport,
@@ -219,7 +221,10 @@ def read_message(message: hl7.Message) -> ImagingReport:
         cda=cda,
         cda_bytes=cda_bytes,
         flags=_flags(message),
-        sender=_sender(segments.get("PRT")),
+        sender=_sender(next((s for s in message if str(s[0]) == "PRT"
+                             and _component(_f(s, 4), 1) in ("SB", "")), None)),
+        hl7_recipients=_recipients(message),
+        hl7_patient_address=_patient_address(pid),
         document_id=document_id,
         replaced_document_id=replaced,
         placer_order_number=placer,
@@ -295,3 +300,36 @@ def _sender(prt: hl7.Segment | None) -> Sender:
         organization_name=_component(org, 1),
         structure_id=_component(org, 10),
     )
+
+
+def _emails(xtn_field: str, repetition: str = "~") -> list[str]:
+    """The e-mail addresses of an XTN field (``^NET^Internet^<address>``, repeated)."""
+    out = []
+    for rep in xtn_field.split(repetition):
+        address = _component(rep, 4)
+        if address and "@" in address and (_component(rep, 2) in ("NET", "") or
+                                          _component(rep, 3) in ("Internet", "X.400")):
+            out.append(address)
+    return out
+
+
+def _recipients(message: hl7.Message) -> tuple[Recipient, ...]:
+    """PRT segments with PRT-4 = RCT: the professionals the CR is copied to."""
+    out = []
+    for seg in (s for s in message if str(s[0]) == "PRT"):
+        if _component(_f(seg, 4), 1) != "RCT":
+            continue
+        person = _f(seg, 5).split("~")[0]
+        ident = _component(person, 1)
+        authority = _component(person, 9)
+        addresses = [a for a in _emails(_f(seg, 15)) if is_mssante_address(a)]
+        if ident or addresses:
+            out.append(Recipient(id=ident, id_root=authority.split("&")[1] if "&" in authority
+                                 else "", family=_component(person, 2),
+                                 given=_component(person, 3),
+                                 address=addresses[0] if addresses else ""))
+    return tuple(out)
+
+
+def _patient_address(pid: hl7.Segment) -> str:
+    return next((a for a in _emails(_f(pid, 13)) if is_mssante_address(a)), "")

@@ -33,7 +33,7 @@ from gateway.manifest.xds_metadata import (
     Code,
     PublicationContext,
 )
-from gateway.reports.cda import CdaHeader
+from gateway.reports.cda import CdaHeader, CdaPerson, Recipient
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,10 @@ class ImagingReport:
     flags: dict[str, bool] = field(default_factory=dict)
     """MetaDMPMSS OBX flags by name (MASQUE_PS, INVISIBLE_PATIENT, DESTDMP, ...)."""
     sender: Sender = Sender()
+    hl7_recipients: tuple[Recipient, ...] = ()
+    """PRT with PRT-4 = RCT: the professionals the CR is copied to (MSSanté, DESTMSSANTEPS)."""
+    hl7_patient_address: str = ""
+    """PID-13's MSSanté address of the patient."""
     document_id: str = ""
     """TXA-12 (MDM); must equal the CDA's ClinicalDocument/id when both are given."""
     replaced_document_id: str = ""
@@ -200,6 +204,35 @@ class ImagingReport:
         return self.cda.title if self.cda is not None else ""
 
     @property
+    def recipients(self) -> tuple[Recipient, ...]:
+        """Who the CR is for (DESTMSSANTEPS): the CDA's ``informationRecipient`` and the HL7
+        PRT-4 = RCT segments, one per identifier or address (the CDA's first)."""
+        out: list[Recipient] = []
+        for r in (*(self.cda.recipients if self.cda is not None else ()), *self.hl7_recipients):
+            same = next((i for i, o in enumerate(out)
+                         if (r.id and o.id == r.id) or (r.address and o.address == r.address)),
+                        None)
+            if same is None:
+                out.append(r)
+            elif not out[same].address and r.address:
+                out[same] = dataclasses.replace(out[same], address=r.address)
+        return tuple(out)
+
+    @property
+    def patient_address(self) -> str:
+        """The patient's MSSanté address (DESTMSSANTEPAT): the CDA's, else PID-13's."""
+        return (self.cda.patient_address if self.cda is not None else "") or \
+            self.hl7_patient_address
+
+    @property
+    def author_id(self) -> str:
+        """The author's national identifier: the CDA's ``assignedAuthor/id``, else the
+        sending professional's (PRT-4 = SB)."""
+        if self.cda is not None and self.cda.author is not None and self.cda.author.id:
+            return self.cda.author.id
+        return self.sender.person_id
+
+    @property
     def effective_time(self) -> str:
         return self.cda.effective_time if self.cda is not None else ""
 
@@ -233,8 +266,14 @@ def publication_context(report: ImagingReport, base: PublicationContext) -> Publ
         org = cda.author
         institution = (f"{org.organization_name}^^^^^&{OID_STRUCTURE}&ISO^IDNST^^^"
                        f"{org.organization_id}" if org.organization_id else base.author.institution)
+        code = cda.author.code
         author = Author(person=_xcn(cda.author), institution=institution,
-                        role=base.author.role, specialty=base.author.specialty)
+                        role=base.author.role,
+                        specialty=(f"{code.code}^{code.display}^{code.scheme}" if code is not None
+                                   else base.author.specialty))
+    elif report.sender.person_id:
+        author = dataclasses.replace(base.author, person=_xcn(CdaPerson(
+            report.sender.person_id, OID_RPPS, report.sender.person_family)))
     return dataclasses.replace(
         base,
         healthcare_facility_type=cda.healthcare_facility_type or base.healthcare_facility_type,
