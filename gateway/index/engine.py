@@ -31,10 +31,12 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # noqa: ANN001
-        if conn.get_execution_options().get("writer"):
+        options = conn.get_execution_options()
+        if options.get("writer"):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
+        elif not options.get("single_statement"):
             conn.exec_driver_sql("BEGIN")
+        # single_statement: one SELECT, its own snapshot in autocommit (gateway.index.prepared)
 
 
 def create_index_engine(url: str) -> Engine:
