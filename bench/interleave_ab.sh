@@ -35,8 +35,8 @@ REQUESTS="${4:-200}"
 OUT=/tmp/h10-results/ab
 rm -rf "$OUT" /tmp/h10-snap/ab-before /tmp/h10-snap/ab-after
 mkdir -p "$OUT" /tmp/h10-snap/ab-before /tmp/h10-snap/ab-after
-git -C "$HERE/.." archive "$BEFORE" gateway dicomweb | tar -x -C /tmp/h10-snap/ab-before
-git -C "$HERE/.." archive "$AFTER" gateway dicomweb | tar -x -C /tmp/h10-snap/ab-after
+git -C "$HERE/.." archive "$BEFORE" gateway dicomweb adapters | tar -x -C /tmp/h10-snap/ab-before
+git -C "$HERE/.." archive "$AFTER" gateway dicomweb adapters | tar -x -C /tmp/h10-snap/ab-after
 log() { tee -a "$OUT/log.txt"; }
 echo "before $(git -C "$HERE/.." rev-parse --short "$BEFORE"), after $(git -C "$HERE/.." rev-parse --short "$AFTER")" | log
 
