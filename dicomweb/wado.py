@@ -104,7 +104,8 @@ def lookup(
             level, uid = ("instance", instance) if instance else \
                 ("series", series) if series else ("study", study)
             raise HTTPException(404, f"{level} {uid} not found")
-    ensure_local(request, runtime, access, "wado", study, (r.sop_instance_uid for r in refs))
+    if any(r.evicted for r in refs):  # the lookup read each row's eviction: no second query
+        ensure_local(request, runtime, access, "wado", study, (r.sop_instance_uid for r in refs))
     return refs
 
 

@@ -17,24 +17,26 @@ transaction, leader / follower as :mod:`gateway.index.group_commit` does for ins
 request :meth:`~AuditCommitter.submit`\\ s its row (a list append, no I/O) as soon as the
 decision is made, does its work, and :meth:`~AuditCommitter.settle`\\ s the row before it
 answers: if the row is not yet committed and no commit is running, the caller commits every
-queued row in one Core ``INSERT`` (no ORM objects), else it waits for the running commit
+queued row in one precompiled ``INSERT`` (no ORM objects), else it waits for the running commit
 and, if its row was not in it, leads the next. Nobody answers before the commit holding its
 row, so "audited before the answer" is unchanged; :func:`record_access` is submit + settle.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, event, insert, select
+from sqlalchemy import Dialect, Engine, bindparam, event, insert, select
 from sqlalchemy.orm import Session
 
 from gateway.access.principal import Principal
 from gateway.index.models import AuditEvent, Study
+from gateway.index.prepared import Prepared
 from gateway.index.store import InstanceIndex
 
 ALLOWED = "allowed"
@@ -98,8 +100,26 @@ def _audit_engine(index: InstanceIndex) -> Engine:
     return engine
 
 
-_INSERT = insert(AuditEvent.__table__)
+_AUDIT = AuditEvent.__table__
 _STUDIES = Study.__table__
+_COLUMNS = tuple(c.name for c in _AUDIT.columns if c.name != "id")
+_INSERT = insert(_AUDIT).values({name: bindparam(name) for name in _COLUMNS})
+_INS_OF_STUDY = Prepared(select(_STUDIES.c.ins_matricule)
+                         .where(_STUDIES.c.study_instance_uid == bindparam("study")))
+
+
+@functools.cache
+def _compiled_insert(dialect: Dialect) -> tuple[str, tuple[str, ...] | None, dict]:
+    """The audit INSERT compiled once per dialect, with the columns' bind processors (the
+    DateTime of SQLite is stored as SQLAlchemy writes it)."""
+    compiled = _INSERT.compile(dialect=dialect)
+    order = tuple(compiled.positiontup) if compiled.positional else None
+    processors = {}
+    for name in _COLUMNS:
+        proc = _AUDIT.c[name].type._cached_bind_processor(dialect)  # noqa: SLF001
+        if proc is not None:
+            processors[name] = proc
+    return compiled.string, order, processors
 
 
 @dataclass(eq=False)
@@ -156,25 +176,44 @@ class AuditCommitter:
                     self._cond.notify_all()
 
     def _commit(self, batch: list[AuditTicket]) -> None:
+        """One transaction on a pooled DBAPI connection of the audit engine (SQLite: its own
+        connections, ``synchronous=NORMAL``; PostgreSQL: ``synchronous_commit`` off)."""
         self.commits += 1
+        engine = self._engine
         try:
-            with self._engine.begin() as conn:
+            conn = engine.raw_connection()
+            try:
+                cur = conn.cursor()
                 if self._postgres:
-                    conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-                studies = sorted({t.record.study_uid for t in batch
-                                  if t.record.patient_ins_of_study and t.record.study_uid})
+                    cur.execute("SET LOCAL synchronous_commit TO OFF")
+                else:
+                    cur.execute("BEGIN IMMEDIATE")
                 ins: dict[str, str] = {}
-                if studies:
-                    ins = {uid: m or "" for uid, m in conn.execute(
-                        select(_STUDIES.c.study_instance_uid, _STUDIES.c.ins_matricule)
-                        .where(_STUDIES.c.study_instance_uid.in_(studies)))}
+                for uid in {t.record.study_uid for t in batch
+                            if t.record.patient_ins_of_study and t.record.study_uid}:
+                    found = _INS_OF_STUDY.rows_on_cursor(engine, cur, study=uid)
+                    ins[uid] = (found[0][0] or "") if found else ""
+                sql, order, processors = _compiled_insert(engine.dialect)
                 rows = []
                 for t in batch:
                     rec = t.record
                     if rec.patient_ins_of_study:
                         rec = replace(rec, patient_ins=ins.get(rec.study_uid, ""))
-                    rows.append(_values(rec, t.recorded_at))
-                conn.execute(_INSERT, rows)
+                    values = _values(rec, t.recorded_at)
+                    for name, proc in processors.items():
+                        values[name] = proc(values[name])
+                    rows.append(values if order is None else tuple(values[n] for n in order))
+                cur.executemany(sql, rows)
+                if self._postgres:
+                    conn.commit()
+                else:
+                    cur.execute("COMMIT")
+                cur.close()
+            except BaseException:
+                conn.rollback()
+                raise
+            finally:
+                conn.close()
         except BaseException as exc:  # nothing is committed: every row fails the same way
             for t in batch:
                 t.error = exc

@@ -49,6 +49,8 @@ class InstanceRef:
     transfer_syntax_uid: str
     storage_key: str
     size: int
+    evicted: bool = False
+    """The file was evicted (retention) when the row was read: it must be fetched back."""
 
 
 def check_uids(**uids: str | None) -> None:
@@ -67,6 +69,7 @@ def _columns():
         Instance.transfer_syntax_uid,
         Instance.storage_key,
         Instance.size,
+        Instance.evicted_at.is_not(None),
     )
 
 

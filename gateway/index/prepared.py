@@ -50,7 +50,7 @@ def fetch_all(engine: Engine, compiled: Compiled, params: dict[str, Any]) -> lis
     ``exec_driver_sql`` (not the bare DBAPI cursor), so that engine events (statement
     logging, the tests' statement counts) still see it."""
     with engine.connect().execution_options(single_statement=True) as conn:
-        return list(conn.exec_driver_sql(compiled.sql, compiled.arguments(params)).tuples())
+        return conn.exec_driver_sql(compiled.sql, compiled.arguments(params)).all()
 
 
 class Prepared:
@@ -72,3 +72,9 @@ class Prepared:
 
     def rows(self, engine: Engine, **params: Any) -> list[tuple]:
         return fetch_all(engine, self.compiled(engine), params)
+
+    def rows_on_cursor(self, engine: Engine, cursor: Any, **params: Any) -> list[tuple]:
+        """On the caller's DBAPI cursor (and transaction)."""
+        c = self.compiled(engine)
+        cursor.execute(c.sql, c.arguments(params))
+        return cursor.fetchall()
