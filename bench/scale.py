@@ -227,9 +227,20 @@ def plans(url: str, pid: str, d1: str, d2: str) -> dict:
 # -- servers -------------------------------------------------------------------------------
 
 
+def snapshot(ref: str, dest: Path) -> str:
+    """The gateway's code at ``ref`` (``git archive``), so that editing the worktree during a
+    run does not change what is measured."""
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "gateway", "dicomweb", "adapters"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
 def gateway_env(work: Path, url: str | None) -> dict:
     env = dict(os.environ, GW_BENCH_DIR=str(work / "gw"), GW_DICOM_PORT=str(GW_DICOM),
-               GW_HTTP_PORT=str(GW_HTTP))
+               GW_HTTP_PORT=str(GW_HTTP), GW_SRC=str(work / "src"))
     if url:
         env["GW_DATABASE_URL"] = url
     else:
@@ -341,6 +352,7 @@ def main() -> None:
     ap.add_argument("--store", type=int, default=50, help="instances stored by storescu per size")
     ap.add_argument("--orthanc", action="store_true", help="Orthanc too, up to --orthanc-max")
     ap.add_argument("--orthanc-max", type=int, default=1000)
+    ap.add_argument("--ref", default="HEAD", help="gateway code to serve (git archive)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -357,10 +369,11 @@ def main() -> None:
         url = gw_url = args.database_url
         recreate_database(url)
     env = gateway_env(work, gw_url)
+    commit = snapshot(args.ref, work / "src")
     # studies stored by storescu live above every size's synthetic range
     stored_base = 10_000_000
     report = {"backend": args.backend, "sizes": {}, "machine": {
-        "nproc": os.cpu_count(), "uname": " ".join(os.uname())}, "command": " ".join(sys.argv)}
+        "nproc": os.cpu_count(), "uname": " ".join(os.uname())}, "command": " ".join(sys.argv), "gateway": commit}
     loaded = 0
     orthanc_up = False
     orthanc_loaded = 0
