@@ -265,8 +265,17 @@ def load(url: str, start: int, end: int, batch: int, workers: int) -> dict:
         with ProcessPoolExecutor(len(ranges)) as pool:
             rows = sum(pool.map(_load_range, *zip(*[(url, a, b, batch) for a, b in ranges])))
     seconds = time.perf_counter() - t0
+    # ANALYZE, as autovacuum (PostgreSQL) would do after such a load; SQLite's own statistics
+    # are left as the gateway leaves them (it never runs ANALYZE).
+    if engine.dialect.name == "postgresql":
+        t1 = time.perf_counter()
+        with create_engine(url, isolation_level="AUTOCOMMIT").connect() as conn:
+            conn.exec_driver_sql("ANALYZE")
+        analyze = round(time.perf_counter() - t1, 2)
+    else:
+        analyze = None
     return {"rows": rows, "seconds": round(seconds, 2), "rows_per_s": round(rows / seconds),
-            "workers": len(ranges)}
+            "workers": len(ranges), "analyze_s": analyze}
 
 
 def index_size(url: str, sqlite_file: Path | None) -> dict:
