@@ -7,7 +7,8 @@
 #
 # QIDO: ROUNDS x (bench_qido.py --rounds 1 on Orthanc, then on the gateway), 200 requests per
 # kind. WADO: interleave_wado.py, PAIRS pairs of whole-study (as stored, default syntax) and
-# metadata requests. DRIM-M: the 1,300-image JPEG-LS series (DRIM_DIR, generated if missing)
+# metadata requests, then 200 pairs of one-instance WADO-RS and of QIDO by PatientID alternating
+# request by request (WADO_KINDS to choose). DRIM-M (skipped with DRIM=0): the 1,300-image JPEG-LS series (DRIM_DIR, generated if missing)
 # loaded into both if absent, then ROUNDS x (Orthanc, gateway) x (as stored, transcoded).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -36,8 +37,10 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 { date -u +%FT%TZ; uptime; } | log
 "$PY" "$HERE/interleave_wado.py" --pairs "$PAIRS" --a "orthanc-nodelay=$O" --b "drimbox=$G" \
+  --kinds "${WADO_KINDS:-study_ts_any,study_default,metadata,instance,qido_patientid}" \
   --pid "$GW_PID" --corpus "$CORPUS" --out "$OUT/wado.json" | log
 { date -u +%FT%TZ; uptime; } | log
+if [[ "${DRIM:-1}" != 0 ]]; then
 [[ -f "$DRIM_DIR/series.json" ]] || "$GWPY" "$HERE/drim_reference.py" gen --out "$DRIM_DIR"
 SERIES="$("$GWPY" -c "import json,sys; print(json.load(open(sys.argv[1]))['StudyInstanceUID'])" "$DRIM_DIR/series.json")"
 for t in "ORTHANC 14442 $O" "DRIMBOX 11512 $G"; do
@@ -52,6 +55,7 @@ for r in $(seq 1 "$ROUNDS"); do
   "$GWPY" "$HERE/drim_reference.py" time --dir "$DRIM_DIR" --name drimbox --dicomweb "$G" \
     --reps 1 --pid "$GW_PID" --out "$OUT/drim-drimbox-r$r.json" | grep 'rep 1/1' | log
 done
+fi
 { date -u +%FT%TZ; uptime; } | log
 "$GWPY" - "$OUT" <<'PY' | log
 import json, statistics, sys

@@ -55,13 +55,61 @@ def rss_during(pid, fn):
     return out, samples
 
 
+def small_requests(kind, targets, sessions, manifest, study, uid, n):
+    """Small requests, the two targets alternating request by request (A B, B A, ...), after 10
+    warm-up pairs: one instance (WADO-RS, as stored) or QIDO-RS by PatientID; p50 / p95 and
+    the per-target lists."""
+    import random
+
+    rng = random.Random(f"{kind}-{n}")
+    if kind == "instance":
+        series = {}
+        for name, base in targets:
+            q = sessions[name].get(f"{base}/studies/{uid}/series", headers={"Accept": "application/dicom+json"},
+                                   timeout=30)
+            q.raise_for_status()
+            series[name] = q.json()[0]["0020000E"]["Value"][0]
+        picks = [rng.choice(study["files"])["sop_instance"] for _ in range(n + 10)]
+    else:
+        ids = sorted({st["PatientID"] for s_ in manifest["sets"].values() for st in s_["studies"]})
+        picks = [rng.choice(ids) for _ in range(n + 10)]
+    lat = {name: [] for name, _ in targets}
+    for i, pick in enumerate(picks):
+        order = targets if i % 2 == 0 else targets[::-1]
+        for name, base in order:
+            t0 = time.perf_counter()
+            if kind == "instance":
+                sec, _, nbytes, parts, _ = get_multipart(
+                    sessions[name], f"{base}/studies/{uid}/series/{series[name]}/instances/{pick}",
+                    MULTIPART_ANY, 60)
+                assert parts == 1, (name, parts)
+            else:
+                r = sessions[name].get(f"{base}/studies", params={"PatientID": pick},
+                                       headers={"Accept": "application/dicom+json"}, timeout=60)
+                r.raise_for_status()
+                r.json()
+                sec = time.perf_counter() - t0
+            if i >= 10:
+                lat[name].append(sec * 1000)
+    (na, _), (nb, _) = targets
+    pct = lambda v, p: sorted(v)[int(p / 100 * (len(v) - 1))]  # noqa: E731
+    line = (f"{kind} ({n} pairs, ms): {na} p50 {pct(lat[na], 50):.2f} p95 {pct(lat[na], 95):.2f} | "
+            f"{nb} p50 {pct(lat[nb], 50):.2f} p95 {pct(lat[nb], 95):.2f} | p95 ratio {nb}/{na} "
+            f"{pct(lat[nb], 95) / pct(lat[na], 95):.2f}, p50 ratio {pct(lat[nb], 50) / pct(lat[na], 50):.2f}")
+    print(line, flush=True)
+    return {"ms": lat, "p95_ratio": pct(lat[nb], 95) / pct(lat[na], 95)}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--a", required=True, help="NAME=DICOMWEB_URL (first of each pair)")
     ap.add_argument("--b", required=True, help="NAME=DICOMWEB_URL (second of each pair)")
     ap.add_argument("--corpus", default="/tmp/h3-corpus")
     ap.add_argument("--pairs", type=int, default=10)
-    ap.add_argument("--kinds", default="study_ts_any,study_default,metadata")
+    ap.add_argument("--kinds", default="study_ts_any,study_default,metadata",
+                    help="also: instance (one instance of the WADO study, as stored), qido_patientid "
+                         "(/studies?PatientID=, the corpus' patients): --requests pairs each, p50 / p95")
+    ap.add_argument("--requests", type=int, default=200, help="pairs for instance and qido_patientid")
     ap.add_argument("--pid", type=int, help="PID of target b (RSS sampled)")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -77,6 +125,9 @@ def main():
         s.headers["Accept-Encoding"] = "identity"
     res = {}
     for kind in [k.strip() for k in args.kinds.split(",") if k.strip()]:
+        if kind in ("instance", "qido_patientid"):
+            res[kind] = small_requests(kind, targets, sessions, manifest, study, uid, args.requests)
+            continue
         per = {name: [] for name, _ in targets}
         rss = []
         for i in range(args.pairs):

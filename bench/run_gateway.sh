@@ -70,7 +70,10 @@ start() {
              DRIMBOX_AE_TITLE="$AET" DRIMBOX_HOST=127.0.0.1 DRIMBOX_LOG_LEVEL="${DRIMBOX_LOG_LEVEL:-WARNING}"
              DRIMBOX_DICOMWEB_AUTH="${DRIMBOX_DICOMWEB_AUTH:-none}")  # anonymous on loopback
   [[ -n "$DB_URL" ]] && env+=(DRIMBOX_DATABASE_URL="$DB_URL")
-  env "${env[@]}" PYTHONPATH="$SRC" nohup "$VENV/bin/python" -m gateway.cli serve >> "$LOG" 2>&1 < /dev/null &
+  # From inside SRC: `python -m` puts the working directory first on sys.path, before
+  # PYTHONPATH, so started from the worktree it would run the worktree, not GW_SRC.
+  (cd "$SRC" && exec env "${env[@]}" PYTHONPATH="$SRC" nohup "$VENV/bin/python" -m gateway.cli serve \
+     >> "$LOG" 2>&1 < /dev/null) &
   local pid=$!
   echo "$pid" > "$PIDFILE"
   for _ in $(seq 1 120); do   # at most ~30 s

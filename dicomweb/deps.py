@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from adapters.asgi_tls import client_certificate_name
@@ -42,12 +41,19 @@ from adapters.psc.bearer import BearerChecker, BearerConfig
 from adapters.psc.client_auth import PscClientAuth
 from adapters.psc.tokens import TokenRejected
 from dicomweb.urls import client_address
-from gateway.access.audit import ALLOWED, DENIED, AccessRecord, record_access
+from gateway.access.audit import (
+    ALLOWED,
+    DENIED,
+    AccessRecord,
+    AuditTicket,
+    record_access,
+    settle,
+    submit_access,
+)
 from gateway.access.policy import KOS_HEADER, AccessRequest, Action, Decision, Visibility, decide
 from gateway.access.principal import ANONYMOUS, Principal
 from gateway.config import Settings
 from gateway.index.manifests import manifest_scope
-from gateway.index.models import Study
 from gateway.ingest.uids import is_safe_uid
 from gateway.runtime import Runtime
 
@@ -217,58 +223,69 @@ PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 @dataclass(frozen=True, slots=True)
 class Granted:
-    """An allowed request: who, and what the route may show."""
+    """An allowed request: who, and what the route may show. ``audit`` is the decision's
+    audit row when the route itself must settle it before answering (the lean routes:
+    ``guard(..., settle_in_route=True)``); None once it is committed."""
 
     principal: Principal
     decision: Decision
+    audit: AuditTicket | None = None
+    index: Any = None
 
     @property
     def visible(self) -> Visibility:
         return self.decision.visible
+
+    def audited(self) -> None:
+        """Block until the decision's audit row is committed (R15: before the answer
+        leaves). Blocking: call it from the route's worker thread, last."""
+        if self.audit is not None:
+            settle(self.index, self.audit)
 
 
 def _uid_or_empty(value: str | None) -> str:
     return value if value and is_safe_uid(value) else ""
 
 
-def _patient_ins(runtime: Runtime, study_uid: str) -> str:
-    if not study_uid:
-        return ""
-    with runtime.index.read() as s:
-        return s.scalar(select(Study.ins_matricule)
-                        .where(Study.study_instance_uid == study_uid)) or ""
+def _access_record(principal: Principal, asked: AccessRequest, outcome: str, reason: str,
+                   client: str, study_uid: str = "", kos_uid: str = "") -> AccessRecord:
+    """The audit row of one decision; the patient's INS is the study's, looked up when the
+    row is written."""
+    study_uid = study_uid or _uid_or_empty(asked.study_uid)
+    instance = _uid_or_empty(asked.instance_uid)
+    return AccessRecord(
+        principal=principal, action=asked.action, outcome=outcome, reason=reason,
+        study_uid=study_uid, series_uid=_uid_or_empty(asked.series_uid),
+        sop_instance_uids=(instance,) if instance else (),
+        patient_ins_of_study=bool(study_uid),
+        kos_uid=kos_uid or _uid_or_empty(asked.kos_uid), client_address=client,
+    )
 
 
 def _record(runtime: Runtime, principal: Principal, asked: AccessRequest, outcome: str,
             reason: str, client: str, study_uid: str = "", kos_uid: str = "") -> None:
-    study_uid = study_uid or _uid_or_empty(asked.study_uid)
-    instance = _uid_or_empty(asked.instance_uid)
-    record_access(runtime.index, AccessRecord(
-        principal=principal, action=asked.action, outcome=outcome, reason=reason,
-        study_uid=study_uid, series_uid=_uid_or_empty(asked.series_uid),
-        sop_instance_uids=(instance,) if instance else (),
-        patient_ins=_patient_ins(runtime, study_uid),
-        kos_uid=kos_uid or _uid_or_empty(asked.kos_uid), client_address=client,
-    ))
+    record_access(runtime.index, _access_record(principal, asked, outcome, reason, client,
+                                                study_uid, kos_uid))
 
 
-def _decide_and_record(runtime: Runtime, principal: Principal, asked: AccessRequest,
-                       client: str) -> Decision:
-    manifest = None
-    if asked.kos_uid and is_safe_uid(asked.kos_uid):
-        with runtime.index.read() as s:
-            manifest = manifest_scope(s, asked.kos_uid)
+def _manifest(runtime: Runtime, kos_uid: str):  # noqa: ANN202
+    with runtime.index.read() as s:
+        return manifest_scope(s, kos_uid)
+
+
+def _decided(principal: Principal, asked: AccessRequest, manifest, client: str
+             ) -> tuple[Decision, AccessRecord]:
     decision = decide(principal, asked, manifest)
     study = _uid_or_empty(asked.study_uid)
     if not study and decision.visible.study_uids is not None and \
             len(decision.visible.study_uids) == 1:
         (study,) = decision.visible.study_uids
-    _record(runtime, principal, asked, ALLOWED if decision.allowed else DENIED, decision.reason,
-            client, study, decision.kos_uid)
+    record = _access_record(principal, asked, ALLOWED if decision.allowed else DENIED,
+                            decision.reason, client, study, decision.kos_uid)
     if not decision.allowed:
         log.info("access denied: %s %s (%s, %s)", asked.action, study or "-", principal.kind,
                  decision.reason)
-    return decision
+    return decision, record
 
 
 URI_UIDS = ("studyUID", "seriesUID", "objectUID")
@@ -286,10 +303,18 @@ def _asked(request: Request, action: Action, uids_in_query: bool = False) -> Acc
                          request.headers.get(KOS_HEADER) or None)
 
 
-def guard(action: Action, uids_in_query: bool = False
+def guard(action: Action, uids_in_query: bool = False, settle_in_route: bool = False
           ) -> Callable[[Request], Awaitable[Granted]]:
     """The dependency that lets ``action`` through, or not (see the module docstring);
-    ``uids_in_query``: the UIDs are WADO-URI's query parameters (:data:`URI_UIDS`)."""
+    ``uids_in_query``: the UIDs are WADO-URI's query parameters (:data:`URI_UIDS`).
+
+    The decision is made on the event loop (the policy is pure; only a ``KOS-SOPInstanceUID``
+    header costs a manifest lookup in the thread pool) and its audit row is queued for the
+    next shared commit (:class:`gateway.access.audit.AuditCommitter`). A denial waits for
+    that commit before it answers. An allowed request waits for it here too, unless
+    ``settle_in_route``: then the route settles it (``Granted.audited()``) in its own worker
+    thread after its work, so that one thread hand-off serves both and the commit is
+    shared with the requests answered meanwhile."""
 
     async def gate(request: Request) -> Granted:
         runtime: Runtime = request.app.state.runtime
@@ -303,19 +328,30 @@ def guard(action: Action, uids_in_query: bool = False
                                     client)
             log.info("access denied: %s (%s)", action, exc.reason)
             raise HTTPException(exc.status, exc.message, headers=exc.headers) from None
-        decision = await run_in_threadpool(_decide_and_record, runtime, principal, asked, client)
+        manifest = None
+        if asked.kos_uid and is_safe_uid(asked.kos_uid):
+            manifest = await run_in_threadpool(_manifest, runtime, asked.kos_uid)
+        decision, record = _decided(principal, asked, manifest, client)
+        ticket = submit_access(runtime.index, record)
+        if not decision.allowed or not settle_in_route:
+            await run_in_threadpool(settle, runtime.index, ticket)
+            ticket = None
         if not decision.allowed:
             if decision.not_found:
                 level = "instance" if asked.instance_uid else "series"
                 raise HTTPException(404, f"{level} not found")
             raise HTTPException(403, f"access denied: {decision.reason}")
-        return Granted(principal, decision)
+        return Granted(principal, decision, ticket, runtime.index)
 
     return gate
 
 
 QidoAccess = Annotated[Granted, Depends(guard("qido"))]
 WadoAccess = Annotated[Granted, Depends(guard("wado"))]
+QidoAccessLean = Annotated[Granted, Depends(guard("qido", settle_in_route=True))]
+"""As ``QidoAccess``; the route must call ``Granted.audited()`` before it answers."""
+WadoAccessLean = Annotated[Granted, Depends(guard("wado", settle_in_route=True))]
+"""As ``WadoAccess``; the route must call ``Granted.audited()`` before it answers."""
 WadoUriAccess = Annotated[Granted, Depends(guard("wado", uids_in_query=True))]
 MetadataAccess = Annotated[Granted, Depends(guard("metadata"))]
 RenderedAccess = Annotated[Granted, Depends(guard("rendered"))]

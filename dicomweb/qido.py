@@ -31,7 +31,7 @@ The search itself (parameters, matching rules, paging, order, server maxima) is
   type="application/dicom+xml"`` (PS3.18 10.6.3): one Native DICOM Model document per
   result (:mod:`dicomweb.dicom_xml`, made from the same DICOM JSON objects), no match being
   204 (a multipart body needs at least one part); anything else is 406
-  (:func:`dicomweb.accept.json_or_xml`). Every route depends on ``QidoAccess``
+  (:func:`dicomweb.accept.json_or_xml`). Every route depends on ``QidoAccessLean``
   (``dicomweb.deps``): the results reveal patient data, and a consumer holding a KOS (R10)
   finds only that KOS's study, series and instances (counts and ModalitiesInStudy included).
 """
@@ -42,9 +42,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from dicomweb import accept, dicom_json, dicom_xml
-from dicomweb.deps import Granted, QidoAccess, RuntimeDep
+from dicomweb.deps import Granted, QidoAccessLean, RuntimeDep
 from dicomweb.http_methods import get_and_head
 from dicomweb.urls import DicomWebURLs
 from gateway.imaging.query import Level, QueryError, SearchScope, parse_query, search, uids_of
@@ -111,43 +112,69 @@ def _search(
 
 
 
+async def _answer(
+    request: Request,
+    runtime: Any,
+    access: Granted,
+    level: Level,
+    study: str | None = None,
+    series: str | None = None,
+) -> Response:
+    """The lean path: the search, the encoding and the audit row's commit in one worker
+    thread hand-off; the answer leaves only once the audit row is committed (R15)."""
+
+    def work() -> Response:
+        try:
+            return _search(request, runtime, access, level, study, series)
+        finally:
+            access.audited()
+
+    return await run_in_threadpool(work)
+
+
 @get_and_head(router, "/studies")
-def search_studies(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
+async def search_studies(
+    request: Request, runtime: RuntimeDep, access: QidoAccessLean
+) -> Response:
     """Search for studies (PS3.18 10.6, Table 10.6.3-3 return attributes)."""
-    return _search(request, runtime, access, Level.STUDY)
+    return await _answer(request, runtime, access, Level.STUDY)
 
 
 @get_and_head(router, "/series")
-def search_series(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
+async def search_series(
+    request: Request, runtime: RuntimeDep, access: QidoAccessLean
+) -> Response:
     """Search for series in all studies (study and series attributes returned)."""
-    return _search(request, runtime, access, Level.SERIES)
+    return await _answer(request, runtime, access, Level.SERIES)
 
 
 @get_and_head(router, "/instances")
-def search_instances(request: Request, runtime: RuntimeDep, access: QidoAccess) -> Response:
+async def search_instances(
+    request: Request, runtime: RuntimeDep, access: QidoAccessLean
+) -> Response:
     """Search for instances in all studies (study, series and instance attributes)."""
-    return _search(request, runtime, access, Level.INSTANCE)
+    return await _answer(request, runtime, access, Level.INSTANCE)
 
 
 @get_and_head(router, "/studies/{study}/series")
-def search_study_series(
-    study: str, request: Request, runtime: RuntimeDep, access: QidoAccess
+async def search_study_series(
+    study: str, request: Request, runtime: RuntimeDep, access: QidoAccessLean
 ) -> Response:
     """Search for the series of one study (series attributes returned)."""
-    return _search(request, runtime, access, Level.SERIES, study)
+    return await _answer(request, runtime, access, Level.SERIES, study)
 
 
 @get_and_head(router, "/studies/{study}/instances")
-def search_study_instances(
-    study: str, request: Request, runtime: RuntimeDep, access: QidoAccess
+async def search_study_instances(
+    study: str, request: Request, runtime: RuntimeDep, access: QidoAccessLean
 ) -> Response:
     """Search for the instances of one study (series and instance attributes returned)."""
-    return _search(request, runtime, access, Level.INSTANCE, study)
+    return await _answer(request, runtime, access, Level.INSTANCE, study)
 
 
 @get_and_head(router, "/studies/{study}/series/{series}/instances")
-def search_series_instances(
-    study: str, series: str, request: Request, runtime: RuntimeDep, access: QidoAccess
+async def search_series_instances(
+    study: str, series: str, request: Request, runtime: RuntimeDep, access: QidoAccessLean
 ) -> Response:
     """Search for the instances of one series (instance attributes returned)."""
-    return _search(request, runtime, access, Level.INSTANCE, study, series)
+    return await _answer(request, runtime, access, Level.INSTANCE, study, series)

@@ -50,11 +50,12 @@ import os
 from collections.abc import Iterator
 from typing import IO
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from dicomweb import accept
-from dicomweb.deps import Granted, RuntimeDep, WadoAccess
+from dicomweb.deps import Granted, RuntimeDep, WadoAccess, WadoAccessLean
 from dicomweb.evicted import ensure_local
 from dicomweb.http_methods import get_and_head
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
@@ -103,7 +104,8 @@ def lookup(
             level, uid = ("instance", instance) if instance else \
                 ("series", series) if series else ("study", study)
             raise HTTPException(404, f"{level} {uid} not found")
-    ensure_local(request, runtime, access, "wado", study, (r.sop_instance_uid for r in refs))
+    if any(r.evicted for r in refs):  # the lookup read each row's eviction: no second query
+        ensure_local(request, runtime, access, "wado", study, (r.sop_instance_uid for r in refs))
     return refs
 
 
@@ -147,6 +149,32 @@ def _multipart(parts: Iterator[Part], part_type: str, **params: str) -> Streamin
     )
 
 
+WHOLE_BODY_MAX = 4 * CHUNK
+"""A response whose parts are all in hand and at most this big is sent as one body (plain
+``Response``, one write) instead of a stream: a streamed body costs a worker-thread
+hand-off per chunk (Starlette iterates a sync generator in the thread pool)."""
+
+
+def _whole(parts: list[Part], part_type: str, **params: str) -> Response:
+    boundary = new_boundary()
+    return Response(b"".join(stream(parts, boundary)),
+                    media_type=content_type(part_type, boundary, **params))
+
+
+async def _lean(access: Granted, work) -> Response:  # noqa: ANN001 - a callable
+    """Run ``work`` (the lookup, the file, the response) in one worker-thread hand-off,
+    then settle the decision's audit row there too: the answer leaves only once the row is
+    committed (R15), whatever ``work`` raised."""
+
+    def run() -> Response:
+        try:
+            return work()
+        finally:
+            access.audited()
+
+    return await run_in_threadpool(run)
+
+
 # -- instances -------------------------------------------------------------------------------
 
 
@@ -156,6 +184,11 @@ def instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> Ite
         part_type = f"application/dicom; transfer-syntax={ts}"
         if ts == current.transfer_syntax_uid:
             size = os.fstat(f.fileno()).st_size
+            if len(plan) == 1 and size <= WHOLE_BODY_MAX:  # one small instance: read at once
+                with f:
+                    data = f.read()
+                yield Part(part_type, [data], {"Content-Length": str(len(data))})
+                continue
             yield Part(part_type, _chunks(f), {"Content-Length": str(size)})
             continue
         try:
@@ -173,7 +206,7 @@ def instance_parts(runtime: Runtime, plan: list[tuple[InstanceRef, str]]) -> Ite
 def _retrieve(
     request: Request, runtime: Runtime, access: Granted, study: str, series: str | None,
     instance: str | None,
-) -> StreamingResponse:
+) -> Response:
     refs = lookup(request, runtime, access, study, series, instance)
     offers = accept.instance_offers(_ranges(request))
     produced = 'multipart/related; type="application/dicom" with transfer-syntax ' + ", ".join(
@@ -204,32 +237,35 @@ def _retrieve(
                               "transfer-syntax=* (as stored)") from exc
     except TranscodeError as exc:
         raise HTTPException(500, f"instance {plan[0][0].sop_instance_uid}: {exc}") from exc
+    if len(plan) == 1 and sum(len(b) for b in first.body) <= WHOLE_BODY_MAX:
+        return _whole([first], "application/dicom", **params)
     return _multipart(itertools.chain([first], parts), "application/dicom", **params)
 
 
 @get_and_head(router, "/studies/{study}")
-def retrieve_study(
-    study: str, request: Request, runtime: RuntimeDep, access: WadoAccess
-) -> StreamingResponse:
+async def retrieve_study(
+    study: str, request: Request, runtime: RuntimeDep, access: WadoAccessLean
+) -> Response:
     """Retrieve every instance of a study."""
-    return _retrieve(request, runtime, access, study, None, None)
+    return await _lean(access, lambda: _retrieve(request, runtime, access, study, None, None))
 
 
 @get_and_head(router, "/studies/{study}/series/{series}")
-def retrieve_series(
-    study: str, series: str, request: Request, runtime: RuntimeDep, access: WadoAccess
-) -> StreamingResponse:
+async def retrieve_series(
+    study: str, series: str, request: Request, runtime: RuntimeDep, access: WadoAccessLean
+) -> Response:
     """Retrieve every instance of a series."""
-    return _retrieve(request, runtime, access, study, series, None)
+    return await _lean(access, lambda: _retrieve(request, runtime, access, study, series, None))
 
 
 @get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}")
-def retrieve_instance(
+async def retrieve_instance(
     study: str, series: str, instance: str, request: Request, runtime: RuntimeDep,
-    access: WadoAccess,
-) -> StreamingResponse:
-    """Retrieve one instance."""
-    return _retrieve(request, runtime, access, study, series, instance)
+    access: WadoAccessLean,
+) -> Response:
+    """Retrieve one instance (a small one as one body, read at once)."""
+    return await _lean(
+        access, lambda: _retrieve(request, runtime, access, study, series, instance))
 
 
 # -- frames and bulk data --------------------------------------------------------------------
@@ -306,11 +342,20 @@ def _native_value(path, info: pixels.FrameInfo, ts: str) -> Iterator[Part]:
 
 
 @get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}")
-def retrieve_frames(
+async def retrieve_frames(
     study: str, series: str, instance: str, frames: str, request: Request,
-    runtime: RuntimeDep, access: WadoAccess,
-) -> StreamingResponse:
-    """Retrieve frames of one instance (1-based frame numbers, comma-separated)."""
+    runtime: RuntimeDep, access: WadoAccessLean,
+) -> Response:
+    """Retrieve frames of one instance (1-based frame numbers, comma-separated); one frame
+    is made before the answer and sent as one body."""
+    return await _lean(access, lambda: _frames(study, series, instance, frames, request,
+                                               runtime, access))
+
+
+def _frames(
+    study: str, series: str, instance: str, frames: str, request: Request,
+    runtime: Runtime, access: Granted,
+) -> Response:
     numbers = _parse_frame_list(frames, runtime.settings.max_frames_per_request)
     (ref,) = lookup(request, runtime, access, study, series, instance)
     path, info = _frame_info(runtime, ref)
@@ -322,8 +367,10 @@ def retrieve_frames(
             404, f"frame {beyond[0]} does not exist (the instance has "
                  f"{info.number_of_frames} frame{'s' if info.number_of_frames > 1 else ''})")
     ts = _pixel_target(request, info)
-    return _multipart(_first_made(ref, _frame_parts(path, info, numbers, ts)),
-                      accept.pixel_media_type(ts), transfer_syntax=ts)
+    parts = _first_made(ref, _frame_parts(path, info, numbers, ts))
+    if len(numbers) == 1:
+        return _whole(list(parts), accept.pixel_media_type(ts), transfer_syntax=ts)
+    return _multipart(parts, accept.pixel_media_type(ts), transfer_syntax=ts)
 
 
 @get_and_head(router, "/studies/{study}/series/{series}/instances/{instance}/bulkdata")

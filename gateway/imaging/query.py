@@ -57,10 +57,11 @@ from datetime import date
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, and_, bindparam, exists, func, literal, or_, select
 
 from gateway.imaging.integers import INT64_MAX, VR_RANGES, BadInteger, parse_int
 from gateway.index.models import Instance, Patient, Series, Study
+from gateway.index.prepared import Compiled, compile_select, fetch_all
 from gateway.index.store import InstanceIndex
 from gateway.ingest.uids import is_safe_uid
 
@@ -479,30 +480,51 @@ class SearchResult:
     """More matches exist beyond the server maximum (the caller did not set a smaller limit)."""
 
 
-def _text_condition(col: Any, cond: Condition, dialect: str) -> ColumnElement[bool]:
-    pn = cond.attribute.vr == "PN"
+def _bound_values(cond: Condition, dialect: str) -> tuple[Any, ...]:
+    """The values one condition binds, in the order its clause uses them (one place, so that
+    a precompiled statement and a built one bind the same values)."""
     if cond.match is Match.LIST:
-        return col.in_(cond.values)
+        return cond.values
+    if cond.match is Match.RANGE:
+        return tuple(v for v in cond.values if v)
+    value = cond.values[0]
+    if cond.match is Match.FUZZY:
+        return tuple(fuzzy_like_patterns(value))
+    if cond.match is Match.WILDCARD:
+        if cond.attribute.vr != "PN" and dialect == "sqlite":
+            return (wildcard_to_glob(value),)
+        return (wildcard_to_like(value),)
+    return (value,)
+
+
+def _text_condition(col: Any, cond: Condition, dialect: str,
+                    binds: Sequence[Any] | None = None) -> ColumnElement[bool]:
+    """The clause of ``cond`` on ``col``; ``binds``: bind parameters standing for
+    :func:`_bound_values` (a precompiled statement), else the values themselves."""
+    pn = cond.attribute.vr == "PN"
+    vals = list(_bound_values(cond, dialect) if binds is None else binds)
+    if cond.match is Match.LIST:
+        return col.in_(vals)
     if cond.match is Match.RANGE:
         low, high = cond.values
+        taken = iter(vals)
         parts = [col != ""]
         if low:
-            parts.append(col >= low)
+            parts.append(col >= next(taken))
         if high:
-            parts.append(col <= high)
+            parts.append(col <= next(taken))
         return and_(*parts)
     # PN: both sides are folded by the database's lower(), so a value always matches itself.
     if cond.match is Match.FUZZY:
         lowered = func.lower(col)
-        return or_(*(lowered.like(func.lower(p), escape="\\")
-                     for p in fuzzy_like_patterns(cond.values[0])))
-    value = cond.values[0]
+        return or_(*(lowered.like(func.lower(p), escape="\\") for p in vals))
+    value = vals[0]
     if cond.match is Match.WILDCARD:
         if pn:
-            return func.lower(col).like(func.lower(wildcard_to_like(value)), escape="\\")
+            return func.lower(col).like(func.lower(value), escape="\\")
         if dialect == "sqlite":
-            return col.op("GLOB")(wildcard_to_glob(value))
-        return col.like(wildcard_to_like(value), escape="\\")
+            return col.op("GLOB")(value)
+        return col.like(value, escape="\\")
     if pn:
         return func.lower(col) == func.lower(value)
     return col == value
@@ -601,9 +623,12 @@ def _scoped(stmt: Select, level: Level, scope: SearchScope) -> Select:
     return stmt
 
 
-def build_select(query: Query, dialect: str, scope: SearchScope | None = None) -> Select:
+def build_select(query: Query, dialect: str, scope: SearchScope | None = None,
+                 bind: bool = False) -> Select:
     """The one SELECT that answers ``query`` (columns labelled by keyword), limited to
-    ``scope`` when given."""
+    ``scope`` when given. ``bind``: every value (path UIDs, matching values, limit, offset) a
+    named bind parameter (:func:`_parameters` gives their values), so that the statement
+    serves every query of the same shape (:func:`_shape`)."""
     level = query.level
     columns: list[Any] = []
     for attr in query.returned:
@@ -624,15 +649,22 @@ def build_select(query: Query, dialect: str, scope: SearchScope | None = None) -
         stmt = stmt.select_from(STUDIES)
     stmt = stmt.join(PATIENTS, STUDIES.c.patient_pk == PATIENTS.c.id)
 
+    def value(name: str, v: Any) -> Any:
+        return bindparam(name) if bind else v
+
     if query.study_uid is not None:
-        stmt = stmt.where(STUDIES.c.study_instance_uid == query.study_uid)
+        stmt = stmt.where(STUDIES.c.study_instance_uid == value("p_study", query.study_uid))
     if query.series_uid is not None:
-        stmt = stmt.where(SERIES.c.series_instance_uid == query.series_uid)
-    for cond in query.conditions:
+        stmt = stmt.where(SERIES.c.series_instance_uid == value("p_series", query.series_uid))
+    for i, cond in enumerate(query.conditions):
         if cond.attribute.keyword == "ModalitiesInStudy":
             stmt = stmt.where(_modality_condition(cond, dialect))
         else:
-            stmt = stmt.where(_text_condition(cond.attribute.column, cond, dialect))
+            binds = None
+            if bind:
+                binds = [bindparam(f"c{i}_{j}")
+                         for j in range(len(_bound_values(cond, dialect)))]
+            stmt = stmt.where(_text_condition(cond.attribute.column, cond, dialect, binds))
     if scope is not None:
         stmt = _scoped(stmt, level, scope)
 
@@ -643,15 +675,72 @@ def build_select(query: Query, dialect: str, scope: SearchScope | None = None) -
     if level >= Level.INSTANCE:
         order += [it.instance_number.is_(None), it.instance_number, it.id]
     page = query.limit + 1 if query.limited_by_server else query.limit
-    return stmt.order_by(*order).limit(page).offset(query.offset)
+    return (stmt.order_by(*order).limit(value("p_limit", page))
+            .offset(value("p_offset", query.offset)))
+
+
+# -- precompiled statements (the lean path of the commonest searches) ----------------------
+
+
+def _shape(query: Query, dialect: str) -> tuple | None:
+    """What a query's SQL depends on, its values aside; None when it is not precompiled
+    (ModalitiesInStudy, whose clause embeds its values)."""
+    conds = []
+    for cond in query.conditions:
+        if cond.attribute.keyword == "ModalitiesInStudy":
+            return None
+        present = tuple(bool(v) for v in cond.values) if cond.match is Match.RANGE else ()
+        conds.append((cond.attribute.keyword, cond.match, len(_bound_values(cond, dialect)),
+                      present))
+    return (dialect, query.level, query.study_uid is None, query.series_uid is None,
+            tuple(conds), tuple(a.keyword for a in query.returned))
+
+
+def _parameters(query: Query, dialect: str) -> dict[str, Any]:
+    """The bind values of ``build_select(query, dialect, bind=True)``."""
+    params: dict[str, Any] = {
+        "p_limit": query.limit + 1 if query.limited_by_server else query.limit,
+        "p_offset": query.offset,
+    }
+    if query.study_uid is not None:
+        params["p_study"] = query.study_uid
+    if query.series_uid is not None:
+        params["p_series"] = query.series_uid
+    for i, cond in enumerate(query.conditions):
+        for j, v in enumerate(_bound_values(cond, dialect)):
+            params[f"c{i}_{j}"] = v
+    return params
+
+
+_PREPARED: dict[tuple, Compiled] = {}
+_PREPARED_MAX = 512
+
+
+def _run_prepared(index: InstanceIndex, query: Query, shape: tuple) -> list[dict[str, Any]]:
+    """One precompiled SELECT on a pooled DBAPI connection: no statement building, no cache
+    key, no ORM session (:mod:`gateway.index.prepared`)."""
+    engine = index.engine
+    compiled = _PREPARED.get(shape)
+    if compiled is None:
+        compiled = compile_select(build_select(query, engine.dialect.name, bind=True), engine)
+        if len(_PREPARED) >= _PREPARED_MAX:
+            _PREPARED.clear()
+        _PREPARED[shape] = compiled
+    keys = compiled.keys
+    return [dict(zip(keys, r, strict=True))
+            for r in fetch_all(engine, compiled, _parameters(query, engine.dialect.name))]
 
 
 def search(index: InstanceIndex, query: Query, scope: SearchScope | None = None) -> SearchResult:
     """Run ``query`` on the index, limited to ``scope``: one SQL statement, no file read."""
     dialect = index.engine.dialect.name
-    stmt = build_select(query, dialect, scope)
-    with index.read() as session:
-        raw = session.execute(stmt).mappings().all()
+    shape = _shape(query, dialect) if scope is None else None
+    if shape is not None:
+        raw = _run_prepared(index, query, shape)
+    else:
+        stmt = build_select(query, dialect, scope)
+        with index.read() as session:
+            raw = session.execute(stmt).mappings().all()
     truncated = query.limited_by_server and len(raw) > query.limit
     rows = []
     for r in raw[: query.limit]:

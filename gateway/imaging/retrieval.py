@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from gateway.index.models import Instance, Series, Study
+from gateway.index.prepared import Prepared
 from gateway.index.store import InstanceIndex
 from gateway.ingest.uids import is_safe_uid
 
@@ -48,6 +49,8 @@ class InstanceRef:
     transfer_syntax_uid: str
     storage_key: str
     size: int
+    evicted: bool = False
+    """The file was evicted (retention) when the row was read: it must be fetched back."""
 
 
 def check_uids(**uids: str | None) -> None:
@@ -66,7 +69,33 @@ def _columns():
         Instance.transfer_syntax_uid,
         Instance.storage_key,
         Instance.size,
+        Instance.evicted_at.is_not(None),
     )
+
+
+def _lookup(series: bool, instance: bool) -> Prepared:
+    query = (
+        select(*_columns())
+        .join(Series, Instance.series_pk == Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .where(Study.study_instance_uid == bindparam("study"))
+    )
+    if series:
+        query = query.where(Series.series_instance_uid == bindparam("series"))
+    if instance:
+        query = query.where(Instance.sop_instance_uid == bindparam("instance"))
+    return Prepared(query.order_by(
+        Series.series_number.is_(None),
+        Series.series_number,
+        Series.id,
+        Instance.instance_number.is_(None),
+        Instance.instance_number,
+        Instance.id,
+    ))
+
+
+_LOOKUPS = {(se, inst): _lookup(se, inst) for se in (False, True) for inst in (False, True)}
+"""Precompiled once (:mod:`gateway.index.prepared`): one instance is WADO-RS's hottest read."""
 
 
 def find_instances(
@@ -80,27 +109,14 @@ def find_instances(
     Raises :class:`BadUID` or :class:`NotFound`; never returns an empty list.
     """
     check_uids(study=study, series=series, instance=instance)
-    query = (
-        select(*_columns())
-        .join(Series, Instance.series_pk == Series.id)
-        .join(Study, Series.study_pk == Study.id)
-        .where(Study.study_instance_uid == study)
-    )
+    params = {"study": study}
     if series is not None:
-        query = query.where(Series.series_instance_uid == series)
+        params["series"] = series
     if instance is not None:
-        query = query.where(Instance.sop_instance_uid == instance)
-    query = query.order_by(
-        Series.series_number.is_(None),
-        Series.series_number,
-        Series.id,
-        Instance.instance_number.is_(None),
-        Instance.instance_number,
-        Instance.id,
-    )
-    with index.read() as s:
-        rows = s.execute(query).all()
-        if not rows:
+        params["instance"] = instance
+    rows = _LOOKUPS[series is not None, instance is not None].rows(index.engine, **params)
+    if not rows:
+        with index.read() as s:
             _raise_not_found(s, study, series, instance)
     return [InstanceRef(*r) for r in rows]
 

@@ -3,7 +3,7 @@
 SQLite runs in WAL mode with ``synchronous=FULL`` (a commit is on disk before it returns,
 which the C-STORE acknowledgement relies on) and writers take the lock up front
 (``BEGIN IMMEDIATE``) so that concurrent associations queue on the busy timeout instead of
-failing on a lock upgrade. PostgreSQL needs nothing special.
+failing on a lock upgrade. PostgreSQL: JIT compilation off (see :func:`_postgres_setup`).
 """
 
 from __future__ import annotations
@@ -31,10 +31,12 @@ def _sqlite_setup(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # noqa: ANN001
-        if conn.get_execution_options().get("writer"):
+        options = conn.get_execution_options()
+        if options.get("writer"):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
-        else:
+        elif not options.get("single_statement"):
             conn.exec_driver_sql("BEGIN")
+        # single_statement: one SELECT, its own snapshot in autocommit (gateway.index.prepared)
 
 
 def create_index_engine(url: str) -> Engine:
@@ -48,7 +50,21 @@ def create_index_engine(url: str) -> Engine:
         )
         _sqlite_setup(engine)
         return engine
-    return create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
+    _postgres_setup(engine)
+    return engine
+
+
+def _postgres_setup(engine: Engine) -> None:
+    """JIT off for the index's sessions: its queries are short, and PostgreSQL compiles any
+    query whose estimated cost passes ``jit_above_cost``; with stale statistics (after a bulk
+    load, before autovacuum's ANALYZE) a 4-row QIDO-RS search by PatientID spent 263 ms of
+    its 814 ms in JIT compilation (bench/RESULTS.md, "Scale")."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+        dbapi_conn.execute("SET jit = off")
+        dbapi_conn.commit()  # a SET in a transaction rolled back would be undone
 
 
 def alembic_config(engine: Engine) -> Config:

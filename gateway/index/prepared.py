@@ -1,0 +1,80 @@
+"""Precompiled SELECTs for the hottest reads (QIDO-RS by PatientID, WADO-RS of one instance).
+
+SQLAlchemy compiles a Core statement once per shape and caches it, but it still builds the
+statement object and computes its cache key on every execution, and a Session adds its own
+bookkeeping: ~0.4-0.5 ms per request where the SQL itself takes ~10-50 us on SQLite
+(bench/RESULTS.md). :class:`Prepared` compiles a statement written with named
+:func:`~sqlalchemy.bindparam`\\ s once per dialect and runs it on a pooled DBAPI connection
+with plain values (``exec_driver_sql``): no statement object, no cache key, no ORM, rows
+as tuples. Only for
+SELECTs whose columns need no result processing (text and integers).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, Select
+
+
+@dataclass(frozen=True)
+class Compiled:
+    sql: str
+    order: tuple[str, ...] | None
+    """Bind names in positional order (SQLite's ``?``), None for named parameters."""
+    keys: tuple[str, ...]
+    """The result columns' keys (labels), in order."""
+    constants: dict[str, Any]
+    """Values bound by the statement itself (literals such as ``modality != ''``)."""
+
+    def arguments(self, params: dict[str, Any]) -> Any:
+        if self.constants:
+            params = {**self.constants, **params}
+        return params if self.order is None else tuple(params[n] for n in self.order)
+
+
+def compile_select(stmt: Select, engine: Engine) -> Compiled:
+    compiled = stmt.compile(dialect=engine.dialect)
+    order = tuple(compiled.positiontup) if compiled.positional else None
+    constants = {name: bp.effective_value for name, bp in compiled.binds.items()
+                 if not bp.required}
+    return Compiled(compiled.string, order, tuple(c.key for c in stmt.selected_columns),
+                    constants)
+
+
+def fetch_all(engine: Engine, compiled: Compiled, params: dict[str, Any]) -> list[tuple]:
+    """Run ``compiled`` with ``params`` on a pooled connection (SQLite: no ``BEGIN``, the one
+    statement is its own snapshot; PostgreSQL: the pool rolls the read back). Through the Connection's
+    ``exec_driver_sql`` (not the bare DBAPI cursor), so that engine events (statement
+    logging, the tests' statement counts) still see it."""
+    with engine.connect().execution_options(single_statement=True) as conn:
+        return conn.exec_driver_sql(compiled.sql, compiled.arguments(params)).all()
+
+
+class Prepared:
+    """One SELECT with named bind parameters, compiled once per dialect."""
+
+    def __init__(self, stmt: Select) -> None:
+        self._stmt = stmt
+        self._by_dialect: dict[str, Compiled] = {}
+        self._lock = threading.Lock()
+
+    def compiled(self, engine: Engine) -> Compiled:
+        name = engine.dialect.name
+        c = self._by_dialect.get(name)
+        if c is None:
+            with self._lock:
+                c = self._by_dialect.get(name) or compile_select(self._stmt, engine)
+                self._by_dialect[name] = c
+        return c
+
+    def rows(self, engine: Engine, **params: Any) -> list[tuple]:
+        return fetch_all(engine, self.compiled(engine), params)
+
+    def rows_on_cursor(self, engine: Engine, cursor: Any, **params: Any) -> list[tuple]:
+        """On the caller's DBAPI cursor (and transaction)."""
+        c = self.compiled(engine)
+        cursor.execute(c.sql, c.arguments(params))
+        return cursor.fetchall()
