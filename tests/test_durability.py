@@ -317,14 +317,14 @@ def test_rows_lost_with_the_last_flush_are_rebuilt_from_the_files(
     index.engine.dispose()
 
     restarted = gateway_factory().start()
+    log = restarted.log_path.read_text(errors="replace")
+    assert "5 re-indexed, 1 not whole removed" in log, log[-3000:]
     indexed = _check_index_points_at_complete_files(restarted)
     assert len(indexed) == 40
     for row in lost:
         assert indexed[row.sop_instance_uid] == row.sha256
     assert not cut.exists(), "a file that is not whole was never acknowledged: removed"
     assert list((gw.data_dir / "marks").glob("*.mark")) == []
-    log = restarted.log_path.read_text(errors="replace")
-    assert "5 re-indexed, 1 not whole removed" in log
     assert restarted.stop() == 0
     assert list((gw.data_dir / "marks").glob("*.mark")) == []  # a clean stop leaves none
 
