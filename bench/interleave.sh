@@ -12,7 +12,9 @@
 #
 # GW_VARIANTS: gateway configurations measured in turn after each Orthanc repetition, as
 # space-separated NAME or NAME:VAR=VALUE,VAR=VALUE (e.g. "w0:DRIMBOX_DICOM_WORKERS=0
-# w2:DRIMBOX_DICOM_WORKERS=2"); default one variant "drimbox" with the defaults.
+# w2:DRIMBOX_DICOM_WORKERS=2"); default one variant "drimbox" with the defaults. NAME@COMMIT
+# runs that commit's code instead of REF's (e.g. "before@332f9cd after"): before / after in
+# the same rounds.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SHARED="${SHARED_BENCH:-$(cd "$HERE/../../shared/bench" 2>/dev/null && pwd || echo /work/shared/bench)}"
@@ -25,7 +27,7 @@ SNAP="${SNAP_DIR:-/tmp/h3-snap}/$LABEL"
 O_DIR="${ORTHANC_BENCH_DIR:-/tmp/h3-orthanc}" O_DICOM="${ORTHANC_DICOM_PORT:-14342}"
 O_HTTP="${ORTHANC_HTTP_PORT:-18142}" G_DICOM="${GW_DICOM_PORT:-11412}"
 rm -rf "$SNAP"; mkdir -p "$SNAP" "$OUT"
-git -C "$HERE/.." archive "${REF:-HEAD}" gateway dicomweb | tar -x -C "$SNAP"
+git -C "$HERE/.." archive "${REF:-HEAD}" gateway dicomweb adapters | tar -x -C "$SNAP"
 ORTHANC_ENV="ORTHANC_BENCH_DIR=$O_DIR ORTHANC_HTTP_PORT=$O_HTTP ORTHANC_DICOM_PORT=$O_DICOM ORTHANC_TCP_NODELAY=1"
 cd "$SHARED"
 one() {  # one NAME SCP AET DICOMWEB RESET ASSOCS TAG
@@ -40,8 +42,13 @@ for r in $(seq 1 "$ROUNDS"); do
       "env $ORTHANC_ENV $SHARED/run_orthanc.sh reset" "$n" "r$r-x$n"
     for v in "${VARIANTS[@]}"; do
       name="${v%%:*}"; vars=""; [[ "$v" == *:* ]] && vars="${v#*:}"
+      src="$SNAP"
+      if [[ "$name" == *@* ]]; then
+        src="$SNAP-${name#*@}"
+        [[ -d "$src" ]] || { mkdir -p "$src"; git -C "$HERE/.." archive "${name#*@}" gateway dicomweb adapters | tar -x -C "$src"; }
+      fi
       one "$name" "127.0.0.1:$G_DICOM" DRIMBOX "" \
-        "env ${vars//,/ } GW_SRC=$SNAP $HERE/run_gateway.sh reset" "$n" "r$r-x$n"
+        "env ${vars//,/ } GW_SRC=$src $HERE/run_gateway.sh reset" "$n" "r$r-x$n"
       "$HERE/run_gateway.sh" count | sed "s/^/  $name index after round $r x$n: /" | tee -a "$OUT/log.txt"
     done
   done
