@@ -1,18 +1,27 @@
 """The SCP's cheaper pynetdicom layers (gateway.ingest.scp_transport) produce and accept
-exactly what pynetdicom's own do: the C-STORE response bytes, and the PDVs read from a
-P-DATA-TF PDU. The network behaviour (storescu, TLS, bad input, admission, Q/R, Storage
+exactly what pynetdicom's own do: the C-STORE response bytes, the C-STORE request read
+from its command set, and the PDVs read from a P-DATA-TF PDU. The network behaviour (storescu, TLS, bad input, admission, Q/R, Storage
 Commitment) is exercised through real associations by tests/test_dimse_*.py and the others."""
 
 from __future__ import annotations
 
+import io
 import struct
 
 import pytest
-from pynetdicom.dimse_messages import C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.pdu_primitives import P_DATA
 
-from gateway.ingest.scp_transport import StoreResponseDIMSE, WaitingDUL, store_response_command
+from gateway.ingest.scp_transport import (
+    StoreDIMSE,
+    WaitingDUL,
+    _CommandReader,
+    _PlainStoreRequest,
+    plain_store_request,
+    store_response_command,
+)
 
 
 def _pynetdicom_pdvs(rsp: C_STORE, context_id: int, max_pdu: int) -> list[list]:
@@ -66,8 +75,8 @@ class _Assoc:
         return self.handlers
 
 
-def _dimse(max_pdu: int = 16384, handlers=()) -> StoreResponseDIMSE:
-    dimse = StoreResponseDIMSE.__new__(StoreResponseDIMSE)
+def _dimse(max_pdu: int = 16384, handlers=()) -> StoreDIMSE:
+    dimse = StoreDIMSE.__new__(StoreDIMSE)
     dimse.__dict__["_assoc"] = _Assoc(handlers, max_pdu)
     return dimse
 
@@ -136,3 +145,81 @@ def test_p_data_tf_pdvs_are_pynetdicoms():
 def test_malformed_p_data_tf_is_refused(body):
     with pytest.raises(ValueError):
         _dul()._p_data_tf(bytearray(struct.pack(">BBL", 4, 0, len(body))), bytearray(body))
+
+
+def _request_pdvs(rq: C_STORE, context_id: int = 5) -> list:
+    message = C_STORE_RQ()
+    message.primitive_to_message(rq)
+    return [[cx, bytes(d)] for p in message.encode_msg(context_id, 16384)
+            for cx, d in p.presentation_data_value_list]
+
+
+def _decode(pdvs: list, reader: bool):
+    primitive = P_DATA()
+    primitive.presentation_data_value_list = pdvs
+    message = DIMSEMessage()
+    if reader:
+        message.__class__ = _CommandReader
+    assert message.decode_msg(primitive)
+    return message, message.message_to_primitive()
+
+
+def _store_rq(**extra) -> C_STORE:
+    rq = C_STORE()
+    rq.MessageID = 42
+    rq.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    rq.AffectedSOPInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    rq.Priority = 2
+    rq.DataSet = io.BytesIO(b"\x08\x00\x16\x00" + b"dataset!" * 9)
+    for keyword, value in extra.items():
+        setattr(rq, keyword, value)
+    return rq
+
+
+FIELDS = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+          "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID")
+
+
+@pytest.mark.parametrize(("extra", "plain"), [
+    ({}, True),
+    ({"AffectedSOPInstanceUID": "1.2.3.4"}, True),  # even length: no padding
+    ({"MoveOriginatorApplicationEntityTitle": "PACS", "MoveOriginatorMessageID": 3}, False),
+])
+def test_store_request_read_as_pynetdicom_reads_it(extra, plain):
+    pdvs = _request_pdvs(_store_rq(**extra))
+    # the data set in two fragments, as over several PDUs
+    data = pdvs.pop()
+    pdvs += [[data[0], b"\x00" + data[1][1:20]], [data[0], b"\x02" + data[1][20:]]]
+    reference_message, reference = _decode(pdvs, reader=False)
+    message, ours = _decode(pdvs, reader=True)
+    assert isinstance(message, _PlainStoreRequest) is plain
+    assert type(ours) is C_STORE
+    for field in FIELDS:
+        assert getattr(ours, field) == getattr(reference, field), field
+    assert ours.DataSet.getvalue() == reference.DataSet.getvalue()
+    assert ours._context_id == reference._context_id == 5
+
+
+def test_other_messages_decoded_by_pynetdicom():
+    echo = C_ECHO()
+    echo.MessageID = 9
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    message = C_ECHO_RQ()
+    message.primitive_to_message(echo)
+    pdvs = [[1, bytes(d)] for p in message.encode_msg(1, 16384)
+            for _, d in p.presentation_data_value_list]
+    decoded, primitive = _decode(pdvs, reader=True)
+    assert type(decoded) is C_ECHO_RQ
+    assert type(primitive) is C_ECHO and primitive.MessageID == 9
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda c: c[:-3],  # truncated
+    lambda c: c + struct.pack("<HHL", 0, 0x0902, 2) + b"xx",  # an extra element
+    lambda c: c.replace(struct.pack("<HHLH", 0, 0x0100, 2, 1),  # a C-FIND-RQ instead
+                        struct.pack("<HHLH", 0, 0x0100, 2, 0x20)),
+])
+def test_anything_but_a_plain_store_request_is_not_read_here(mangle):
+    command = _request_pdvs(_store_rq())[0][1][1:]
+    assert plain_store_request(command) is not None
+    assert plain_store_request(mangle(command)) is None
