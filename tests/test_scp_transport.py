@@ -1,7 +1,8 @@
 """The SCP's cheaper pynetdicom layers (gateway.ingest.scp_transport) produce and accept
 exactly what pynetdicom's own do: the C-STORE response bytes, the C-STORE request read
-from its command set, and the PDVs read from a P-DATA-TF PDU. The network behaviour (storescu, TLS, bad input, admission, Q/R, Storage
-Commitment) is exercised through real associations by tests/test_dimse_*.py and the others."""
+from its command set, and the PDVs read from a P-DATA-TF PDU. The network behaviour
+(storescu, TLS, bad input, admission, Q/R, Storage Commitment) is exercised through real
+associations by tests/test_dimse_*.py and the others."""
 
 from __future__ import annotations
 
