@@ -39,30 +39,51 @@ src_of() {  # the directory to run a REF from
   echo "$dir"
 }
 
-ticks() {  # user + system ticks of process $1 and all its descendants
-  python3 - "$1" <<'EOF'
-import os, sys
-def stat(p):
-    with open(f"/proc/{p}/stat") as f:
+snapshot() {  # JSON: {pid: [user + system ticks, {tid: ticks of each live thread}]} of the tree
+  python3 - "$1" <<'EOF2'
+import json, os, sys
+def stat(path):
+    with open(path) as f:
         return f.read().rsplit(")", 1)[1].split()
 children = {}
 for t in os.listdir("/proc"):
     if t.isdigit():
         try:
-            children.setdefault(int(stat(t)[1]), []).append(int(t))
+            children.setdefault(int(stat(f"/proc/{t}/stat")[1]), []).append(int(t))
         except OSError:
             pass
-todo, total = [int(sys.argv[1])], 0
+todo, out = [int(sys.argv[1])], {}
 while todo:
     p = todo.pop()
     try:
-        st = stat(p)
-        total += int(st[11]) + int(st[12])
+        st = stat(f"/proc/{p}/stat")
+        threads = {}
+        for t in os.listdir(f"/proc/{p}/task"):
+            try:
+                tst = stat(f"/proc/{p}/task/{t}/stat")
+                threads[t] = int(tst[11]) + int(tst[12])
+            except OSError:
+                pass
+        out[p] = [int(st[11]) + int(st[12]), threads]
     except OSError:
         pass
     todo += children.get(p, [])
-print(total)
-EOF
+print(json.dumps(out))
+EOF2
+}
+
+delta() {  # SNAP0 SNAP1 -> "total ended": ticks of the tree, and of threads that ended between
+  python3 - "$1" "$2" <<'EOF2'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+total = ended = 0
+for pid, (t1, th1) in b.items():
+    t0, th0 = a.get(pid, [0, {}])
+    total += t1 - t0
+    # a process's ticks include its ended threads; the live ones are counted separately
+    ended += (t1 - t0) - sum(v - th0.get(tid, 0) for tid, v in th1.items())
+print(total, ended)
+EOF2
 }
 
 mapfile -t FILES < <(find "$CORPUS" -type f | sort | head -"$N")
@@ -70,7 +91,7 @@ N=${#FILES[@]}
 HZ=$(getconf CLK_TCK)
 
 run_one() {  # REF -> one result line
-  local ref=$1 src data gw c0 c1 c2 t0 t1 prev now
+  local ref=$1 src data gw s0 s1 s2 t0 t1 prev now d1 d2
   src=$(src_of "$ref")
   data=$WORK/data; rm -rf "$data"; mkdir -p "$data"
   (cd "$src" && PYTHONPATH=$src DRIMBOX_DATA_DIR=$data DRIMBOX_DICOM_PORT=$PORT \
@@ -81,7 +102,7 @@ run_one() {  # REF -> one result line
     curl -s -o /dev/null "http://127.0.0.1:$HTTP/healthz" && break; sleep 0.5
   done
   sleep 1
-  c0=$(ticks $gw); t0=$(date +%s.%N)
+  s0=$(snapshot $gw); t0=$(date +%s.%N)
   local pids=() i
   for ((i = 0; i < A; i++)); do
     TCP_NODELAY=1 storescu -q -aet BENCH -aec DRIMBOX 127.0.0.1 "$PORT" \
@@ -90,14 +111,20 @@ run_one() {  # REF -> one result line
   done
   local rc=0
   for p in "${pids[@]}"; do wait "$p" || rc=$?; done
-  t1=$(date +%s.%N); c1=$(ticks $gw)
-  prev=-1; now=$c1
-  while [ "$now" != "$prev" ]; do sleep 2; prev=$now; now=$(ticks $gw); done
-  c2=$now
+  t1=$(date +%s.%N); s1=$(snapshot $gw)
+  sleep 0.5  # the association threads end once the peer has gone
+  prev=-1; now=$(snapshot $gw)
+  while [ "$(delta "$s0" "$now")" != "$prev" ]; do
+    prev=$(delta "$s0" "$now"); sleep 2; now=$(snapshot $gw)
+  done
+  s2=$now
+  d1=$(delta "$s0" "$s1"); d2=$(delta "$s0" "$s2")
   kill "$gw"; wait "$gw" 2>/dev/null
   python3 -c "
-n, d = $N, $t1 - $t0
-print(f'$ref rc=$rc {n} inst {n/d:6.1f} inst/s  during {($c1-$c0)*1000/$HZ/n:5.2f} ms/inst  settled {($c2-$c0)*1000/$HZ/n:5.2f} ms/inst  load $(cut -d' ' -f1-3 /proc/loadavg | tr ' ' /)')"
+n, d, hz = $N, $t1 - $t0, $HZ
+during, _ = map(int, '$d1'.split()); settled, assoc = map(int, '$d2'.split())
+ms = lambda t: t * 1000 / hz / n
+print(f'$ref rc=$rc {n} inst {n/d:6.1f} inst/s  assoc {ms(assoc):5.2f}  during {ms(during):5.2f}  settled {ms(settled):5.2f} ms/inst  load $(cut -d' ' -f1-3 /proc/loadavg | tr ' ' /)')"
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -108,10 +135,9 @@ import statistics, sys
 lines = open(sys.argv[1]).read().split("\n")
 for ref in sys.argv[2:]:
     rows = [l.split() for l in lines if l.split()[:1] == [ref]]
-    during = [float(r[r.index("during") + 1]) for r in rows]
-    settled = [float(r[r.index("settled") + 1]) for r in rows]
+    col = lambda name: [float(r[r.index(name) + 1]) for r in rows]
     rate = [float(r[r.index("inst/s") - 1]) for r in rows]
-    print(f"median {ref}: during {statistics.median(during):.2f} ms/inst "
-          f"(min {min(during):.2f}, max {max(during):.2f}), settled "
-          f"{statistics.median(settled):.2f}, {statistics.median(rate):.1f} inst/s, {len(rows)} runs")
+    print(f"median {ref} ({len(rows)} runs), ms/inst: " + ", ".join(
+        f"{name} {statistics.median(col(name)):.2f} ({min(col(name)):.2f}-{max(col(name)):.2f})"
+        for name in ("assoc", "during", "settled")) + f"; {statistics.median(rate):.1f} inst/s")
 EOF

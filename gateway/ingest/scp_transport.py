@@ -8,10 +8,11 @@ for a primitive to send, ``select`` the socket with a zero timeout, look at the 
 An association that is waiting for its peer therefore costs CPU all the time it lasts: about
 0.11 s of CPU per second for one idle association on the benchmark machine (bench/RESULTS.md,
 "CPU per instance in the DICOM path"), ~1 ms per C-STORE at 100 instances a second. And it
-reads a PDU with a loop of 4 KiB ``recv`` calls appended to a ``bytearray`` (``+=``), then
-copies it whole into ``bytes``, slices the PDU body, slices each PDV item, slices the
-fragment off its message control header and writes it into the DIMSE message's ``BytesIO``:
-six copies of every byte of a 512 KiB CT slice and ~130 ``recv`` calls.
+reads a PDU with a loop of 4 KiB ``recv`` calls, each appended to a ``bytearray``, appends
+that to another (``+=``), copies it whole into ``bytes``, slices the PDU body, slices each
+PDV item, slices the fragment off its message control header and writes it into the DIMSE
+message's ``BytesIO``: seven copies of every byte of a 512 KiB CT slice after the kernel's,
+and ~130 ``recv`` calls.
 
 :class:`WaitingDUL` changes two methods and nothing of the state machine:
 
