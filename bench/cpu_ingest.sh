@@ -101,6 +101,10 @@ run_one() {  # REF -> one result line
   for _ in $(seq 1 120); do
     curl -s -o /dev/null "http://127.0.0.1:$HTTP/healthz" && break; sleep 0.5
   done
+  if ! kill -0 "$gw" 2>/dev/null || ! curl -s -o /dev/null "http://127.0.0.1:$HTTP/healthz"; then
+    echo "$ref: the gateway did not start (port $PORT or $HTTP in use?), see $WORK/gw.log" >&2
+    kill "$gw" 2>/dev/null; exit 1
+  fi
   sleep 1
   s0=$(snapshot $gw); t0=$(date +%s.%N)
   local pids=() i
