@@ -60,7 +60,10 @@ fixed command sets in ``DIMSEMessage.decode_msg`` / ``encode_msg``.
 
 Only associations accepted by our SCP use them (:func:`adopt`, called on ``EVT_CONN_OPEN``
 before the network thread starts); associations we request (C-MOVE sub-operations, Storage
-Commitment reports) keep pynetdicom's classes.
+Commitment reports) keep pynetdicom's classes. The subclasses lean on pynetdicom 3.0's
+internals (the loop of ``run_reactor``, ``_recv_pdu``, ``_MESSAGE_TYPES``): with any other
+release line :func:`adopt` leaves pynetdicom's classes alone (``PYNETDICOM_LINE``; the
+tests check that the installed pynetdicom is the one these were written for).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ import struct
 import threading
 from typing import Any
 
+from pynetdicom import __version__ as _pynetdicom_version
 from pynetdicom import _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
@@ -445,9 +449,16 @@ class StoreDIMSE(DIMSEServiceProvider):
         return command
 
 
+#: The pynetdicom release line these subclasses were written for and tested with.
+PYNETDICOM_LINE = "3.0."
+
+
 def adopt(assoc: Any) -> None:
     """Give ``assoc`` (accepted, its network thread not started: ``EVT_CONN_OPEN``) the
-    cheaper classes of this module, where it still has pynetdicom's own."""
+    cheaper classes of this module, where it still has pynetdicom's own (and pynetdicom is
+    of :data:`PYNETDICOM_LINE`)."""
+    if not _pynetdicom_version.startswith(PYNETDICOM_LINE):
+        return
     if type(assoc.dul) is DULServiceProvider:
         WaitingDUL.adopt(assoc.dul)
     if type(assoc.dimse) is DIMSEServiceProvider:
