@@ -204,10 +204,12 @@ class Settings(BaseSettings):
     """Largest P-DATA PDU we accept (0 = unlimited). Large PDUs cut per-fragment overhead."""
 
     dul_poll_interval: float = Field(default=0.0002, gt=0, le=0.01)
-    """Seconds pynetdicom's network thread sleeps when an association has nothing to read or
-    send (pynetdicom's own default: 0.001). Every C-STORE waits for up to two such sleeps
-    (to see the request, to send the response), so 1 ms costs ~1 ms per instance with one
-    association; 0.2 ms costs ~5 % of a core per idle association."""
+    """Seconds pynetdicom's network thread sleeps when it goes round its loop with nothing to
+    do (pynetdicom's own default: 0.001). The SCP's network thread waits on its socket
+    instead (``gateway.ingest.scp_transport``) and sleeps this long only where it cannot
+    wait: after a wait of up to 50 ms with nothing to do, and while a closing connection
+    drains (Sta13). Only associations accepted by the SCP; those the gateway requests
+    (C-MOVE sub-operations, exports) keep pynetdicom's own 1 ms polling."""
 
     reactor_wait: float = Field(default=0.005, ge=0, le=0.1)
     """Seconds pynetdicom's association thread waits for the next DIMSE message before

@@ -64,6 +64,7 @@ from gateway.config import Settings
 from gateway.ingest.dimse_guard import ConnectionGuard, calling_ae
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
 from gateway.ingest.query_retrieve import QueryRetrieveSCP
+from gateway.ingest.scp_transport import adopt
 from gateway.ingest.storage_commitment import StorageCommitmentSCP
 from gateway.tls import describe, handshake_failure, listener_context, peer_subject
 
@@ -395,10 +396,13 @@ class DicomService:
         self.guard.attach(getattr(event.assoc.dul.socket, "socket", None), event.assoc)
         # pynetdicom 3.0 has no public knob for the network thread's idle sleep
         # (DULServiceProvider._run_loop_delay, 1 ms), which each C-STORE waits out for the
-        # request and again for the response.
+        # request and again for the response. adopt() makes the thread wait on the socket
+        # instead (it sleeps only where it cannot) and encodes C-STORE responses without
+        # pydicom (gateway.ingest.scp_transport).
         dul = event.assoc.dul
         if hasattr(dul, "_run_loop_delay"):
             dul._run_loop_delay = self.settings.dul_poll_interval
+        adopt(event.assoc)
         # Nothing is queued yet: the network thread starts after this event.
         assoc = event.assoc
         dimse = assoc.dimse
