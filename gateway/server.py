@@ -17,6 +17,7 @@ import uvicorn
 from adapters.asgi_tls import client_certificate_protocol
 from dicomweb.app import create_app
 from gateway.config import Settings
+from gateway.heap import settle_heap
 from gateway.ingest import query_retrieve
 from gateway.ingest.dimse import DicomService
 from gateway.ingest.workers import WorkerPool
@@ -85,6 +86,7 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGINT, _noted)
     log.info("HTTP on %s:%d (%s), public URL %s", settings.effective_http_host,
              settings.http_port, describe(settings, "http"), settings.effective_public_url)
+    settle_heap()
     try:
         http.run()
     finally:
