@@ -118,7 +118,6 @@ def worker_main(
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if settings.log_level == "DEBUG" else logging.WARNING
     )
-    from gateway.heap import settle_heap
     from gateway.ingest import query_retrieve
     from gateway.ingest.dimse import DicomService
     from gateway.runtime import Runtime
@@ -128,7 +127,6 @@ def worker_main(
     dicom = DicomService(settings, runtime.ingestor,
                          query_retrieve=query_retrieve.build(settings, runtime))
     dicom.start(listen_socket=sock, shared=shared)
-    settle_heap()
     log.info("DICOM worker %d ready", number)
     ready.send("ready")
     ready.close()
