@@ -131,14 +131,23 @@ def _failed(request: Request, reason: str, status: int = 401, subject: str = "")
     return response
 
 
+_NOT_CONFIGURED = (
+    "<p>Pro Santé Connect n'est pas configuré (réglages <code>psc_issuer</code>, "
+    "<code>psc_client_id</code> : docs/access.md).</p>"
+    "<p>Pour essayer sur ce poste : <code>make sandbox</code> démarre la chaîne complète "
+    "avec un simulateur de Pro Santé Connect ; ou <code>DRIMBOX_CONSOLE_AUTH=none "
+    "DRIMBOX_DICOMWEB_AUTH=none make run</code> ouvre la console et le visualiseur sans "
+    "connexion, en boucle locale seulement.</p>")
+"""What a login page says when PSC is not configured (a first ``make run``): how to go on."""
+
+
 @router.get("/auth/login", include_in_schema=False)
 def login(request: Request, next: str | None = None) -> Response:  # noqa: A002 - query name
     if (locked := too_many(request, request.app.state.login_throttle, "login", _page)):
         return locked
     rp = _rp(request)
     if rp is None:
-        return _page("Connexion indisponible",
-                     "<p>Pro Santé Connect n'est pas configuré.</p>", 404)
+        return _page("Connexion indisponible", _NOT_CONFIGURED, 404)
     state, nonce, verifier = rp.new_secrets()
     try:
         url = rp.authorization_url(state, nonce, verifier)

@@ -328,3 +328,16 @@ def test_console_auth_none_opens_on_loopback_only(tmp_path: Path, gateway_factor
     other = gateway_factory().start()
     r = httpx.get(f"{other.url}/")
     assert r.status_code == 302 and "/auth/login" in r.headers["location"]
+
+
+def test_a_first_make_run_is_told_how_to_open_the_console(gateway_factory) -> None:
+    """A first ``make run`` has no PSC: ``/`` leads to a page that says so and how to go on
+    (the sandbox, or the console without login on loopback), not to a bare error."""
+    gw = gateway_factory().start()
+    try:
+        r = httpx.get(gw.url + "/", follow_redirects=True, timeout=30)
+        assert r.status_code == 404 and r.url.path == "/auth/login"
+        assert "Pro Santé Connect n'est pas configuré" in r.text
+        assert "make sandbox" in r.text and "DRIMBOX_CONSOLE_AUTH=none" in r.text
+    finally:
+        gw.stop()
