@@ -35,6 +35,7 @@ from sqlalchemy import Dialect, Engine, bindparam, event, insert, select
 from sqlalchemy.orm import Session
 
 from gateway.access.principal import Principal
+from gateway.index.group_commit import SharedCommits
 from gateway.index.models import AuditEvent, Study
 from gateway.index.prepared import Prepared
 from gateway.index.store import InstanceIndex
@@ -132,48 +133,29 @@ class AuditTicket:
     error: BaseException | None = None
 
 
-class AuditCommitter:
+class AuditCommitter(SharedCommits[AuditTicket]):
     """Shares one audit commit between the requests answered at the same time (see the
-    module docstring)."""
+    module docstring; the leader / follower queue is the instances' one,
+    :class:`gateway.index.group_commit.SharedCommits`)."""
 
     def __init__(self, engine: Engine, max_batch: int = 256) -> None:
+        super().__init__(max_batch)
         self._engine = engine.execution_options(writer=True)
         self._postgres = engine.dialect.name == "postgresql"
-        self.max_batch = max_batch
-        self._cond = threading.Condition()
-        self._queue: list[AuditTicket] = []
-        self._leading = False
         self.commits = 0
         """Transactions made (for tests)."""
 
     def submit(self, record: AccessRecord) -> AuditTicket:
         """Queue ``record``; nothing is written until someone settles (no I/O here)."""
         ticket = AuditTicket(record, datetime.now(UTC))
-        with self._cond:
-            self._queue.append(ticket)
+        self._enqueue(ticket)
         return ticket
 
     def settle(self, ticket: AuditTicket) -> None:
         """Return once ``ticket``'s row is committed; raise what its commit raised."""
-        while True:
-            with self._cond:
-                while not ticket.done and self._leading:
-                    self._cond.wait()
-                if ticket.done:
-                    if ticket.error is not None:
-                        raise ticket.error
-                    return
-                self._leading = True
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-            try:
-                self._commit(batch)
-            finally:
-                with self._cond:
-                    self._leading = False
-                    for t in batch:
-                        t.done = True
-                    self._cond.notify_all()
+        self._wait_committed(ticket)
+        if ticket.error is not None:
+            raise ticket.error
 
     def _commit(self, batch: list[AuditTicket]) -> None:
         """One transaction on a pooled DBAPI connection of the audit engine (SQLite: its own

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
 from gateway.ingest.header import InstanceHeader
@@ -42,6 +42,9 @@ class RecoveryMark(Protocol):
     def advance(self, since: float) -> None: ...
 
 
+T = TypeVar("T")
+
+
 @dataclass(eq=False)
 class _Pending:
     header: InstanceHeader
@@ -53,7 +56,49 @@ class _Pending:
     error: BaseException | None = None
 
 
-class GroupCommitter:
+class SharedCommits(Generic[T]):
+    """Leader / follower without a thread of its own: callers queue items; the first that
+    finds no commit running takes every queued item (at most ``max_batch``) and commits
+    them in :meth:`_commit`; the others wait for the commit that holds theirs. Used for the
+    instances' rows (:class:`GroupCommitter`) and the audit rows
+    (:class:`gateway.access.audit.AuditCommitter`). Items have a ``done`` flag, which only
+    this class sets."""
+
+    def __init__(self, max_batch: int) -> None:
+        self.max_batch = max_batch
+        self._cond = threading.Condition()
+        self._queue: list[T] = []
+        self._leading = False
+
+    def _enqueue(self, item: T) -> None:
+        with self._cond:
+            self._queue.append(item)
+
+    def _wait_committed(self, item: T) -> None:
+        """Return once the commit holding ``item`` has ended (leading one if need be)."""
+        while True:
+            with self._cond:
+                while not item.done and self._leading:
+                    self._cond.wait()
+                if item.done:
+                    return
+                self._leading = True
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+            try:
+                self._commit(batch)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    for it in batch:
+                        it.done = True
+                    self._cond.notify_all()
+
+    def _commit(self, batch: list[T]) -> None:
+        raise NotImplementedError
+
+
+class GroupCommitter(SharedCommits[_Pending]):
     """Shares one flush and one index commit between concurrent :meth:`record` calls."""
 
     def __init__(
@@ -69,14 +114,11 @@ class GroupCommitter:
         rows without a flush of their own, relying on ``mark`` (required then)."""
         if not flush_index and mark is None:
             raise ValueError("an index committed without a flush needs a recovery mark")
+        super().__init__(max_batch)
         self.index = index
         self._flush = flush
         self.flush_index = flush_index
         self.mark = mark
-        self.max_batch = max_batch
-        self._cond = threading.Condition()
-        self._queue: list[_Pending] = []
-        self._leading = False
         self.batches = 0
         """Commits made (for tests and metrics)."""
 
@@ -88,28 +130,8 @@ class GroupCommitter:
         index row durable; same result and exceptions as :meth:`InstanceIndex.record`."""
         item = _Pending(header, stored, path,
                         time.time() if written_at is None else written_at)
-        with self._cond:
-            self._queue.append(item)
-        while True:
-            with self._cond:
-                while not item.done and self._leading:
-                    self._cond.wait()
-                if item.done:
-                    return self._outcome(item)
-                self._leading = True
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-            try:
-                self._commit(batch)
-            finally:
-                with self._cond:
-                    self._leading = False
-                    for it in batch:
-                        it.done = True
-                    self._cond.notify_all()
-
-    @staticmethod
-    def _outcome(item: _Pending) -> StoredInstance | None:
+        self._enqueue(item)
+        self._wait_committed(item)
         if item.error is not None:
             raise item.error
         return item.result
