@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from gateway.config import Settings
 from gateway.imaging.locations import DicomWebURLs
-from gateway.imaging.metadata import MetadataCache, MetadataWarmer
+from gateway.imaging.metadata import IngestActivity, MetadataCache, MetadataWarmer
 from gateway.imaging.restore import Restorer
 from gateway.index.engine import create_index_engine, upgrade
 from gateway.index.store import InstanceIndex
@@ -74,8 +74,9 @@ class Runtime:
             recover(store, index)
         urls = DicomWebURLs(settings.effective_public_url)
         metadata = MetadataCache(store, index, settings.data_dir / "metadata", urls.instance)
-        warmer = MetadataWarmer(metadata.warm,
-                                metadata.prepare_instance if prepare_instances else None)
+        warmer = MetadataWarmer(
+            metadata.warm, metadata.prepare_instance if prepare_instances else None,
+            activity=IngestActivity(settings.data_dir / "metadata" / "ingest-activity"))
         ingestor = _WarmingIngestor(
             store,
             index,

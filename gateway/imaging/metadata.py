@@ -41,7 +41,9 @@ import gzip
 import hashlib
 import json
 import logging
+import mmap
 import os
+import struct
 import threading
 import time
 import uuid
@@ -392,14 +394,42 @@ class MetadataCache:
                 os.close(fd)  # releases the lock
 
 
+class IngestActivity:
+    """When the last instance arrived, in any process of this data directory.
+
+    One 8-byte file (``metadata/ingest-activity``) mapped into memory by every process (the
+    main process and each DICOM worker): an ingest writes ``time.monotonic()`` into it (the
+    clock is the host's, the same in every process; no system call), each process's warmer
+    reads it. So a worker that has just finished a series does not rebuild its metadata while
+    another worker's association is still sending (bench/RESULTS.md "The warmer waits for
+    every association")."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < 8:
+                os.ftruncate(fd, 8)
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)
+
+    def note(self, now: float) -> None:
+        struct.pack_into("d", self._map, 0, now)
+
+    def last(self) -> float:
+        return struct.unpack_from("d", self._map, 0)[0]
+
+
 class MetadataWarmer:
     """Keeps metadata ready: each arriving instance's JSON is computed ahead of its series
     (so that the series build is a concatenation), and a series is rebuilt once it has been
     quiet for ``quiet`` seconds.
 
     Ingest comes first: while instances keep arriving (one less than ``busy_gap`` seconds
-    after the other) the per-instance work waits, unless the oldest has waited ``max_delay``
-    seconds. On a saturated machine the JSON of an instance (a second read of its file) cost
+    after the other, in this process or, through ``activity``, in any other of the data
+    directory) the per-instance work and the series builds wait, unless the oldest has waited
+    ``max_delay`` seconds. On a saturated machine the JSON of an instance (a second read of its file) cost
     about a fifth of the C-STORE path's CPU when done at once (bench/RESULTS.md); done in
     the gap after a burst it costs the same CPU without slowing the modality."""
 
@@ -410,13 +440,16 @@ class MetadataWarmer:
         quiet: float = 0.5,
         busy_gap: float = 0.2,
         max_delay: float = 60.0,
+        activity: IngestActivity | None = None,
     ) -> None:
         self._warm = warm
+        self._activity = activity
         self._prepare = prepare
         self.quiet = quiet
         self.busy_gap = busy_gap
         self.max_delay = max_delay
         self._pending: dict[tuple[str, str], float] = {}
+        self._pending_since: dict[tuple[str, str], float] = {}
         self._instances: deque[tuple[str, str, str]] = deque()
         self._last_touch = 0.0
         self._oldest_instance = 0.0
@@ -431,7 +464,10 @@ class MetadataWarmer:
                 return
             now = time.monotonic()
             self._pending[(study_uid, series_uid)] = now
+            self._pending_since.setdefault((study_uid, series_uid), now)
             self._last_touch = now
+            if self._activity is not None:
+                self._activity.note(now)
             if sop_uid is not None and self._prepare is not None:
                 if not self._instances:
                     self._oldest_instance = now
@@ -447,18 +483,27 @@ class MetadataWarmer:
         with self._cond:
             self._stopped = True
             self._pending.clear()
+            self._pending_since.clear()
             self._instances.clear()
             self._cond.notify()
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    def _last_arrival(self, now: float) -> float:
+        if self._activity is None:
+            return self._last_touch
+        shared = self._activity.last()
+        # a value ahead of the clock was written before the host restarted: ignore it
+        return max(self._last_touch, shared if shared <= now else 0.0)
+
     def _next(self) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]]] | None:
-        """Wait for work: arrived instances first, then series that became quiet."""
+        """Wait for work: arrived instances first, then series that became quiet; neither while
+        instances keep arriving anywhere (unless waiting ``max_delay`` already)."""
         with self._cond:
             while not self._stopped:
                 now = time.monotonic()
+                busy_for = self.busy_gap - (now - self._last_arrival(now))
                 if self._instances:
-                    busy_for = self.busy_gap - (now - self._last_touch)
                     if busy_for <= 0 or now - self._oldest_instance >= self.max_delay:
                         batch = list(self._instances)
                         self._instances.clear()
@@ -466,9 +511,15 @@ class MetadataWarmer:
                     self._cond.wait(busy_for)  # instances still arriving: ingest first
                     continue
                 due = [k for k, t in self._pending.items() if now - t >= self.quiet]
+                if due and busy_for > 0:
+                    due = [k for k in due if now - self._pending_since[k] >= self.max_delay]
+                    if not due:
+                        self._cond.wait(busy_for)  # another series still arriving
+                        continue
                 if due:
                     for k in due:
                         del self._pending[k]
+                        del self._pending_since[k]
                     return [], due
                 wait = min((self.quiet - (now - t) for t in self._pending.values()),
                            default=None)
