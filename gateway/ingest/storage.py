@@ -29,6 +29,7 @@ import threading
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from gateway.ingest.processes import alive
 from gateway.ingest.uids import is_safe_uid
@@ -151,13 +152,37 @@ class FileStore:
         Raises :class:`StorageFullError` when the disk is full; nothing is left behind then.
         """
         final = self.path_of(key)
+        tmp, size = self.stage(chunks, sync=sync)
+        try:
+            if sync:
+                self._ensure_dir(final.parent)
+                os.replace(tmp, final)
+                if sync_dir:
+                    fsync_dir(final.parent)
+            else:
+                self.place(tmp, key)
+        except OSError as exc:
+            self.discard(tmp)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFullError(exc.errno, "no space left for the instance") from exc
+            raise
+        return size
+
+    def stage(self, chunks: Iterable[bytes | memoryview], *, sync: bool = False,
+              digest: Any = None) -> tuple[Path, int]:
+        """Write ``chunks`` to a new file under ``staging/`` (named after this process, so a
+        start after a crash removes it); return its path and size. ``digest`` (a ``hashlib``
+        object) is fed every chunk but the first (the Part 10 header) as it is written.
+        Raises :class:`StorageFullError` when the disk is full; nothing is left behind then."""
         tmp = self.staging_dir / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
         size = 0
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
-                for chunk in chunks:
+                for number, chunk in enumerate(chunks):
                     view = memoryview(chunk)
+                    if digest is not None and number:
+                        digest.update(view)
                     while view:
                         n = os.write(fd, view)
                         view = view[n:]
@@ -166,26 +191,33 @@ class FileStore:
                     os.fsync(fd)
             finally:
                 os.close(fd)
-            if sync:
-                self._ensure_dir(final.parent)
-            elif final.parent not in self._known_dirs and final.parent not in self._seen_dirs:
-                # created now, made durable by the caller's flush (so not in _known_dirs)
-                os.makedirs(final.parent, exist_ok=True)
-                if len(self._seen_dirs) > _MAX_REMEMBERED_DIRS:
-                    self._seen_dirs.clear()
-                self._seen_dirs.add(final.parent)
-            os.replace(tmp, final)
-            if sync and sync_dir:
-                fsync_dir(final.parent)
         except OSError as exc:
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+            self.discard(tmp)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StorageFullError(exc.errno, "no space left for the instance") from exc
             raise
-        return size
+        return tmp, size
+
+    def place(self, tmp: Path, key: str) -> None:
+        """Move a staged file to ``key`` (its directory created as needed), without flushing:
+        the caller makes it durable with :meth:`flush` or :meth:`sync_files` before relying
+        on it."""
+        final = self.path_of(key)
+        if final.parent not in self._known_dirs and final.parent not in self._seen_dirs:
+            # created now, made durable by the caller's flush (so not in _known_dirs)
+            os.makedirs(final.parent, exist_ok=True)
+            if len(self._seen_dirs) > _MAX_REMEMBERED_DIRS:
+                self._seen_dirs.clear()
+            self._seen_dirs.add(final.parent)
+        os.replace(tmp, final)
+
+    @staticmethod
+    def discard(tmp: Path) -> None:
+        """Remove a staged file that will not be placed (best effort)."""
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
 
     def flush(self) -> None:
         """Make everything written under the data directory durable: one ``syncfs`` of its
