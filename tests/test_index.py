@@ -122,3 +122,41 @@ def test_mark_stable_and_reopen(index: InstanceIndex) -> None:
     time.sleep(0.02)
     assert monitor.check_once() == ["1.2.3"]
     assert seen == [["1.2.3"]]
+
+
+def test_fast_insert_writes_the_row_the_orm_reads(index: InstanceIndex) -> None:
+    """The ingest's precompiled insert (gateway.index.prepared.PreparedWrite) stores every
+    column as the ORM would: the row read back through the ORM has each value, the
+    timestamps as aware datetimes, and the study's ``updated_at`` moves; a second insert of
+    the same SOP Instance UID is told apart (nothing written)."""
+    from sqlalchemy import select
+
+    from gateway.index.models import Instance, Study
+
+    index.record(header(1), stored(1))  # the series' parents, cached
+    with index.read() as s:
+        before = s.scalar(select(Study.updated_at))
+    h = replace(header(2), rows=512, columns=256, bits_allocated=16, number_of_frames=3)
+    assert index.record_many([(h, stored(2, "b"))], flush=False) == [None]
+    with index.read() as s:
+        row = s.scalars(select(Instance).where(Instance.sop_instance_uid == "1.2.3.1.2")).one()
+        after = s.scalar(select(Study.updated_at))
+        values = {c: getattr(row, c) for c in (
+            "sop_class_uid", "instance_number", "transfer_syntax_uid", "size", "sha256",
+            "storage_key", "source", "rows", "columns", "bits_allocated", "number_of_frames",
+            "evicted_at")}
+        received = row.received_at
+    assert values == {
+        "sop_class_uid": "1.2.840.10008.5.1.4.1.1.2", "instance_number": 2,
+        "transfer_syntax_uid": "1.2.840.10008.1.2.1", "size": 102, "sha256": "b" * 64,
+        "storage_key": "k/2.b", "source": "TEST", "rows": 512, "columns": 256,
+        "bits_allocated": 16, "number_of_frames": 3, "evicted_at": None}
+    assert received.utcoffset() is not None or index.engine.dialect.name == "sqlite"
+    assert after > before
+    found = index.find_instance("1.2.3.1.2")
+    assert found is not None and (found.evicted, found.source, found.sha256) == (
+        False, "TEST", "b" * 64)
+    # the same UID again: the fast insert writes nothing and record() decides (a replacement)
+    previous = index.record_many([(h, stored(2, "c"))], flush=False)[0]
+    assert previous is not None and previous.sha256 == "b" * 64
+    assert index.counts().instances == 2

@@ -78,3 +78,44 @@ class Prepared:
         c = self.compiled(engine)
         cursor.execute(c.sql, c.arguments(params))
         return cursor.fetchall()
+
+
+class PreparedWrite:
+    """One INSERT or UPDATE with named bind parameters, compiled once per dialect and run on
+    the caller's Connection with plain values (the ingest's per-instance row: SQLAlchemy's
+    statement building and cache key cost more than SQLite's insert, bench/RESULTS.md).
+    Values go through each column type's bind processor, as SQLAlchemy would apply them
+    (datetimes as SQLite stores them); every column the statement names must be given."""
+
+    def __init__(self, stmt: Any) -> None:
+        self._stmt = stmt
+        self._by_dialect: dict[str, tuple[Compiled, dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def _compiled(self, engine: Engine) -> tuple[Compiled, dict[str, Any]]:
+        name = engine.dialect.name
+        found = self._by_dialect.get(name)
+        if found is None:
+            with self._lock:
+                found = self._by_dialect.get(name)
+                if found is None:
+                    compiled = self._stmt.compile(dialect=engine.dialect)
+                    order = tuple(compiled.positiontup) if compiled.positional else None
+                    processors = {}
+                    for bind_name, bind in compiled.binds.items():
+                        processor = bind.type.dialect_impl(engine.dialect).bind_processor(
+                            engine.dialect)
+                        if processor is not None:
+                            processors[bind_name] = processor
+                    found = (Compiled(compiled.string, order, (), {}), processors)
+                    self._by_dialect[name] = found
+        return found
+
+    def execute(self, conn: Any, **params: Any) -> Any:
+        """Run on ``conn`` (a Connection, in its transaction); returns its result."""
+        compiled, processors = self._compiled(conn.engine)
+        for name, processor in processors.items():
+            value = params[name]
+            if value is not None:
+                params[name] = processor(value)
+        return conn.exec_driver_sql(compiled.sql, compiled.arguments(params))

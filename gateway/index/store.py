@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, bindparam, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.index.models import Instance, Patient, Series, Study
+from gateway.index.prepared import Prepared, PreparedWrite
 
 if TYPE_CHECKING:
     from gateway.ingest.header import InstanceHeader
@@ -50,6 +51,26 @@ _STORED_INSTANCES = (
 )
 _FIND_INSTANCE = _STORED_INSTANCES.where(Instance.sop_instance_uid == bindparam("uid"))
 _TOUCH_STUDY = update(Study).where(Study.id == bindparam("pk")).values(updated_at=bindparam("now"))
+# The ingest's per-instance statements, compiled once (gateway.index.prepared).
+_FIND_INSTANCE_PREPARED = Prepared(_FIND_INSTANCE)
+_TOUCH_STUDY_PREPARED = PreparedWrite(
+    update(Study).where(Study.id == bindparam("pk"))
+    .values(updated_at=bindparam("now", type_=Study.__table__.c.updated_at.type)))
+_INSTANCE_COLUMNS = ("sop_instance_uid", "series_pk", "sop_class_uid", "instance_number",
+                     "transfer_syntax_uid", "size", "sha256", "storage_key", "received_at",
+                     "source", "rows", "columns", "bits_allocated", "number_of_frames",
+                     "evicted_at")
+
+
+def _insert_new_instance(dialect_insert: Any) -> PreparedWrite:
+    """INSERT of a new instance row, nothing if its SOP Instance UID is indexed already;
+    RETURNING tells whether the row went in (rowcount is -1 with psycopg here)."""
+    return PreparedWrite(
+        dialect_insert(Instance)
+        .values({name: bindparam(name, type_=Instance.__table__.c[name].type)
+                 for name in _INSTANCE_COLUMNS})
+        .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
+        .returning(Instance.id))
 
 
 def _instance_values(
@@ -169,13 +190,8 @@ class InstanceIndex:
         self._writer = engine.execution_options(writer=True)
         self._dialect = engine.dialect.name
         self._parents = _ParentCache()
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        # RETURNING tells whether the row went in (rowcount is -1 with psycopg here).
-        self._insert_instance = (
-            dialect_insert(Instance)
-            .on_conflict_do_nothing(index_elements=[Instance.sop_instance_uid])
-            .returning(Instance.id)
-        )
+        self._insert_instance = _insert_new_instance(
+            postgresql.insert if self._dialect == "postgresql" else sqlite.insert)
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
@@ -190,9 +206,11 @@ class InstanceIndex:
     # -- queries -------------------------------------------------------------------------
 
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(_FIND_INSTANCE, {"uid": sop_instance_uid}).one_or_none()
-        return StoredInstance(*row) if row else None
+        rows = _FIND_INSTANCE_PREPARED.rows(self.engine, uid=sop_instance_uid)
+        if not rows:
+            return None
+        row = rows[0]
+        return StoredInstance(*row[:8], evicted=bool(row[8]), source=row[9])
 
     def counts(self) -> IndexCounts:
         with self.read() as s:
@@ -279,15 +297,14 @@ class InstanceIndex:
         try:
             with self._writer.connect() as conn, _relaxed_sync(conn, relaxed):
                 for i, header, stored, (series_pk, _study_pk) in fast:
-                    inserted = conn.execute(
-                        self._insert_instance,
-                        _instance_values(header, stored, series_pk, now)
-                        | {"sop_instance_uid": header.sop_instance_uid},
+                    inserted = self._insert_instance.execute(
+                        conn, sop_instance_uid=header.sop_instance_uid,
+                        **_instance_values(header, stored, series_pk, now),
                     ).first() is not None
                     if not inserted:
                         leftovers.append(i)  # already indexed: record() decides
                 for study_pk in sorted({parents[1] for *_, parents in fast}):
-                    conn.execute(_TOUCH_STUDY, {"pk": study_pk, "now": now})
+                    _TOUCH_STUDY_PREPARED.execute(conn, pk=study_pk, now=now)
                 conn.commit()
         except IntegrityError:
             self._parents.clear()
@@ -313,15 +330,14 @@ class InstanceIndex:
         """
         series_pk, study_pk = parents
         with self._writer.connect() as conn:  # BEGIN (IMMEDIATE on SQLite) on first use
-            inserted = conn.execute(
-                self._insert_instance,
-                _instance_values(header, stored, series_pk, now)
-                | {"sop_instance_uid": header.sop_instance_uid},
+            inserted = self._insert_instance.execute(
+                conn, sop_instance_uid=header.sop_instance_uid,
+                **_instance_values(header, stored, series_pk, now),
             ).first() is not None
             if not inserted:
                 conn.rollback()
                 return False
-            conn.execute(_TOUCH_STUDY, {"pk": study_pk, "now": now})
+            _TOUCH_STUDY_PREPARED.execute(conn, pk=study_pk, now=now)
             conn.commit()
         return True
 
