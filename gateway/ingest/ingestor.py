@@ -224,7 +224,7 @@ class _EarlyWrite:
 
     def _write(self, meta: bytes, dataset: bytes | memoryview) -> tuple[Path, str]:
         digest = hashlib.sha256()
-        tmp, _size = self._store.stage((meta, dataset), digest=digest)
+        tmp, _size = self._store.stage((meta, dataset), digest=digest, start_writeback=True)
         return tmp, digest.hexdigest()
 
     def result(self) -> tuple[Path, str] | None:
