@@ -122,29 +122,51 @@ def encoded(ds: Dataset, ts: str, tmp_path: Path) -> bytes:
     return dataset_bytes(path)
 
 
-UNUSUAL = {
-    # non-ASCII names in two character sets, several values, a value pydicom's IS decides
-    "utf-8 name": {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "LEFÈVRE^HÉLÈNE"},
-    "latin-1 name": {"PatientName": "MÜLLER^JOËL"},
-    "two values": {"StudyDescription": "A\\B"},
-    "instance number with a sign": {"InstanceNumber": "+7"},
+NATIONAL = {
+    # names as French centres send them, in the two character sets read by the walk
+    "utf-8 name": {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "LEFÈVRE^HÉLÈNE",
+                   "StudyDescription": "SCANNER THORACO-ABDOMINO-PELVIEN INJECTÉ"},
+    "latin-1 name": {"PatientName": "BOYER^FRANÇOISE", "ReferringPhysicianName": "NOËL^JOËL"},
 }
+
+UNUSUAL = {
+    "greek (another character set)": {"SpecificCharacterSet": "ISO_IR 126",
+                                      "PatientName": "Διονυσιος"},
+    "latin-1 bytes without a character set": {"SpecificCharacterSet": None,
+                                              "PatientName": "MÜLLER^JOËL"},
+    "two values": {"StudyDescription": "A\\B"},
+    "non-ASCII in a code string": {"Modality": "CTÉ"},
+}
+
+
+def _changed(case: dict, tmp_path: Path) -> bytes:
+    ds = make_instance(ins_oid="1.2.250.1.213.1.4.10")
+    for keyword, value in case.items():
+        if value is None:
+            del ds[keyword]
+        else:
+            setattr(ds, keyword, value)
+    return encoded(ds, ExplicitVRLittleEndian, tmp_path)
+
+
+@pytest.mark.parametrize("case", sorted(NATIONAL))
+def test_french_names_are_read_by_the_walk(case: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _changed(NATIONAL[case], tmp_path)
+    _both(raw, ExplicitVRLittleEndian, monkeypatch, plain=True)
+    assert not read_header(raw, ExplicitVRLittleEndian).patient_name.isascii()
 
 
 @pytest.mark.parametrize("case", sorted(UNUSUAL))
 def test_unusual_values_go_to_pydicom(case: str, tmp_path: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    ds = make_instance(ins_oid="1.2.250.1.213.1.4.10")
-    for keyword, value in UNUSUAL[case].items():
-        setattr(ds, keyword, value)
-    raw = encoded(ds, ExplicitVRLittleEndian, tmp_path)
+    raw = _changed(UNUSUAL[case], tmp_path)
     asked: list[bool] = []
     real = header_module.read_header_pydicom
     monkeypatch.setattr(header_module, "read_header_pydicom",
                         lambda *a: asked.append(True) or real(*a))
     assert read_header(raw, ExplicitVRLittleEndian) == real(raw, ExplicitVRLittleEndian)
-    if case != "instance number with a sign":  # int("+7") reads it plainly, as pydicom does
-        assert asked, "an unusual value was read without pydicom"
+    assert asked, "an unusual value was read without pydicom"
 
 
 def test_the_test_corpus_reads_alike(tmp_path: Path) -> None:

@@ -177,6 +177,13 @@ _PYDICOM_TAGS = (  # handed to pydicom with the INS elements (gateway.identity.c
     0x0010_0024,  # IssuerOfPatientIDQualifiersSequence
     0x0010_1002,  # OtherPatientIDsSequence
 )
+#: Character sets decoded here (PS3.3 C.12.1.1.2: Latin-1 and UTF-8, what French modalities
+#: send); any other, or none with non-ASCII bytes, goes to pydicom.
+_CODECS = {b"ISO_IR 100": "latin_1", b"ISO_IR 192": "utf_8"}
+#: The values whose VR (PN, LO, SH) may hold characters beyond ASCII.
+_CHARSET_TAGS = frozenset(_TAGS[k] for k in (
+    "PatientName", "ReferringPhysicianName", "PatientID", "IssuerOfPatientID",
+    "StudyDescription", "SeriesDescription", "AccessionNumber", "StudyID"))
 _ROWS, _COLUMNS, _BITS_ALLOCATED = 0x0028_0010, 0x0028_0011, 0x0028_0100
 _NUMBER_OF_FRAMES = 0x0028_0008
 _PPS_DATE, _PPS_TIME = 0x0040_0244, 0x0040_0245
@@ -257,14 +264,26 @@ def _read_plain(buf: memoryview, explicit: bool) -> InstanceHeader:
     if not found:
         raise _NotPlain
 
+    charset = found.get(_SPECIFIC_CHARACTER_SET)
+    codec = _CODECS.get(bytes(buf[charset[1]:charset[2]]).strip(b" \x00") if charset else b"")
+
     def text(tag: int) -> str:
         where = found.get(tag)
         if where is None:
             return ""
         raw = bytes(buf[where[1]:where[2]])
-        if not raw.isascii() or b"\\" in raw or b"\x1b" in raw:
+        if b"\\" in raw or b"\x1b" in raw:
             raise _NotPlain
-        return raw.decode("ascii").strip(" \x00\t\r\n").strip()
+        if raw.isascii():
+            value = raw.decode("ascii")
+        elif codec is not None and tag in _CHARSET_TAGS:
+            try:
+                value = raw.decode(codec)
+            except UnicodeDecodeError:
+                raise _NotPlain from None
+        else:
+            raise _NotPlain
+        return value.strip(" \x00\t\r\n").strip()
 
     def integer(tag: int) -> int | None:
         value = text(tag)
