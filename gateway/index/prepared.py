@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, Select
+from sqlalchemy.exc import DBAPIError
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ def fetch_all(engine: Engine, compiled: Compiled, params: dict[str, Any]) -> lis
         return conn.exec_driver_sql(compiled.sql, compiled.arguments(params)).all()
 
 
+def as_sqlalchemy_error(engine: Engine, exc: Exception) -> Exception:
+    """A DBAPI error raised on a bare cursor, as SQLAlchemy would have raised it
+    (``IntegrityError``, ``OperationalError``...), for callers that catch those."""
+    return DBAPIError.instance(None, None, exc, engine.dialect.loaded_dbapi.Error)
+
+
 class Prepared:
     """One SELECT with named bind parameters, compiled once per dialect."""
 
@@ -72,6 +79,23 @@ class Prepared:
 
     def rows(self, engine: Engine, **params: Any) -> list[tuple]:
         return fetch_all(engine, self.compiled(engine), params)
+
+    def rows_raw(self, engine: Engine, **params: Any) -> list[tuple]:
+        """On a pooled DBAPI connection, without a SQLAlchemy Connection (and so without its
+        events): for the ingest's one lookup per instance."""
+        c = self.compiled(engine)
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                cursor.execute(c.sql, c.arguments(params))
+                return cursor.fetchall()
+            finally:
+                cursor.close()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise as_sqlalchemy_error(engine, exc) from None
+        finally:
+            raw.close()  # back to the pool, which rolls back (PostgreSQL's implicit BEGIN)
 
     def rows_on_cursor(self, engine: Engine, cursor: Any, **params: Any) -> list[tuple]:
         """On the caller's DBAPI cursor (and transaction)."""
@@ -114,8 +138,21 @@ class PreparedWrite:
     def execute(self, conn: Any, **params: Any) -> Any:
         """Run on ``conn`` (a Connection, in its transaction); returns its result."""
         compiled, processors = self._compiled(conn.engine)
+        return conn.exec_driver_sql(compiled.sql, compiled.arguments(
+            self._processed(processors, params)))
+
+    def execute_on_cursor(self, engine: Engine, cursor: Any, **params: Any) -> Any:
+        """Run on a DBAPI cursor, in the caller's transaction (the ingest's commit: the
+        Connection's per-statement machinery cost more than SQLite's insert); returns the
+        cursor (``fetchone()`` for RETURNING)."""
+        compiled, processors = self._compiled(engine)
+        cursor.execute(compiled.sql, compiled.arguments(self._processed(processors, params)))
+        return cursor
+
+    @staticmethod
+    def _processed(processors: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         for name, processor in processors.items():
             value = params[name]
             if value is not None:
                 params[name] = processor(value)
-        return conn.exec_driver_sql(compiled.sql, compiled.arguments(params))
+        return params

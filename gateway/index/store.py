@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from gateway.index.models import Instance, Patient, Series, Study
-from gateway.index.prepared import Prepared, PreparedWrite
+from gateway.index.prepared import Prepared, PreparedWrite, as_sqlalchemy_error
 
 if TYPE_CHECKING:
     from gateway.ingest.header import InstanceHeader
@@ -206,7 +206,7 @@ class InstanceIndex:
     # -- queries -------------------------------------------------------------------------
 
     def find_instance(self, sop_instance_uid: str) -> StoredInstance | None:
-        rows = _FIND_INSTANCE_PREPARED.rows(self.engine, uid=sop_instance_uid)
+        rows = _FIND_INSTANCE_PREPARED.rows_raw(self.engine, uid=sop_instance_uid)
         if not rows:
             return None
         row = rows[0]
@@ -296,15 +296,23 @@ class InstanceIndex:
         relaxed = not flush and self._dialect == "sqlite"
         try:
             with self._writer.connect() as conn, _relaxed_sync(conn, relaxed):
-                for i, header, stored, (series_pk, _study_pk) in fast:
-                    inserted = self._insert_instance.execute(
-                        conn, sop_instance_uid=header.sop_instance_uid,
-                        **_instance_values(header, stored, series_pk, now),
-                    ).first() is not None
-                    if not inserted:
-                        leftovers.append(i)  # already indexed: record() decides
-                for study_pk in sorted({parents[1] for *_, parents in fast}):
-                    _TOUCH_STUDY_PREPARED.execute(conn, pk=study_pk, now=now)
+                conn.begin()  # BEGIN (IMMEDIATE on SQLite), then the DBAPI cursor inside it
+                cursor = conn.connection.cursor()
+                try:
+                    for i, header, stored, (series_pk, _study_pk) in fast:
+                        inserted = self._insert_instance.execute_on_cursor(
+                            self.engine, cursor, sop_instance_uid=header.sop_instance_uid,
+                            **_instance_values(header, stored, series_pk, now),
+                        ).fetchone() is not None
+                        if not inserted:
+                            leftovers.append(i)  # already indexed: record() decides
+                    for study_pk in sorted({parents[1] for *_, parents in fast}):
+                        _TOUCH_STUDY_PREPARED.execute_on_cursor(self.engine, cursor,
+                                                                pk=study_pk, now=now)
+                except self.engine.dialect.loaded_dbapi.Error as exc:
+                    raise as_sqlalchemy_error(self.engine, exc) from None
+                finally:
+                    cursor.close()
                 conn.commit()
         except IntegrityError:
             self._parents.clear()
