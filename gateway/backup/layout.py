@@ -23,8 +23,8 @@ its UTC time, ``drimbox-20250301T020000Z``::
 
 Left out of ``data_dir`` (:data:`SKIPPED`): the staging area (files being written, never
 indexed), the series metadata cache (rebuilt on demand), the consumer's cache of retrieved
-studies (fetched again from the Source when needed), the metrics, recovery marks and flush
-clock of running processes, and the live SQLite files (the index is copied through SQLite's backup API instead). Left out of
+studies (fetched again from the Source when needed), the metrics and recovery marks of
+running processes, and the live SQLite files (the index is copied through SQLite's backup API instead). Left out of
 the index (:data:`EXCLUDED_TABLES`), rows only, the tables stay: viewer sessions and logins
 under way (they hold PSC tokens; users log in again), the consumer's patient contexts and
 retrievals (tied to those sessions and to the cache).
@@ -59,7 +59,7 @@ SKIPPED = {
     "metadata": "series metadata cache, rebuilt on demand",
     "consumer-cache": "the consumer's cache of retrieved studies, fetched again when needed",
     "prometheus-multiproc": "metrics of the running processes",
-    "marks": "recovery marks and the flush clock of the running processes",
+    "marks": "recovery marks of the running processes",
 }
 #: Tables whose rows are left out of the index copy (the tables themselves are kept).
 EXCLUDED_TABLES = ("viewer_sessions", "pending_logins", "consumer_contexts",
