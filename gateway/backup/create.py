@@ -188,7 +188,8 @@ def _trees(data_dir: Path, warnings: list[str]) -> dict[str, Path]:
 def _unknown_entries(data_dir: Path, index_file: Path | None) -> list[str]:
     known = {"storage", *COPIED_TREES, *SKIPPED}
     if index_file is not None and index_file.parent == data_dir:
-        known |= {index_file.name + s for s in ("", "-wal", "-shm", "-journal")}
+        known |= {index_file.name + s
+                  for s in ("", "-wal", "-shm", "-journal", "-writer.lock")}
     return [f"not backed up: {p} (unknown to this version of drimbox)"
             for p in sorted(data_dir.iterdir()) if p.name not in known]
 

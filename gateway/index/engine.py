@@ -2,12 +2,14 @@
 
 SQLite runs in WAL mode with ``synchronous=FULL`` (a commit is on disk before it returns,
 which the C-STORE acknowledgement relies on) and writers take the lock up front
-(``BEGIN IMMEDIATE``) so that concurrent associations queue on the busy timeout instead of
-failing on a lock upgrade. PostgreSQL: JIT compilation off (see :func:`_postgres_setup`).
+(``BEGIN IMMEDIATE``) so that concurrent associations queue instead of failing on a lock
+upgrade; they queue on a file lock, which wakes the next at once (:func:`_sqlite_setup`). PostgreSQL: JIT compilation off (see :func:`_postgres_setup`).
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 from pathlib import Path
 
 from alembic import command
@@ -18,9 +20,20 @@ from sqlalchemy.engine import make_url
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_setup(engine: Engine) -> None:
+def _sqlite_setup(engine: Engine, lock_path: str | None) -> None:
+    """WAL, full sync, foreign keys; and writers that take their turn without sleeping.
+
+    SQLite makes a writer that finds the database locked sleep and retry (1, 2, 5, 10... ms):
+    with two DICOM workers committing a few hundred groups a second, every collision cost a
+    millisecond or more before an acknowledgement. Writers of this engine (``BEGIN
+    IMMEDIATE``) first take an ``flock`` on ``<index>-writer.lock``, one open file per pooled
+    connection, which wakes the next writer the moment the last one has finished (its
+    connection back in the pool); SQLite's own lock then never makes them wait
+    (bench/RESULTS.md "Writers take turns"). Other programs writing the file still meet
+    ``busy_timeout``."""
+
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_conn, record) -> None:  # noqa: ANN001
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -28,11 +41,29 @@ def _sqlite_setup(engine: Engine) -> None:
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA busy_timeout=60000")
         cur.close()
+        if lock_path is not None:
+            record.info["writer_lock"] = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+
+    @event.listens_for(engine, "close")
+    def _on_close(_dbapi_conn, record) -> None:  # noqa: ANN001
+        fd = record.info.pop("writer_lock", None)
+        if fd is not None:
+            os.close(fd)  # releases the lock too
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_conn, record) -> None:  # noqa: ANN001
+        if record is not None and record.info.pop("writer_lock_held", False):
+            fcntl.flock(record.info["writer_lock"], fcntl.LOCK_UN)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:  # noqa: ANN001
         options = conn.get_execution_options()
         if options.get("writer"):
+            info = conn.connection.info
+            fd = info.get("writer_lock")
+            if fd is not None and not info.get("writer_lock_held"):
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                info["writer_lock_held"] = True
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         elif not options.get("single_statement"):
             conn.exec_driver_sql("BEGIN")
@@ -48,7 +79,8 @@ def create_index_engine(url: str) -> Engine:
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 60}, pool_size=16
         )
-        _sqlite_setup(engine)
+        file_db = parsed.database and parsed.database != ":memory:"
+        _sqlite_setup(engine, f"{parsed.database}-writer.lock" if file_db else None)
         return engine
     engine = create_engine(url, pool_size=16, max_overflow=16, pool_pre_ping=True)
     _postgres_setup(engine)
