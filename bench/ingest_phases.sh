@@ -17,7 +17,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 CORPUS=${CORPUS:-/tmp/h3-corpus/ingest} PORT=${PORT:-11660} WORK=${WORK:-/tmp/ingest-phases}
 HTTP=$((PORT + 7000))
 rm -rf "$WORK"; mkdir -p "$WORK/data"
-(cd "$REPO" && DRIMBOX_PHASES=$WORK PYTHONPATH=$REPO/bench/phases DRIMBOX_DATA_DIR=$WORK/data \
+(cd "$REPO" && INGEST_PHASES=$WORK PYTHONPATH=$REPO/bench/phases DRIMBOX_DATA_DIR=$WORK/data \
    DRIMBOX_DICOM_PORT=$PORT DRIMBOX_HTTP_PORT=$HTTP DRIMBOX_DICOM_WORKERS=$W \
    exec .venv/bin/python -m gateway.cli serve) > "$WORK/gw.log" 2>&1 &
 gw=$!

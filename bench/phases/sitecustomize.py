@@ -1,20 +1,20 @@
 """Wall and CPU time of each phase of the C-STORE ingest, in every gateway process.
 
 Loaded by Python at start-up when this folder is on ``PYTHONPATH`` (``bench/ingest_phases.sh``
-does it), and only when ``DRIMBOX_PHASES`` names a folder: once the gateway's modules are
+does it), and only when ``INGEST_PHASES`` names a folder: once the gateway's modules are
 imported, chosen functions are wrapped so that each call adds its wall time and its thread's
-CPU time to a per-process table, written every 2 s to ``$DRIMBOX_PHASES/phases-<pid>.txt``.
+CPU time to a per-process table, written every 2 s to ``$INGEST_PHASES/phases-<pid>.txt``.
 A measuring tool for developers (a few microseconds per call): never in the product.
 """
 
 import os
 
-if os.environ.get("DRIMBOX_PHASES"):
+if os.environ.get("INGEST_PHASES"):
     import sys
     import threading
     import time
 
-    _OUT = os.environ["DRIMBOX_PHASES"]
+    _OUT = os.environ["INGEST_PHASES"]
     _TOTALS: dict = {}
     _LOCK = threading.Lock()
 

@@ -4,7 +4,9 @@
 refuses it with an :class:`IngestRejected` naming a :class:`Rejection`. Keeping means, in this
 order: header read, dataset found whole (:mod:`gateway.ingest.completeness`: no element cut short,
 Pixel Data complete, present in an image, VR form as the transfer syntax says), header
-checked, file written under ``storage/`` (atomic rename), then made durable and its index
+checked, file written under ``storage/`` (staged, then an atomic rename; for a C-STORE the
+staged file and its SHA-256 are made on a helper thread while the header is read:
+:class:`_EarlyWrite`), then made durable and its index
 row committed, one flush and one commit shared with concurrent ingests
 (:class:`~gateway.index.group_commit.GroupCommitter`, :mod:`gateway.ingest.recovery`). Only
 then does it return, so a caller that acknowledges after :meth:`ingest` returns never
