@@ -34,6 +34,7 @@ from gateway.ingest.header import (
     read_header_pydicom,
 )
 
+
 def _both(raw: bytes, ts: str, monkeypatch: pytest.MonkeyPatch, *, plain: bool) -> None:
     reference = read_header_pydicom(raw, ts)
     if plain:  # the walk alone must answer: pydicom is not asked
@@ -100,14 +101,14 @@ PLAIN = {
 }
 
 
-@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless])
-@pytest.mark.parametrize("case", sorted(PLAIN))
+@pytest.mark.parametrize(("case", "ts"), [
+    (case, ts) for case in sorted(PLAIN)
+    for ts in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless)
+    if not (ts == RLELossless and case == "encapsulated document")  # no pixels to compress
+])
 def test_the_walk_answers_as_pydicom(case: str, ts: str, tmp_path: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    ds = PLAIN[case]()
-    if ts == RLELossless and "PixelData" not in ds:
-        pytest.skip("no pixel data to compress")
-    _both(encoded(ds, ts, tmp_path), ts, monkeypatch, plain=True)
+    _both(encoded(PLAIN[case](), ts, tmp_path), ts, monkeypatch, plain=True)
 
 
 def encoded(ds: Dataset, ts: str, tmp_path: Path) -> bytes:

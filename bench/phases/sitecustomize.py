@@ -18,10 +18,10 @@ if os.environ.get("INGEST_PHASES"):
     _TOTALS: dict = {}
     _LOCK = threading.Lock()
 
-    def _wrap(owner, name):  # noqa: ANN001, ANN202
+    def _wrap(owner, name):
         fn = getattr(owner, name)
 
-        def timed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        def timed(*args, **kwargs):
             wall, cpu = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
@@ -36,10 +36,9 @@ if os.environ.get("INGEST_PHASES"):
         setattr(owner, name, timed)
 
     def _install() -> None:
-        import gateway.ingest.header as header
-        import gateway.ingest.ingestor as ingestor
         from gateway.index.group_commit import GroupCommitter
         from gateway.index.store import InstanceIndex
+        from gateway.ingest import header, ingestor
         from gateway.ingest.storage import FileStore
 
         for owner, name in (
@@ -60,9 +59,8 @@ if os.environ.get("INGEST_PHASES"):
             rows = sorted(_TOTALS.items(), key=lambda kv: -kv[1][1])
         if rows:
             with open(os.path.join(_OUT, f"phases-{os.getpid()}.txt"), "w") as f:
-                for name, (n, wall, cpu) in rows:
-                    f.write(f"{name:20s} n={n:6d}  wall {wall / n * 1e3:7.3f} ms"
-                            f"  cpu {cpu / n * 1e3:7.3f} ms\n")
+                f.writelines(f"{name:20s} n={n:6d}  wall {wall / n * 1e3:7.3f} ms"
+                            f"  cpu {cpu / n * 1e3:7.3f} ms\n" for name, (n, wall, cpu) in rows)
 
     def _run() -> None:
         wanted = ("gateway.ingest.ingestor", "gateway.index.store", "prometheus_client")

@@ -33,7 +33,7 @@ def _sqlite_setup(engine: Engine, lock_path: str | None) -> None:
     ``busy_timeout``."""
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_conn, record) -> None:
         dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
@@ -45,18 +45,18 @@ def _sqlite_setup(engine: Engine, lock_path: str | None) -> None:
             record.info["writer_lock"] = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
 
     @event.listens_for(engine, "close")
-    def _on_close(_dbapi_conn, record) -> None:  # noqa: ANN001
+    def _on_close(_dbapi_conn, record) -> None:
         fd = record.info.pop("writer_lock", None)
         if fd is not None:
             os.close(fd)  # releases the lock too
 
     @event.listens_for(engine, "checkin")
-    def _on_checkin(_dbapi_conn, record) -> None:  # noqa: ANN001
+    def _on_checkin(_dbapi_conn, record) -> None:
         if record is not None and record.info.pop("writer_lock_held", False):
             fcntl.flock(record.info["writer_lock"], fcntl.LOCK_UN)
 
     @event.listens_for(engine, "begin")
-    def _on_begin(conn) -> None:  # noqa: ANN001
+    def _on_begin(conn) -> None:
         options = conn.get_execution_options()
         if options.get("writer"):
             info = conn.connection.info
@@ -94,7 +94,7 @@ def _postgres_setup(engine: Engine) -> None:
     its 814 ms in JIT compilation (bench/RESULTS.md, "Scale")."""
 
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn, _record) -> None:  # noqa: ANN001
+    def _on_connect(dbapi_conn, _record) -> None:
         dbapi_conn.execute("SET jit = off")
         dbapi_conn.commit()  # a SET in a transaction rolled back would be undone
 

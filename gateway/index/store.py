@@ -100,7 +100,7 @@ def _chunks(values: list, size: int) -> Iterator[list]:
 
 
 @contextmanager
-def _relaxed_sync(conn, relaxed: bool) -> Iterator[None]:  # noqa: ANN001 - a Connection
+def _relaxed_sync(conn, relaxed: bool) -> Iterator[None]:
     """SQLite's ``synchronous=NORMAL`` for the transactions inside, ``FULL`` again after (the
     setting belongs to the pooled connection, and cannot change within a transaction)."""
     if not relaxed:
@@ -436,7 +436,7 @@ class InstanceIndex:
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         s.execute(dialect_insert(model).values(**values).on_conflict_do_nothing())
 
-    def _get_or_create(self, s: Session, model: type, key, values: dict) -> tuple[int, bool]:  # noqa: ANN001
+    def _get_or_create(self, s: Session, model: type, key, values: dict) -> tuple[int, bool]:
         """The primary key of the row matching ``key``, inserted from ``values`` when missing
         (a concurrent insert of the same row is not an error); and whether it was missing."""
         pk = s.scalar(select(model.id).where(key))

@@ -129,7 +129,7 @@ class _ReactorQueue(queue.Queue):
         self.patience = patience
         self.screen = screen
 
-    def get(self, block: bool = True, timeout: float | None = None):  # noqa: ANN201
+    def get(self, block: bool = True, timeout: float | None = None):
         if block:
             return super().get(block, timeout)
         item = super().get(True, self.patience) if self.patience else super().get(False)

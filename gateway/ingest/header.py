@@ -352,7 +352,7 @@ def read_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHe
     if ts.is_transfer_syntax and ts.is_little_endian and ts != DeflatedExplicitVRLittleEndian:
         try:
             header = _read_plain(memoryview(dataset), not ts.is_implicit_VR)
-        except Exception:  # noqa: BLE001 - _NotPlain, or bytes pydicom explains better
+        except Exception:  # noqa: BLE001, S110 - _NotPlain, or bytes pydicom explains better
             pass
         else:
             if header.sop_instance_uid:

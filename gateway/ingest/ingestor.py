@@ -156,7 +156,7 @@ _IMPLEMENTATION_ELEMENTS = _meta_element(
 ) + _meta_element(0x0013, b"SH", _padded(IMPLEMENTATION_VERSION_NAME.encode("ascii"), b" "))
 
 
-def _beside(sqlite_file: str | None, data_dir) -> bool:  # noqa: ANN001 - a Path
+def _beside(sqlite_file: str | None, data_dir) -> bool:
     """Whether the SQLite index lies on the data directory's file system (one ``syncfs``
     then flushes both)."""
     if sqlite_file is None:

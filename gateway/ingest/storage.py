@@ -35,7 +35,7 @@ from gateway.ingest.processes import alive
 from gateway.ingest.uids import is_safe_uid
 
 
-def _load_syncfs():  # noqa: ANN202 - a ctypes function or None
+def _load_syncfs():
     """Linux's ``syncfs(2)``: flush every dirty page and inode of one file system in one go."""
     if not sys.platform.startswith("linux"):
         return None
@@ -52,7 +52,7 @@ def _load_syncfs():  # noqa: ANN202 - a ctypes function or None
 _syncfs = _load_syncfs()
 
 
-def _load_sync_file_range():  # noqa: ANN202 - a ctypes function or None
+def _load_sync_file_range():
     """Linux's ``sync_file_range(2)``, to start writing a file's pages back without waiting."""
     if not sys.platform.startswith("linux"):
         return None
@@ -282,7 +282,7 @@ class FileStore:
             return
         fsync_dir(path.parent)
 
-    def open(self, key: str):  # noqa: ANN201 - a binary file object
+    def open(self, key: str):
         return open(self.path_of(key), "rb")
 
     def _ensure_dir(self, directory: Path) -> None:
