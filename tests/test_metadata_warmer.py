@@ -23,6 +23,12 @@ def _warmer(path: Path, built: list, max_delay: float = 60.0) -> MetadataWarmer:
                           activity=IngestActivity(path))
 
 
+def _first_build(built: list, seconds: float = 5) -> None:
+    deadline = time.monotonic() + seconds
+    while not built and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _keep_arriving(warmer: MetadataWarmer, seconds: float) -> float:
     """Another process's association: one instance every 30 ms; returns when it stopped."""
     end = time.monotonic() + seconds
@@ -45,9 +51,7 @@ def test_series_waits_while_another_process_ingests(tmp_path: Path) -> None:
         stopped: list[float] = []
         sender.start()
         sender.join()
-        deadline = time.monotonic() + 5
-        while not built_a and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _first_build(built_a)
         assert built_a, "the quiet series was never built"
         series, at = built_a[0]
         assert series == "1.2.1"
@@ -66,9 +70,7 @@ def test_without_arrivals_a_quiet_series_is_built_at_once(tmp_path: Path) -> Non
     try:
         t0 = time.monotonic()
         w.touched("1.2", "1.2.1", "1.2.1.1")
-        deadline = t0 + 5
-        while not built and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _first_build(built)
         assert built and built[0][0] == "1.2.1"
         assert built[0][1] - t0 < 1.5  # quiet (0.2 s) plus scheduling, no extra wait
     finally:
@@ -101,9 +103,7 @@ def test_a_value_from_before_a_restart_is_ignored(tmp_path: Path) -> None:
     try:
         t0 = time.monotonic()
         w.touched("1.2", "1.2.1", "1.2.1.1")
-        deadline = t0 + 5
-        while not built and time.monotonic() < deadline:
-            time.sleep(0.02)
+        _first_build(built)
         assert built and built[0][1] - t0 < 1.5
     finally:
         w.stop()

@@ -35,38 +35,25 @@ from gateway.ingest.processes import alive
 from gateway.ingest.uids import is_safe_uid
 
 
-def _load_syncfs():
-    """Linux's ``syncfs(2)``: flush every dirty page and inode of one file system in one go."""
+def _linux_call(name: str, *argtypes: type):  # noqa: ANN202 - a ctypes function or None
+    """A libc system call wrapper on Linux (``None`` elsewhere or when libc lacks it)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.syncfs
+        fn = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int]
+    fn.argtypes = list(argtypes)
     fn.restype = ctypes.c_int
     return fn
 
 
-_syncfs = _load_syncfs()
-
-
-def _load_sync_file_range():
-    """Linux's ``sync_file_range(2)``, to start writing a file's pages back without waiting."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
+#: ``syncfs(2)``: flush every dirty page and inode of one file system in one go.
+_syncfs = _linux_call("syncfs", ctypes.c_int)
+#: ``sync_file_range(2)``: start writing a file's pages back without waiting.
+_sync_file_range = _linux_call("sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64,
+                               ctypes.c_uint)
 _SYNC_FILE_RANGE_WRITE = 2
 
 
