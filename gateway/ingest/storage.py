@@ -35,7 +35,7 @@ from gateway.ingest.processes import alive
 from gateway.ingest.uids import is_safe_uid
 
 
-def _linux_call(name: str, *argtypes: type):  # noqa: ANN202 - a ctypes function or None
+def _linux_call(name: str, *argtypes: type):  # a ctypes function or None
     """A libc system call wrapper on Linux (``None`` elsewhere or when libc lacks it)."""
     if not sys.platform.startswith("linux"):
         return None
