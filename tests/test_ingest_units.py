@@ -383,3 +383,48 @@ def test_ingest_flushes_before_commit_and_returns_after(
         assert not list((store.root / "marks").glob("*.mark"))  # clean stop: nothing to recover
     finally:
         index.engine.dispose()
+
+
+def test_the_recovery_time_of_a_c_store_comes_before_its_file(tmp_path: Path,
+                                                              monkeypatch) -> None:  # noqa: ANN001
+    """A C-STORE's file is written on a helper thread while its header is read; the time the
+    recovery mark moves up to (``written_at``) is taken before that write, so recovery, which
+    looks at files modified since a mark, always sees the file (gateway.ingest.recovery).
+    The header read is slowed down so that a time taken after it would come 0.3 s late."""
+    import os
+    import time
+
+    import gateway.ingest.ingestor as ingestor_module
+    from gateway.index.group_commit import GroupCommitter
+    from gateway.ingest.ingestor import Incoming, Ingestor
+
+    store = FileStore(tmp_path / "data")
+    store.prepare()
+    index = _index(f"sqlite:///{tmp_path / 'index.sqlite'}")
+    real_read = ingestor_module.read_header
+
+    def slow_read(*args):  # noqa: ANN002, ANN202
+        time.sleep(0.3)
+        return real_read(*args)
+
+    monkeypatch.setattr(ingestor_module, "read_header", slow_read)
+    seen: list[tuple[Path, float]] = []
+    real_record = GroupCommitter.record
+
+    def record(self, header, stored, path, written_at):  # noqa: ANN001, ANN202
+        seen.append((path, written_at))
+        return real_record(self, header, stored, path, written_at)
+
+    monkeypatch.setattr(GroupCommitter, "record", record)
+    ds = make_instance()
+    data, ts = _dataset_bytes(ds)
+    ingestor = Ingestor(store, index)
+    try:
+        ingestor.ingest(Incoming(dataset=data, transfer_syntax_uid=ts, source="T",
+                                 expected_sop_class_uid=str(ds.SOPClassUID),
+                                 expected_sop_instance_uid=str(ds.SOPInstanceUID)))
+    finally:
+        ingestor.close()
+    (path, written_at), = seen
+    # the file system's clock is coarse (a few ms behind time.time())
+    assert os.stat(path).st_mtime >= written_at - 0.05

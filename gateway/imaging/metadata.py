@@ -401,8 +401,8 @@ class IngestActivity:
     main process and each DICOM worker): an ingest writes ``time.monotonic()`` into it (the
     clock is the host's, the same in every process; no system call), each process's warmer
     reads it. So a worker that has just finished a series does not rebuild its metadata while
-    another worker's association is still sending (bench/RESULTS.md "The warmer waits for
-    every association")."""
+    another worker's association is still sending (bench/RESULTS.md "Ingest at
+    Orthanc's rate")."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def _sqlite_setup(engine: Engine, lock_path: str | None) -> None:
     IMMEDIATE``) first take an ``flock`` on ``<index>-writer.lock``, one open file per pooled
     connection, which wakes the next writer the moment the last one has finished (its
     connection back in the pool); SQLite's own lock then never makes them wait
-    (bench/RESULTS.md "Writers take turns"). Other programs writing the file still meet
+    (bench/RESULTS.md "Ingest at Orthanc's rate"). Other programs writing the file still meet
     ``busy_timeout``."""
 
     @event.listens_for(engine, "connect")

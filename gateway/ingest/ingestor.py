@@ -214,7 +214,7 @@ class _EarlyWrite:
     and the index commit). Both halves cost about as much CPU (writing 0.5 MB into the page
     cache and SHA-256 release the interpreter; the header walk holds it), so with one
     association on two cores an instance's wall time drops by the shorter of the two
-    (bench/RESULTS.md "Header and file in parallel"). Possible only when the request names
+    (bench/RESULTS.md "Ingest at Orthanc's rate"). Possible only when the request names
     the SOP Class and Instance UIDs, from which the Part 10 header is made before the
     dataset is read; a dataset found to disagree is refused and its file removed."""
 
@@ -318,9 +318,13 @@ class Ingestor:
         return True
 
     def ingest(self, incoming: Incoming) -> IngestResult:
+        # Before any byte of the file is written: the recovery mark moves up to this time
+        # once the row is durable, and recovery looks at files modified since a mark
+        # (gateway.ingest.recovery), so the file's own time must not come before it.
+        written_at = time.time()
         early = self._write_early(incoming)
         try:
-            return self._ingest(incoming, early)
+            return self._ingest(incoming, early, written_at)
         finally:
             if early is not None:
                 early.release()
@@ -338,7 +342,8 @@ class Ingestor:
         except RuntimeError:  # the pool is shut down (the gateway is stopping)
             return None
 
-    def _ingest(self, incoming: Incoming, early: _EarlyWrite | None) -> IngestResult:
+    def _ingest(self, incoming: Incoming, early: _EarlyWrite | None,
+                written_at: float) -> IngestResult:
         try:
             header = read_header(incoming.dataset, incoming.transfer_syntax_uid)
         except HeaderError as exc:
@@ -387,7 +392,6 @@ class Ingestor:
             incoming.transfer_syntax_uid,
             incoming.source,
         )
-        written_at = time.time()
         try:
             if early is not None:
                 early.place(key)
