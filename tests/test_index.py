@@ -160,3 +160,53 @@ def test_fast_insert_writes_the_row_the_orm_reads(index: InstanceIndex) -> None:
     previous = index.record_many([(h, stored(2, "c"))], flush=False)[0]
     assert previous is not None and previous.sha256 == "b" * 64
     assert index.counts().instances == 2
+
+
+def test_writers_take_turns_and_a_nested_writer_does_not_wait_for_itself(tmp_path) -> None:  # noqa: ANN001
+    """SQLite writers of the gateway queue on ``index.sqlite-writer.lock`` (woken at once,
+    instead of SQLite's sleep-and-retry): a second engine's writer (another process's) waits
+    until the first one's connection is back in the pool; a thread writing through a second
+    connection while its first transaction is open is not made to wait for itself (SQLite's
+    own lock answers it, as it did before the file lock)."""
+    import threading
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    first, second = create_index_engine(url), create_index_engine(url)
+    upgrade(first)
+    assert (tmp_path / "index.sqlite-writer.lock").exists()
+    writer = first.execution_options(writer=True)
+    other = second.execution_options(writer=True)
+    events: list[str] = []
+
+    def second_writer() -> None:
+        with other.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE: waits for the file lock
+            events.append("second began")
+            conn.commit()
+
+    with writer.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        time.sleep(0.3)
+        assert events == []  # queued behind the first writer
+        events.append("first done")
+        conn.commit()
+    thread.join(5)
+    assert events == ["first done", "second began"]
+
+    # nested in one thread: the inner BEGIN IMMEDIATE meets SQLite's lock (busy timeout
+    # shortened here), it does not hang on the file lock
+    with writer.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+        nested = other.execution_options(writer=True)
+        with nested.connect() as inner:
+            inner.connection.driver_connection.execute("PRAGMA busy_timeout=200")
+            with pytest.raises(OperationalError, match="locked"):
+                inner.exec_driver_sql("SELECT 1")
+        conn.commit()
+    first.dispose()
+    second.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -18,6 +19,16 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+_THREAD = threading.local()
+
+
+def _locks_held_by_this_thread() -> set[str | None]:
+    held = getattr(_THREAD, "writer_locks", None)
+    if held is None:
+        held = _THREAD.writer_locks = set()
+    return held
 
 
 def _sqlite_setup(engine: Engine, lock_path: str | None) -> None:
@@ -54,6 +65,7 @@ def _sqlite_setup(engine: Engine, lock_path: str | None) -> None:
     def _on_checkin(_dbapi_conn, record) -> None:
         if record is not None and record.info.pop("writer_lock_held", False):
             fcntl.flock(record.info["writer_lock"], fcntl.LOCK_UN)
+            record.info.pop("writer_lock_owner").discard(lock_path)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:
@@ -61,9 +73,14 @@ def _sqlite_setup(engine: Engine, lock_path: str | None) -> None:
         if options.get("writer"):
             info = conn.connection.info
             fd = info.get("writer_lock")
-            if fd is not None and not info.get("writer_lock_held"):
+            held = _locks_held_by_this_thread()
+            # A thread already writing through another connection (nested transactions)
+            # does not wait for itself: SQLite's lock decides, as without the file lock.
+            if fd is not None and not info.get("writer_lock_held") and lock_path not in held:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                held.add(lock_path)
                 info["writer_lock_held"] = True
+                info["writer_lock_owner"] = held
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         elif not options.get("single_statement"):
             conn.exec_driver_sql("BEGIN")
