@@ -262,6 +262,43 @@ def test_group_commit_batches_waiters_and_flushes_once_first() -> None:
     assert gc.batches == 2
 
 
+def test_group_commit_leader_waits_briefly_for_rows_on_their_way() -> None:
+    """Two associations of one DICOM worker: the leader waits (at most ``gather_delay``) for
+    the row of an ingest already under way, so both share one flush; with none on its way
+    it does not wait; a row that never comes costs at most the delay."""
+    log: list = []
+    index = _FakeIndex(log)
+    index.release.set()
+    gc = GroupCommitter(index, lambda paths: log.append(("flush", sorted(map(str, paths)))))
+    gc.gather_delay = 0.5
+    on_the_way = [1]
+    gc.in_flight = lambda: on_the_way[0]
+
+    def second() -> None:
+        time.sleep(0.1)
+        on_the_way[0] = 0  # its row is queued next
+        gc.record(_header(1), _stored(1), Path("/d/a/1"))
+
+    other = threading.Thread(target=second)
+    other.start()
+    started = time.monotonic()
+    gc.record(_header(0), _stored(0), Path("/d/a/0"))
+    other.join(5)
+    assert log[0] == ("flush", ["/d/a/0", "/d/a/1"])  # one flush for both
+    assert gc.batches == 1
+    assert time.monotonic() - started < 0.45
+
+    log.clear()
+    started = time.monotonic()
+    gc.record(_header(2), _stored(2), Path("/d/a/2"))  # nothing on its way: no wait
+    assert time.monotonic() - started < 0.2
+    on_the_way[0] = 1  # announced, never comes (refused): the leader waits the delay only
+    started = time.monotonic()
+    gc.record(_header(3), _stored(3), Path("/d/a/3"))
+    assert 0.45 <= time.monotonic() - started < 2
+    assert [e[0] for e in log] == ["flush", "commit", "flush", "commit"]
+
+
 def test_group_commit_errors_are_per_row_and_sync_failure_commits_nothing() -> None:
     log: list = []
     index = _FakeIndex(log)

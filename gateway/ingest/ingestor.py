@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import struct
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -281,6 +282,9 @@ class Ingestor:
         self.rejections: RejectionHandler | None = None
         """IOCM rejection notes (:mod:`gateway.ingest.iocm`): set by the runtime."""
         self._writers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ingest-write")
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self.committer.in_flight = lambda: self._in_flight
 
     def close(self) -> None:
         """Clean stop: flush what the last commits left unflushed, then drop the recovery mark
@@ -322,12 +326,23 @@ class Ingestor:
         # once the row is durable, and recovery looks at files modified since a mark
         # (gateway.ingest.recovery), so the file's own time must not come before it.
         written_at = time.time()
+        on_the_way = self._on_the_way(+1)
         early = self._write_early(incoming)
         try:
-            return self._ingest(incoming, early, written_at)
+            return self._ingest(incoming, early, written_at, on_the_way)
         finally:
+            if on_the_way:  # refused, or already present: no row will come from this one
+                self._on_the_way(-1)
+                on_the_way.clear()
             if early is not None:
                 early.release()
+
+    def _on_the_way(self, change: int) -> list[bool]:
+        """Count the ingests under way whose row is not queued yet (the group commit's leader
+        waits a moment for them: :attr:`GroupCommitter.in_flight`)."""
+        with self._in_flight_lock:
+            self._in_flight += change
+        return [True]
 
     def _write_early(self, incoming: Incoming) -> _EarlyWrite | None:
         sop_class, sop_instance = (incoming.expected_sop_class_uid,
@@ -343,7 +358,7 @@ class Ingestor:
             return None
 
     def _ingest(self, incoming: Incoming, early: _EarlyWrite | None,
-                written_at: float) -> IngestResult:
+                written_at: float, on_the_way: list[bool]) -> IngestResult:
         try:
             header = read_header(incoming.dataset, incoming.transfer_syntax_uid)
         except HeaderError as exc:
@@ -403,6 +418,9 @@ class Ingestor:
             raise IngestRejected(Rejection.PROCESSING_FAILURE, f"storage: {exc}") from None
 
         stored = StoredFile(incoming.transfer_syntax_uid, digest, size, key, incoming.source)
+        if on_the_way:  # its row is queued next: the leader need not wait for it any more
+            self._on_the_way(-1)
+            on_the_way.clear()
         previous = self._record(header, stored, key, written_at)
         if previous is not None and previous.storage_key != key:
             self.store.delete(previous.storage_key)
