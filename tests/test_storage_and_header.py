@@ -148,3 +148,22 @@ def test_read_header_qido_attributes_without_pixel_data(tmp_path: Path, ts: str)
     element_header = 8 if ts == ImplicitVRLittleEndian else 12  # tag, (VR,) length
     cut = raw[: raw.rindex(pixel_tag) + element_header]
     assert read_header(cut, ts).rows == 32
+
+
+def test_a_full_disk_when_placing_a_staged_file_is_said_as_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C-STORE path stages the file first and places it after (``FileStore.place``): a
+    full disk there is :class:`StorageFullError` too (the DIMSE face answers Out of
+    Resources), as it is when the file is written in one go (``put``)."""
+    store = FileStore(tmp_path)
+    store.prepare()
+    tmp, _ = store.stage([b"a" * 10])
+    key = storage_key("1.2.3", "1.2.3.4", "1.2.3.4.5", "ab" * 32)
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "makedirs", full)
+    with pytest.raises(StorageFullError):
+        store.place(tmp, key)
+    assert not store.exists(key)

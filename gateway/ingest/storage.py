@@ -69,6 +69,12 @@ class StorageFullError(OSError):
     """The file system has no room (ENOSPC / EDQUOT)."""
 
 
+def _raise_if_full(exc: OSError) -> None:
+    """Raise :class:`StorageFullError` in place of a "no space" or "quota" ``OSError``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT) and not isinstance(exc, StorageFullError):
+        raise StorageFullError(exc.errno, "no space left for the instance") from exc
+
+
 def storage_key(study_uid: str, series_uid: str, sop_uid: str, sha256_hex: str) -> str:
     """The relative path of an instance's file, from validated UIDs and its content hash."""
     for name, uid in (("study", study_uid), ("series", series_uid), ("instance", sop_uid)):
@@ -168,8 +174,7 @@ class FileStore:
                 self.place(tmp, key)
         except OSError as exc:
             self.discard(tmp)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFullError(exc.errno, "no space left for the instance") from exc
+            _raise_if_full(exc)
             raise
         return size
 
@@ -203,8 +208,7 @@ class FileStore:
                 os.close(fd)
         except OSError as exc:
             self.discard(tmp)
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StorageFullError(exc.errno, "no space left for the instance") from exc
+            _raise_if_full(exc)
             raise
         return tmp, size
 
@@ -213,13 +217,17 @@ class FileStore:
         the caller makes it durable with :meth:`flush` or :meth:`sync_files` before relying
         on it."""
         final = self.path_of(key)
-        if final.parent not in self._known_dirs and final.parent not in self._seen_dirs:
-            # created now, made durable by the caller's flush (so not in _known_dirs)
-            os.makedirs(final.parent, exist_ok=True)
-            if len(self._seen_dirs) > _MAX_REMEMBERED_DIRS:
-                self._seen_dirs.clear()
-            self._seen_dirs.add(final.parent)
-        os.replace(tmp, final)
+        try:
+            if final.parent not in self._known_dirs and final.parent not in self._seen_dirs:
+                # created now, made durable by the caller's flush (so not in _known_dirs)
+                os.makedirs(final.parent, exist_ok=True)
+                if len(self._seen_dirs) > _MAX_REMEMBERED_DIRS:
+                    self._seen_dirs.clear()
+                self._seen_dirs.add(final.parent)
+            os.replace(tmp, final)
+        except OSError as exc:
+            _raise_if_full(exc)
+            raise
 
     @staticmethod
     def discard(tmp: Path) -> None:
