@@ -83,13 +83,11 @@ class Prepared:
     def rows_raw(self, engine: Engine, **params: Any) -> list[tuple]:
         """On a pooled DBAPI connection, without a SQLAlchemy Connection (and so without its
         events): for the ingest's one lookup per instance."""
-        c = self.compiled(engine)
         raw = engine.raw_connection()
         try:
             cursor = raw.cursor()
             try:
-                cursor.execute(c.sql, c.arguments(params))
-                return cursor.fetchall()
+                return self.rows_on_cursor(engine, cursor, **params)
             finally:
                 cursor.close()
         except engine.dialect.loaded_dbapi.Error as exc:

@@ -50,7 +50,6 @@ _STORED_INSTANCES = (
     .join(Study, Series.study_pk == Study.id)
 )
 _FIND_INSTANCE = _STORED_INSTANCES.where(Instance.sop_instance_uid == bindparam("uid"))
-_TOUCH_STUDY = update(Study).where(Study.id == bindparam("pk")).values(updated_at=bindparam("now"))
 # The ingest's per-instance statements, compiled once (gateway.index.prepared).
 _FIND_INSTANCE_PREPARED = Prepared(_FIND_INSTANCE)
 _TOUCH_STUDY_PREPARED = PreparedWrite(

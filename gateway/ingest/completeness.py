@@ -82,10 +82,11 @@ class WrongVREncoding(DatasetDefect):
 
 _UNDEFINED = 0xFFFFFFFF
 _MAX_DEPTH = 64
-_LONG_VRS = frozenset(
+#: Explicit VRs with a 4-byte length (PS3.5 7.1.2), and every VR (the rest: 2-byte length).
+LONG_VRS = frozenset(
     (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV")
 )
-_VRS = _LONG_VRS | frozenset(
+VRS = LONG_VRS | frozenset(
     (b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
      b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US")
 )
@@ -145,12 +146,12 @@ class _Walker:
             else:
                 group, elem, vr, length = self.explicit_head.unpack_from(buf, pos)
                 head = 8
-                if vr in _LONG_VRS:
+                if vr in LONG_VRS:
                     if end - pos < 12:
                         raise Truncated(f"element ({group:04X},{elem:04X}) is cut short")
                     (length,) = self.long_len.unpack_from(buf, pos + 8)
                     head = 12
-                elif vr not in _VRS:
+                elif vr not in VRS:
                     # An element in implicit VR (or a delimiter): tolerated, as pydicom does.
                     group, elem, length = self.tag_len.unpack_from(buf, pos)
                     vr = None
@@ -253,9 +254,9 @@ def _looks_explicit(buf: bytes | memoryview) -> bool:
     if len(buf) < 8:
         return False
     vr = bytes(buf[4:6])
-    if vr not in _VRS:
+    if vr not in VRS:
         return False
-    if vr in _LONG_VRS:
+    if vr in LONG_VRS:
         return bytes(buf[6:8]) == b"\x00\x00" and len(buf) >= 12 and (
             12 + int.from_bytes(buf[8:12], "little") <= len(buf)
             or int.from_bytes(buf[8:12], "little") == _UNDEFINED

@@ -21,6 +21,7 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from gateway.identity.codecs import ins_from_dicom
+from gateway.ingest.completeness import LONG_VRS, VRS
 from gateway.identity.ins import INS_ISSUER_NAME
 
 
@@ -167,7 +168,7 @@ def _ins_fields(ds: Dataset) -> dict[str, str]:
 # sequences, read by gateway.identity.codecs) are handed to it, as a small dataset of their
 # own encodings. Anything else (big endian, deflate, a non-ASCII or multi-valued value, an
 # element cut short) goes the pydicom way, whose result is the reference:
-# tests/test_header.py compares the two on every sample.
+# tests/test_header_walk.py compares the two on every sample.
 
 _SPECIFIC_CHARACTER_SET = 0x0008_0005
 _PYDICOM_TAGS = (  # handed to pydicom with the INS elements (gateway.identity.codecs)
@@ -190,11 +191,6 @@ _PPS_DATE, _PPS_TIME = 0x0040_0244, 0x0040_0245
 _WANTED = frozenset(_TAGS.values()) | {
     _SPECIFIC_CHARACTER_SET, *_PYDICOM_TAGS, _ROWS, _COLUMNS, _BITS_ALLOCATED,
     _NUMBER_OF_FRAMES, _PPS_DATE, _PPS_TIME}
-_LONG_VRS = frozenset((b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
-                       b"UR", b"UT", b"UV"))
-_SHORT_VRS = frozenset((b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS",
-                        b"LO", b"LT", b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL",
-                        b"US"))
 _UNDEFINED = 0xFFFF_FFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFE_E000, 0xFFFE_E00D, 0xFFFE_E0DD
 
@@ -234,11 +230,11 @@ def _skip_elements(buf: memoryview, pos: int, explicit: bool,
             return pos + 8
         if explicit and group != 0xFFFE:
             vr = bytes(buf[pos + 4:pos + 6])
-            if vr in _LONG_VRS:
+            if vr in LONG_VRS:
                 if pos + 12 > n:
                     raise _NotPlain
                 length, start = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
-            elif vr in _SHORT_VRS:
+            elif vr in VRS:
                 length, start = struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
             else:
                 raise _NotPlain
