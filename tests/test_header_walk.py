@@ -220,3 +220,23 @@ def test_damaged_headers_are_never_read_differently(tmp_path: Path) -> None:
             with pytest.raises(DatasetDefect):
                 check_complete(data, ExplicitVRLittleEndian)
     assert not differences, differences[:2]
+
+
+def test_large_identifier_sequences_are_read_but_not_kept(tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The identifier sequences are cached per study only when small: a peer sending a
+    patient with thousands of other identifiers gets the same header, nothing kept."""
+    ds = _with_ins_in_other_ids(make_instance())
+    for n in range(400):
+        other = Dataset()
+        other.PatientID = f"LOCAL-{n:05d}"
+        other.IssuerOfPatientID = "CHU-TEST"
+        ds.OtherPatientIDsSequence.append(other)
+    raw = encoded(ds, ExplicitVRLittleEndian, tmp_path)
+    header_module._identifiers.cache_clear()
+    _both(raw, ExplicitVRLittleEndian, monkeypatch, plain=True)
+    assert header_module._identifiers.cache_info().currsize == 0
+    small = encoded(make_instance(ins_oid="1.2.250.1.213.1.4.10"), ExplicitVRLittleEndian,
+                    tmp_path)
+    read_header(small, ExplicitVRLittleEndian)
+    assert header_module._identifiers.cache_info().currsize == 1

@@ -21,8 +21,8 @@ from pydicom.filereader import read_dataset
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from gateway.identity.codecs import ins_from_dicom
-from gateway.ingest.completeness import LONG_VRS, VRS
 from gateway.identity.ins import INS_ISSUER_NAME
+from gateway.ingest.completeness import LONG_VRS, VRS
 
 
 class HeaderError(ValueError):
@@ -301,7 +301,8 @@ def _read_plain(buf: memoryview, explicit: bool) -> InstanceHeader:
     t = _TAGS
     mini = b"".join(bytes(buf[found[tag][0]:found[tag][2]])
                     for tag in (_SPECIFIC_CHARACTER_SET, *_PYDICOM_TAGS) if tag in found)
-    accession_issuer, ins = _identifiers(mini, explicit)
+    read = _identifiers if len(mini) <= _CACHED_IDENTIFIERS_MAX else _read_identifiers
+    accession_issuer, ins = read(mini, explicit)
     return InstanceHeader(
         sop_class_uid=text(t["SOPClassUID"]),
         sop_instance_uid=text(t["SOPInstanceUID"]),
@@ -334,12 +335,21 @@ def _read_plain(buf: memoryview, explicit: bool) -> InstanceHeader:
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _identifiers(encoded: bytes, explicit: bool) -> tuple[str, dict[str, str]]:
+#: Identifier encodings longer than this are read without being cached: a peer sending
+#: megabytes of OtherPatientIDsSequence must not fill 256 cache entries with them (real ones
+#: are a few hundred bytes).
+_CACHED_IDENTIFIERS_MAX = 4096
+
+
+def _read_identifiers(encoded: bytes, explicit: bool) -> tuple[str, dict[str, str]]:
     """The accession number's issuer and the INS fields, from the encodings of the elements
-    that carry them: the same for every instance of a study, so read by pydicom once."""
+    that carry them."""
     ds = read_dataset(io.BytesIO(encoded), is_implicit_VR=not explicit, is_little_endian=True)
     return _issuer_of_accession(ds), _ins_fields(ds)
+
+
+#: The same for every instance of a study, so read by pydicom once (bounded entries and sizes).
+_identifiers = functools.lru_cache(maxsize=256)(_read_identifiers)
 
 
 def read_header(dataset: bytes | memoryview, transfer_syntax: str) -> InstanceHeader:
