@@ -42,12 +42,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from dicomweb import accept, dicom_json, dicom_xml
 from dicomweb.deps import Granted, QidoAccessLean, RuntimeDep
 from dicomweb.http_methods import get_and_head
 from dicomweb.urls import DicomWebURLs
+from dicomweb.worker_threads import run_in_worker
 from gateway.imaging.query import Level, QueryError, SearchScope, parse_query, search, uids_of
 from gateway.ingest.uids import is_safe_uid
 
@@ -129,7 +129,7 @@ async def _answer(
         finally:
             access.audited()
 
-    return await run_in_threadpool(work)
+    return await run_in_worker(work)
 
 
 @get_and_head(router, "/studies")

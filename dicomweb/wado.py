@@ -52,16 +52,16 @@ from typing import IO
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from dicomweb import accept
 from dicomweb.deps import Granted, RuntimeDep, WadoAccess, WadoAccessLean
 from dicomweb.evicted import ensure_local
 from dicomweb.http_methods import get_and_head
 from dicomweb.multipart import CHUNK, Part, content_type, new_boundary, stream
+from dicomweb.worker_threads import run_in_worker
 from gateway.imaging import pixels, retrieval
-from gateway.imaging.retrieval import InstanceRef
 from gateway.imaging.pixel_description import UnreadablePixels
+from gateway.imaging.retrieval import InstanceRef
 from gateway.imaging.transcode import (
     PRODUCIBLE,
     CannotEncode,
@@ -172,7 +172,7 @@ async def _lean(access: Granted, work) -> Response:  # noqa: ANN001 - a callable
         finally:
             access.audited()
 
-    return await run_in_threadpool(run)
+    return await run_in_worker(run)
 
 
 # -- instances -------------------------------------------------------------------------------

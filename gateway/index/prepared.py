@@ -5,8 +5,8 @@ statement object and computes its cache key on every execution, and a Session ad
 bookkeeping: ~0.4-0.5 ms per request where the SQL itself takes ~10-50 us on SQLite
 (bench/RESULTS.md). :class:`Prepared` compiles a statement written with named
 :func:`~sqlalchemy.bindparam`\\ s once per dialect and runs it on a pooled DBAPI connection
-with plain values (``exec_driver_sql``): no statement object, no cache key, no ORM, rows
-as tuples. Only for
+with plain values on the DBAPI cursor (:func:`fetch_all`): no statement object, no cache
+key, no ORM, rows as tuples. Only for
 SELECTs whose columns need no result processing (text and integers).
 """
 
@@ -47,11 +47,38 @@ def compile_select(stmt: Select, engine: Engine) -> Compiled:
 
 def fetch_all(engine: Engine, compiled: Compiled, params: dict[str, Any]) -> list[tuple]:
     """Run ``compiled`` with ``params`` on a pooled connection (SQLite: no ``BEGIN``, the one
-    statement is its own snapshot; PostgreSQL: the pool rolls the read back). Through the Connection's
-    ``exec_driver_sql`` (not the bare DBAPI cursor), so that engine events (statement
-    logging, the tests' statement counts) still see it."""
-    with engine.connect().execution_options(single_statement=True) as conn:
-        return conn.exec_driver_sql(compiled.sql, compiled.arguments(params)).all()
+    statement is its own snapshot; PostgreSQL: the pool rolls the read back).
+
+    On the bare DBAPI cursor: SQLAlchemy's Connection costs three times SQLite's own lookup
+    (55 against 17 us for one instance, bench/RESULTS.md "The hot read path"). When someone
+    listens to the engine's statements (statement logging, the tests' statement counts),
+    through the Connection's ``exec_driver_sql``, so that they still see it."""
+    if statements_watched(engine):
+        with engine.connect().execution_options(single_statement=True) as conn:
+            return conn.exec_driver_sql(compiled.sql, compiled.arguments(params)).all()
+    return fetch_raw(engine, compiled, params)
+
+
+def fetch_raw(engine: Engine, compiled: Compiled, params: dict[str, Any]) -> list[tuple]:
+    """As :func:`fetch_all`, always on the bare cursor (no engine events, watched or not)."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        try:
+            cursor.execute(compiled.sql, compiled.arguments(params))
+            return cursor.fetchall()
+        finally:
+            cursor.close()
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise as_sqlalchemy_error(engine, exc) from None
+    finally:
+        raw.close()  # back to the pool, which rolls back (PostgreSQL's implicit BEGIN)
+
+
+def statements_watched(engine: Engine) -> bool:
+    """Whether a ``before_cursor_execute`` or ``after_cursor_execute`` listener is set."""
+    dispatch = engine.dispatch
+    return bool(dispatch.before_cursor_execute or dispatch.after_cursor_execute)
 
 
 def as_sqlalchemy_error(engine: Engine, exc: Exception) -> Exception:
@@ -81,19 +108,9 @@ class Prepared:
         return fetch_all(engine, self.compiled(engine), params)
 
     def rows_raw(self, engine: Engine, **params: Any) -> list[tuple]:
-        """On a pooled DBAPI connection, without a SQLAlchemy Connection (and so without its
-        events): for the ingest's one lookup per instance."""
-        raw = engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            try:
-                return self.rows_on_cursor(engine, cursor, **params)
-            finally:
-                cursor.close()
-        except engine.dialect.loaded_dbapi.Error as exc:
-            raise as_sqlalchemy_error(engine, exc) from None
-        finally:
-            raw.close()  # back to the pool, which rolls back (PostgreSQL's implicit BEGIN)
+        """On the bare DBAPI cursor, watched or not (:func:`fetch_raw`): for the ingest's
+        one lookup per instance."""
+        return fetch_raw(engine, self.compiled(engine), params)
 
     def rows_on_cursor(self, engine: Engine, cursor: Any, **params: Any) -> list[tuple]:
         """On the caller's DBAPI cursor (and transaction)."""
