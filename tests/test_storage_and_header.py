@@ -167,3 +167,88 @@ def test_a_full_disk_when_placing_a_staged_file_is_said_as_full(
     with pytest.raises(StorageFullError):
         store.place(tmp, key)
     assert not store.exists(key)
+
+
+_DIRECT_SIZES = [0, 1, 4095, 4096, 4097, 525_000, 1 << 20, (1 << 20) + 1, 3_500_001]
+
+
+@pytest.mark.parametrize("size", _DIRECT_SIZES)
+def test_a_direct_write_stages_exactly_the_bytes_given(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """The ingest's files go past the page cache (``O_DIRECT`` from an aligned buffer, the
+    last block padded then cut): the staged file holds exactly the chunks, whatever their
+    sizes against the block and the buffer, and the digest is that of every chunk but the
+    first, as when written through the page cache."""
+    import hashlib
+
+    from gateway.ingest import storage
+
+    store = FileStore(tmp_path)
+    store.prepare()
+    direct_calls = []
+    real = FileStore._write_direct
+
+    def spy(self: FileStore, fd: int, chunks, digest):  # noqa: ANN001, ANN202
+        direct_calls.append(fd)
+        return real(self, fd, chunks, digest)
+
+    monkeypatch.setattr(FileStore, "_write_direct", spy)
+    rng = random.Random(size)
+    head = b"H" * 132 + rng.randbytes(200)
+    body = rng.randbytes(size)
+    digest = hashlib.sha256()
+    tmp, written = store.stage((head, memoryview(body)), digest=digest, direct=True)
+    assert (written, tmp.read_bytes()) == (len(head) + size, head + body)
+    assert digest.hexdigest() == hashlib.sha256(body).hexdigest()
+    assert len(direct_calls) == 1 and store._direct_ok, "the direct path was not taken"
+    assert storage.DIRECT_BUFFER % storage.DIRECT_BLOCK == 0
+
+
+def test_a_file_system_refusing_direct_writes_gets_buffered_ones(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tmpfs and a few others refuse ``O_DIRECT`` (EINVAL at open): the file is written
+    through the page cache instead, and so are the next ones."""
+    from gateway.ingest import storage
+
+    store = FileStore(tmp_path)
+    store.prepare()
+    real_open = os.open
+    refused = []
+
+    def no_direct(path, flags, *args):  # noqa: ANN001, ANN202
+        if flags & storage._O_DIRECT:
+            refused.append(path)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    for n in range(2):
+        tmp, size = store.stage((b"meta", b"x" * (5000 + n)), direct=True)
+        assert tmp.read_bytes() == b"meta" + b"x" * (5000 + n)
+    assert len(refused) == 1 and not store._direct_ok
+
+
+def test_a_full_disk_or_a_short_direct_write_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk during a direct write is :class:`StorageFullError`; a short write (never
+    expected of a regular file) an ``OSError`` the ingest's early write falls back from;
+    either way the staged file is gone."""
+    store = FileStore(tmp_path)
+    store.prepare()
+    real_write = os.write
+
+    def full(fd: int, data) -> int:  # noqa: ANN001
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(StorageFullError):
+        store.stage((b"meta", b"x" * 9000), direct=True)
+    assert list(store.staging_dir.iterdir()) == []
+
+    def short(fd: int, data) -> int:  # noqa: ANN001
+        return real_write(fd, memoryview(data)[:4096]) if len(data) > 4096 else real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", short)
+    with pytest.raises(OSError, match="direct write"):
+        store.stage((b"meta", b"x" * 9000), direct=True)
+    assert list(store.staging_dir.iterdir()) == []
