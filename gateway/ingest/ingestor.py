@@ -212,9 +212,8 @@ def _check_complete(incoming: Incoming) -> None:
 class _EarlyWrite:
     """The file of a C-STORE written and hashed on a helper thread while the association's
     thread reads and checks the header (R4: the acknowledgement still waits for the flush
-    and the index commit). Both halves cost about as much CPU (writing 0.5 MB, past the page
-    cache with ``O_DIRECT`` where the file system takes it (:meth:`FileStore.stage`), and
-    SHA-256 release the interpreter; the header walk holds it), so with one
+    and the index commit). Both halves cost about as much CPU (writing 0.5 MB into the page
+    cache and SHA-256 release the interpreter; the header walk holds it), so with one
     association on two cores an instance's wall time drops by the shorter of the two
     (bench/RESULTS.md "Ingest at Orthanc's rate"). Possible only when the request names
     the SOP Class and Instance UIDs, from which the Part 10 header is made before the
@@ -228,7 +227,7 @@ class _EarlyWrite:
 
     def _write(self, meta: bytes, dataset: bytes | memoryview) -> tuple[Path, str]:
         digest = hashlib.sha256()
-        tmp, _size = self._store.stage((meta, dataset), digest=digest, direct=True)
+        tmp, _size = self._store.stage((meta, dataset), digest=digest, start_writeback=True)
         return tmp, digest.hexdigest()
 
     def result(self) -> tuple[Path, str] | None:

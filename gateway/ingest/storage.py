@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-import mmap
 import os
 import sys
 import threading
@@ -58,36 +57,12 @@ _sync_file_range = _linux_call("sync_file_range", ctypes.c_int, ctypes.c_int64, 
 _SYNC_FILE_RANGE_WRITE = 2
 
 
-DIRECT_BLOCK = 4096
-"""Offset, length and buffer alignment of direct writes (a multiple of any logical block
-size Linux file systems use)."""
-DIRECT_BUFFER = 1 << 20
-"""Size of each thread's aligned buffer for direct writes."""
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-
 _MAX_REMEMBERED_DIRS = 20_000
 """Series directories remembered as existing (a bound: a gateway receives a few at a time)."""
 
 
 def syncfs_available() -> bool:
     return _syncfs is not None
-
-
-_THREAD = threading.local()
-
-
-def _direct_buffer() -> memoryview:
-    """This thread's page-aligned buffer for direct writes (anonymous memory, made once)."""
-    buffer = getattr(_THREAD, "direct_buffer", None)
-    if buffer is None:
-        buffer = _THREAD.direct_buffer = memoryview(mmap.mmap(-1, DIRECT_BUFFER))
-    return buffer
-
-
-def _write_all_direct(fd: int, buffer: memoryview, length: int) -> None:
-    written = os.write(fd, buffer[:length])
-    if written != length:
-        raise OSError(errno.EIO, f"direct write of {length} bytes wrote {written}")
 
 
 class StorageFullError(OSError):
@@ -204,35 +179,17 @@ class FileStore:
         return size
 
     def stage(self, chunks: Iterable[bytes | memoryview], *, sync: bool = False,
-              digest: Any = None, start_writeback: bool = False,
-              direct: bool = False) -> tuple[Path, int]:
+              digest: Any = None, start_writeback: bool = False) -> tuple[Path, int]:
         """Write ``chunks`` to a new file under ``staging/`` (named after this process, so a
         start after a crash removes it); return its path and size. ``digest`` (a ``hashlib``
         object) is fed every chunk but the first (the Part 10 header) as it is written.
         ``start_writeback``: the kernel starts writing the pages to disk at once, without
         waiting (``sync_file_range``), so that the flush that follows (the group commit's
         ``syncfs``) finds less to write: not a flush, nothing is promised by it.
-        ``direct``: written with ``O_DIRECT`` from an aligned buffer of this thread, past the
-        page cache (see :meth:`_write_direct`); where the file system refuses it, as
-        without. Neither is a flush: the caller's ``syncfs`` still makes the file durable.
         Raises :class:`StorageFullError` when the disk is full; nothing is left behind then."""
         tmp = self.staging_dir / f"{os.getpid()}-{uuid.uuid4().hex}.tmp"
         size = 0
         try:
-            fd = -1
-            if direct and self._direct_ok and _O_DIRECT:
-                try:
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_DIRECT, 0o640)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    self._direct_ok = False  # tmpfs and a few others: buffered from now on
-            if fd >= 0:
-                try:
-                    size = self._write_direct(fd, chunks, digest)
-                finally:
-                    os.close(fd)
-                return tmp, size
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
             try:
                 for number, chunk in enumerate(chunks):
@@ -254,42 +211,6 @@ class FileStore:
             _raise_if_full(exc)
             raise
         return tmp, size
-
-    def _write_direct(self, fd: int, chunks: Iterable[bytes | memoryview], digest: Any) -> int:
-        """Copy ``chunks`` into this thread's aligned buffer and write it out with ``O_DIRECT``
-        whenever it is full; the last block is padded, then the file cut to its size.
-
-        Why: on the VMs measured (bench/RESULTS.md, "Past the page cache"), a buffered write of
-        a new 0.5 MB file cost 1.0-1.8 ms, nearly all of it in the kernel finding fresh
-        page-cache pages, against 0.08 ms for pages it already had; the direct write goes from
-        a buffer used again and again, and the group's ``syncfs`` has only metadata left to
-        write. A short write (which a regular file should never give) raises ``EIO``: the
-        caller falls back to its buffered path."""
-        buffer = _direct_buffer()
-        filled = size = 0
-        for number, chunk in enumerate(chunks):
-            view = memoryview(chunk).cast("B")
-            if digest is not None and number:
-                digest.update(view)
-            while view:
-                n = min(len(view), DIRECT_BUFFER - filled)
-                buffer[filled:filled + n] = view[:n]
-                filled += n
-                size += n
-                view = view[n:]
-                if filled == DIRECT_BUFFER:
-                    _write_all_direct(fd, buffer, DIRECT_BUFFER)
-                    filled = 0
-        if filled:
-            padded = -(-filled // DIRECT_BLOCK) * DIRECT_BLOCK
-            buffer[filled:padded] = bytes(padded - filled)
-            _write_all_direct(fd, buffer, padded)
-            if padded != filled:
-                os.ftruncate(fd, size)
-        return size
-
-    _direct_ok = True
-    """Cleared the first time the file system refuses ``O_DIRECT``."""
 
     def place(self, tmp: Path, key: str) -> None:
         """Move a staged file to ``key`` (its directory created as needed), without flushing:
