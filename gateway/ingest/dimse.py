@@ -62,6 +62,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from gateway import metrics
 from gateway.config import Settings
+from gateway.ingest.arrivals import ARRIVALS
 from gateway.ingest.dimse_guard import ConnectionGuard, calling_ae
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
 from gateway.ingest.query_retrieve import QueryRetrieveSCP
@@ -468,6 +469,7 @@ class DicomService:
             metrics.ASSOCIATIONS_ACTIVE.dec()
 
     def _on_store(self, event: evt.Event) -> Dataset | int:
+        ARRIVALS.handed_over(id(event.assoc))  # the Ingestor counts it from here
         req = event.request
         context = event.context
         sop_class = str(req.AffectedSOPClassUID or "")

@@ -36,6 +36,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from gateway import __version__
 from gateway.index.group_commit import GroupCommitter
 from gateway.index.store import InstanceIndex, StoredFile, StoredInstance
+from gateway.ingest.arrivals import ARRIVALS
 from gateway.ingest.completeness import (
     DatasetDefect,
     PixelDataMissing,
@@ -284,7 +285,7 @@ class Ingestor:
         self._writers = ThreadPoolExecutor(max_workers=16, thread_name_prefix="ingest-write")
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
-        self.committer.in_flight = lambda: self._in_flight
+        self.committer.in_flight = lambda: self._in_flight + ARRIVALS.count()
 
     def close(self) -> None:
         """Clean stop: flush what the last commits left unflushed, then drop the recovery mark

@@ -85,6 +85,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF, PresentationDataValueItem
 from pynetdicom.pdu_primitives import P_DATA
 
+from gateway.ingest.arrivals import ARRIVALS
+
 log = logging.getLogger(__name__)
 
 _HEADER = struct.Struct(">BBL")
@@ -393,6 +395,7 @@ class _PlainStoreRequest(C_STORE_RQ):
     """A C-STORE-RQ whose command set :func:`plain_store_request` read."""
 
     _store: tuple[int, str, str, int]
+    _announced = False
 
     def message_to_primitive(self) -> C_STORE:
         message_id, sop_class, sop_instance, priority = self._store
@@ -418,6 +421,10 @@ class StoreDIMSE(DIMSEServiceProvider):
             message.__class__ = _CommandReader
             self.message = message
         super().receive_primitive(primitive)
+        message = self.message  # None again once a whole message has gone to its handler
+        if message.__class__ is _PlainStoreRequest and not message._announced:
+            message._announced = True
+            ARRIVALS.announced(id(self.assoc))  # its data set follows (gateway.ingest.arrivals)
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         command = self._store_response(primitive)
