@@ -233,3 +233,48 @@ def test_written_for_the_installed_pynetdicom():
     import pynetdicom
 
     assert pynetdicom.__version__.startswith(PYNETDICOM_LINE)
+
+
+def test_a_store_command_announces_its_data_set_until_it_is_handed_over():
+    """The group commit's leader waits for rows on their way (gateway.ingest.arrivals): a
+    C-STORE whose command set has arrived announces its data set, once, until the handler
+    takes it (whichever way its command set was read); a stale announcement is forgotten."""
+    import time
+
+    from gateway.ingest.arrivals import ARRIVALS, Arrivals
+
+    dimse = _dimse()
+    dimse.__dict__["message"] = None
+    key = id(dimse.assoc)
+    ARRIVALS.handed_over(key)
+    before = ARRIVALS.count()
+    command, data = _request_pdvs(_store_rq())
+    first = P_DATA()
+    first.presentation_data_value_list = [command, [data[0], b"\x00" + data[1][1:20]]]
+    dimse.receive_primitive(first)  # the command and a first fragment: more to come
+    assert isinstance(dimse.message, _PlainStoreRequest)
+    assert ARRIVALS.count() == before + 1
+    more = P_DATA()
+    more.presentation_data_value_list = [[data[0], b"\x00" + data[1][20:30]]]
+    dimse.receive_primitive(more)
+    assert ARRIVALS.count() == before + 1  # announced once
+    ARRIVALS.handed_over(key)  # DicomService._on_store does this first
+    assert ARRIVALS.count() == before
+
+    moved = _dimse()  # a C-STORE of a C-MOVE (pynetdicom's reading): announced too
+    moved.__dict__["message"] = None
+    command, data = _request_pdvs(_store_rq(MoveOriginatorApplicationEntityTitle="PACS",
+                                            MoveOriginatorMessageID=3))
+    first.presentation_data_value_list = [command, [data[0], b"\x00" + data[1][1:20]]]
+    moved.receive_primitive(first)
+    assert not isinstance(moved.message, _PlainStoreRequest)
+    assert ARRIVALS.count() == before + 1
+    ARRIVALS.handed_over(id(moved.assoc))
+
+    arrivals = Arrivals(max_age=0.05)
+    arrivals.announced("a")
+    arrivals.announced("b")
+    arrivals.handed_over("a")
+    assert arrivals.count() == 1
+    time.sleep(0.06)  # "b" aborted mid-instance: forgotten
+    assert arrivals.count() == 0

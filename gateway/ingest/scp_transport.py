@@ -395,7 +395,6 @@ class _PlainStoreRequest(C_STORE_RQ):
     """A C-STORE-RQ whose command set :func:`plain_store_request` read."""
 
     _store: tuple[int, str, str, int]
-    _announced = False
 
     def message_to_primitive(self) -> C_STORE:
         message_id, sop_class, sop_instance, priority = self._store
@@ -422,7 +421,7 @@ class StoreDIMSE(DIMSEServiceProvider):
             self.message = message
         super().receive_primitive(primitive)
         message = self.message  # None again once a whole message has gone to its handler
-        if message.__class__ is _PlainStoreRequest and not message._announced:
+        if isinstance(message, C_STORE_RQ) and not getattr(message, "_announced", False):
             message._announced = True
             ARRIVALS.announced(id(self.assoc))  # its data set follows (gateway.ingest.arrivals)
 
