@@ -212,3 +212,29 @@ def test_the_router_picks_the_route_function_the_hot_path_calls(runtime: Runtime
 def _names(route) -> list[str | None]:
     names = iter(route.names)
     return [next(names) if s is None else None for s in route.segments]
+
+
+def test_an_unexpected_error_is_a_plain_500_either_way(
+        runtime: Runtime, loaded: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in a hot route is answered as Starlette's error middleware answers it (500,
+    ``Internal Server Error``, the exception left for the server to log), and the request
+    is still audited (R15)."""
+    from dicomweb import qido
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(qido, "search", broken)
+    app = create_app(runtime)
+    hot = app.hot_routes
+    answers = []
+    with TestClient(app, raise_server_exceptions=False) as client:
+        for routes in (hot, None):
+            app.hot_routes = routes
+            before = len(_audit_rows(runtime))
+            answers.append(client.get(f"/dicom-web/studies?PatientID={INS}"))
+            assert len(_audit_rows(runtime)) == before + 1
+    assert [(a.status_code, a.text) for a in answers] == [(500, "Internal Server Error")] * 2
+    app.hot_routes = hot
+    with TestClient(app) as client, pytest.raises(RuntimeError, match="a bug"):
+        client.get(f"/dicom-web/studies?PatientID={INS}")
