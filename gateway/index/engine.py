@@ -54,6 +54,7 @@ def _sqlite_setup(engine: Engine, lock_path: str | None) -> None:
         cur.close()
         if lock_path is not None:
             record.info["writer_lock"] = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o640)
+            record.info["writer_lock_path"] = lock_path
 
     @event.listens_for(engine, "close")
     def _on_close(_dbapi_conn, record) -> None:
@@ -71,20 +72,37 @@ def _sqlite_setup(engine: Engine, lock_path: str | None) -> None:
     def _on_begin(conn) -> None:
         options = conn.get_execution_options()
         if options.get("writer"):
-            info = conn.connection.info
-            fd = info.get("writer_lock")
-            held = _locks_held_by_this_thread()
-            # A thread already writing through another connection (nested transactions)
-            # does not wait for itself: SQLite's lock decides, as without the file lock.
-            if fd is not None and not info.get("writer_lock_held") and lock_path not in held:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                held.add(lock_path)
-                info["writer_lock_held"] = True
-                info["writer_lock_owner"] = held
+            _take_writer_lock(conn.connection.info)
             conn.exec_driver_sql("BEGIN IMMEDIATE")
         elif not options.get("single_statement"):
             conn.exec_driver_sql("BEGIN")
         # single_statement: one SELECT, its own snapshot in autocommit (gateway.index.prepared)
+
+
+def _take_writer_lock(info: dict) -> None:
+    """The writers' file lock of a pooled SQLite connection (released when it goes back to
+    the pool). A thread already writing through another connection (nested transactions)
+    does not wait for itself: SQLite's lock decides, as without the file lock."""
+    fd = info.get("writer_lock")
+    if fd is None or info.get("writer_lock_held"):
+        return
+    lock_path = info["writer_lock_path"]
+    held = _locks_held_by_this_thread()
+    if lock_path in held:
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    held.add(lock_path)
+    info["writer_lock_held"] = True
+    info["writer_lock_owner"] = held
+
+
+def begin_raw_write(engine: Engine, raw) -> None:  # noqa: ANN001 - a pool's DBAPI connection
+    """Begin a write transaction on ``raw`` (``engine.raw_connection()``) as the engine's
+    ``writer`` Connections begin theirs: on SQLite the writers' file lock, then ``BEGIN
+    IMMEDIATE``; PostgreSQL's driver begins one with the first statement."""
+    if engine.dialect.name == "sqlite":
+        _take_writer_lock(raw.info)
+        raw.driver_connection.execute("BEGIN IMMEDIATE")
 
 
 def create_index_engine(url: str) -> Engine:

@@ -26,6 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from gateway.index.engine import begin_raw_write
 from gateway.index.models import Instance, Patient, Series, Study
 from gateway.index.prepared import Prepared, PreparedWrite, as_sqlalchemy_error
 
@@ -96,23 +97,6 @@ def _instance_values(
 def _chunks(values: list, size: int) -> Iterator[list]:
     for start in range(0, len(values), size):
         yield values[start:start + size]
-
-
-@contextmanager
-def _relaxed_sync(conn, relaxed: bool) -> Iterator[None]:
-    """SQLite's ``synchronous=NORMAL`` for the transactions inside, ``FULL`` again after (the
-    setting belongs to the pooled connection, and cannot change within a transaction)."""
-    if not relaxed:
-        yield
-        return
-    raw = conn.connection.driver_connection
-    raw.execute("PRAGMA synchronous=NORMAL")
-    try:
-        yield
-    finally:
-        if conn.in_transaction():
-            conn.rollback()
-        raw.execute("PRAGMA synchronous=FULL")
 
 
 class _ParentCache:
@@ -294,31 +278,52 @@ class InstanceIndex:
         leftovers: list[int] = []
         relaxed = not flush and self._dialect == "sqlite"
         try:
-            with self._writer.connect() as conn, _relaxed_sync(conn, relaxed):
-                conn.begin()  # BEGIN (IMMEDIATE on SQLite), then the DBAPI cursor inside it
-                cursor = conn.connection.cursor()
-                try:
-                    for i, header, stored, (series_pk, _study_pk) in fast:
-                        inserted = self._insert_instance.execute_on_cursor(
-                            self.engine, cursor, sop_instance_uid=header.sop_instance_uid,
-                            **_instance_values(header, stored, series_pk, now),
-                        ).fetchone() is not None
-                        if not inserted:
-                            leftovers.append(i)  # already indexed: record() decides
-                    for study_pk in sorted({parents[1] for *_, parents in fast}):
-                        _TOUCH_STUDY_PREPARED.execute_on_cursor(self.engine, cursor,
-                                                                pk=study_pk, now=now)
-                except self.engine.dialect.loaded_dbapi.Error as exc:
-                    raise as_sqlalchemy_error(self.engine, exc) from None
-                finally:
-                    cursor.close()
-                conn.commit()
+            self._insert_many(fast, leftovers, now, relaxed)
         except IntegrityError:
             self._parents.clear()
             leftovers = [i for i, *_ in fast]
         for i in leftovers:
             results[i] = self._record_one(*items[i])
         return results
+
+    def _insert_many(self, fast: list, leftovers: list[int], now: datetime,
+                     relaxed: bool) -> None:
+        """:meth:`record_many`'s one transaction, on a pooled DBAPI connection (a SQLAlchemy
+        Connection and its events cost as much CPU as SQLite's commit, under the interpreter
+        lock the association threads need: bench/RESULTS.md "Ingest at Orthanc's rate");
+        begun as the engine's writers begin theirs (:func:`begin_raw_write`)."""
+        engine = self.engine
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                if relaxed:  # the setting belongs to the connection: FULL again after
+                    cursor.execute("PRAGMA synchronous=NORMAL")
+                try:
+                    begin_raw_write(engine, raw)
+                    for i, header, stored, (series_pk, _study_pk) in fast:
+                        inserted = self._insert_instance.execute_on_cursor(
+                            engine, cursor, sop_instance_uid=header.sop_instance_uid,
+                            **_instance_values(header, stored, series_pk, now),
+                        ).fetchone() is not None
+                        if not inserted:
+                            leftovers.append(i)  # already indexed: record() decides
+                    for study_pk in sorted({parents[1] for *_, parents in fast}):
+                        _TOUCH_STUDY_PREPARED.execute_on_cursor(engine, cursor,
+                                                                pk=study_pk, now=now)
+                    raw.commit()
+                except BaseException:
+                    raw.rollback()
+                    raise
+                finally:
+                    if relaxed:
+                        cursor.execute("PRAGMA synchronous=FULL")
+            finally:
+                cursor.close()
+        except engine.dialect.loaded_dbapi.Error as exc:
+            raise as_sqlalchemy_error(engine, exc) from None
+        finally:
+            raw.close()  # back to the pool: the writers' file lock released (engine.py)
 
     def _record_one(
         self, header: InstanceHeader, stored: StoredFile
