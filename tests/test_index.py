@@ -162,6 +162,67 @@ def test_fast_insert_writes_the_row_the_orm_reads(index: InstanceIndex) -> None:
     assert index.counts().instances == 2
 
 
+def test_a_raw_write_takes_its_turn_with_the_other_writers(tmp_path) -> None:  # noqa: ANN001
+    """The ingest's group commit runs on a pooled DBAPI connection (``begin_raw_write``):
+    it queues on the same writers' file lock as the engine's writer Connections, holds it
+    until its connection is back in the pool, and a writer of another engine (another
+    process) then goes on."""
+    import threading
+    import time
+
+    from gateway.index.engine import begin_raw_write
+
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    first, second = create_index_engine(url), create_index_engine(url)
+    upgrade(first)
+    other = second.execution_options(writer=True)
+    events: list[str] = []
+
+    def second_writer() -> None:
+        with other.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE: waits for the file lock
+            events.append("second began")
+            conn.commit()
+
+    raw = first.raw_connection()
+    begin_raw_write(first, raw)
+    assert raw.info["writer_lock_held"]
+    thread = threading.Thread(target=second_writer)
+    thread.start()
+    time.sleep(0.3)
+    assert events == []  # queued behind the raw writer, though it has committed
+    raw.commit()
+    time.sleep(0.2)
+    assert events == []  # the lock goes with the connection's return to the pool
+    events.append("first returned")
+    raw.close()
+    thread.join(5)
+    assert events == ["first returned", "second began"]
+
+    # and a raw writer waits for a Connection writer
+    events.clear()
+    with other.connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+
+        def raw_writer() -> None:
+            r = first.raw_connection()
+            try:
+                begin_raw_write(first, r)
+                events.append("raw began")
+                r.commit()
+            finally:
+                r.close()
+
+        thread = threading.Thread(target=raw_writer)
+        thread.start()
+        time.sleep(0.3)
+        assert events == []
+        events.append("connection done")
+        conn.commit()
+    thread.join(5)
+    assert events == ["connection done", "raw began"]
+
+
 def test_writers_take_turns_and_a_nested_writer_does_not_wait_for_itself(tmp_path) -> None:  # noqa: ANN001
     """SQLite writers of the gateway queue on ``index.sqlite-writer.lock`` (woken at once,
     instead of SQLite's sleep-and-retry): a second engine's writer (another process's) waits

@@ -1,9 +1,12 @@
 """Create the index engine and bring its schema up to date.
 
-SQLite runs in WAL mode with ``synchronous=FULL`` (a commit is on disk before it returns,
-which the C-STORE acknowledgement relies on) and writers take the lock up front
-(``BEGIN IMMEDIATE``) so that concurrent associations queue instead of failing on a lock
-upgrade; they queue on a file lock, which wakes the next at once (:func:`_sqlite_setup`). PostgreSQL: JIT compilation off (see :func:`_postgres_setup`).
+SQLite runs in WAL mode with ``synchronous=FULL`` (a commit is on disk before it returns; the
+ingest's group commits relax it to ``NORMAL`` where the files' flush and the recovery cover
+them, :mod:`gateway.ingest.recovery`) and writers take the lock up front (``BEGIN IMMEDIATE``)
+so that concurrent associations queue instead of failing on a lock upgrade; they queue on a
+file lock, which wakes the next at once (:func:`_sqlite_setup`; the ingest's group commit, on
+a bare pooled connection, takes it too: :func:`begin_raw_write`). PostgreSQL: JIT
+compilation off (see :func:`_postgres_setup`).
 """
 
 from __future__ import annotations
