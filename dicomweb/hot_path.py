@@ -28,7 +28,6 @@ hot path, and that answers and audit rows are the same either way.
 from __future__ import annotations
 
 import inspect
-import logging
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -42,8 +41,6 @@ from starlette.types import Receive, Scope, Send
 
 from dicomweb import qido, wado
 from gateway.imaging.locations import DICOMWEB_PREFIX
-
-log = logging.getLogger("drimbox.http")
 
 HOT_ENDPOINTS: tuple[Callable[..., Awaitable[Response]], ...] = (
     qido.search_studies, qido.search_series, qido.search_instances,
