@@ -251,6 +251,23 @@ class _EarlyWrite:
             self._store.discard(staged[0])
 
 
+class _OnTheWay:
+    """One ingest counted among those under way whose row is not queued yet (the group
+    commit's leader waits a moment for them: :attr:`GroupCommitter.in_flight`), until
+    :meth:`end`, which only the first call does."""
+
+    __slots__ = ("_ingestor",)
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        ingestor._count_in_flight(+1)
+        self._ingestor: Ingestor | None = ingestor
+
+    def end(self) -> None:
+        if self._ingestor is not None:
+            self._ingestor._count_in_flight(-1)
+            self._ingestor = None
+
+
 class Ingestor:
     """Keeps instances: header and completeness checks, durable file, index commit, in that
     order."""
@@ -327,23 +344,18 @@ class Ingestor:
         # once the row is durable, and recovery looks at files modified since a mark
         # (gateway.ingest.recovery), so the file's own time must not come before it.
         written_at = time.time()
-        on_the_way = self._on_the_way(+1)
+        on_the_way = _OnTheWay(self)
         early = self._write_early(incoming)
         try:
             return self._ingest(incoming, early, written_at, on_the_way)
         finally:
-            if on_the_way:  # refused, or already present: no row will come from this one
-                self._on_the_way(-1)
-                on_the_way.clear()
+            on_the_way.end()  # if still counted: refused or already present, no row will come
             if early is not None:
                 early.release()
 
-    def _on_the_way(self, change: int) -> list[bool]:
-        """Count the ingests under way whose row is not queued yet (the group commit's leader
-        waits a moment for them: :attr:`GroupCommitter.in_flight`)."""
+    def _count_in_flight(self, change: int) -> None:
         with self._in_flight_lock:
             self._in_flight += change
-        return [True]
 
     def _write_early(self, incoming: Incoming) -> _EarlyWrite | None:
         sop_class, sop_instance = (incoming.expected_sop_class_uid,
@@ -359,7 +371,7 @@ class Ingestor:
             return None
 
     def _ingest(self, incoming: Incoming, early: _EarlyWrite | None,
-                written_at: float, on_the_way: list[bool]) -> IngestResult:
+                written_at: float, on_the_way: _OnTheWay) -> IngestResult:
         try:
             header = read_header(incoming.dataset, incoming.transfer_syntax_uid)
         except HeaderError as exc:
@@ -419,9 +431,7 @@ class Ingestor:
             raise IngestRejected(Rejection.PROCESSING_FAILURE, f"storage: {exc}") from None
 
         stored = StoredFile(incoming.transfer_syntax_uid, digest, size, key, incoming.source)
-        if on_the_way:  # its row is queued next: the leader need not wait for it any more
-            self._on_the_way(-1)
-            on_the_way.clear()
+        on_the_way.end()  # its row is queued next: the leader need not wait for it any more
         previous = self._record(header, stored, key, written_at)
         if previous is not None and previous.storage_key != key:
             self.store.delete(previous.storage_key)
