@@ -162,6 +162,30 @@ def test_fast_insert_writes_the_row_the_orm_reads(index: InstanceIndex) -> None:
     assert index.counts().instances == 2
 
 
+def _sqlite_writers(tmp_path):  # noqa: ANN001, ANN202
+    """Two engines on one SQLite index (as two processes see it), migrated."""
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    first, second = create_index_engine(url), create_index_engine(url)
+    upgrade(first)
+    return first, second
+
+
+def _writer_in_a_thread(engine, events: list[str], began: str):  # noqa: ANN001, ANN202
+    """A writer Connection of ``engine`` in a thread of its own, started: ``began`` is
+    appended to ``events`` once it holds the writers' lock."""
+    import threading
+
+    def write() -> None:
+        with engine.execution_options(writer=True).connect() as conn:
+            conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE: waits for the file lock
+            events.append(began)
+            conn.commit()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    return thread
+
+
 def test_a_raw_write_takes_its_turn_with_the_other_writers(tmp_path) -> None:  # noqa: ANN001
     """The ingest's group commit runs on a pooled DBAPI connection (``begin_raw_write``):
     it queues on the same writers' file lock as the engine's writer Connections, holds it
@@ -172,23 +196,14 @@ def test_a_raw_write_takes_its_turn_with_the_other_writers(tmp_path) -> None:  #
 
     from gateway.index.engine import begin_raw_write
 
-    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
-    first, second = create_index_engine(url), create_index_engine(url)
-    upgrade(first)
+    first, second = _sqlite_writers(tmp_path)
     other = second.execution_options(writer=True)
     events: list[str] = []
-
-    def second_writer() -> None:
-        with other.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE: waits for the file lock
-            events.append("second began")
-            conn.commit()
 
     raw = first.raw_connection()
     begin_raw_write(first, raw)
     assert raw.info["writer_lock_held"]
-    thread = threading.Thread(target=second_writer)
-    thread.start()
+    thread = _writer_in_a_thread(second, events, "second began")
     time.sleep(0.3)
     assert events == []  # queued behind the raw writer, though it has committed
     raw.commit()
@@ -229,29 +244,19 @@ def test_writers_take_turns_and_a_nested_writer_does_not_wait_for_itself(tmp_pat
     until the first one's connection is back in the pool; a thread writing through a second
     connection while its first transaction is open is not made to wait for itself (SQLite's
     own lock answers it, as it did before the file lock)."""
-    import threading
     import time
 
     from sqlalchemy.exc import OperationalError
 
-    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
-    first, second = create_index_engine(url), create_index_engine(url)
-    upgrade(first)
+    first, second = _sqlite_writers(tmp_path)
     assert (tmp_path / "index.sqlite-writer.lock").exists()
     writer = first.execution_options(writer=True)
     other = second.execution_options(writer=True)
     events: list[str] = []
 
-    def second_writer() -> None:
-        with other.connect() as conn:
-            conn.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE: waits for the file lock
-            events.append("second began")
-            conn.commit()
-
     with writer.connect() as conn:
         conn.exec_driver_sql("SELECT 1")
-        thread = threading.Thread(target=second_writer)
-        thread.start()
+        thread = _writer_in_a_thread(second, events, "second began")
         time.sleep(0.3)
         assert events == []  # queued behind the first writer
         events.append("first done")
