@@ -1,7 +1,8 @@
 """The ``drimbox`` command line: ``serve``, ``db upgrade``, ``import``, ``backup
 create|verify|restore|list``, ``study show``, ``kos``, ``manifest``, ``publish``,
 ``unpublish``, ``outbox list|retry``, ``mssante list|retry``, ``dmp-sim``, ``psc-sim``,
-``annuaire-sim``, ``whitelist check``, ``consumer export``, ``pki init``, ``sandbox``.
+``annuaire-sim``, ``whitelist check``, ``consumer export``, ``pki init``, ``sandbox``,
+``pacs speedtest``.
 
 Every command takes ``--config FILE`` (TOML; environment variables ``DRIMBOX_*`` override it).
 A wrong setting ends the command with exit status 2 and a message naming the setting.
@@ -949,6 +950,106 @@ def mhd_bundle(config_file: Path | None, study_uid: str, replaces: str | None,
         click.echo(text)
     else:
         output.write_text(text + "\n", encoding="utf-8")
+
+# -- the PACS -------------------------------------------------------------------------------
+
+
+@main.group("pacs")
+def pacs_group() -> None:
+    """The centre's PACS seen from the gateway."""
+
+
+def _pacs_address(value: str | None, settings: Settings) -> tuple[str, str, int]:
+    """``AET@HOST:PORT`` from the command line, else the ``pacs_*`` settings."""
+    from gateway.config import validate_ae_title
+
+    if value is None:
+        if not settings.pacs_configured:
+            click.echo("drimbox: no PACS: set pacs_ae_title, pacs_host and pacs_port, or give "
+                       "--pacs AET@HOST:PORT", err=True)
+            sys.exit(2)
+        return (settings.pacs_ae_title or "", settings.pacs_host or "",
+                settings.pacs_port or 0)
+    aet, at, rest = value.partition("@")
+    host, colon, port = rest.rpartition(":")
+    try:
+        if not (at and colon and host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError("expected AET@HOST:PORT")
+        return validate_ae_title(aet), host.strip("[]"), int(port)
+    except ValueError as exc:
+        click.echo(f"drimbox: --pacs {value!r}: {exc}", err=True)
+        sys.exit(2)
+
+
+@pacs_group.command("speedtest")
+@config_option
+@click.option("--study", "study_uid", default=None,
+              help="StudyInstanceUID to move [default: the ANS reference study "
+                   "1.2.250.1.213.4.5.2.1.199].")
+@click.option("--pacs", "pacs", default=None, metavar="AET@HOST:PORT",
+              help="The PACS to measure [default: pacs_ae_title, pacs_host, pacs_port].")
+@click.option("--ae-title", default="STORESCP", show_default=True,
+              help="The test's C-STORE SCP: the move destination the PACS must know.")
+@click.option("--port", "listen_port", type=click.IntRange(1, 65535), default=9999,
+              show_default=True, help="Port the test's C-STORE SCP listens on.")
+@click.option("--bind", "bind_address", default="", help="Address to listen on [default: all].")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def pacs_speedtest(config_file: Path | None, study_uid: str | None, pacs: str | None,
+                   ae_title: str, listen_port: int, bind_address: str, as_json: bool) -> None:
+    """Time a C-MOVE of a study from the PACS (DB.SO.102, R20): first image, throughput.
+
+    Asked with the gateway's AE title (ae_title); the images go to a C-STORE SCP of the
+    test's own (--ae-title, --port), which counts them and keeps nothing.
+    Exit status 1 when the PACS cannot be reached, the C-MOVE fails or no image comes."""
+    import json as jsonlib
+
+    from adapters.pacs.speedtest import REFERENCE_STUDY, run_speedtest
+    from gateway.config import validate_ae_title
+    from gateway.ingest.uids import is_safe_uid
+
+    settings = _settings(config_file)
+    pacs_aet, host, port = _pacs_address(pacs, settings)
+    study_uid = study_uid or REFERENCE_STUDY
+    if not is_safe_uid(study_uid):
+        click.echo(f"drimbox: --study {study_uid!r}: not a DICOM UID", err=True)
+        sys.exit(2)
+    try:
+        ae_title = validate_ae_title(ae_title)
+    except ValueError as exc:
+        click.echo(f"drimbox: --ae-title {ae_title!r}: {exc}", err=True)
+        sys.exit(2)
+    try:
+        result = run_speedtest(pacs_ae_title=pacs_aet, host=host, port=port,
+                               calling_ae_title=settings.ae_title, study_uid=study_uid,
+                               ae_title=ae_title, listen_port=listen_port,
+                               bind_address=bind_address, max_pdu=settings.max_pdu_size,
+                               move_timeout=settings.pacs_retrieve_timeout)
+    except OSError as exc:
+        click.echo(f"drimbox: cannot listen on port {listen_port}: {exc.strerror or exc}",
+                   err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(jsonlib.dumps(result.as_dict(), indent=2))
+    else:
+        first = "none" if result.first_image_s is None else f"{result.first_image_s:.3f} s"
+        assoc = ("" if result.association_s is None
+                 else f" (association {result.association_s:.3f} s)")
+        status = "none" if result.status is None else f"0x{result.status:04X}"
+        click.echo(f"PACS speed test (DB.SO.102): study {result.study_uid}\n"
+                   f"  from {result.pacs} to {result.destination}, started "
+                   f"{result.started_at:%Y-%m-%d %H:%M:%S} UTC\n"
+                   f"  first image      {first}\n"
+                   f"  total            {result.total_s:.3f} s{assoc}\n"
+                   f"  instances        {result.instances} (C-MOVE status {status}; completed "
+                   f"{result.completed}, failed {result.failed}, warning {result.warning})\n"
+                   f"  data received    {result.bytes / 1e6:.1f} MB in "
+                   f"{', '.join(result.transfer_syntaxes) or 'no transfer syntax'}\n"
+                   f"  throughput       {result.mbit_per_s:.1f} Mbit/s, "
+                   f"{result.instances_per_s:.1f} images/s")
+    if not result.ok:
+        click.echo(f"drimbox: {result.error}", err=True)
+        sys.exit(1)
+
 
 # -- HL7 v2 (reports from the RIS) ---------------------------------------------
 
