@@ -244,13 +244,16 @@ class Server:
 
 
 class Orthanc(Server):
-    def __init__(self, work: Path, storage_access: str) -> None:
+    def __init__(self, work: Path, storage_access: str,
+                 modalities: dict[str, list] | None = None) -> None:
+        """``modalities``: more ``DicomModalities`` entries (e.g. a C-MOVE destination)."""
         self.name, self.aet = "orthanc", "ORTHANC"
         self.dir = work / "orthanc"
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
         self.port, self.http = free_port(), free_port()
         self.storage_access = storage_access
+        self.modalities = {"bench": [SCU_AET, "127.0.0.1", 1], **(modalities or {})}
 
     def start(self) -> None:
         so = self.dir / "loopback_bind.so"
@@ -262,7 +265,7 @@ class Orthanc(Server):
             "HttpServerEnabled": True, "HttpPort": self.http, "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False, "DicomServerEnabled": True, "DicomAet": self.aet,
             "DicomPort": self.port, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True,
-            "DicomAlwaysAllowEcho": True, "DicomModalities": {"bench": [SCU_AET, "127.0.0.1", 1]},
+            "DicomAlwaysAllowEcho": True, "DicomModalities": self.modalities,
             "SaveJobs": False, "SyncStorageArea": True, "StorageAccessOnFind": self.storage_access,
             "LimitFindResults": 0, "LimitFindInstances": 0,
         }
@@ -277,7 +280,9 @@ class Orthanc(Server):
 
 
 class Gateway(Server):
-    def __init__(self, work: Path, src: Path, database_url: str | None) -> None:
+    def __init__(self, work: Path, src: Path, database_url: str | None,
+                 peers: list[dict] | None = None) -> None:
+        """``peers``: more ``peers`` entries (e.g. a C-MOVE destination)."""
         self.name, self.aet = "gateway", "DRIMBOX"
         self.dir = work / "gateway"
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -285,6 +290,7 @@ class Gateway(Server):
         self.port, self.http = free_port(), free_port()
         self.src, self.database_url = src, database_url
         self.workers: list[int] = []
+        self.peers = [{"ae_title": SCU_AET, "host": "127.0.0.1", "port": 1}, *(peers or [])]
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DRIMBOX_")}
@@ -292,8 +298,7 @@ class Gateway(Server):
                    DRIMBOX_HTTP_PORT=str(self.http), DRIMBOX_AE_TITLE=self.aet,
                    DRIMBOX_HOST="127.0.0.1", DRIMBOX_LOG_LEVEL="WARNING",
                    DRIMBOX_DICOMWEB_AUTH="none", PYTHONPATH=str(self.src),
-                   DRIMBOX_PEERS=json.dumps([{"ae_title": SCU_AET, "host": "127.0.0.1",
-                                              "port": 1}]))
+                   DRIMBOX_PEERS=json.dumps(self.peers))
         if self.database_url:
             env["DRIMBOX_DATABASE_URL"] = self.database_url
         self.log = self.dir / "gateway.log"

@@ -49,7 +49,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
-from adapters.pacs.reactor import exchange, reactor_paused
+from adapters.pacs.reactor import reactor_paused
 from gateway.config import Settings
 from gateway.consumer.export import (
     FAILED,
@@ -61,6 +61,7 @@ from gateway.consumer.export import (
     InstanceOutcome,
     Outgoing,
 )
+from gateway.ingest.scp_transport import RequestingAE
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class CStoreDestination:
         self._message_id = 0
 
     def _ae(self) -> AE:
-        ae = AE(ae_title=self.our_ae_title)
+        ae = RequestingAE(ae_title=self.our_ae_title)  # waits on its socket, never polls
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         return ae
 
@@ -155,8 +156,11 @@ class CStoreDestination:
             for cx in assoc.accepted_contexts:
                 accepted.setdefault((str(cx.abstract_syntax), str(cx.transfer_syntax[0])),
                                     int(cx.context_id))
-            for instance in instances:
-                yield self._store_one(assoc, accepted, instance, load)
+            # The reactor held for the whole export: every response is ours to take, and a
+            # hold per instance waited up to 1 ms each time for the reactor's next pass.
+            with reactor_paused(assoc):
+                for instance in instances:
+                    yield self._store_one(assoc, accepted, instance, load)
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -194,8 +198,9 @@ class CStoreDestination:
         req.AffectedSOPInstanceUID = instance.sop_instance_uid
         req.DataSet = io.BytesIO(data)
         # Sent ourselves, as pynetdicom's send_c_store would, but the dataset as it is (never
-        # re-encoded), the reactor held meanwhile.
-        rsp = exchange(assoc, req, context)
+        # re-encoded), the reactor held (send).
+        assoc.dimse.send_msg(req, context)
+        _, rsp = assoc.dimse.get_msg(block=True)
         if rsp is None or not isinstance(rsp, C_STORE) or rsp.Status is None:
             outcome = failed("no C-STORE response (association lost or DIMSE timeout): "
                              "not known to be stored")

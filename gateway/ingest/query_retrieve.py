@@ -30,6 +30,7 @@ cannot be decoded; 0xA801 move destination unknown (not in ``peers``) or unreach
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from collections.abc import Iterator
@@ -51,7 +52,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from adapters.pacs.reactor import exchange
+from adapters.pacs.reactor import reactor_paused
 from gateway import metrics
 from gateway.access.audit import ALLOWED, DENIED
 from gateway.access.dicom_peers import QueryRetrieveAccess, audit
@@ -60,6 +61,7 @@ from gateway.imaging import dimse_query as dq
 from gateway.imaging.restore import Restorer
 from gateway.imaging.transcode import TranscodeError, can_send, dataset_bytes
 from gateway.index.store import InstanceIndex
+from gateway.ingest.scp_transport import RequestingAE
 from gateway.ingest.storage import FileStore
 
 log = logging.getLogger(__name__)
@@ -444,6 +446,7 @@ class _Sink:
         self.lost = False
         self.accepted: dict[tuple[str, str], int] = {}
         self._message_id = 0
+        self._held = contextlib.ExitStack()
 
     def __enter__(self) -> _Sink | None:
         scp = self.retrieve.scp
@@ -455,7 +458,7 @@ class _Sink:
             contexts = [(sop, [ts]) for sop, ts in pairs]
             contexts += [(sop, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
                          for sop in classes]
-            ae = AE(ae_title=scp.settings.ae_title)
+            ae = RequestingAE(ae_title=scp.settings.ae_title)
             ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = \
                 scp.settings.network_timeout
             for sop, tss in contexts[:_MAX_CONTEXTS]:
@@ -466,6 +469,10 @@ class _Sink:
                 log.warning("C-MOVE: no association with %s at %s:%d", d.ae_title, d.host,
                             d.port)
                 return None
+            # Its reactor is held for the whole C-MOVE: the responses to our sub-operations
+            # are ours to take (adapters.pacs.reactor), and a hold per sub-operation waited
+            # up to 1 ms each time for the reactor's next pass.
+            self._held.enter_context(reactor_paused(self.assoc))
             contexts_ok = self.assoc.accepted_contexts
         else:
             contexts_ok = [cx for cx in self.assoc.accepted_contexts if cx.as_scu]
@@ -475,6 +482,7 @@ class _Sink:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._held.close()
         if self.own and self.assoc is not None and self.assoc.is_established:
             self.assoc.release()
 
@@ -531,16 +539,13 @@ class _Sink:
         return "failed"
 
     def _exchange(self, req: C_STORE, context_id: int) -> Any:
+        # C-GET: we run on this association's own reactor thread, which is not polling its
+        # queue meanwhile; C-MOVE: our association's reactor is held (__enter__). Either way
+        # the response is ours to take.
         assoc = self.assoc
-        if not self.own:
-            # C-GET: we run on this association's own reactor thread, which is not polling
-            # its queue meanwhile; the response is ours to take.
-            assoc.dimse.send_msg(req, context_id)
-            _, rsp = assoc.dimse.get_msg(block=True)
-            return rsp
-        # C-MOVE: our association's reactor polls its queue; held, so that it does not take
-        # the response.
-        return exchange(assoc, req, context_id)
+        assoc.dimse.send_msg(req, context_id)
+        _, rsp = assoc.dimse.get_msg(block=True)
+        return rsp
 
 
 def build(settings: Settings, runtime: Any) -> QueryRetrieveSCP | None:

@@ -58,9 +58,9 @@ Offending Element: every success) is written with ``struct`` from a template mad
 takes pynetdicom's path. Upstream, the same ideas would be a ``struct`` fast path for the
 fixed command sets in ``DIMSEMessage.decode_msg`` / ``encode_msg``.
 
-Only associations accepted by our SCP use them (:func:`adopt`, called on ``EVT_CONN_OPEN``
-before the network thread starts); associations we request (C-MOVE sub-operations, Storage
-Commitment reports) keep pynetdicom's classes. The subclasses lean on pynetdicom 3.0's
+Associations accepted by our SCP use them (:func:`adopt`, called on ``EVT_CONN_OPEN``
+before the network thread starts), and so do those we request through :class:`RequestingAE`
+(C-MOVE sub-operations, exports to a PACS, the PACS speed test). The subclasses lean on pynetdicom 3.0's
 internals (the loop of ``run_reactor``, ``_recv_pdu``, ``_MESSAGE_TYPES``): with any other
 release line :func:`adopt` leaves pynetdicom's classes alone (``PYNETDICOM_LINE``; the
 tests check that the installed pynetdicom is the one these were written for).
@@ -76,7 +76,7 @@ import threading
 from typing import Any
 
 from pynetdicom import __version__ as _pynetdicom_version
-from pynetdicom import _config, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
@@ -469,3 +469,16 @@ def adopt(assoc: Any) -> None:
         WaitingDUL.adopt(assoc.dul)
     if type(assoc.dimse) is DIMSEServiceProvider:
         assoc.dimse.__class__ = StoreDIMSE
+
+
+class RequestingAE(AE):
+    """An AE whose *requested* associations get :class:`WaitingDUL` too: their network
+    thread waits on the socket instead of sleeping 1 ms between looks, which each C-STORE
+    sub-operation of a C-MOVE (and each instance an export sends) otherwise waits out for its
+    request and again for its response. The hook is pynetdicom 3.0's ``AE._create_socket``,
+    called by ``associate`` before the association's network thread starts."""
+
+    def _create_socket(self, assoc: Any, *args: Any, **kwargs: Any) -> Any:
+        sock = super()._create_socket(assoc, *args, **kwargs)
+        adopt(assoc)
+        return sock
