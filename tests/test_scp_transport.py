@@ -22,6 +22,7 @@ from gateway.ingest.scp_transport import (
     _CommandReader,
     _PlainStoreRequest,
     plain_store_request,
+    store_request_command,
     store_response_command,
 )
 
@@ -113,6 +114,71 @@ def test_a_bound_dimse_sent_handler_sees_pynetdicoms_message():
 
 def test_a_response_too_long_for_the_peers_pdu_is_fragmented_by_pynetdicom():
     assert _dimse(max_pdu=64)._store_response(_rsp(*CASES[2])) is None
+
+
+def _rq(message_id: int, sop_class: str, sop_instance: str, priority: int, move_aet,
+        move_id, data: bytes) -> C_STORE:  # noqa: ANN001
+    rq = C_STORE()
+    rq.MessageID = message_id
+    rq.AffectedSOPClassUID = sop_class
+    rq.AffectedSOPInstanceUID = sop_instance
+    rq.Priority = priority
+    if move_aet is not None:
+        rq.MoveOriginatorApplicationEntityTitle = move_aet
+    if move_id is not None:
+        rq.MoveOriginatorMessageID = move_id
+    rq.DataSet = io.BytesIO(data)
+    return rq
+
+
+def _pynetdicom_request_pdvs(rq: C_STORE, context_id: int, max_pdu: int) -> list[list]:
+    message = C_STORE_RQ()
+    message.primitive_to_message(rq)
+    return [[cx, bytes(data)] for p in message.encode_msg(context_id, max_pdu)
+            for cx, data in p.presentation_data_value_list]
+
+
+REQUESTS = [  # (message id, class, instance, priority, move originator AE and id, size, PDU)
+    (1, "1.2.840.10008.5.1.4.1.1.2", "1.2.826.0.1.3680043.8.498.1", 2, None, None, 10, 16384),
+    (65535, "1.2.840.10008.5.1.4.1.1.4", "1.2.3.44", 0, "MOVESCU", 7, 40000, 16384),
+    (9, "1.2.840.10008.5.1.4.1.1.128", "2.25." + "9" * 59, 1, "SIXTEEN_CHARS_AE", 65535,
+     16378, 16384),  # the data set fills one PDU exactly
+    (3, "1.2.840.10008.5.1.4.1.1.2", "1.2.3", 2, "AB", 1, 300000, 0),  # no PDU limit
+    (4, "1.2.840.10008.5.1.4.1.1.2", "1.2.3", 2, "ODD", None, 16379, 16384),  # one byte more
+]
+
+
+@pytest.mark.parametrize(("message_id", "sop_class", "sop_instance", "priority", "move_aet",
+                          "move_id", "size", "max_pdu"), REQUESTS)
+def test_store_request_bytes_are_pynetdicoms(message_id, sop_class, sop_instance, priority,
+                                             move_aet, move_id, size, max_pdu):
+    """A C-STORE-RQ we send (C-MOVE/C-GET sub-operation, export): the same PDVs, command
+    and data set fragments, as pynetdicom's encoder gives."""
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    rq = _rq(message_id, sop_class, sop_instance, priority, move_aet, move_id, data)
+    expected = _pynetdicom_request_pdvs(rq, 5, max_pdu)
+    command = store_request_command(message_id, sop_class, sop_instance, priority, move_aet,
+                                    move_id)
+    assert expected[0] == [5, b"\x03" + command]
+    dimse = _dimse(max_pdu=max_pdu)
+    dimse.send_msg(_rq(message_id, sop_class, sop_instance, priority, move_aet, move_id, data),
+                   5)
+    sent = [[cx, bytes(d)] for p in dimse.dul.sent for cx, d in p.presentation_data_value_list]
+    assert sent == expected
+    assert len(sent) == 1 + (1 if max_pdu == 0 else -(-size // (max_pdu - 6)))
+
+
+def test_other_requests_take_pynetdicoms_path():
+    """No data set, or a handler that wants pynetdicom's message: pynetdicom encodes it."""
+    rq = _rq(*REQUESTS[1][:6], b"")
+    assert _dimse()._store_request(rq) is None
+    rq = _rq(*REQUESTS[1][:6], b"data")
+    assert _dimse(handlers=[(lambda event: None, None)])._store_request(rq) is None
+    assert _dimse(max_pdu=64)._store_request(_rq(*REQUESTS[2][:6], b"data")) is None
+    echo = C_ECHO()
+    echo.MessageID = 1
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    assert _dimse()._store_request(echo) is None
 
 
 def _dul() -> WaitingDUL:

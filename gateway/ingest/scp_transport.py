@@ -36,7 +36,9 @@ changes only how bytes reach them (``PresentationDataValueItem.presentation_data
 already accepts any bytes-like value that ``DIMSEMessage.decode_msg`` can index and slice).
 
 :class:`StoreDIMSE` reads the command set of a C-STORE request without pydicom, and
-writes that of the C-STORE response likewise.
+writes that of the C-STORE response likewise; on associations we request, it writes the
+C-STORE requests we send (C-MOVE and C-GET sub-operations, exports to a PACS) the same way,
+their data sets cut into the fragments pynetdicom would cut.
 
 * Request: pynetdicom decodes every command set into a pydicom ``Dataset``, then converts each
   element to set the primitive's fields (~0.25 ms of CPU per C-STORE). Here a command set
@@ -68,6 +70,7 @@ tests check that the installed pynetdicom is the one these were written for).
 
 from __future__ import annotations
 
+import io
 import logging
 import select
 import socket
@@ -313,6 +316,29 @@ def store_response_command(message_id: int, sop_class_uid: str, sop_instance_uid
     return struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body)) + body
 
 
+_STORE_RQ_FIELD = _us(0x0100, 0x0001)  # Command Field: C-STORE-RQ
+_DATA_SET_PRESENT = _us(0x0800, 0x0001)  # Command Data Set Type: a data set follows
+
+
+def store_request_command(message_id: int, sop_class_uid: str, sop_instance_uid: str,
+                          priority: int, move_originator_aet: str | None = None,
+                          move_originator_id: int | None = None) -> bytes:
+    """The command set of a C-STORE-RQ with a data set (PS3.7 9.3.1.1), encoded as
+    pynetdicom encodes it: implicit VR little endian, elements in tag order, UIDs padded
+    with NUL and the Move Originator's AE title with a space to an even length."""
+    parts = [_ui(0x0002, sop_class_uid), _STORE_RQ_FIELD, _us(0x0110, message_id),
+             _us(0x0700, priority), _DATA_SET_PRESENT, _ui(0x1000, sop_instance_uid)]
+    if move_originator_aet is not None:
+        value = move_originator_aet.strip().encode("ascii")
+        if len(value) % 2:
+            value += b" "
+        parts.append(struct.pack("<HHL", 0x0000, 0x1030, len(value)) + value)
+    if move_originator_id is not None:
+        parts.append(_us(0x1031, move_originator_id))
+    body = b"".join(parts)
+    return struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body)) + body
+
+
 # -- the C-STORE request -------------------------------------------------------------------
 
 _ELEMENT_HEAD = struct.Struct("<HHL")
@@ -428,11 +454,50 @@ class StoreDIMSE(DIMSEServiceProvider):
     def send_msg(self, primitive: Any, context_id: int) -> None:
         command = self._store_response(primitive)
         if command is None:
-            super().send_msg(primitive, context_id)
-            return
+            command = self._store_request(primitive)
+            if command is None:
+                super().send_msg(primitive, context_id)
+                return
         pdata = P_DATA()
         pdata.presentation_data_value_list = [[context_id, _COMMAND_LAST_FRAGMENT + command]]
         self.dul.send_pdu(pdata)
+        if primitive.MessageIDBeingRespondedTo is None:  # a request: its data set follows
+            self._send_data_set(primitive.DataSet, context_id)
+
+    def _store_request(self, rq: Any) -> bytes | None:
+        """The encoded command set if ``rq`` is a C-STORE request whose data set is in
+        memory (a C-MOVE or C-GET sub-operation, an export), else ``None``."""
+        if (type(rq) is not C_STORE or rq.MessageIDBeingRespondedTo is not None
+                or rq.MessageID is None or rq.AffectedSOPClassUID is None
+                or rq.AffectedSOPInstanceUID is None or rq.Priority is None
+                or not isinstance(rq.DataSet, io.BytesIO) or not rq.DataSet.getbuffer().nbytes
+                or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+            return None
+        try:
+            command = store_request_command(
+                rq.MessageID, rq.AffectedSOPClassUID, rq.AffectedSOPInstanceUID, rq.Priority,
+                rq.MoveOriginatorApplicationEntityTitle, rq.MoveOriginatorMessageID,
+            )
+        except (UnicodeEncodeError, struct.error):
+            return None
+        limit = self.maximum_pdu_size
+        if limit and len(command) + 6 > limit:  # PDV header (4 + 1 + 1): one PDU
+            return None
+        return command
+
+    def _send_data_set(self, data_set: io.BytesIO, context_id: int) -> None:
+        """The data set in fragments of at most the peer's PDU length less the PDV header,
+        as pynetdicom's ``DIMSEMessage.encode_msg`` cuts them."""
+        limit = self.maximum_pdu_size
+        with data_set.getbuffer() as view:
+            size = len(view)
+            step = limit - 6 if limit else size
+            for start in range(0, size, step):
+                last = start + step >= size
+                pdata = P_DATA()
+                pdata.presentation_data_value_list = [
+                    [context_id, (b"\x02" if last else b"\x00") + view[start:start + step]]]
+                self.dul.send_pdu(pdata)
 
     def _store_response(self, rsp: Any) -> bytes | None:
         """The encoded command set if ``rsp`` is a plain C-STORE response, else ``None``."""
