@@ -10,8 +10,15 @@ import io
 import struct
 
 import pytest
-from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, C_STORE_RSP, DIMSEMessage
-from pynetdicom.dimse_primitives import C_ECHO, C_STORE
+from pynetdicom.dimse_messages import (
+    C_ECHO_RQ,
+    C_GET_RSP,
+    C_MOVE_RSP,
+    C_STORE_RQ,
+    C_STORE_RSP,
+    DIMSEMessage,
+)
+from pynetdicom.dimse_primitives import C_ECHO, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -21,6 +28,7 @@ from gateway.ingest.scp_transport import (
     WaitingDUL,
     _CommandReader,
     _PlainStoreRequest,
+    pending_retrieve_response_command,
     plain_store_request,
     store_request_command,
     store_response_command,
@@ -179,6 +187,48 @@ def test_other_requests_take_pynetdicoms_path():
     echo.MessageID = 1
     echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
     assert _dimse()._store_request(echo) is None
+
+
+def _retrieve_rsp(kind, status: int = 0xFF00, counts=(3, 1, 0, 2)):  # noqa: ANN001, ANN202
+    rsp = kind()
+    rsp.MessageIDBeingRespondedTo = 41
+    rsp.AffectedSOPClassUID = "1.2.840.10008.5.1.4.1.2.2.2"  # Study Root MOVE
+    rsp.Status = status
+    (rsp.NumberOfRemainingSuboperations, rsp.NumberOfCompletedSuboperations,
+     rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations) = counts
+    return rsp
+
+
+@pytest.mark.parametrize(("kind", "message", "field"),
+                         [(C_MOVE, C_MOVE_RSP, 0x8021), (C_GET, C_GET_RSP, 0x8010)])
+@pytest.mark.parametrize("counts", [(3, 1, 0, 2), (0, 65535, 7, 0)])
+def test_pending_retrieve_response_bytes_are_pynetdicoms(kind, message, field, counts):
+    """The pending response sent after each C-MOVE / C-GET sub-operation."""
+    rsp = _retrieve_rsp(kind, counts=counts)
+    reference = message()
+    reference.primitive_to_message(rsp)
+    expected = [[cx, bytes(d)] for p in reference.encode_msg(7, 16384)
+                for cx, d in p.presentation_data_value_list]
+    ours = pending_retrieve_response_command(field, 41, "1.2.840.10008.5.1.4.1.2.2.2", *counts)
+    assert expected == [[7, b"\x03" + ours]]
+    dimse = _dimse()
+    dimse.send_msg(_retrieve_rsp(kind, counts=counts), 7)
+    assert [[cx, bytes(d)] for p in dimse.dul.sent
+            for cx, d in p.presentation_data_value_list] == expected
+
+
+def test_final_retrieve_responses_take_pynetdicoms_path():
+    """A final response (success, failure, cancel), one with an Error Comment or a Failed
+    SOP Instance UID List, or one without its counts: pynetdicom encodes it."""
+    assert _dimse()._pending_retrieve_response(_retrieve_rsp(C_MOVE, 0x0000)) is None
+    rsp = _retrieve_rsp(C_MOVE)
+    rsp.Identifier = io.BytesIO(b"\x08\x00\x58\x11\x00\x00\x00\x00")
+    assert _dimse()._pending_retrieve_response(rsp) is None
+    rsp = _retrieve_rsp(C_GET)
+    rsp.NumberOfWarningSuboperations = None
+    assert _dimse()._pending_retrieve_response(rsp) is None
+    assert _dimse(handlers=[(lambda event: None, None)])._pending_retrieve_response(
+        _retrieve_rsp(C_MOVE)) is None
 
 
 def _dul() -> WaitingDUL:

@@ -38,7 +38,8 @@ already accepts any bytes-like value that ``DIMSEMessage.decode_msg`` can index 
 :class:`StoreDIMSE` reads the command set of a C-STORE request without pydicom, and
 writes that of the C-STORE response likewise; on associations we request, it writes the
 C-STORE requests we send (C-MOVE and C-GET sub-operations, exports to a PACS) the same way,
-their data sets cut into the fragments pynetdicom would cut.
+their data sets cut into the fragments pynetdicom would cut, and the pending C-MOVE / C-GET
+response sent after each sub-operation.
 
 * Request: pynetdicom decodes every command set into a pydicom ``Dataset``, then converts each
   element to set the primitive's fields (~0.25 ms of CPU per C-STORE). Here a command set
@@ -82,7 +83,7 @@ from pynetdicom import __version__ as _pynetdicom_version
 from pynetdicom import AE, _config, evt
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import P_DATA_TF, PresentationDataValueItem
@@ -339,6 +340,29 @@ def store_request_command(message_id: int, sop_class_uid: str, sop_instance_uid:
     return struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body)) + body
 
 
+_RETRIEVE_RSP_FIELD = {C_MOVE: 0x8021, C_GET: 0x8010}  # Command Field of the response
+
+
+def pending_retrieve_response_command(command_field: int, message_id: int,
+                                      sop_class_uid: str, remaining: int, completed: int,
+                                      failed: int, warning: int) -> bytes:
+    """The command set of a pending (0xFF00) C-MOVE-RSP or C-GET-RSP with its four
+    sub-operation counts and nothing else (PS3.7 9.3.3.2, 9.3.4.2), encoded as pynetdicom
+    encodes it."""
+    body = b"".join((
+        _ui(0x0002, sop_class_uid),
+        _us(0x0100, command_field),
+        _us(0x0120, message_id),
+        _NO_DATA_SET,
+        _us(0x0900, 0xFF00),
+        _us(0x1020, remaining),
+        _us(0x1021, completed),
+        _us(0x1022, failed),
+        _us(0x1023, warning),
+    ))
+    return struct.pack("<HHLL", 0x0000, 0x0000, 4, len(body)) + body
+
+
 # -- the C-STORE request -------------------------------------------------------------------
 
 _ELEMENT_HEAD = struct.Struct("<HHL")
@@ -452,12 +476,11 @@ class StoreDIMSE(DIMSEServiceProvider):
             ARRIVALS.announced(id(self.assoc))  # its data set follows (gateway.ingest.arrivals)
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
-        command = self._store_response(primitive)
+        command = (self._store_response(primitive) or self._store_request(primitive)
+                   or self._pending_retrieve_response(primitive))
         if command is None:
-            command = self._store_request(primitive)
-            if command is None:
-                super().send_msg(primitive, context_id)
-                return
+            super().send_msg(primitive, context_id)
+            return
         pdata = P_DATA()
         pdata.presentation_data_value_list = [[context_id, _COMMAND_LAST_FRAGMENT + command]]
         self.dul.send_pdu(pdata)
@@ -482,6 +505,31 @@ class StoreDIMSE(DIMSEServiceProvider):
             return None
         limit = self.maximum_pdu_size
         if limit and len(command) + 6 > limit:  # PDV header (4 + 1 + 1): one PDU
+            return None
+        return command
+
+    def _pending_retrieve_response(self, rsp: Any) -> bytes | None:
+        """The encoded command set if ``rsp`` is a pending C-MOVE or C-GET response with its
+        four counts and nothing else (one per sub-operation), else ``None``."""
+        field = _RETRIEVE_RSP_FIELD.get(type(rsp))
+        if (field is None or rsp.MessageIDBeingRespondedTo is None or rsp.Status != 0xFF00
+                or rsp.AffectedSOPClassUID is None or rsp.ErrorComment is not None
+                or rsp.Identifier is not None
+                or None in (rsp.NumberOfRemainingSuboperations,
+                            rsp.NumberOfCompletedSuboperations,
+                            rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations)
+                or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+            return None
+        try:
+            command = pending_retrieve_response_command(
+                field, rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID,
+                rsp.NumberOfRemainingSuboperations, rsp.NumberOfCompletedSuboperations,
+                rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations,
+            )
+        except (UnicodeEncodeError, struct.error):
+            return None
+        limit = self.maximum_pdu_size
+        if limit and len(command) + 6 > limit:
             return None
         return command
 
