@@ -213,7 +213,7 @@ class Settings(BaseSettings):
 
     reactor_wait: float = Field(default=0.005, ge=0, le=0.1)
     """Seconds pynetdicom's association thread waits for the next DIMSE message before
-    going round its loop again (``gateway.ingest.dimse._ReactorQueue``). pynetdicom itself polls
+    going round its loop again (``gateway.ingest.scp_transport.ReactorQueue``). pynetdicom itself polls
     every 1 ms, which delays each C-STORE by ~0.5 ms; waiting on the queue takes each
     request at once. Release, abort and timeout checks then run every ``reactor_wait`` +
     1 ms. ``0``: pynetdicom's own polling."""

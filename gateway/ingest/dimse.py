@@ -66,7 +66,7 @@ from gateway.ingest.arrivals import ARRIVALS
 from gateway.ingest.dimse_guard import ConnectionGuard, calling_ae
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
 from gateway.ingest.query_retrieve import QueryRetrieveSCP
-from gateway.ingest.scp_transport import adopt
+from gateway.ingest.scp_transport import ReactorQueue, adopt
 from gateway.ingest.storage_commitment import StorageCommitmentSCP
 from gateway.tls import describe, handshake_failure, listener_context, peer_subject
 
@@ -104,39 +104,6 @@ def _status(code: int, comment: str = "") -> Dataset:
         # Error Comment is LO: at most 64 characters, no backslash or control characters.
         ds.ErrorComment = "".join(c for c in comment if c.isprintable() and c != "\\")[:64]
     return ds
-
-
-class _ReactorQueue(queue.Queue):
-    """The DIMSE message queue of one association, for pynetdicom's association reactor.
-
-    pynetdicom 3.0's acceptor loop (``Association._run_reactor``) sleeps a hard-coded 1 ms,
-    then polls this queue without blocking (``DIMSEServiceProvider.get_msg(block=False)``):
-    a C-STORE request that the network thread has finished decoding waits 0.5 ms on
-    average (up to 1 ms) before our handler sees it. Here a non-blocking ``get`` waits up
-    to ``patience`` seconds instead (0: does not wait), so the request is taken the moment
-    it is queued. The loop's other checks (release, abort, network timeout) then run at
-    least every ``patience`` + 1 ms instead of every 1 ms. Blocking ``get`` calls are
-    unchanged.
-
-    The reactor's ``get`` also hands each message to ``screen`` first, on the association
-    thread: pynetdicom drops a request that lacks a mandatory command element without any
-    answer (``Association._serve_request``: "Received unexpected ... service message"), so
-    the peer waits out its timeout; ``screen`` answers it and returns ``True`` (the reactor
-    then sees an empty queue).
-    """
-
-    def __init__(self, patience: float, screen: Any = None) -> None:
-        super().__init__()
-        self.patience = patience
-        self.screen = screen
-
-    def get(self, block: bool = True, timeout: float | None = None):
-        if block:
-            return super().get(block, timeout)
-        item = super().get(True, self.patience) if self.patience else super().get(False)
-        if self.screen is not None and self.screen(item):
-            raise queue.Empty
-        return item
 
 
 class SupportedContexts(list):
@@ -424,7 +391,7 @@ class DicomService:
         assoc = event.assoc
         dimse = assoc.dimse
         if isinstance(getattr(dimse, "msg_queue", None), queue.Queue) and dimse.msg_queue.empty():
-            dimse.msg_queue = _ReactorQueue(
+            dimse.msg_queue = ReactorQueue(
                 self.settings.reactor_wait, lambda item: self._screen(assoc, item)
             )
 
@@ -501,8 +468,9 @@ class DicomService:
         return 0x0000
 
     def _screen(self, assoc: Any, item: Any) -> bool:
-        """Answer a request pynetdicom would drop unanswered (see :class:`_ReactorQueue`);
-        ``True`` if it was handled here."""
+        """Answer a request pynetdicom would drop unanswered (see
+        :class:`~gateway.ingest.scp_transport.ReactorQueue`); ``True`` if it was handled
+        here."""
         if self.query_retrieve is not None and self.query_retrieve.serve(assoc, item):
             return True  # a C-MOVE or C-GET, served in full on this thread
         context_id, msg = item if isinstance(item, tuple) else (None, None)
