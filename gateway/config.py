@@ -206,14 +206,14 @@ class Settings(BaseSettings):
     dul_poll_interval: float = Field(default=0.0002, gt=0, le=0.01)
     """Seconds pynetdicom's network thread sleeps when it goes round its loop with nothing to
     do (pynetdicom's own default: 0.001). The SCP's network thread waits on its socket
-    instead (``gateway.ingest.scp_transport``) and sleeps this long only where it cannot
+    instead (``adapters.dicom_transport``) and sleeps this long only where it cannot
     wait: after a wait of up to 50 ms with nothing to do, and while a closing connection
     drains (Sta13). Only associations accepted by the SCP; those the gateway requests
     (C-MOVE sub-operations, exports) keep pynetdicom's own 1 ms polling."""
 
     reactor_wait: float = Field(default=0.005, ge=0, le=0.1)
     """Seconds pynetdicom's association thread waits for the next DIMSE message before
-    going round its loop again (``gateway.ingest.scp_transport.ReactorQueue``). pynetdicom itself polls
+    going round its loop again (``adapters.dicom_transport.ReactorQueue``). pynetdicom itself polls
     every 1 ms, which delays each C-STORE by ~0.5 ms; waiting on the queue takes each
     request at once. Release, abort and timeout checks then run every ``reactor_wait`` +
     1 ms. ``0``: pynetdicom's own polling."""

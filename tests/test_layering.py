@@ -34,7 +34,7 @@ LAYERS = ("face", "wiring", "workflow", "store", "domain")
 
 FACES = (
     "dicomweb", "gateway.cli", "gateway.server", "gateway.ingest.dimse",
-    "gateway.ingest.dimse_guard", "gateway.ingest.scp_transport",
+    "gateway.ingest.dimse_guard",
     "gateway.ingest.query_retrieve", "gateway.ingest.workers",
     "gateway.ingest.importer", "gateway.ingest.storage_commitment",
     "gateway.reports.mllp", "adapters.dmp.simulator", "adapters.dmp.sim_store",

@@ -49,6 +49,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 
+from adapters.dicom_transport import RequestingAE
 from adapters.pacs.reactor import reactor_paused
 from gateway.config import Settings
 from gateway.consumer.export import (
@@ -61,7 +62,6 @@ from gateway.consumer.export import (
     InstanceOutcome,
     Outgoing,
 )
-from gateway.ingest.scp_transport import RequestingAE
 
 log = logging.getLogger(__name__)
 

@@ -37,8 +37,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
+from adapters.dicom_transport import ReactorQueue, RequestingAE, adopt
 from adapters.pacs.reactor import reactor_paused
-from gateway.ingest.scp_transport import ReactorQueue, RequestingAE, adopt
 from gateway.reports.workflow import PacsUnavailable
 
 #: The ANS reference study of DB.SO.102 (DRIM-M_DATA).

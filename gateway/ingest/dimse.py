@@ -60,13 +60,13 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
+from adapters.dicom_transport import ReactorQueue, adopt
 from gateway import metrics
 from gateway.config import Settings
 from gateway.ingest.arrivals import ARRIVALS
 from gateway.ingest.dimse_guard import ConnectionGuard, calling_ae
 from gateway.ingest.ingestor import Incoming, Ingestor, IngestRejected, Rejection
 from gateway.ingest.query_retrieve import QueryRetrieveSCP
-from gateway.ingest.scp_transport import ReactorQueue, adopt
 from gateway.ingest.storage_commitment import StorageCommitmentSCP
 from gateway.tls import describe, handshake_failure, listener_context, peer_subject
 
@@ -382,7 +382,7 @@ class DicomService:
         # (DULServiceProvider._run_loop_delay, 1 ms), which each C-STORE waits out for the
         # request and again for the response. adopt() makes the thread wait on the socket
         # instead (it sleeps only where it cannot) and encodes C-STORE responses without
-        # pydicom (gateway.ingest.scp_transport).
+        # pydicom (adapters.dicom_transport).
         dul = event.assoc.dul
         if hasattr(dul, "_run_loop_delay"):
             dul._run_loop_delay = self.settings.dul_poll_interval
@@ -469,7 +469,7 @@ class DicomService:
 
     def _screen(self, assoc: Any, item: Any) -> bool:
         """Answer a request pynetdicom would drop unanswered (see
-        :class:`~gateway.ingest.scp_transport.ReactorQueue`); ``True`` if it was handled
+        :class:`~adapters.dicom_transport.ReactorQueue`); ``True`` if it was handled
         here."""
         if self.query_retrieve is not None and self.query_retrieve.serve(assoc, item):
             return True  # a C-MOVE or C-GET, served in full on this thread

@@ -52,6 +52,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from adapters.dicom_transport import RequestingAE
 from adapters.pacs.reactor import reactor_paused
 from gateway import metrics
 from gateway.access.audit import ALLOWED, DENIED
@@ -61,7 +62,6 @@ from gateway.imaging import dimse_query as dq
 from gateway.imaging.restore import Restorer
 from gateway.imaging.transcode import TranscodeError, can_send, dataset_bytes
 from gateway.index.store import InstanceIndex
-from gateway.ingest.scp_transport import RequestingAE
 from gateway.ingest.storage import FileStore
 
 log = logging.getLogger(__name__)

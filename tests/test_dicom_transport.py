@@ -1,4 +1,4 @@
-"""The SCP's cheaper pynetdicom layers (gateway.ingest.scp_transport) produce and accept
+"""The SCP's cheaper pynetdicom layers (adapters.dicom_transport) produce and accept
 exactly what pynetdicom's own do: the C-STORE response bytes, the C-STORE request read
 from its command set, and the PDVs read from a P-DATA-TF PDU. The network behaviour
 (storescu, TLS, bad input, admission, Q/R, Storage Commitment) is exercised through real
@@ -22,7 +22,7 @@ from pynetdicom.dimse_primitives import C_ECHO, C_GET, C_MOVE, C_STORE
 from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.pdu_primitives import P_DATA
 
-from gateway.ingest.scp_transport import (
+from adapters.dicom_transport import (
     PYNETDICOM_LINE,
     StoreDIMSE,
     WaitingDUL,

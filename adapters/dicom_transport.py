@@ -1,6 +1,9 @@
-"""pynetdicom's per-association layers for the associations our SCP accepts, made cheaper
-per C-STORE: the network thread (the DICOM upper layer, DUL) waits instead of polling and
-reads P-DATA-TF PDUs with fewer copies; the C-STORE response is encoded without pydicom.
+"""pynetdicom's per-association layers, made cheaper per C-STORE, for the associations our
+SCP accepts and those we request: the network thread (the DICOM upper layer, DUL) waits
+instead of polling and reads P-DATA-TF PDUs with fewer copies; the C-STORE messages and the
+pending C-MOVE / C-GET responses are encoded without pydicom. Used by the DICOM service
+(``gateway/ingest/dimse.py``, ``query_retrieve.py``) and by the PACS adapters (export, speed
+test), hence here among the adapters.
 
 pynetdicom 3.0's :class:`~pynetdicom.dul.DULServiceProvider` runs one thread per association
 that goes round a loop: sleep ``_run_loop_delay`` (``dul_poll_interval``, 0.2 ms here), look
@@ -57,7 +60,7 @@ the group length and again to send it: ~0.5 ms of CPU per instance on the benchm
 Here the command set of a response carrying only the four usual fields (no Error Comment, no
 Offending Element: every success) is written with ``struct`` from a template made once
 (PS3.7 9.3.1.2, implicit VR little endian: the same bytes as pynetdicom's, checked by
-``tests/test_scp_transport.py``); anything else, or a bound ``EVT_DIMSE_SENT`` handler,
+``tests/test_dicom_transport.py``); anything else, or a bound ``EVT_DIMSE_SENT`` handler,
 takes pynetdicom's path. Upstream, the same ideas would be a ``struct`` fast path for the
 fixed command sets in ``DIMSEMessage.decode_msg`` / ``encode_msg``.
 
@@ -80,8 +83,8 @@ import struct
 import threading
 from typing import Any
 
-from pynetdicom import __version__ as _pynetdicom_version
 from pynetdicom import AE, _config, evt
+from pynetdicom import __version__ as _pynetdicom_version
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _MESSAGE_TYPES, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_GET, C_MOVE, C_STORE
