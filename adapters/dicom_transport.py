@@ -81,6 +81,7 @@ import select
 import socket
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from pynetdicom import AE, _config, evt
@@ -500,17 +501,10 @@ class StoreDIMSE(DIMSEServiceProvider):
                 or not isinstance(rq.DataSet, io.BytesIO) or not rq.DataSet.getbuffer().nbytes
                 or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
             return None
-        try:
-            command = store_request_command(
-                rq.MessageID, rq.AffectedSOPClassUID, rq.AffectedSOPInstanceUID, rq.Priority,
-                rq.MoveOriginatorApplicationEntityTitle, rq.MoveOriginatorMessageID,
-            )
-        except (UnicodeEncodeError, struct.error):
-            return None
-        limit = self.maximum_pdu_size
-        if limit and len(command) + 6 > limit:  # PDV header (4 + 1 + 1): one PDU
-            return None
-        return command
+        return self._one_pdu(lambda: store_request_command(
+            rq.MessageID, rq.AffectedSOPClassUID, rq.AffectedSOPInstanceUID, rq.Priority,
+            rq.MoveOriginatorApplicationEntityTitle, rq.MoveOriginatorMessageID,
+        ))
 
     def _pending_retrieve_response(self, rsp: Any) -> bytes | None:
         """The encoded command set if ``rsp`` is a pending C-MOVE or C-GET response with its
@@ -524,18 +518,11 @@ class StoreDIMSE(DIMSEServiceProvider):
                             rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations)
                 or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
             return None
-        try:
-            command = pending_retrieve_response_command(
-                field, rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID,
-                rsp.NumberOfRemainingSuboperations, rsp.NumberOfCompletedSuboperations,
-                rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations,
-            )
-        except (UnicodeEncodeError, struct.error):
-            return None
-        limit = self.maximum_pdu_size
-        if limit and len(command) + 6 > limit:
-            return None
-        return command
+        return self._one_pdu(lambda: pending_retrieve_response_command(
+            field, rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID,
+            rsp.NumberOfRemainingSuboperations, rsp.NumberOfCompletedSuboperations,
+            rsp.NumberOfFailedSuboperations, rsp.NumberOfWarningSuboperations,
+        ))
 
     def _send_data_set(self, data_set: io.BytesIO, context_id: int) -> None:
         """The data set in fragments of at most the peer's PDU length less the PDV header,
@@ -559,11 +546,16 @@ class StoreDIMSE(DIMSEServiceProvider):
                 or rsp.AffectedSOPInstanceUID is None
                 or self.assoc.get_handlers(evt.EVT_DIMSE_SENT)):
             return None
+        return self._one_pdu(lambda: store_response_command(
+            rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID,
+            rsp.AffectedSOPInstanceUID, rsp.Status,
+        ))
+
+    def _one_pdu(self, encode: Callable[[], bytes]) -> bytes | None:
+        """``encode()``'s command set if it can be encoded here and fits in one PDU of the
+        peer's, else ``None`` (pynetdicom's path then)."""
         try:
-            command = store_response_command(
-                rsp.MessageIDBeingRespondedTo, rsp.AffectedSOPClassUID,
-                rsp.AffectedSOPInstanceUID, rsp.Status,
-            )
+            command = encode()
         except (UnicodeEncodeError, struct.error):
             return None
         limit = self.maximum_pdu_size

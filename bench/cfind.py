@@ -314,6 +314,21 @@ class Gateway(Server):
         return [self.proc.pid, *self.workers]
 
 
+def snapshot(ref: str, dest: Path) -> str:
+    """The gateway's code at ``ref`` (``git archive``) in ``dest``, emptied first, so that
+    editing the worktree during a run changes nothing; returns the short commit."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    with tempfile.TemporaryFile() as tar:
+        subprocess.run(["git", "-C", str(ROOT), "archive", ref, "gateway", "dicomweb",
+                        "adapters"], stdout=tar, check=True)
+        tar.seek(0)
+        subprocess.run(["tar", "-x", "-C", str(dest)], stdin=tar, check=True)
+    return rev
+
+
 def reset_postgres(url: str, create: bool = True) -> None:
     plain = url.replace("+psycopg", "")
     name = plain.rsplit("/", 1)[1]
@@ -534,15 +549,7 @@ def main() -> None:
         src, rev = args.src.resolve(), "(tree " + str(args.src) + ")"
     else:
         src = work / "src"
-        shutil.rmtree(src, ignore_errors=True)
-        src.mkdir()
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.ref],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        with tempfile.TemporaryFile() as tar:
-            subprocess.run(["git", "-C", str(ROOT), "archive", args.ref, "gateway", "dicomweb",
-                            "adapters"], stdout=tar, check=True)
-            tar.seek(0)
-            subprocess.run(["tar", "-x", "-C", str(src)], stdin=tar, check=True)
+        rev = snapshot(args.ref, src)
     result["gateway_source"] = rev
     result["database"] = "postgresql" if args.database_url else "sqlite"
     if args.database_url:

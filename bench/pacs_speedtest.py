@@ -28,7 +28,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,7 +35,7 @@ import pydicom
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import drim_reference  # noqa: E402
-from cfind import SCU_AET, ROOT, Gateway, Orthanc, free_port, settle, uptime  # noqa: E402
+from cfind import ROOT, SCU_AET, Gateway, Orthanc, free_port, settle, snapshot, uptime  # noqa: E402
 
 DEST_AET = "SPEEDTEST"
 
@@ -49,7 +48,7 @@ def speedtest(server, study: str, port: int) -> dict:  # noqa: ANN001
         [sys.executable, "-m", "gateway.cli", "pacs", "speedtest", "--pacs",
          f"{server.aet}@127.0.0.1:{server.port}", "--study", study, "--ae-title", DEST_AET,
          "--port", str(port), "--bind", "127.0.0.1", "--json"],
-        env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        env=env, capture_output=True, text=True, timeout=900, cwd=ROOT, check=False)
     shutil.rmtree(env["DRIMBOX_DATA_DIR"], ignore_errors=True)
     if done.returncode != 0:
         sys.exit(f"speedtest against {server.name} failed ({done.returncode}):\n"
@@ -74,14 +73,7 @@ def main() -> None:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     src = work / "src"
-    src.mkdir()
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.ref],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    with tempfile.TemporaryFile() as tar:
-        subprocess.run(["git", "-C", str(ROOT), "archive", args.ref, "gateway", "dicomweb",
-                        "adapters"], stdout=tar, check=True)
-        tar.seek(0)
-        subprocess.run(["tar", "-x", "-C", str(src)], stdin=tar, check=True)
+    rev = snapshot(args.ref, src)
     port = free_port()
     result: dict = {"argv": sys.argv, "gateway_source": rev, "study": study,
                     "uptime_start": uptime(), "rounds": []}
