@@ -11,10 +11,10 @@ it then reads the queue once more. That race lost a response in a benchmark's cl
 
 :func:`reactor_paused` holds the checkpoint and waits until the reactor is blocked at it, told
 by the checkpoint itself (:class:`Checkpoint`, swapped in for pynetdicom's ``Event``), not by
-a flag; :func:`exchange` sends one request and takes its response inside it.
-Used by the PACS client and export (around pynetdicom's own C-FIND and C-MOVE senders too),
-the C-MOVE/C-GET sub-operations of the Query/Retrieve SCP and the
-Storage Commitment report on the request's association. These rely on pynetdicom 3's private
+a flag. Used by the PACS client and export (around pynetdicom's own C-FIND and C-MOVE senders
+too; an export's C-STOREs inside one hold), the C-MOVE sub-operations of the Query/Retrieve
+SCP (one hold for the whole C-MOVE), the PACS speed test and the Storage Commitment report on
+the request's association. These rely on pynetdicom 3's private
 attribute ``_reactor_checkpoint``, as its own senders do.
 """
 
@@ -84,11 +84,3 @@ def reactor_paused(assoc: Any, timeout: float = 5.0) -> Iterator[bool]:
     finally:
         checkpoint.set()
 
-
-def exchange(assoc: Any, request: Any, context_id: int) -> Any:
-    """Send a DIMSE request on ``assoc`` and return its response (None if the association
-    ended or the DIMSE timeout passed), the reactor held meanwhile."""
-    with reactor_paused(assoc):
-        assoc.dimse.send_msg(request, context_id)
-        _, response = assoc.dimse.get_msg(block=True)
-    return response
