@@ -38,11 +38,8 @@ this event based rather than running loops`` asks for; the second keeps the PDU 
 changes only how bytes reach them (``PresentationDataValueItem.presentation_data_value``
 already accepts any bytes-like value that ``DIMSEMessage.decode_msg`` can index and slice).
 
-:class:`StoreDIMSE` reads the command set of a C-STORE request without pydicom, and
-writes that of the C-STORE response likewise; on associations we request, it writes the
-C-STORE requests we send (C-MOVE and C-GET sub-operations, exports to a PACS) the same way,
-their data sets cut into the fragments pynetdicom would cut, and the pending C-MOVE / C-GET
-response sent after each sub-operation.
+:class:`StoreDIMSE` reads the command set of a C-STORE request without pydicom, and writes
+those of the messages sent once per instance likewise.
 
 * Request: pynetdicom decodes every command set into a pydicom ``Dataset``, then converts each
   element to set the primitive's fields (~0.25 ms of CPU per C-STORE). Here a command set
@@ -53,15 +50,17 @@ response sent after each sub-operation.
   any other command set, one missing an element included, is decoded by pynetdicom as
   before. Not used when ``EVT_DIMSE_RECV`` has a handler (it expects pynetdicom's message)
   nor with pynetdicom's ``STORE_RECV_CHUNKED_DATASET``.
-* Response: ``send_msg`` is changed for the C-STORE response only, the one message sent for
-  every instance received. pynetdicom builds a ``C_STORE_RSP`` message
-(a pydicom ``Dataset`` of the command set, each value validated), encodes it once to learn
-the group length and again to send it: ~0.5 ms of CPU per instance on the benchmark machine.
-Here the command set of a response carrying only the four usual fields (no Error Comment, no
-Offending Element: every success) is written with ``struct`` from a template made once
-(PS3.7 9.3.1.2, implicit VR little endian: the same bytes as pynetdicom's, checked by
-``tests/test_dicom_transport.py``); anything else, or a bound ``EVT_DIMSE_SENT`` handler,
-takes pynetdicom's path. Upstream, the same ideas would be a ``struct`` fast path for the
+* Sending: ``send_msg`` is changed for three messages, each sent once per instance: the
+  C-STORE response, the C-STORE request of a sub-operation or an export, and the pending
+  C-MOVE / C-GET response after each sub-operation. pynetdicom builds each as a message
+  (a pydicom ``Dataset`` of the command set, each value validated), encodes it once to learn
+  the group length and again to send it: ~0.5 ms of CPU per message on the benchmark
+  machine. Here the command set of such a message with only its usual fields (no Error
+  Comment, no Offending Element, no identifier) is written with ``struct`` (PS3.7 9.3.1,
+  9.3.3, 9.3.4, implicit VR little endian: the same bytes as pynetdicom's, checked by
+  ``tests/test_dicom_transport.py``), and a request's data set is cut into the fragments
+  pynetdicom cuts; anything else, a command set longer than one of the peer's PDUs, or a
+  bound ``EVT_DIMSE_SENT`` handler, takes pynetdicom's path. Upstream, the same ideas would be a ``struct`` fast path for the
 fixed command sets in ``DIMSEMessage.decode_msg`` / ``encode_msg``.
 
 Associations accepted by our SCP use them (:func:`adopt`, called on ``EVT_CONN_OPEN``
@@ -597,14 +596,24 @@ class ReactorQueue(queue.Queue):
         return item
 
 
+def wait_for_messages(assoc: Any, patience: float, screen: Any = None) -> None:
+    """Give ``assoc`` (accepted, its threads not started) a :class:`ReactorQueue`: its
+    reactor takes each message the moment it is decoded. Left alone if pynetdicom's queue
+    is not a plain, empty ``queue.Queue``."""
+    dimse = assoc.dimse
+    if isinstance(getattr(dimse, "msg_queue", None), queue.Queue) and dimse.msg_queue.empty():
+        dimse.msg_queue = ReactorQueue(patience, screen)
+
+
 #: The pynetdicom release line these subclasses were written for and tested with.
 PYNETDICOM_LINE = "3.0."
 
 
 def adopt(assoc: Any) -> None:
-    """Give ``assoc`` (accepted, its network thread not started: ``EVT_CONN_OPEN``) the
-    cheaper classes of this module, where it still has pynetdicom's own (and pynetdicom is
-    of :data:`PYNETDICOM_LINE`)."""
+    """Give ``assoc`` (its network thread not started: on ``EVT_CONN_OPEN`` for one we
+    accept, from :class:`RequestingAE` for one we request) the cheaper classes of this
+    module, where it still has pynetdicom's own (and pynetdicom is of
+    :data:`PYNETDICOM_LINE`)."""
     if not _pynetdicom_version.startswith(PYNETDICOM_LINE):
         return
     if type(assoc.dul) is DULServiceProvider:

@@ -1023,7 +1023,8 @@ def pacs_speedtest(config_file: Path | None, study_uid: str | None, pacs: str | 
                                calling_ae_title=settings.ae_title, study_uid=study_uid,
                                ae_title=ae_title, listen_port=listen_port,
                                bind_address=bind_address, max_pdu=settings.max_pdu_size,
-                               move_timeout=settings.pacs_retrieve_timeout)
+                               move_timeout=settings.pacs_retrieve_timeout,
+                               reactor_wait=settings.reactor_wait)
     except OSError as exc:
         click.echo(f"drimbox: cannot listen on port {listen_port}: {exc.strerror or exc}",
                    err=True)

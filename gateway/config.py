@@ -209,7 +209,8 @@ class Settings(BaseSettings):
     instead (``adapters.dicom_transport``) and sleeps this long only where it cannot
     wait: after a wait of up to 50 ms with nothing to do, and while a closing connection
     drains (Sta13). Only associations accepted by the SCP; those the gateway requests
-    (C-MOVE sub-operations, exports) keep pynetdicom's own 1 ms polling."""
+    (C-MOVE sub-operations, exports) wait on their sockets too and sleep pynetdicom's own
+    1 ms where they cannot wait."""
 
     reactor_wait: float = Field(default=0.005, ge=0, le=0.1)
     """Seconds pynetdicom's association thread waits for the next DIMSE message before

@@ -26,7 +26,6 @@ and in instances per second.
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,9 +36,8 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom._globals import ALL_TRANSFER_SYNTAXES
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
 
-from adapters.dicom_transport import ReactorQueue, RequestingAE, adopt
+from adapters.dicom_transport import RequestingAE, adopt, wait_for_messages
 from adapters.pacs.reactor import reactor_paused
-from gateway.reports.workflow import PacsUnavailable
 
 #: The ANS reference study of DB.SO.102 (DRIM-M_DATA).
 REFERENCE_STUDY = "1.2.250.1.213.4.5.2.1.199"
@@ -47,7 +45,6 @@ DEFAULT_AE_TITLE = "STORESCP"
 DEFAULT_PORT = 9999
 
 _PENDING = (0xFF00, 0xFF01)
-_REACTOR_WAIT = 0.005  # as the gateway's SCP (reactor_wait)
 
 
 @dataclass
@@ -125,13 +122,14 @@ def run_speedtest(*, pacs_ae_title: str, host: str, port: int, calling_ae_title:
                   study_uid: str = REFERENCE_STUDY,
                   ae_title: str = DEFAULT_AE_TITLE, listen_port: int = DEFAULT_PORT,
                   bind_address: str = "", max_pdu: int = 1_048_576, timeout: float = 30.0,
-                  move_timeout: float = 300.0) -> SpeedTestResult:
+                  move_timeout: float = 300.0, reactor_wait: float = 0.005) -> SpeedTestResult:
     """C-MOVE ``study_uid`` from the PACS to this test's own C-STORE SCP (``ae_title`` on
     ``listen_port``) and measure it. The C-MOVE request comes from ``calling_ae_title`` (the
     gateway's own AE title, which the PACS already accepts requests from).
 
     Raises :class:`OSError` when ``listen_port`` cannot be listened on. A PACS that does not
-    answer, or a C-MOVE that fails, is said in the result (``error``, ``status``)."""
+    answer, or a C-MOVE that fails, is said in the result (``error``, ``status``).
+    ``max_pdu`` and ``reactor_wait`` are the receiver's, as the gateway's own SCP has them."""
     counter = _Counter()
     receiver = AE(ae_title=ae_title)
     receiver.maximum_pdu_size = max_pdu
@@ -139,11 +137,15 @@ def run_speedtest(*, pacs_ae_title: str, host: str, port: int, calling_ae_title:
     receiver.dimse_timeout = move_timeout
     for context in AllStoragePresentationContexts:
         receiver.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
-    # Its associations wait instead of polling, as the gateway's own SCP does (_adopt): the
-    # test measures the PACS, not pynetdicom's 1 ms sleeps.
+    def waiting(event: evt.Event) -> None:
+        # Before the association's threads start: they wait instead of polling, as the
+        # gateway's own SCP does; the test measures the PACS, not pynetdicom's 1 ms sleeps.
+        adopt(event.assoc)
+        wait_for_messages(event.assoc, reactor_wait)
+
     server = receiver.start_server((bind_address, listen_port), block=False,
                                    evt_handlers=[(evt.EVT_C_STORE, counter.on_store),
-                                                 (evt.EVT_CONN_OPEN, _adopt)])
+                                                 (evt.EVT_CONN_OPEN, waiting)])
     result = SpeedTestResult(study_uid=study_uid, pacs=f"{pacs_ae_title}@{host}:{port}",
                              destination=f"{ae_title}:{listen_port}",
                              started_at=datetime.now(UTC))
@@ -156,19 +158,13 @@ def run_speedtest(*, pacs_ae_title: str, host: str, port: int, calling_ae_title:
     result.bytes = counter.bytes
     result.first_image_s = counter.first
     result.transfer_syntaxes = sorted(counter.syntaxes)
-    if not result.error and result.status == 0x0000 and not result.instances:
+    if not result.error and result.status is not None and result.status != 0x0000:
+        result.error = (f"the C-MOVE ended with status 0x{result.status:04X} "
+                        f"({result.failed or 0} failed sub-operations): does the PACS know "
+                        f"{ae_title} at this host, port {listen_port}?")
+    elif not result.error and result.status == 0x0000 and not result.instances:
         result.error = "the C-MOVE succeeded but no image came: is the study on the PACS?"
     return result
-
-
-def _adopt(event: evt.Event) -> None:
-    """Before the association's threads start: its network thread waits on the socket, and
-    its reactor takes each C-STORE the moment it is decoded instead of polling every 1 ms
-    (what the gateway's own SCP does: gateway.ingest.dimse)."""
-    adopt(event.assoc)
-    dimse = event.assoc.dimse
-    if isinstance(getattr(dimse, "msg_queue", None), queue.Queue) and dimse.msg_queue.empty():
-        dimse.msg_queue = ReactorQueue(_REACTOR_WAIT)
 
 
 def _move(result: SpeedTestResult, counter: _Counter, pacs_ae_title: str, host: str,
@@ -185,8 +181,7 @@ def _move(result: SpeedTestResult, counter: _Counter, pacs_ae_title: str, host: 
     assoc = scu.associate(host, port, ae_title=pacs_ae_title)
     if not assoc.is_established:
         result.total_s = time.monotonic() - t0
-        result.error = str(PacsUnavailable(
-            f"C-MOVE: no association with {pacs_ae_title} at {host}:{port}"))
+        result.error = f"C-MOVE: no association with {pacs_ae_title} at {host}:{port}"
         return
     result.association_s = time.monotonic() - t0
     final = None
@@ -213,7 +208,3 @@ def _move(result: SpeedTestResult, counter: _Counter, pacs_ae_title: str, host: 
                        ("warning", "NumberOfWarningSuboperations")):
         value = final.get(attr)
         setattr(result, name, int(value) if value not in (None, "") else None)
-    if not result.error and result.status != 0x0000:
-        result.error = (f"the C-MOVE ended with status 0x{result.status:04X} "
-                        f"({result.failed or 0} failed sub-operations): does the PACS know "
-                        f"{ae_title} at this host, port {result.destination.rsplit(':', 1)[1]}?")

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import socket
 import socketserver
 import ssl
@@ -60,7 +59,7 @@ from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
-from adapters.dicom_transport import ReactorQueue, adopt
+from adapters.dicom_transport import adopt, wait_for_messages
 from gateway import metrics
 from gateway.config import Settings
 from gateway.ingest.arrivals import ARRIVALS
@@ -389,11 +388,8 @@ class DicomService:
         adopt(event.assoc)
         # Nothing is queued yet: the network thread starts after this event.
         assoc = event.assoc
-        dimse = assoc.dimse
-        if isinstance(getattr(dimse, "msg_queue", None), queue.Queue) and dimse.msg_queue.empty():
-            dimse.msg_queue = ReactorQueue(
-                self.settings.reactor_wait, lambda item: self._screen(assoc, item)
-            )
+        wait_for_messages(assoc, self.settings.reactor_wait,
+                          lambda item: self._screen(assoc, item))
 
     def _on_requested(self, event: evt.Event) -> None:
         # The A-ASSOCIATE-RQ arrived whole; pynetdicom negotiates after this event unless
